@@ -1,0 +1,117 @@
+package cmdline
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestSplit(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"", nil},
+		{"  a  b\tc\n", []string{"a", "b", "c"}},
+		{`hn.hostname="a b" x`, []string{"hn.hostname=a b", "x"}},
+		{`"hn.hostname=a b" x`, []string{"hn.hostname=a b", "x"}},
+		{`k="" z`, []string{"k=", "z"}},
+		{`unterminated="a b`, []string{"unterminated=a b"}},
+	}
+	for _, tt := range tests {
+		if got := Split(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("Split(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	def := func(f func(*Config)) Config {
+		c := Config{Hostpart: DefaultHostpart, Image: DefaultImage, Tries: DefaultTries, Init: DefaultInit}
+		if f != nil {
+			f(&c)
+		}
+		return c
+	}
+	tests := []struct {
+		name  string
+		in    string
+		want  Config
+		warns []string // substrings, one per expected warning
+	}{
+		{"empty", "", def(nil), nil},
+		{"typical", "BOOT_IMAGE=/boot/vmlinuz root=/dev/ram0 ro quiet hn.tries=5 hn.server=http://10.0.0.1:8080 hn.debug",
+			def(func(c *Config) { c.Tries = 5; c.Server = "http://10.0.0.1:8080"; c.Debug = true }), nil},
+		{"all keys", `hn.hostpart=PARTLABEL=hp hn.image=/a.img hn.revert=r7 hn.crashtest=2 hn.hostname=node-1.example.com hn.modules=virtio_blk,,ext4 hn.modules=xfs init=/bin/sh ip=10.0.0.5::10.0.0.1:255.255.255.0:n1:eth0:off`,
+			def(func(c *Config) {
+				c.Hostpart = "PARTLABEL=hp"
+				c.Image = "a.img"
+				c.RevertID = "r7"
+				c.CrashTest = 2
+				c.Hostname = "node-1.example.com"
+				c.Modules = []string{"virtio_blk", "ext4", "xfs"}
+				c.Init = "/bin/sh"
+				c.IP = "10.0.0.5::10.0.0.1:255.255.255.0:n1:eth0:off"
+			}), nil},
+		{"genkernel alias", "root=/dev/ram0 real_root=/hn-root.img raw_loop_root_host_partition=LABEL=hostpart ro",
+			def(func(c *Config) { c.Alias = true }), nil},
+		{"alias other values", "real_root=/x.img raw_loop_root_host_partition=UUID=1234",
+			def(func(c *Config) { c.Alias = true; c.Image = "x.img"; c.Hostpart = "UUID=1234" }), nil},
+		{"hn wins over alias in any order", "hn.image=b.img real_root=/a.img raw_loop_root_host_partition=LABEL=x hn.hostpart=LABEL=y",
+			def(func(c *Config) { c.Alias = true; c.Image = "b.img"; c.Hostpart = "LABEL=y" }), nil},
+		{"hn.init wins over init", "hn.init=/sbin/a init=/sbin/b", def(func(c *Config) { c.Init = "/sbin/a" }), nil},
+		{"quoted value", `hn.server="http://h/x y"`, def(func(c *Config) { c.Server = "http://h/x y" }), nil},
+		{"last wins", "hn.tries=2 hn.tries=4", def(func(c *Config) { c.Tries = 4 }), nil},
+		{"debug off", "hn.debug=0", def(nil), nil},
+		{"after -- is init's", "hn.tries=2 -- hn.tries=9 single", def(func(c *Config) { c.Tries = 2 }), nil},
+		{"bad tries", "hn.tries=abc", def(nil), []string{`hn.tries="abc"`}},
+		{"zero tries", "hn.tries=0", def(nil), []string{"hn.tries"}},
+		{"bad crashtest", "hn.crashtest=-1", def(nil), []string{"hn.crashtest"}},
+		{"bad debug", "hn.debug=maybe", def(nil), []string{"hn.debug"}},
+		{"bad server", "hn.server=10.0.0.1", def(nil), []string{"hn.server"}},
+		{"bad hostname", "hn.hostname=-x", def(nil), []string{"hn.hostname"}},
+		{"empty revert", "hn.revert", def(nil), []string{"hn.revert"}},
+		{"bad hostpart", "hn.hostpart=hostpart", def(nil), []string{`"hostpart"`}},
+		{"bad image", "hn.image=sub/x.img", def(nil), []string{"sub/x.img"}},
+		{"bad init", "init=sh", def(nil), []string{"init"}},
+		{"two warnings", "hn.tries=x hn.image=/", def(nil), []string{"hn.tries", "image"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, warns := Parse(tt.in)
+			got.Args = nil
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Parse(%q) = %+v, want %+v", tt.in, got, tt.want)
+			}
+			if len(warns) != len(tt.warns) {
+				t.Fatalf("Parse(%q) warnings = %q, want %d matching %q", tt.in, warns, len(tt.warns), tt.warns)
+			}
+			for i, w := range tt.warns {
+				if !strings.Contains(warns[i], w) {
+					t.Errorf("Parse(%q) warning[%d] = %q, want it to contain %q", tt.in, i, warns[i], w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	c, _ := Parse(`console=ttyS0 quiet hn.x="a b" -- initarg`)
+	want := map[string]string{"console": "ttyS0", "quiet": "", "hn.x": "a b"}
+	if !reflect.DeepEqual(c.Args, want) {
+		t.Errorf("Parse().Args = %v, want %v", c.Args, want)
+	}
+}
+
+func TestValidHostname(t *testing.T) {
+	tests := map[string]bool{
+		"a": true, "hn-525400123456": true, "a.b.c": true, "A9": true,
+		"": false, "-a": false, "a-": false, "a..b": false, "a_b": false, "a b": false,
+		strings.Repeat("a", 64): false, strings.Repeat("a.", 127) + "a": false,
+	}
+	for in, want := range tests {
+		if got := ValidHostname(in); got != want {
+			t.Errorf("ValidHostname(%q) = %v, want %v", in, got, want)
+		}
+	}
+}

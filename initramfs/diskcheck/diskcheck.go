@@ -1,0 +1,339 @@
+// Package diskcheck inspects the disk that holds hostpart for the seed
+// layout: a GPT, an EFI-BOOT partition that is FAT and holds a GRUB config
+// booting hn-root.img. It reports problems in plain words with the fix; it
+// never writes to the disk and decides nothing fatal itself: a host whose
+// loader partition is broken can still boot over PXE, so the init logs the
+// report and carries on.
+//
+// Reading the disk (gather) is kept apart from judging it (judge) so the
+// rules can be read, and tested, in one place.
+package diskcheck
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"unicode"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/diskfs/go-diskfs/partition/mbr"
+
+	"github.com/hnboot/hnboot/initramfs/blkid"
+)
+
+// DefaultImage is the image file name the GRUB config must mention.
+const DefaultImage = "hn-root.img"
+
+// ESPLabel is the partition name and FAT label of the loader partition.
+const ESPLabel = "EFI-BOOT"
+
+// GrubConfigs are where GRUB looks for its config on EFI-BOOT, in order:
+// grub-install --boot-directory=/boot/loader puts it in /grub, a
+// --removable install with an embedded prefix in /EFI/BOOT.
+var GrubConfigs = []string{"/grub/grub.cfg", "/EFI/BOOT/grub.cfg"}
+
+// Problem codes, stable for the init and tests to match on.
+const (
+	CodeUnreadable  = "unreadable"
+	CodeNoTable     = "no-partition-table"
+	CodeMBR         = "mbr"
+	CodeGPTBackup   = "gpt-backup"
+	CodeNoHostpart  = "hostpart-not-in-table"
+	CodeNoESP       = "efi-boot-missing"
+	CodeESPLabel    = "efi-boot-label"
+	CodeESPType     = "efi-boot-type"
+	CodeESPNotFAT   = "efi-boot-not-fat"
+	CodeESPRead     = "efi-boot-unreadable"
+	CodeNoGrubCfg   = "grub-cfg-missing"
+	CodeGrubNoImage = "grub-cfg-no-image"
+	CodeNoEFILoader = "efi-loader-missing"
+)
+
+// Problem is one finding. Msg names the disk and says how to fix it.
+type Problem struct {
+	Fatal bool
+	Code  string
+	Msg   string
+}
+
+// Report is the outcome of Check.
+type Report struct {
+	Disk     string
+	ESP      int // partition number of EFI-BOOT, 0 when not found
+	Problems []Problem
+}
+
+// Fatal reports whether any problem is fatal.
+func (r Report) Fatal() bool {
+	for _, p := range r.Problems {
+		if p.Fatal {
+			return true
+		}
+	}
+	return false
+}
+
+// Has reports whether a problem with the given code was found.
+func (r Report) Has(code string) bool {
+	for _, p := range r.Problems {
+		if p.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// String gives one line per problem, ready for the console.
+func (r Report) String() string {
+	if len(r.Problems) == 0 {
+		return fmt.Sprintf("disk %s: GPT, EFI-BOOT (partition %d) is FAT and its GRUB config boots the image: ok", r.Disk, r.ESP)
+	}
+	var b strings.Builder
+	for i, p := range r.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		if p.Fatal {
+			b.WriteString("FATAL: ")
+		} else {
+			b.WriteString("warning: ")
+		}
+		b.WriteString(p.Msg)
+	}
+	return b.String()
+}
+
+// Check inspects disk (a whole-disk device or an image file) whose
+// partition hostpartIndex is hostpart (0 if hostpart is the whole disk or
+// unknown), expecting the GRUB config to boot DefaultImage.
+func Check(disk string, hostpartIndex int) Report {
+	return CheckImage(disk, hostpartIndex, DefaultImage)
+}
+
+// CheckImage is Check for an image name other than the default (hn.image=).
+func CheckImage(disk string, hostpartIndex int, image string) Report {
+	return judge(gather(disk, hostpartIndex), hostpartIndex, image)
+}
+
+// part is what gather learned about one partition.
+type part struct {
+	Index       int
+	Name        string // GPT partition name
+	Type        string // GPT type GUID
+	Start, Size int64  // bytes
+	FS          blkid.Info
+	FSErr       error
+}
+
+// facts is everything judge needs; gather fills it from the disk.
+type facts struct {
+	Disk       string
+	OpenErr    error
+	Table      string // "gpt", "mbr" or ""
+	FromBackup bool
+	Parts      []part
+	ESP        *part             // chosen EFI-BOOT candidate
+	ESPReadErr error             // opening its FAT with go-diskfs
+	GrubCfg    map[string]string // path → contents, for the configs that exist
+	HasEFIBoot bool              // /EFI/BOOT/BOOTX64.EFI present
+}
+
+func gather(disk string, hostpartIndex int) facts {
+	f := facts{Disk: disk}
+	d, err := diskfs.Open(disk, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		f.OpenErr = err
+		return f
+	}
+	defer d.Close()
+
+	// go-diskfs's Open swallows the table error; ask again to classify.
+	table, err := d.GetPartitionTable()
+	if err != nil {
+		return f
+	}
+	switch t := table.(type) {
+	case *gpt.Table:
+		f.Table = "gpt"
+		f.FromBackup = t.RecoveredFromBackup
+		for _, p := range t.Partitions {
+			if p.Type == gpt.Unused || p.Size == 0 {
+				continue
+			}
+			f.Parts = append(f.Parts, part{Index: p.Index, Name: p.Name, Type: string(p.Type), Start: p.GetStart(), Size: p.GetSize()})
+		}
+	case *mbr.Table:
+		f.Table = "mbr"
+		for _, p := range t.Partitions {
+			if p.Type == mbr.Empty || p.GetSize() == 0 {
+				continue
+			}
+			f.Parts = append(f.Parts, part{Index: p.GetIndex(), Start: p.GetStart(), Size: p.GetSize()})
+		}
+	}
+	for i := range f.Parts {
+		p := &f.Parts[i]
+		p.FS, p.FSErr = blkid.Probe(io.NewSectionReader(d.Backend, p.Start, p.Size))
+	}
+
+	f.ESP = chooseESP(f.Parts, hostpartIndex)
+	if f.ESP == nil || f.ESP.FS.Type != "vfat" {
+		return f
+	}
+	fs, err := d.GetFilesystem(f.ESP.Index)
+	if err != nil {
+		f.ESPReadErr = err
+		return f
+	}
+	defer fs.Close()
+	f.GrubCfg = map[string]string{}
+	for _, path := range GrubConfigs {
+		if b, err := fs.ReadFile(path); err == nil {
+			f.GrubCfg[path] = string(b)
+		}
+	}
+	// Open, not Stat: go-diskfs's Stat wants io/fs paths (no leading
+	// slash) while its OpenFile wants absolute ones.
+	if h, err := fs.Open("/EFI/BOOT/BOOTX64.EFI"); err == nil {
+		h.Close()
+		f.HasEFIBoot = true
+	}
+	return f
+}
+
+// chooseESP prefers a partition named EFI-BOOT (what the layout creates),
+// then one whose filesystem is labelled EFI-BOOT (what fstab mounts).
+// hostpart itself is never the loader partition.
+func chooseESP(parts []part, hostpartIndex int) *part {
+	for _, byName := range []bool{true, false} {
+		for i := range parts {
+			p := &parts[i]
+			if p.Index == hostpartIndex && hostpartIndex != 0 {
+				continue
+			}
+			if byName && p.Name == ESPLabel || !byName && p.FS.Type != "" && p.FS.Label == ESPLabel {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+// judge turns facts into problems. Nothing here is fatal; see the package
+// comment.
+func judge(f facts, hostpartIndex int, image string) Report {
+	r := Report{Disk: f.Disk}
+	add := func(code, format string, a ...any) {
+		r.Problems = append(r.Problems, Problem{Code: code, Msg: fmt.Sprintf(format, a...)})
+	}
+	disk := f.Disk
+	if f.OpenErr != nil {
+		add(CodeUnreadable, "disk %s: cannot read it to check the boot layout (%v); checks skipped", disk, f.OpenErr)
+		return r
+	}
+	switch f.Table {
+	case "gpt":
+		if f.FromBackup {
+			add(CodeGPTBackup, "disk %s: the primary GPT is damaged and was read from the backup copy at the end of the disk; rewrite both copies with: sgdisk -e %s", disk, disk)
+		}
+	case "mbr":
+		add(CodeMBR, "disk %s has an MBR (msdos) partition table, not GPT: UEFI boot and disks over 2 TB need GPT; convert it in place with: sgdisk --mbrtogpt %s", disk, disk)
+	default:
+		add(CodeNoTable, "disk %s has no partition table; the layout needs GPT with an EFI-BOOT and a hostpart partition, so this disk can only boot over PXE (repartition it to boot locally)", disk)
+		add(CodeNoESP, "disk %s: partition EFI-BOOT is missing; the disk cannot boot by itself", disk)
+		return r
+	}
+	if hostpartIndex > 0 && !hasPart(f.Parts, hostpartIndex) {
+		add(CodeNoHostpart, "disk %s: the partition table has no partition %d although hostpart was found there; the kernel's view and the table differ (check with: sgdisk -p %s)", disk, hostpartIndex, disk)
+	}
+
+	esp := f.ESP
+	if esp == nil {
+		add(CodeNoESP, "disk %s: partition EFI-BOOT is missing (no partition named or labelled EFI-BOOT), so the disk cannot boot by itself, only over PXE; create a ~128 MiB partition named EFI-BOOT, format it with mkfs.vfat -F 32 -n EFI-BOOT and install GRUB on it", disk)
+		return r
+	}
+	r.ESP = esp.Index
+	dev := PartitionDevice(disk, esp.Index)
+	if f.Table == "gpt" && !strings.EqualFold(esp.Type, string(gpt.EFISystemPartition)) {
+		add(CodeESPType, "disk %s: EFI-BOOT (partition %d) has type %s, not EFI System, so UEFI firmware may skip it; fix with: sgdisk -t %d:ef00 %s", disk, esp.Index, esp.Type, esp.Index, disk)
+	}
+	if esp.FS.Type != "vfat" {
+		what := "no recognisable filesystem"
+		if esp.FS.Type != "" {
+			what = esp.FS.Type
+		}
+		add(CodeESPNotFAT, "disk %s: EFI-BOOT (%s) holds %s, not FAT, and UEFI firmware reads only FAT; reformat with mkfs.vfat -F 32 -n EFI-BOOT %s and reinstall GRUB", disk, dev, what, dev)
+		return r
+	}
+	if esp.FS.Label != ESPLabel {
+		add(CodeESPLabel, "disk %s: partition %d is named EFI-BOOT but its FAT label is %q, and /boot/loader is mounted by LABEL=EFI-BOOT; fix with: fatlabel %s EFI-BOOT", disk, esp.Index, esp.FS.Label, dev)
+	}
+	if f.ESPReadErr != nil {
+		add(CodeESPRead, "disk %s: cannot read the FAT filesystem on EFI-BOOT (%s): %v; check it with: fsck.vfat -n %s", disk, dev, f.ESPReadErr, dev)
+		return r
+	}
+	if !f.HasEFIBoot {
+		add(CodeNoEFILoader, "disk %s: EFI-BOOT (%s) has no /EFI/BOOT/BOOTX64.EFI, so UEFI firmware finds GRUB only through an NVRAM boot entry; reinstall GRUB with --removable", disk, dev)
+	}
+	if len(f.GrubCfg) == 0 {
+		add(CodeNoGrubCfg, "disk %s: no GRUB config on EFI-BOOT (%s): looked for %s; a local boot stops at the GRUB prompt, reinstall the bootloader", disk, dev, strings.Join(GrubConfigs, " and "))
+		return r
+	}
+	for _, path := range GrubConfigs {
+		cfg, ok := f.GrubCfg[path]
+		if !ok {
+			continue
+		}
+		if !mentions(cfg, image) {
+			add(CodeGrubNoImage, "disk %s: GRUB config %s on EFI-BOOT (%s) does not mention %s, so a local boot will not load the current image; regenerate it with the hnboot bootloader", disk, path, dev, image)
+		}
+		break // GRUB uses the first config it finds
+	}
+	return r
+}
+
+func hasPart(parts []part, index int) bool {
+	for _, p := range parts {
+		if p.Index == index {
+			return true
+		}
+	}
+	return false
+}
+
+// mentions reports whether cfg names image as a whole path component, so
+// hn-root.img does not match hn-root.img.part or old-hn-root.img.
+func mentions(cfg, image string) bool {
+	for rest := cfg; ; {
+		i := strings.Index(rest, image)
+		if i < 0 {
+			return false
+		}
+		before, after := rune(' '), rune(' ')
+		if i > 0 {
+			before = rune(rest[i-1])
+		}
+		if j := i + len(image); j < len(rest) {
+			after = rune(rest[j])
+		}
+		if !isNameChar(before) && !isNameChar(after) {
+			return true
+		}
+		rest = rest[i+1:]
+	}
+}
+
+func isNameChar(r rune) bool {
+	return unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' || r == '-' || r == '_'
+}
+
+// PartitionDevice names partition n of disk the way the kernel does:
+// /dev/vda → /dev/vda2, /dev/nvme0n1 → /dev/nvme0n1p2 (a "p" when the disk
+// name ends in a digit). Used only in messages.
+func PartitionDevice(disk string, n int) string {
+	if disk != "" && disk[len(disk)-1] >= '0' && disk[len(disk)-1] <= '9' {
+		return fmt.Sprintf("%sp%d", disk, n)
+	}
+	return fmt.Sprintf("%s%d", disk, n)
+}

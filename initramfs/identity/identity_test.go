@@ -1,0 +1,439 @@
+package identity
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+)
+
+func TestParseHostConf(t *testing.T) {
+	in := `# host.conf
+hostname = node7.example.com
+ip = 10.1.2.7/24
+gateway=10.1.2.1
+dns = 10.1.2.2, 10.1.2.3 1.1.1.1
+interface = eno1
+state_dir = /var/lib/docker
+state_dir = /srv//www/
+storage_id = osd-7
+cm_id = node7.puppet
+`
+	got, err := ParseHostConf(strings.NewReader(in))
+	want := HostConf{
+		Hostname: "node7.example.com", IP: "10.1.2.7/24", Gateway: "10.1.2.1",
+		DNS: []string{"10.1.2.2", "10.1.2.3", "1.1.1.1"}, Interface: "eno1",
+		StateDirs: []string{"/var/lib/docker", "/srv/www"}, StorageID: "osd-7", ConfigMgmtID: "node7.puppet",
+	}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("ParseHostConf() = %+v, %v, want %+v, nil", got, err, want)
+	}
+
+	round, err := ParseHostConf(bytes.NewReader(got.Marshal()))
+	if err != nil || !reflect.DeepEqual(round, want) {
+		t.Errorf("ParseHostConf(Marshal()) = %+v, %v, want %+v", round, err, want)
+	}
+}
+
+func TestParseHostConfErrors(t *testing.T) {
+	tests := []struct {
+		in, wantErr string
+	}{
+		{"hostname = -bad", "line 1"},
+		{"\n\nip = 10.0.0.1", "line 3"},
+		{"ip = dhcp\ngateway = x", "line 2"},
+		{"dns = 1.1.1.1 nope", "line 1"},
+		{"state_dir = var/lib", "line 1"},
+		{"state_dir = /a/../../etc", "line 1"},
+		{"state_dir = /", "line 1"},
+		{"interface = a/b", "line 1"},
+		{"colour = blue", `line 1: unknown key "colour"`},
+		{"just words", "line 1"},
+	}
+	for _, tt := range tests {
+		_, err := ParseHostConf(strings.NewReader(tt.in))
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("ParseHostConf(%q) error = %v, want it to contain %q", tt.in, err, tt.wantErr)
+		}
+	}
+	// Good lines survive bad ones.
+	hc, err := ParseHostConf(strings.NewReader("hostname = a\nbogus\nip = dhcp\n"))
+	if err == nil || hc.Hostname != "a" || hc.IP != DHCP {
+		t.Errorf("ParseHostConf(mixed) = %+v, %v, want hostname a, ip dhcp and an error", hc, err)
+	}
+}
+
+func TestFromKernelIP(t *testing.T) {
+	tests := []struct {
+		in   string
+		want HostConf
+	}{
+		{"", HostConf{}},
+		{"off", HostConf{}},
+		{"dhcp", HostConf{IP: DHCP}},
+		{"10.0.0.5::10.0.0.1:255.255.255.0:n5:eth0:off", HostConf{IP: "10.0.0.5/24", Gateway: "10.0.0.1", Hostname: "n5", Interface: "eth0"}},
+		{"10.0.0.5:10.0.0.9:10.0.0.1:255.255.0.0::ens3:none:1.1.1.1:8.8.8.8", HostConf{IP: "10.0.0.5/16", Gateway: "10.0.0.1", Interface: "ens3", DNS: []string{"1.1.1.1", "8.8.8.8"}}},
+		{"192.168.1.9", HostConf{IP: "192.168.1.9/24"}},
+		{"10.1.1.1", HostConf{IP: "10.1.1.1/8"}},
+		{":::::eth1:dhcp", HostConf{IP: DHCP, Interface: "eth1"}},
+		{"bogus:::::", HostConf{}},
+	}
+	for _, tt := range tests {
+		if got := FromKernelIP(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("FromKernelIP(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestMerge(t *testing.T) {
+	kernel := HostConf{Hostname: "from-kernel"}
+	imaged := HostConf{Hostname: "from-imaged", IP: "10.0.0.5/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.2"},
+		Files: map[string]string{"/etc/a": "imaged"}, StorageID: "osd-1"}
+	cache := HostConf{Hostname: "cached", IP: "10.9.9.9/24", StateDirs: []string{"/var/lib/x"},
+		Files: map[string]string{"/etc/a": "cache", "/etc/b": "cache"}, ConfigMgmtID: "cm-cached"}
+	defaults := Defaults("52:54:00:12:34:56")
+
+	got := Merge(kernel, imaged, cache, defaults)
+	want := HostConf{Hostname: "from-kernel", IP: "10.0.0.5/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.2"},
+		StateDirs: []string{"/var/lib/x"}, Files: map[string]string{"/etc/a": "imaged", "/etc/b": "cache"},
+		StorageID: "osd-1", ConfigMgmtID: "cm-cached"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Merge() = %+v, want %+v", got, want)
+	}
+
+	// Nothing but defaults: DHCP and the MAC-derived name.
+	got = Merge(HostConf{}, HostConf{}, HostConf{}, defaults)
+	if got.Hostname != "hn-525400123456" || got.IP != DHCP || got.Interface != "" {
+		t.Errorf("Merge(defaults only) = %+v, want hn-525400123456, dhcp, no interface", got)
+	}
+	// ip=dhcp on the kernel line beats a cached static address, and its
+	// gateway goes with it.
+	got = Merge(FromKernelIP("dhcp"), cache, HostConf{Gateway: "10.9.9.1"})
+	if got.IP != DHCP || got.Gateway != "" {
+		t.Errorf("Merge(ip=dhcp, static cache) = %+v, want IP dhcp and no gateway", got)
+	}
+}
+
+func TestDefaultHostname(t *testing.T) {
+	tests := map[string]string{"52:54:00:12:34:56": "hn-525400123456", "AA-BB-CC-DD-EE-FF": "hn-aabbccddeeff", "": "hn-unknown", "zz": "hn-unknown"}
+	for in, want := range tests {
+		if got := DefaultHostname(in); got != want {
+			t.Errorf("DefaultHostname(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestFirstEthernet(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name, typ, mac string, hw bool) {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "type"), []byte(typ+"\n"), 0o644)
+		os.WriteFile(filepath.Join(p, "address"), []byte(mac+"\n"), 0o644)
+		if hw {
+			os.MkdirAll(filepath.Join(p, "device"), 0o755)
+		}
+	}
+	mk("lo", "772", "00:00:00:00:00:00", false)
+	mk("wg0", "65534", "", false)
+	mk("bond0", "1", "02:00:00:00:00:01", false)
+	mk("lan9", "1", "02:00:00:00:00:09", true)
+	name, mac, err := FirstEthernet(dir)
+	if name != "lan9" || mac != "02:00:00:00:00:09" || err != nil {
+		t.Errorf("FirstEthernet(no en*/eth*) = %q, %q, %v, want lan9 (hardware-backed)", name, mac, err)
+	}
+	mk("ens3", "1", "52:54:00:12:34:56", true)
+	mk("eth0", "1", "52:54:00:00:00:00", true)
+	name, mac, err = FirstEthernet(dir)
+	if name != "ens3" || mac != "52:54:00:12:34:56" || err != nil {
+		t.Errorf("FirstEthernet() = %q, %q, %v, want ens3, 52:54:00:12:34:56, nil", name, mac, err)
+	}
+	if _, _, err := FirstEthernet(filepath.Join(dir, "lo")); err == nil {
+		t.Errorf("FirstEthernet(no interfaces) error = nil, want one")
+	}
+}
+
+func TestEnsure(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".hnboot", "identity")
+	id1, err := Ensure(dir, rand.Reader)
+	if err != nil {
+		t.Fatalf("Ensure() error = %v", err)
+	}
+	if !ValidMachineID(id1.MachineID) {
+		t.Errorf("Ensure().MachineID = %q, want 32 lowercase hex", id1.MachineID)
+	}
+	if len(id1.HostKeys) != 2 || id1.HostKeys[0].Type != "ed25519" || id1.HostKeys[1].Type != "ecdsa" {
+		t.Fatalf("Ensure().HostKeys = %+v, want ed25519 and ecdsa", id1.HostKeys)
+	}
+	wantAlgo := map[string]string{"ed25519": ssh.KeyAlgoED25519, "ecdsa": ssh.KeyAlgoECDSA256}
+	for _, k := range id1.HostKeys {
+		s, err := ssh.ParsePrivateKey(k.Private)
+		if err != nil {
+			t.Fatalf("ssh.ParsePrivateKey(%s) error = %v", k.Type, err)
+		}
+		if s.PublicKey().Type() != wantAlgo[k.Type] {
+			t.Errorf("%s key type = %s, want %s", k.Type, s.PublicKey().Type(), wantAlgo[k.Type])
+		}
+		pub, _, _, _, err := ssh.ParseAuthorizedKey(k.Public)
+		if err != nil || !bytes.Equal(pub.Marshal(), s.PublicKey().Marshal()) {
+			t.Errorf("%s .pub does not match the private key (err %v)", k.Type, err)
+		}
+		if k.Fingerprint != ssh.FingerprintSHA256(pub) || !strings.HasPrefix(k.Fingerprint, "SHA256:") {
+			t.Errorf("%s fingerprint = %q, want %q", k.Type, k.Fingerprint, ssh.FingerprintSHA256(pub))
+		}
+		fi, err := os.Stat(filepath.Join(dir, "ssh_host_"+k.Type+"_key"))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("stat %s key = %v, %v, want mode 0600", k.Type, fi.Mode(), err)
+		}
+	}
+
+	if id1.Fingerprints["ed25519"] != id1.HostKeys[0].Fingerprint || id1.Fingerprints["ecdsa"] != id1.HostKeys[1].Fingerprint {
+		t.Errorf("Ensure().Fingerprints = %v, want the HostKeys' fingerprints", id1.Fingerprints)
+	}
+	id2, err := Ensure(dir, nil) // nil: crypto/rand
+
+	if err != nil || !reflect.DeepEqual(id1, id2) {
+		t.Errorf("second Ensure() = %+v, %v, want identical to the first", id2, err)
+	}
+
+	// A lost .pub is re-derived; a corrupt machine-id or key is set aside
+	// and replaced, with a note.
+	os.Remove(filepath.Join(dir, "ssh_host_ed25519_key.pub"))
+	os.WriteFile(filepath.Join(dir, "machine-id"), []byte("garbage\n"), 0o444)
+	os.WriteFile(filepath.Join(dir, "ssh_host_ecdsa_key"), []byte("not a key"), 0o600)
+	id3, err := Ensure(dir, rand.Reader)
+	if err != nil {
+		t.Fatalf("Ensure(after damage) error = %v", err)
+	}
+	if !reflect.DeepEqual(id3.HostKeys[0], id1.HostKeys[0]) {
+		t.Errorf("Ensure(lost .pub).HostKeys[0] changed, want the same ed25519 key")
+	}
+	if id3.MachineID == id1.MachineID || !ValidMachineID(id3.MachineID) || id3.HostKeys[1].Fingerprint == id1.HostKeys[1].Fingerprint {
+		t.Errorf("Ensure(corrupt) = %+v, want a new machine-id and ecdsa key", id3)
+	}
+	if len(id3.Notes) != 2 {
+		t.Errorf("Ensure(corrupt).Notes = %q, want 2 notes", id3.Notes)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "machine-id.corrupt")); err != nil {
+		t.Errorf("corrupt machine-id not kept: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, ".*tmp*"))
+	if len(left) > 0 {
+		t.Errorf("temporary files left in %s: %q", dir, left)
+	}
+}
+
+func TestValidMachineID(t *testing.T) {
+	tests := map[string]bool{
+		"0123456789abcdef0123456789abcdef": true,
+		"0123456789ABCDEF0123456789abcdef": false,
+		"00000000000000000000000000000000": false,
+		"0123456789abcdef":                 false,
+		"0123456789abcdef0123456789abcdeg": false,
+	}
+	for in, want := range tests {
+		if got := ValidMachineID(in); got != want {
+			t.Errorf("ValidMachineID(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func read(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// imageRoot makes a root like a generalized image: an fstab with the
+// seed's hand-written lines, a hosts file, a resolv.conf symlink.
+func imageRoot(t *testing.T) string {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/fstab"), []byte("# /etc/fstab\nproc /proc proc defaults 0 0\nLABEL=EFI-BOOT /boot/loader vfat noauto,noatime 1 2\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/hosts"), []byte("127.0.0.1\tlocalhost\n127.0.1.1\tgolden-image\n"), 0o644)
+	return root
+}
+
+func TestApply(t *testing.T) {
+	id, err := Ensure(t.TempDir(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := HostConf{Hostname: "node7.example.com", IP: "10.1.2.7/24", Gateway: "10.1.2.1", DNS: []string{"10.1.2.2"},
+		Interface: "eno1", StorageID: "osd-7", ConfigMgmtID: "node7", Files: map[string]string{"/etc/motd": "hi\n"}}
+	root := imageRoot(t)
+	for i := 0; i < 2; i++ { // idempotent: a second run changes nothing
+		if err := Apply(root, id, hc); err != nil {
+			t.Fatalf("Apply() run %d error = %v", i+1, err)
+		}
+	}
+	files := map[string]string{
+		"etc/hostname":          "node7.example.com\n",
+		"etc/hosts":             "127.0.0.1\tlocalhost\n127.0.1.1\tnode7.example.com node7\n",
+		"etc/machine-id":        id.MachineID + "\n",
+		"etc/hnboot/storage-id": "osd-7\n",
+		"etc/hnboot/cm-id":      "node7\n",
+		"etc/motd":              "hi\n",
+		"etc/resolv.conf":       "# written by hnboot from the host configuration\nnameserver 10.1.2.2\n",
+		"etc/fstab": "# /etc/fstab\nproc /proc proc defaults 0 0\n" + fstabBegin + "\n" +
+			"LABEL=EFI-BOOT /boot/loader vfat noauto,noatime 0 2\nLABEL=hostpart /hostpart auto noatime 0 1\n" + fstabEnd + "\n",
+		"etc/systemd/network/10-hnboot.network": "# written by hnboot at every boot from the host configuration\n[Match]\nName=eno1\n\n[Network]\nAddress=10.1.2.7/24\nGateway=10.1.2.1\nDNS=10.1.2.2\n",
+		"etc/hnboot/network.env": "# written by hnboot at every boot; source it: . /etc/hnboot/network.env\n" +
+			"HN_HOSTNAME='node7.example.com'\nHN_INTERFACE='eno1'\nHN_IP='10.1.2.7/24'\nHN_GATEWAY='10.1.2.1'\nHN_DNS='10.1.2.2'\n",
+	}
+	for p, want := range files {
+		if got := read(t, filepath.Join(root, p)); got != want {
+			t.Errorf("Apply() wrote %s = %q, want %q", p, got, want)
+		}
+	}
+	for _, k := range id.HostKeys {
+		for suffix, mode := range map[string]os.FileMode{"": 0o600, ".pub": 0o644} {
+			p := filepath.Join(root, "etc/ssh/ssh_host_"+k.Type+"_key"+suffix)
+			fi, err := os.Stat(p)
+			if err != nil || fi.Mode().Perm() != mode {
+				t.Errorf("stat %s = %v, %v, want mode %v", p, fi.Mode(), err, mode)
+			}
+		}
+		if got := read(t, filepath.Join(root, "etc/ssh/ssh_host_"+k.Type+"_key")); got != string(k.Private) {
+			t.Errorf("Apply() %s private key differs from Ensure's", k.Type)
+		}
+	}
+	for _, d := range []string{"hostpart", "boot/loader"} {
+		if fi, err := os.Stat(filepath.Join(root, d)); err != nil || !fi.IsDir() {
+			t.Errorf("Apply() did not create /%s: %v", d, err)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(root, "data0")); err != nil || target != "/hostpart/data" {
+		t.Errorf("readlink /data0 = %q, %v, want /hostpart/data", target, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(root, "etc", ".hnboot-tmp-*"))
+	if len(left) > 0 {
+		t.Errorf("temporary files left: %q", left)
+	}
+}
+
+func TestApplyDHCPAndSymlinks(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.Symlink("/run/systemd/resolve/stub-resolv.conf", filepath.Join(root, "etc/resolv.conf"))
+	// A hostile or sloppy image: /etc/hostname points outside the root.
+	outside := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(outside, []byte("untouched"), 0o644)
+	os.Symlink(outside, filepath.Join(root, "etc/hostname"))
+	os.Mkdir(filepath.Join(root, "data0"), 0o755) // empty dir in the image: replaced by the link
+
+	hc := Merge(HostConf{DNS: []string{"1.1.1.1"}}, Defaults("52:54:00:12:34:56"))
+	if err := Apply(root, Identity{}, hc); err != nil {
+		t.Fatalf("Apply(dhcp) error = %v", err)
+	}
+	if got := read(t, outside); got != "untouched" {
+		t.Errorf("Apply() wrote through the image's symlink: victim = %q", got)
+	}
+	if got := read(t, filepath.Join(root, "etc/hostname")); got != "hn-525400123456\n" {
+		t.Errorf("/etc/hostname = %q, want hn-525400123456", got)
+	}
+	unit := read(t, filepath.Join(root, networkFile))
+	if !strings.Contains(unit, "Name=en* eth*\n") || !strings.Contains(unit, "DHCP=yes\n") || strings.Contains(unit, "Address=") {
+		t.Errorf("networkd unit for DHCP = %q, want Name=en* eth* and DHCP=yes", unit)
+	}
+	if !strings.Contains(read(t, filepath.Join(root, envFile)), "HN_IP='dhcp'\n") {
+		t.Errorf("network.env does not say HN_IP='dhcp'")
+	}
+	if target, _ := os.Readlink(filepath.Join(root, "etc/resolv.conf")); target != "/run/systemd/resolve/stub-resolv.conf" {
+		t.Errorf("resolv.conf symlink replaced: now %q", target)
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/machine-id")); err == nil {
+		t.Errorf("Apply(no identity) wrote /etc/machine-id")
+	}
+	if target, err := os.Readlink(filepath.Join(root, "data0")); err != nil || target != "/hostpart/data" {
+		t.Errorf("readlink /data0 = %q, %v, want /hostpart/data", target, err)
+	}
+}
+
+func TestApplyRefusesDataDir(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "data0"), 0o755)
+	os.WriteFile(filepath.Join(root, "data0", "precious"), []byte("x"), 0o644)
+	err := Apply(root, Identity{}, HostConf{Hostname: "h", Files: map[string]string{"relative": "x"}})
+	if err == nil || !strings.Contains(err.Error(), "data0") || !strings.Contains(err.Error(), "relative") {
+		t.Errorf("Apply(non-empty /data0, relative file) error = %v, want one naming data0 and relative", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "data0", "precious")); err != nil {
+		t.Errorf("Apply() removed image data in /data0: %v", err)
+	}
+	if got := read(t, filepath.Join(root, "etc/hostname")); got != "h\n" {
+		t.Errorf("Apply() stopped at the first error: /etc/hostname = %q", got)
+	}
+}
+
+func TestFstab(t *testing.T) {
+	block := fstabBegin + "\n" + fstabLines + fstabEnd + "\n"
+	tests := []struct{ in, want string }{
+		{"", block},
+		{"proc /proc proc defaults 0 0\n\n", "proc /proc proc defaults 0 0\n" + block},
+		{"LABEL=hostpart /hostpart/ ext4 defaults 0 1\n#LABEL=x /hostpart auto 0 0\n", "#LABEL=x /hostpart auto 0 0\n" + block},
+		{"a b c\n" + block + "z y x\n", "a b c\nz y x\n" + block},
+	}
+	for _, tt := range tests {
+		got := Fstab(tt.in)
+		if got != tt.want {
+			t.Errorf("Fstab(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+		if again := Fstab(got); again != got {
+			t.Errorf("Fstab(Fstab(%q)) = %q, want unchanged %q", tt.in, again, got)
+		}
+	}
+}
+
+func TestHostsFile(t *testing.T) {
+	tests := []struct{ old, host, want string }{
+		{"", "h", "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\th\n"},
+		{"127.0.0.1 localhost\n", "a.b", "127.0.0.1 localhost\n127.0.1.1\ta.b a\n"},
+		{"127.0.1.1 old\n10.0.0.1 gw\n127.0.1.1 dup\n", "h", "127.0.1.1\th\n10.0.0.1 gw\n"},
+	}
+	for _, tt := range tests {
+		if got := HostsFile(tt.old, tt.host); got != tt.want {
+			t.Errorf("HostsFile(%q, %q) = %q, want %q", tt.old, tt.host, got, tt.want)
+		}
+	}
+}
+
+func TestNetworkEnvQuoting(t *testing.T) {
+	env := NetworkEnv(HostConf{Hostname: "it's"})
+	if !strings.Contains(env, `HN_HOSTNAME='it'\''s'`) {
+		t.Errorf("NetworkEnv(it's) = %q, want shell-quoted hostname", env)
+	}
+}
+
+func TestStateBinds(t *testing.T) {
+	root := t.TempDir()
+	data := filepath.Join(t.TempDir(), "data")
+	os.MkdirAll(filepath.Join(root, "var"), 0o755)
+	os.Symlink("/etc", filepath.Join(root, "var", "escape")) // absolute: would leave the root
+	binds, err := StateBinds(root, data, []string{"/var/lib/docker", "/srv/www/", "/var/lib/docker", "rel", "/var/escape/x"})
+	want := []Bind{
+		{Source: filepath.Join(data, "var/lib/docker"), Target: filepath.Join(root, "var/lib/docker")},
+		{Source: filepath.Join(data, "srv/www"), Target: filepath.Join(root, "srv/www")},
+	}
+	if !reflect.DeepEqual(binds, want) {
+		t.Errorf("StateBinds() = %+v, want %+v", binds, want)
+	}
+	if err == nil || !strings.Contains(err.Error(), "rel") || !strings.Contains(err.Error(), "/var/escape/x") {
+		t.Errorf("StateBinds() error = %v, want one naming rel and /var/escape/x", err)
+	}
+	for _, b := range binds {
+		for _, p := range []string{b.Source, b.Target} {
+			if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
+				t.Errorf("StateBinds() did not create %s: %v", p, err)
+			}
+		}
+	}
+}

@@ -1,0 +1,50 @@
+// Command init is hnboot's /init: PID 1 of the initramfs. It mounts the
+// kernel filesystems, loads the modules it needs, finds the hostpart
+// partition, checks the disk layout, rotates or reverts the root images
+// (crash-safely), loop-mounts hn-root.img read-only under a tmpfs overlay,
+// writes this host's identity into it and switches root. DESIGN.md §3 is the
+// contract; every step logs a `hninit:` line.
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+)
+
+func main() {
+	if err := run(os.Args, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "hninit:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdin io.Reader, stdout io.Writer) error {
+	if os.Getpid() != 1 {
+		if len(args) > 1 && (args[1] == "--help" || args[1] == "-h") {
+			fmt.Fprint(stdout, usage)
+			return nil
+		}
+		return fmt.Errorf("this is the initramfs /init and must run as PID 1 (kernel command line reference: %s --help)", args[0])
+	}
+	h := newConsoleHandler(stdout, false)
+	b := &boot{h: h, log: slog.New(h), stdin: stdin, stdout: stdout}
+	b.main() // never returns
+	return nil
+}
+
+const usage = `hninit: hnboot's initramfs /init (runs as PID 1).
+
+Kernel command line:
+  hn.hostpart=LABEL=hostpart   the partition holding the images (also UUID=, PARTLABEL=, /dev/...)
+  hn.image=hn-root.img         the current image's name on hostpart
+  hn.tries=N                   trial boots for a newly promoted image (default 3)
+  hn.server=URL                the imaged server
+  hn.revert=ID                 revert once per ID, as if system-revert were present
+  hn.hostname=NAME, ip=...     host identity overrides
+  hn.modules=a,b               extra kernel modules to load
+  hn.debug                     verbose log
+  real_root=/hn-root.img raw_loop_root_host_partition=LABEL=hostpart
+                               the genkernel names, accepted as aliases
+`

@@ -1,0 +1,214 @@
+package rotate
+
+import (
+	"errors"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeFiles(t testing.TB, dir string, files map[string]string) {
+	t.Helper()
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readFiles returns every regular file under dir, name -> content.
+func readFiles(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		out[filepath.ToSlash(rel)] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestOSFSPromoteAndRevert(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{Current: "A", New: "B", Old: "C", part: "P", "data/keep": "K"})
+	fsys := OSFS(dir)
+
+	res, err := Run(fsys, Options{Log: func(s string) { t.Log(s) }})
+	if err != nil || res.Action != Promote || !res.Trial || res.TriesLeft != 2 {
+		t.Fatalf("Run(promote) = %s, %v; want promote, trial, 2 left", fmtResult(res), err)
+	}
+	want := map[string]string{Current: "B", Old: "A", Trial: "2\n", part: "P", "data/keep": "K"}
+	if got := readFiles(t, dir); !maps.Equal(got, want) {
+		t.Fatalf("after promote: %s, want %s", fmtState(got), fmtState(want))
+	}
+
+	writeFiles(t, dir, map[string]string{RevertTrigger: ""})
+	res, err = Run(fsys, Options{RevertID: "fleet-7"})
+	if err != nil || res.Action != Revert || res.Trial {
+		t.Fatalf("Run(revert) = %s, %v; want revert, no trial", fmtResult(res), err)
+	}
+	want = map[string]string{Current: "A", Broken: "B", Reverts: "fleet-7\n", part: "P", "data/keep": "K"}
+	if got := readFiles(t, dir); !maps.Equal(got, want) {
+		t.Fatalf("after revert: %s, want %s", fmtState(got), fmtState(want))
+	}
+}
+
+// TestOSFSCrash cuts the power after every operation of a promotion and a
+// revert on a real directory, then boots again.
+func TestOSFSCrash(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		start map[string]string
+		opt   Options
+		want  map[string]string
+	}{
+		{"promote", map[string]string{Current: "A", New: "B", Old: "C"}, Options{},
+			map[string]string{Current: "B", Old: "A", Trial: "2\n"}},
+		{"revert", map[string]string{Current: "A", Old: "C", Broken: "D", Trial: "0\n", New: "B"}, Options{RevertID: "x"},
+			map[string]string{Current: "C", Broken: "A", New: "B", Reverts: "x\n"}},
+	} {
+		dry := t.TempDir()
+		writeFiles(t, dry, tc.start)
+		cnt := &countFS{FS: OSFS(dry)}
+		if _, err := Run(cnt, tc.opt); err != nil {
+			t.Fatalf("%s: Run = %v", tc.name, err)
+		}
+		if got := readFiles(t, dry); !maps.Equal(got, tc.want) {
+			t.Fatalf("%s: Run left %s, want %s", tc.name, fmtState(got), fmtState(tc.want))
+		}
+		for k := range cnt.ops {
+			dir := t.TempDir()
+			writeFiles(t, dir, tc.start)
+			cuts := 0
+			_, err := Run(CrashAfter(OSFS(dir), k, func() { cuts++ }), tc.opt)
+			if !errors.Is(err, ErrPowerCut) || cuts != 1 {
+				t.Fatalf("%s cut after %d: Run = %v with %d cuts, want ErrPowerCut and 1", tc.name, k, err, cuts)
+			}
+			if got := readFiles(t, dir); got[Current] == "" {
+				t.Fatalf("%s cut after %d: no %s: %s", tc.name, k, Current, fmtState(got))
+			}
+			if _, err := Run(OSFS(dir), tc.opt); err != nil {
+				t.Fatalf("%s cut after %d: recovery Run = %v", tc.name, k, err)
+			}
+			if got := readFiles(t, dir); !maps.Equal(got, tc.want) {
+				t.Fatalf("%s cut after %d: recovery left %s, want %s", tc.name, k, fmtState(got), fmtState(tc.want))
+			}
+		}
+		t.Logf("%s: %d crash points on OSFS", tc.name, cnt.ops)
+	}
+}
+
+func TestOSFSOps(t *testing.T) {
+	dir := t.TempDir()
+	fsys := OSFS(dir)
+	if err := fsys.WriteFile(Journal, []byte("promote\n")); err != nil {
+		t.Fatalf("WriteFile(%s) = %v (must create .hnboot/)", Journal, err)
+	}
+	if b, err := fsys.ReadFile(Journal); err != nil || string(b) != "promote\n" {
+		t.Errorf("ReadFile(%s) = %q, %v", Journal, b, err)
+	}
+	if ok, err := fsys.Exists(Journal + ".tmp"); ok || err != nil {
+		t.Errorf("Exists(tmp) = %v, %v; want false, nil", ok, err)
+	}
+	if err := fsys.Remove("missing"); err != nil {
+		t.Errorf("Remove(missing) = %v, want nil", err)
+	}
+	if err := fsys.Remove(".nodir/missing"); err != nil {
+		t.Errorf("Remove(.nodir/missing) = %v, want nil", err)
+	}
+	if _, err := fsys.ReadFile("missing"); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), filepath.Join(dir, "missing")) {
+		t.Errorf("ReadFile(missing) = %v, want ErrNotExist naming the path", err)
+	}
+	writeFiles(t, dir, map[string]string{"a": "1", "b": "2"})
+	if err := fsys.Link("a", "b"); !errors.Is(err, fs.ErrExist) || !strings.HasPrefix(err.Error(), "link ") {
+		t.Errorf("Link(a, existing b) = %v, want ErrExist starting with the op", err)
+	}
+	if err := fsys.Link("a", "c"); err != nil {
+		t.Fatalf("Link(a, c) = %v", err)
+	}
+	for _, c := range []struct {
+		a, b string
+		want bool
+	}{{"a", "c", true}, {"a", "b", false}, {"a", "missing", false}} {
+		if got, err := fsys.SameFile(c.a, c.b); got != c.want || err != nil {
+			t.Errorf("SameFile(%s, %s) = %v, %v; want %v", c.a, c.b, got, err, c.want)
+		}
+	}
+	if err := fsys.Rename("c", "b"); err != nil {
+		t.Fatalf("Rename(c, b) = %v", err)
+	}
+	if got, _ := fsys.SameFile("a", "b"); !got {
+		t.Errorf("after Rename(c, b): SameFile(a, b) = false, want true")
+	}
+	if _, err := fsys.Exists("../escape"); err == nil {
+		t.Errorf("Exists(../escape) = nil error, want one")
+	}
+}
+
+// BenchmarkRotate times one promotion (Run on a staged image) for a 100 MiB
+// image and a 20 GiB sparse one: rotation is links and renames, so the time
+// does not depend on the size. The directory is put back outside the timer.
+func BenchmarkRotate(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		size   int64
+		sparse bool
+	}{{"100MiB", 100 << 20, false}, {"20GiB-sparse", 20 << 30, true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			dir := b.TempDir()
+			for _, name := range []string{Current, New} {
+				f, err := os.Create(filepath.Join(dir, name))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if bc.sparse {
+					err = f.Truncate(bc.size)
+				} else {
+					_, err = f.Write(make([]byte, bc.size))
+				}
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			fsys := OSFS(dir)
+			for i := 0; i < b.N; i++ {
+				res, err := Run(fsys, Options{})
+				if err != nil || res.Action != Promote {
+					b.Fatalf("Run = %s, %v; want promote", fmtResult(res), err)
+				}
+				b.StopTimer()
+				// Put it back: current -> new, old -> current.
+				for _, step := range [][2]string{{Current, New}, {Old, Current}} {
+					if err := os.Rename(filepath.Join(dir, step[0]), filepath.Join(dir, step[1])); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := os.Remove(filepath.Join(dir, Trial)); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			st, err := os.Stat(filepath.Join(dir, Current))
+			if err != nil || st.Size() != bc.size {
+				b.Fatalf("%s after the runs: %v, %v; want size %d", Current, st, err, bc.size)
+			}
+		})
+	}
+}

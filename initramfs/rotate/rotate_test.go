@@ -1,0 +1,353 @@
+package rotate
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const part = "hn-root-new.img.part"
+
+// verifyBad rejects images whose content starts with "bad".
+func verifyBad(m *memFS) func(string) error {
+	return func(name string) error {
+		if strings.HasPrefix(m.files[name].data, "bad") {
+			return errors.New("bad superblock")
+		}
+		return nil
+	}
+}
+
+func fmtState(s map[string]string) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(s)) {
+		fmt.Fprintf(&b, "%s=%q ", k, s[k])
+	}
+	return strings.TrimSpace(b.String())
+}
+
+func fmtResult(r Result) string {
+	return fmt.Sprintf("{%v replayed=%v trial=%v left=%d notes=%q}", r.Action, r.Replayed, r.Trial, r.TriesLeft, r.Notes)
+}
+
+func TestRun(t *testing.T) {
+	promoteJ := string(encodeJournal(journal{op: opPromote}))
+	revertJ := string(encodeJournal(journal{op: opRevert, id: "r1"}))
+	tests := []struct {
+		name   string
+		start  map[string]string
+		links  map[string]string // new name -> existing name, made after start
+		opt    Options
+		want   Result
+		note   string // a note must contain this
+		end    map[string]string
+		endErr error
+	}{
+		{
+			name:  "plain boot",
+			start: map[string]string{Current: "A", part: "P"},
+			want:  Result{Action: Boot},
+			end:   map[string]string{Current: "A", part: "P"},
+		},
+		{
+			name:  "trial boot uses one try",
+			start: map[string]string{Current: "A", Trial: "2\n"},
+			want:  Result{Action: Boot, Trial: true, TriesLeft: 1},
+			end:   map[string]string{Current: "A", Trial: "1\n"},
+		},
+		{
+			name:  "trial boot with the last try",
+			start: map[string]string{Current: "A", Old: "C", Trial: "1"},
+			want:  Result{Action: Boot, Trial: true, TriesLeft: 0},
+			end:   map[string]string{Current: "A", Old: "C", Trial: "0\n"},
+		},
+		{
+			name:  "promote replaces the previous old",
+			start: map[string]string{Current: "A", New: "B", Old: "C", Broken: "D", part: "P"},
+			want:  Result{Action: Promote, Trial: true, TriesLeft: 2},
+			end:   map[string]string{Current: "B", Old: "A", Broken: "D", Trial: "2\n", part: "P"},
+		},
+		{
+			name:  "promote without previous old, hn.tries=5",
+			start: map[string]string{Current: "A", New: "B"},
+			opt:   Options{Tries: 5},
+			want:  Result{Action: Promote, Trial: true, TriesLeft: 4},
+			end:   map[string]string{Current: "B", Old: "A", Trial: "4\n"},
+		},
+		{
+			name:  "promote while current is on trial restarts the count",
+			start: map[string]string{Current: "A", New: "B", Trial: "1\n"},
+			want:  Result{Action: Promote, Trial: true, TriesLeft: 2},
+			end:   map[string]string{Current: "B", Old: "A", Trial: "2\n"},
+		},
+		{
+			name:  "reject replaces the previous rejected",
+			start: map[string]string{Current: "A", New: "bad-B", Old: "C", Rejected: "E", Trial: "3\n"},
+			want:  Result{Action: Reject, Trial: true, TriesLeft: 2},
+			note:  "bad superblock",
+			end:   map[string]string{Current: "A", Old: "C", Rejected: "bad-B", Trial: "2\n"},
+		},
+		{
+			name:  "system-revert",
+			start: map[string]string{Current: "A", Old: "C", Broken: "D", RevertTrigger: "", Trial: "2\n", part: "P"},
+			want:  Result{Action: Revert},
+			note:  "system-revert present",
+			end:   map[string]string{Current: "C", Broken: "A", part: "P"},
+		},
+		{
+			name:  "trial exhausted reverts",
+			start: map[string]string{Current: "A", Old: "C", Trial: "0\n"},
+			want:  Result{Action: Revert},
+			note:  "no tries left",
+			end:   map[string]string{Current: "C", Broken: "A"},
+		},
+		{
+			name:  "negative trial reverts",
+			start: map[string]string{Current: "A", Old: "C", Trial: "-1\n"},
+			want:  Result{Action: Revert},
+			end:   map[string]string{Current: "C", Broken: "A"},
+		},
+		{
+			name:  "garbage trial reverts",
+			start: map[string]string{Current: "A", Old: "C", Trial: "two"},
+			want:  Result{Action: Revert},
+			note:  "unreadable",
+			end:   map[string]string{Current: "C", Broken: "A"},
+		},
+		{
+			name:  "hn.revert with a new ID reverts and records it",
+			start: map[string]string{Current: "A", Old: "C", Reverts: "r0\n"},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Revert},
+			note:  "hn.revert=r1",
+			end:   map[string]string{Current: "C", Broken: "A", Reverts: "r0\nr1\n"},
+		},
+		{
+			name:  "hn.revert with an applied ID does nothing",
+			start: map[string]string{Current: "A", Old: "C", Reverts: "r0\nr1\n"},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Boot},
+			end:   map[string]string{Current: "A", Old: "C", Reverts: "r0\nr1\n"},
+		},
+		{
+			name:  "hn.revert with white space is ignored",
+			start: map[string]string{Current: "A", Old: "C"},
+			opt:   Options{RevertID: "r 1"},
+			want:  Result{Action: Boot},
+			note:  "ignoring hn.revert",
+			end:   map[string]string{Current: "A", Old: "C"},
+		},
+		{
+			name:  "revert leaves a staged image staged",
+			start: map[string]string{Current: "A", Old: "C", New: "B", RevertTrigger: ""},
+			want:  Result{Action: Revert},
+			note:  "stays staged",
+			end:   map[string]string{Current: "C", Broken: "A", New: "B"},
+		},
+		{
+			name:  "system-revert without old keeps current",
+			start: map[string]string{Current: "A", Broken: "D", RevertTrigger: ""},
+			want:  Result{Action: Boot},
+			note:  "revert requested (system-revert present) but no hn-root-old.img: booting current",
+			end:   map[string]string{Current: "A", Broken: "D"},
+		},
+		{
+			name:  "system-revert without old keeps a trial with tries",
+			start: map[string]string{Current: "A", RevertTrigger: "", Trial: "2\n"},
+			want:  Result{Action: Boot, Trial: true, TriesLeft: 1},
+			note:  "no hn-root-old.img",
+			end:   map[string]string{Current: "A", Trial: "1\n"},
+		},
+		{
+			name:  "exhausted trial without old removes the trial file",
+			start: map[string]string{Current: "A", Trial: "0\n"},
+			want:  Result{Action: Boot},
+			note:  "no hn-root-old.img",
+			end:   map[string]string{Current: "A"},
+		},
+		{
+			name:  "hn.revert without old is recorded and does not promote",
+			start: map[string]string{Current: "A", New: "B"},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Boot},
+			note:  "stays staged",
+			end:   map[string]string{Current: "A", New: "B", Reverts: "r1\n"},
+		},
+		{
+			name:  "staged image that is the current file is dropped",
+			start: map[string]string{Current: "A"},
+			links: map[string]string{New: Current},
+			want:  Result{Action: Boot},
+			note:  "same file",
+			end:   map[string]string{Current: "A"},
+		},
+		{
+			name:  "journal: promotion interrupted after the link",
+			start: map[string]string{Current: "A", New: "B", Journal: promoteJ},
+			links: map[string]string{Old: Current},
+			want:  Result{Action: Promote, Replayed: true, Trial: true, TriesLeft: 2},
+			note:  "interrupted promotion",
+			end:   map[string]string{Current: "B", Old: "A", Trial: "2\n"},
+		},
+		{
+			name:  "journal: promotion interrupted after the rename",
+			start: map[string]string{Current: "B", Old: "A", Trial: "1\n", Journal: promoteJ},
+			want:  Result{Action: Promote, Replayed: true, Trial: true, TriesLeft: 2},
+			end:   map[string]string{Current: "B", Old: "A", Trial: "2\n"},
+		},
+		{
+			name:  "journal: revert interrupted after the link keeps new staged",
+			start: map[string]string{Current: "A", Old: "C", New: "B", Broken: "D", RevertTrigger: "", Journal: revertJ},
+			links: map[string]string{Broken: Current},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Revert, Replayed: true},
+			note:  "stays staged",
+			end:   map[string]string{Current: "C", Broken: "A", New: "B", Reverts: "r1\n"},
+		},
+		{
+			name:  "journal: revert request without old finishes and counts the try once",
+			start: map[string]string{Current: "A", New: "B", Trial: "3\n", Journal: "revert-without-old\nid r1\ntrial 2\n"},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Boot, Replayed: true, Trial: true, TriesLeft: 2},
+			note:  "stays staged",
+			end:   map[string]string{Current: "A", New: "B", Trial: "2\n", Reverts: "r1\n"},
+		},
+		{
+			name:  "journal: a finished revert ends the boot, a new hn.revert waits",
+			start: map[string]string{Current: "C", Broken: "A", Journal: "revert\nid r1\n"},
+			opt:   Options{RevertID: "r2"},
+			want:  Result{Action: Revert, Replayed: true},
+			end:   map[string]string{Current: "C", Broken: "A", Reverts: "r1\n"},
+		},
+		{
+			name:  "journal: finished promotion, then system-revert put there by a rescue system",
+			start: map[string]string{Current: "A", New: "B", Old: "C", Broken: "D", RevertTrigger: "", Journal: promoteJ},
+			want:  Result{Action: Revert, Replayed: true},
+			end:   map[string]string{Current: "A", Broken: "B"},
+		},
+		{
+			name:  "journal: unreadable journal is dropped",
+			start: map[string]string{Current: "A", Journal: "frobnicate\n"},
+			want:  Result{Action: Boot},
+			note:  "unreadable",
+			end:   map[string]string{Current: "A"},
+		},
+		{
+			name:   "no current image",
+			start:  map[string]string{Old: "C", New: "B", RevertTrigger: ""},
+			want:   Result{Action: Boot},
+			end:    map[string]string{Old: "C", New: "B", RevertTrigger: ""},
+			endErr: ErrNoCurrent,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMemFS(tc.start)
+			for n, o := range tc.links {
+				delete(m.files, n)
+				if err := m.Link(o, n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			opt := tc.opt
+			opt.Verify = verifyBad(m)
+			var log []string
+			opt.Log = func(s string) { log = append(log, s) }
+			got, err := Run(m, opt)
+			if !errors.Is(err, tc.endErr) {
+				t.Fatalf("Run(%s) error = %v, want %v", fmtState(tc.start), err, tc.endErr)
+			}
+			if got.Action != tc.want.Action || got.Replayed != tc.want.Replayed || got.Trial != tc.want.Trial || got.TriesLeft != tc.want.TriesLeft {
+				t.Errorf("Run(%s) = %s, want %s", fmtState(tc.start), fmtResult(got), fmtResult(tc.want))
+			}
+			if tc.note != "" && !slices.ContainsFunc(got.Notes, func(n string) bool { return strings.Contains(n, tc.note) }) {
+				t.Errorf("Run(%s) notes = %q, want one containing %q", fmtState(tc.start), got.Notes, tc.note)
+			}
+			if s := m.snapshot(); !maps.Equal(s, tc.end) {
+				t.Errorf("Run(%s) left %s, want %s", fmtState(tc.start), fmtState(s), fmtState(tc.end))
+			}
+			if l := m.links(); l != "" && tc.endErr == nil {
+				t.Errorf("Run(%s) left hard links %s, want none", fmtState(tc.start), l)
+			}
+			if tc.endErr == nil && len(log) == 0 {
+				t.Errorf("Run(%s) logged nothing", fmtState(tc.start))
+			}
+		})
+	}
+}
+
+// TestTrialCountdown: Tries=3 gives three trial boots, the fourth reverts.
+func TestTrialCountdown(t *testing.T) {
+	m := newMemFS(map[string]string{Current: "A", New: "B"})
+	want := []Result{
+		{Action: Promote, Trial: true, TriesLeft: 2},
+		{Action: Boot, Trial: true, TriesLeft: 1},
+		{Action: Boot, Trial: true, TriesLeft: 0},
+		{Action: Revert},
+		{Action: Boot},
+	}
+	for i, w := range want {
+		got, err := Run(m, Options{Tries: 3})
+		if err != nil {
+			t.Fatalf("boot %d: Run = %v", i+1, err)
+		}
+		if got.Action != w.Action || got.Trial != w.Trial || got.TriesLeft != w.TriesLeft {
+			t.Errorf("boot %d: Run(...) = %s, want %s", i+1, fmtResult(got), fmtResult(w))
+		}
+	}
+	wantEnd := map[string]string{Current: "A", Broken: "B"}
+	if s := m.snapshot(); !maps.Equal(s, wantEnd) {
+		t.Errorf("after countdown: %s, want %s", fmtState(s), fmtState(wantEnd))
+	}
+}
+
+func TestJournalRoundTrip(t *testing.T) {
+	for _, j := range []journal{{op: opPromote}, {op: opRevert}, {op: opRevert, id: "r1"}, {op: opRevertWithout, id: "x-2"},
+		{op: opRevertWithout, trial: "-"}, {op: opRevertWithout, id: "r1", trial: "0"}, {op: opRevertWithout, trial: "12"}} {
+		got, err := decodeJournal(encodeJournal(j))
+		if err != nil || got != j {
+			t.Errorf("decodeJournal(encodeJournal(%+v)) = %+v, %v", j, got, err)
+		}
+	}
+	for _, bad := range []string{"", "\n", "promote\nid \n", "revert\nfoo bar\n", "demote\n", "promote\ntrial 2\n", "revert-without-old\ntrial -1\n", "revert-without-old\ntrial x\n"} {
+		if j, err := decodeJournal([]byte(bad)); err == nil {
+			t.Errorf("decodeJournal(%q) = %+v, nil; want error", bad, j)
+		}
+	}
+}
+
+func TestCrashAfter(t *testing.T) {
+	m := newMemFS(map[string]string{Current: "A"})
+	cuts := 0
+	c := CrashAfter(m, 2, func() { cuts++ })
+	if err := c.WriteFile("x", []byte("1")); err != nil {
+		t.Fatalf("op 1: %v", err)
+	}
+	if ok, err := c.Exists("x"); !ok || err != nil {
+		t.Fatalf("Exists after op 1 = %v, %v", ok, err)
+	}
+	if err := c.Remove("x"); err != nil {
+		t.Fatalf("op 2: %v", err)
+	}
+	if _, err := c.Exists(Current); !errors.Is(err, ErrPowerCut) {
+		t.Errorf("read after 2 ops = %v, want ErrPowerCut", err)
+	}
+	if err := c.WriteFile("y", nil); !errors.Is(err, ErrPowerCut) {
+		t.Errorf("op 3 = %v, want ErrPowerCut", err)
+	}
+	if _, ok := m.files["y"]; ok {
+		t.Errorf("op 3 reached the FS after the cut")
+	}
+	if cuts != 1 {
+		t.Errorf("onCut called %d times, want 1", cuts)
+	}
+	never := CrashAfter(m, -1, nil)
+	for i := range 100 {
+		if err := never.WriteFile("z", []byte{byte(i)}); err != nil {
+			t.Fatalf("CrashAfter(-1) op %d: %v", i, err)
+		}
+	}
+}

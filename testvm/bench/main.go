@@ -1,0 +1,228 @@
+// Command bench measures the boot path side by side with a reference: the
+// hnboot init against a busybox shell /init doing the same steps (load the
+// same modules, find and mount hostpart, rotate with mv, loop-mount the
+// image read-only, overlay, switch_root), median of 5 QEMU boots each, plus
+// the initramfs sizes. Run it with `make bench`.
+package main
+
+import (
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/hnboot/hnboot/testvm"
+)
+
+const boots = 5
+
+// refInit is the reference: what a careful shell linuxrc does.
+const refInit = `#!/bin/sh
+/bin/busybox mkdir -p /proc /sys /dev /run
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+echo "REF init-start $(cut -d' ' -f1 /proc/uptime)"
+for m in $(cat /etc/hnboot-modules); do modprobe $m 2>/dev/null; done
+until dev=$(findfs LABEL=hostpart 2>/dev/null); do sleep 0.1; done
+mkdir -p /hostpart /run/img /run/rw /newroot
+mount -t ext4 -o noatime $dev /hostpart
+cd /hostpart
+if [ -f hn-root-new.img ]; then mv hn-root.img hn-root-old.img; mv hn-root-new.img hn-root.img; fi
+cd /
+loop=$(losetup -f)
+losetup -r $loop /hostpart/hn-root.img
+mount -t ext4 -o ro $loop /run/img
+mount -t tmpfs tmpfs /run/rw
+mkdir -p /run/rw/u /run/rw/w
+mount -t overlay overlay -o lowerdir=/run/img,upperdir=/run/rw/u,workdir=/run/rw/w /newroot
+mkdir -p /newroot/hostpart
+mount --move /hostpart /newroot/hostpart
+echo "REF switch-root $(cut -d' ' -f1 /proc/uptime)"
+exec switch_root /newroot /sbin/init
+`
+
+func main() {
+	if err := run(os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type sample struct{ start, switchRoot, wall float64 }
+
+func run(out io.Writer) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "hnboot-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	f, err := testvm.Build(ctx, dir, io.Discard)
+	if err != nil {
+		return err
+	}
+	refScript := filepath.Join(dir, "ref-init.sh")
+	if err := os.WriteFile(refScript, []byte(refInit), 0o755); err != nil {
+		return err
+	}
+	refInitrd := filepath.Join(dir, "ref-initramfs.cpio.gz")
+	if err := f.Run(ctx, "initramfs", "--kernel-modules", f.ModDir, "--init", refScript, "--busybox", "/bin/busybox", "--out", refInitrd); err != nil {
+		return err
+	}
+	img, err := f.RootImage(ctx, testvm.RootOptions{Name: "bench", Confirm: true})
+	if err != nil {
+		return err
+	}
+	base := filepath.Join(dir, "disk.img")
+	if err := f.Run(ctx, "disk", "--root", img, "--out", base, "--size", "1G"); err != nil {
+		return err
+	}
+
+	hnRx := []string{`hninit: \[\s*([0-9.]+)\] hnboot init starting`, `hninit: \[\s*([0-9.]+)\] switching root`}
+	refRx := []string{`REF init-start ([0-9.]+)`, `REF switch-root ([0-9.]+)`}
+	var hn, ref []sample
+	for i := 0; i < boots; i++ {
+		s, err := bootOnce(ctx, f, f.Initramfs, base, dir, hnRx)
+		if err != nil {
+			return fmt.Errorf("hnboot boot %d: %w", i+1, err)
+		}
+		hn = append(hn, s)
+		s, err = bootOnce(ctx, f, refInitrd, base, dir, refRx)
+		if err != nil {
+			return fmt.Errorf("reference boot %d: %w", i+1, err)
+		}
+		ref = append(ref, s)
+		fmt.Fprintf(os.Stderr, "bench: boot pair %d/%d done\n", i+1, boots)
+	}
+	hnC, hnU, err := sizes(f.Initramfs)
+	if err != nil {
+		return err
+	}
+	refC, refU, err := sizes(refInitrd)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nBoot to switch_root, median of %d QEMU (TCG) boots each, kernel %s\n\n", boots, f.Release)
+	fmt.Fprintf(out, "| %-40s | %14s | %18s |\n", "metric", "hnboot init", "busybox sh init")
+	fmt.Fprintf(out, "|%s|%s|%s|\n", dashes(42), dashes(16), dashes(20))
+	row := func(name string, a, b float64, unit string) {
+		fmt.Fprintf(out, "| %-40s | %12.3f %s | %16.3f %s |\n", name, a, unit, b, unit)
+	}
+	row("kernel start -> switch_root (uptime)", med(hn, func(s sample) float64 { return s.switchRoot }), med(ref, func(s sample) float64 { return s.switchRoot }), "s")
+	row("init phase: /init start -> switch_root", med(hn, func(s sample) float64 { return s.switchRoot - s.start }), med(ref, func(s sample) float64 { return s.switchRoot - s.start }), "s")
+	row("QEMU start -> image's init done (wall)", med(hn, func(s sample) float64 { return s.wall }), med(ref, func(s sample) float64 { return s.wall }), "s")
+	row("initramfs size, gzip", float64(hnC)/(1<<20), float64(refC)/(1<<20), "MiB")
+	row("initramfs size, uncompressed", float64(hnU)/(1<<20), float64(refU)/(1<<20), "MiB")
+	fmt.Fprintln(out, "\nThe hnboot init also checks GPT/EFI-BOOT, keeps a journal, fsyncs, and writes the host identity; the reference does none of that.")
+	return nil
+}
+
+func bootOnce(ctx context.Context, f *testvm.Fixture, initrd, base, dir string, rx []string) (sample, error) {
+	disk := filepath.Join(dir, "boot.img")
+	if err := copySparse(base, disk); err != nil {
+		return sample{}, err
+	}
+	vm, err := testvm.Start(ctx, testvm.Options{Kernel: f.Kernel, Initrd: initrd, Disk: disk, Append: "quiet"})
+	if err != nil {
+		return sample{}, err
+	}
+	defer vm.Kill()
+	var vals []float64
+	for _, r := range rx {
+		m, err := vm.Expect(r, 3*time.Minute)
+		if err != nil {
+			return sample{}, err
+		}
+		v, _ := strconv.ParseFloat(m[1], 64)
+		vals = append(vals, v)
+	}
+	if _, err := vm.Expect(`HNTEST end`, 3*time.Minute); err != nil {
+		return sample{}, err
+	}
+	wall := vm.Since().Seconds()
+	vm.Wait(time.Minute)
+	return sample{start: vals[0], switchRoot: vals[1], wall: wall}, nil
+}
+
+func med(s []sample, f func(sample) float64) float64 {
+	v := make([]float64, len(s))
+	for i := range s {
+		v[i] = f(s[i])
+	}
+	sort.Float64s(v)
+	return v[len(v)/2]
+}
+
+func sizes(path string) (compressed, uncompressed int64, err error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	zr, err := gzip.NewReader(fh)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", path, err)
+	}
+	n, err := io.Copy(io.Discard, zr)
+	return st.Size(), n, err
+}
+
+func dashes(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = '-'
+	}
+	return string(b)
+}
+
+// copySparse copies a mostly empty disk image keeping holes, so each boot
+// starts from the same state quickly.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	o, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	if err := o.Truncate(st.Size()); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	zero := make([]byte, 1<<20)
+	for off := int64(0); off < st.Size(); off += int64(len(buf)) {
+		n, err := in.ReadAt(buf, off)
+		if n > 0 && string(buf[:n]) != string(zero[:n]) {
+			if _, werr := o.WriteAt(buf[:n], off); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,218 @@
+// Package testvm boots real kernels with hnboot's initramfs and disks under
+// QEMU (TCG: this project never assumes KVM) and reads their serial console.
+// It is the harness behind the end-to-end tests, the demo and the boot
+// benchmarks.
+package testvm
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// InstallHint is what a missing tool's error tells the user to run.
+const InstallHint = "run scripts/deps.sh (as root) to install QEMU, e2fsprogs and the test kernel"
+
+// Options describe one VM.
+type Options struct {
+	Kernel  string // bzImage for a direct kernel boot
+	Initrd  string
+	Append  string    // kernel command line; console=ttyS0 is added
+	Disk    string    // raw disk image, attached as virtio-blk
+	Memory  int       // MiB; default 768
+	Extra   []string  // more QEMU arguments
+	Console io.Writer // optional copy of the console, e.g. os.Stdout for the demo
+	Name    string    // prefix for the console copy
+}
+
+// VM is a running QEMU process and its serial console.
+type VM struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	werr error
+
+	mu     sync.Mutex
+	out    strings.Builder
+	cursor int // Expect consumes the console from here
+	notify chan struct{}
+	start  time.Time
+}
+
+// QEMU returns the path of qemu-system-x86_64 or an error that says how to
+// install it.
+func QEMU() (string, error) {
+	p, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return "", fmt.Errorf("qemu-system-x86_64 not found: %s", InstallHint)
+	}
+	return p, nil
+}
+
+// Args returns the QEMU command line for o; exported so the benchmarks can
+// print what they ran.
+func (o Options) Args() []string {
+	mem := o.Memory
+	if mem == 0 {
+		mem = 768
+	}
+	args := []string{
+		"-nodefaults", "-no-user-config",
+		"-machine", "q35", "-cpu", "max", "-smp", "1",
+		"-m", fmt.Sprint(mem),
+		"-display", "none", "-serial", "stdio", "-monitor", "none",
+		"-no-reboot",
+		"-device", "virtio-rng-pci",
+	}
+	if o.Kernel != "" {
+		args = append(args, "-kernel", o.Kernel)
+		app := strings.TrimSpace("console=ttyS0 panic=-1 " + o.Append)
+		args = append(args, "-append", app)
+	}
+	if o.Initrd != "" {
+		args = append(args, "-initrd", o.Initrd)
+	}
+	if o.Disk != "" {
+		args = append(args, "-drive", "file="+o.Disk+",format=raw,if=virtio,cache=unsafe")
+	}
+	return append(args, o.Extra...)
+}
+
+// Start launches QEMU. The VM is killed when ctx ends.
+func Start(ctx context.Context, o Options) (*VM, error) {
+	q, err := QEMU()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range []string{o.Kernel, o.Initrd, o.Disk} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("testvm: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, q, o.Args()...)
+	cmd.Stdin = nil
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	cmd.Stderr = pw
+	vm := &VM{cmd: cmd, done: make(chan struct{}), notify: make(chan struct{}, 1), start: time.Now()}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", q, err)
+	}
+	go func() {
+		vm.werr = cmd.Wait()
+		pw.Close()
+	}()
+	go func() {
+		defer close(vm.done)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			vm.mu.Lock()
+			vm.out.WriteString(line)
+			vm.out.WriteByte('\n')
+			vm.mu.Unlock()
+			if o.Console != nil {
+				if o.Name != "" {
+					fmt.Fprintf(o.Console, "%s| %s\n", o.Name, line)
+				} else {
+					fmt.Fprintln(o.Console, line)
+				}
+			}
+			select {
+			case vm.notify <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return vm, nil
+}
+
+// Console returns everything the VM printed so far.
+func (vm *VM) Console() string {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.out.String()
+}
+
+// Since is the time since QEMU started.
+func (vm *VM) Since() time.Duration { return time.Since(vm.start) }
+
+// ErrExited is returned by Expect when the VM stopped before printing the
+// pattern.
+var ErrExited = errors.New("VM exited")
+
+// Expect waits until the console, from where the last Expect stopped,
+// matches re, and returns the submatches. It fails on timeout or when the
+// VM exits first; either error carries the tail of the console.
+func (vm *VM) Expect(re string, timeout time.Duration) ([]string, error) {
+	rx, err := regexp.Compile(re)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		vm.mu.Lock()
+		s := vm.out.String()[vm.cursor:]
+		if loc := rx.FindStringSubmatchIndex(s); loc != nil {
+			m := rx.FindStringSubmatch(s)
+			vm.cursor += loc[1]
+			vm.mu.Unlock()
+			return m, nil
+		}
+		vm.mu.Unlock()
+		select {
+		case <-vm.notify:
+		case <-vm.done:
+			// Drain: the last lines may have arrived with the exit.
+			vm.mu.Lock()
+			s := vm.out.String()[vm.cursor:]
+			vm.mu.Unlock()
+			if rx.MatchString(s) {
+				continue
+			}
+			return nil, fmt.Errorf("waiting for %q: %w (%v)\n%s", re, ErrExited, vm.werr, tail(vm.Console(), 40))
+		case <-deadline.C:
+			return nil, fmt.Errorf("waiting for %q: timeout after %v\n%s", re, timeout, tail(vm.Console(), 40))
+		}
+	}
+}
+
+// Wait waits for QEMU to exit (the guest powered off) for at most timeout,
+// then kills it.
+func (vm *VM) Wait(timeout time.Duration) error {
+	select {
+	case <-vm.done:
+		return nil
+	case <-time.After(timeout):
+		vm.Kill()
+		return fmt.Errorf("VM did not power off within %v\n%s", timeout, tail(vm.Console(), 40))
+	}
+}
+
+// Kill stops QEMU at once, like pulling the power cord.
+func (vm *VM) Kill() {
+	if vm.cmd.Process != nil {
+		vm.cmd.Process.Kill()
+	}
+	<-vm.done
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "--- console (last lines) ---\n" + strings.Join(lines, "\n")
+}
