@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hnboot/hnboot/internal/initrd"
+)
+
+const initramfsHelp = `Usage: mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b,...]
+
+Builds a gzip-compressed newc cpio initramfs holding:
+  /init                         the hnboot init (--init; default: hninit beside mkimage)
+  /bin/busybox, /bin/sh         the rescue shell (--busybox; default /bin/busybox if present)
+  /dev /proc /sys /run /tmp /newroot
+  /lib/modules/RELEASE/         the modules below with their dependencies, a generated
+                                modules.dep, and modules.builtin and modules.order
+  /etc/hnboot-modules           the top-level modules the init loads, in order
+
+DIR is a lib/modules/RELEASE tree (it needs no modules.dep: dependencies
+come from each module's .modinfo, soft dependencies included). The default
+modules are storage (virtio, SCSI, AHCI, NVMe), filesystems (ext4, vfat,
+btrfs, xfs, squashfs, overlay, loop) and network (virtio_net, e1000,
+e1000e); --modules adds more. Module files are stored with '-' in their
+names turned into '_' (u-root's loader finds them that way). Output is written to FILE.tmp, then renamed.
+Entry times are SOURCE_DATE_EPOCH, or 0.
+
+Examples:
+  mkimage initramfs --kernel-modules /lib/modules/$(uname -r) --out initramfs
+  mkimage initramfs --kernel-modules root/lib/modules/6.1.0-56-amd64 --out root/boot/initramfs \
+      --init out/hninit --modules i40e,mlx5_core
+  mkimage initramfs --kernel-modules DIR --out initramfs --busybox ""   # no rescue shell
+`
+
+func runInitramfs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	defBusybox := ""
+	if st, err := os.Stat("/bin/busybox"); err == nil && st.Mode().IsRegular() {
+		defBusybox = "/bin/busybox"
+	}
+	defInit := "hninit"
+	if exe, err := os.Executable(); err == nil {
+		defInit = filepath.Join(filepath.Dir(exe), "hninit")
+	}
+	fs := newFlags("initramfs", initramfsHelp, stdout, stderr)
+	kdir := fs.String("kernel-modules", "", "lib/modules/RELEASE directory to take modules from (required)")
+	out := fs.String("out", "", "archive to write (required)")
+	initPath := fs.String("init", defInit, "the init binary (static), installed as /init")
+	busybox := fs.String("busybox", defBusybox, "static busybox for /bin/busybox and /bin/sh; \"\" for none")
+	modules := fs.String("modules", "", "comma-separated modules to add to the default set")
+	if err := parse(fs, args, stdout); err != nil {
+		return err
+	}
+	if *kdir == "" || *out == "" {
+		return fmt.Errorf("%w: initramfs: --kernel-modules and --out are required (see --help)", errUsage)
+	}
+	if _, err := os.Stat(*initPath); err != nil {
+		return fmt.Errorf("initramfs: --init %s: %w (build hninit next to mkimage, or give --init PATH)", *initPath, err)
+	}
+	epoch, _, err := sourceDateEpoch()
+	if err != nil {
+		return err
+	}
+	var extra []string
+	for _, m := range strings.Split(*modules, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			extra = append(extra, m)
+		}
+	}
+	start := time.Now()
+	res, err := initrd.Build(initrd.Options{
+		Out:        *out,
+		Init:       *initPath,
+		Busybox:    *busybox,
+		ModulesDir: *kdir,
+		Modules:    extra,
+		MTime:      time.Unix(epoch, 0),
+		Log:        newLogger(stderr),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: initramfs for %s, %s compressed (%d bytes), %s uncompressed, %d modules, %s\n",
+		res.Path, res.Release, human(res.Compressed), res.Compressed, human(res.Uncompressed), res.Modules, elapsed(start))
+	fmt.Fprintf(stdout, "  loads at boot: %s\n", strings.Join(res.Top, " "))
+	if len(res.Builtin) > 0 {
+		fmt.Fprintf(stdout, "  built into the kernel: %s\n", strings.Join(res.Builtin, " "))
+	}
+	if len(res.Missing) > 0 {
+		fmt.Fprintf(stdout, "  not in this kernel, skipped: %s\n", strings.Join(res.Missing, " "))
+	}
+	if res.Compressed > 8<<20 {
+		fmt.Fprintf(stderr, "mkimage: warning: %s is %s, over the 8 MiB budget\n", res.Path, human(res.Compressed))
+	}
+	return nil
+}

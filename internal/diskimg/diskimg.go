@@ -1,0 +1,385 @@
+// Package diskimg builds bootable hnboot disks: a sparse GPT disk image
+// with an EFI-BOOT partition (FAT32, holding the GRUB configuration) and
+// a hostpart partition (ext4, holding the root images), made without loop
+// devices or mounts.
+package diskimg
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"golang.org/x/sys/unix"
+
+	"github.com/hnboot/hnboot/internal/rootfs"
+)
+
+// Names and defaults of the layout (DESIGN.md §2).
+const (
+	EFIName        = "EFI-BOOT"
+	HostpartName   = "hostpart"
+	DefaultEFISize = 128 * mib
+
+	mib        = 1 << 20
+	sectorSize = 512
+	alignSect  = mib / sectorSize // partitions start on MiB boundaries
+)
+
+// Files the FAT partition gets the GRUB configuration at.
+var GrubConfigPaths = []string{"/grub/grub.cfg", "/EFI/BOOT/grub.cfg"}
+
+// Options says what disk to build.
+type Options struct {
+	Out        string // the disk image (Out.tmp, then renamed)
+	Size       int64  // disk size in bytes
+	EFISize    int64  // EFI-BOOT partition size; default 128 MiB
+	Root       string // becomes hn-root.img
+	New        string // optional, becomes hn-root-new.img
+	Old        string // optional, becomes hn-root-old.img
+	HostpartFS string // only "ext4" for now
+	GrubConfig string // grub.cfg text
+	Epoch      int64  // SOURCE_DATE_EPOCH, used when HasEpoch
+	HasEpoch   bool   // derive GUIDs and UUIDs from Epoch
+	Log        *slog.Logger
+}
+
+// Partition is where one partition lies, in bytes.
+type Partition struct {
+	Name         string
+	Offset, Size int64
+}
+
+// Result describes a built disk.
+type Result struct {
+	Path       string
+	Size       int64
+	Partitions []Partition
+	Allocated  int64 // bytes the sparse file takes on disk
+}
+
+// Layout computes the two partitions of a disk of size bytes: EFI-BOOT at
+// 1 MiB, hostpart from the next MiB boundary to the last usable sector.
+func Layout(size, efiSize int64) ([]Partition, error) {
+	if size%sectorSize != 0 {
+		return nil, fmt.Errorf("disk size %d is not a multiple of %d bytes", size, sectorSize)
+	}
+	if efiSize%mib != 0 {
+		return nil, fmt.Errorf("EFI partition size %d is not a whole number of MiB", efiSize)
+	}
+	if efiSize == 64*mib {
+		return nil, errors.New("an EFI partition of exactly 64 MiB fails fsck.vfat: choose another --efi-size (128M is the default)")
+	}
+	if efiSize < 33*mib {
+		return nil, fmt.Errorf("EFI partition size %d MiB too small for FAT32 (want at least 33M)", efiSize/mib)
+	}
+	sectors := size / sectorSize
+	lastUsable := sectors - 34 // backup entries (32 sectors) and header
+	efiStart := int64(alignSect)
+	hostStart := efiStart + efiSize/sectorSize
+	if hostStart+2*alignSect > lastUsable {
+		return nil, fmt.Errorf("disk size %d MiB leaves no room for hostpart after the %d MiB EFI partition", size/mib, efiSize/mib)
+	}
+	// End hostpart on a MiB boundary too (sgdisk warns otherwise).
+	hostEnd := (lastUsable+1)/alignSect*alignSect - 1
+	return []Partition{
+		{EFIName, efiStart * sectorSize, efiSize},
+		{HostpartName, hostStart * sectorSize, (hostEnd - hostStart + 1) * sectorSize},
+	}, nil
+}
+
+func guid(o Options, what string) string {
+	if !o.HasEpoch {
+		return ""
+	}
+	s := sha256.Sum256([]byte("hnboot disk " + strconv.FormatInt(o.Epoch, 10) + " " + what))
+	s[6] = s[6]&0x0f | 0x40
+	s[8] = s[8]&0x3f | 0x80
+	return fmt.Sprintf("%X-%X-%X-%X-%X", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
+}
+
+// Build makes the disk described by o.
+func Build(ctx context.Context, o Options) (res *Result, err error) {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Out == "" {
+		return nil, errors.New("disk: no output file given (--out)")
+	}
+	if o.EFISize == 0 {
+		o.EFISize = DefaultEFISize
+	}
+	switch o.HostpartFS {
+	case "", "ext4":
+	default:
+		return nil, fmt.Errorf("disk: --hostpart-fs %s: not supported yet; only ext4 can be filled without mounting (mkfs.ext4 -d)", o.HostpartFS)
+	}
+	mkfs, err := rootfs.Tool("mkfs.ext4")
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	parts, err := Layout(o.Size, o.EFISize)
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w (--size, --efi-size)", err)
+	}
+
+	images := []struct{ flag, src, name string }{
+		{"--root", o.Root, "hn-root.img"},
+		{"--new", o.New, "hn-root-new.img"},
+		{"--old", o.Old, "hn-root-old.img"},
+	}
+	var need int64
+	for _, im := range images {
+		if im.src == "" {
+			if im.flag == "--root" {
+				return nil, errors.New("disk: no root image given (--root)")
+			}
+			continue
+		}
+		st, err := os.Stat(im.src)
+		if err != nil {
+			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("disk: %s %s: not a regular file", im.flag, im.src)
+		}
+		need += st.Size()
+	}
+	// Images plus ext4 metadata, journal and some room to stage an update.
+	if min := need + need/10 + 64*mib; parts[1].Size < min {
+		return nil, fmt.Errorf("disk: hostpart would be %d MiB, the images need at least %d MiB: give a larger --size", parts[1].Size/mib, min/mib)
+	}
+
+	tmp := o.Out + ".tmp"
+	staging := o.Out + ".staging"
+	if err := os.RemoveAll(staging); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	defer os.RemoveAll(staging)
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+
+	log.Info("staging hostpart contents", "dir", staging)
+	for _, d := range []string{"data", ".hnboot"} {
+		if err := os.MkdirAll(filepath.Join(staging, d), 0o755); err != nil {
+			return nil, fmt.Errorf("disk: staging: %w", err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(staging, ".hnboot"), 0o700); err != nil {
+		return nil, fmt.Errorf("disk: staging: %w", err)
+	}
+	for _, im := range images {
+		if im.src == "" {
+			continue
+		}
+		how, err := stage(im.src, filepath.Join(staging, im.name))
+		if err != nil {
+			return nil, fmt.Errorf("disk: stage %s %s: %w", im.flag, im.src, err)
+		}
+		log.Info("staged image", "image", im.name, "from", im.src, "how", how)
+	}
+
+	log.Info("creating sparse disk", "out", tmp, "size", o.Size)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	if err := f.Truncate(o.Size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk: size %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+
+	if err := writeGPTAndESP(tmp, o, parts, log); err != nil {
+		return nil, err
+	}
+	if err := fixFAT32(tmp, parts[0].Offset); err != nil {
+		return nil, fmt.Errorf("disk: EFI-BOOT of %s: %w", tmp, err)
+	}
+
+	log.Info("making hostpart ext4", "offset", parts[1].Offset, "size", parts[1].Size)
+	start := time.Now()
+	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-L", HostpartName,
+		"-E", "offset=" + strconv.FormatInt(parts[1].Offset, 10) + ",lazy_itable_init=1,lazy_journal_init=1"}
+	env := os.Environ()
+	if o.HasEpoch {
+		args = append(args, "-U", strings.ToLower(guid(o, "hostpart fs")), "-E", "hash_seed="+strings.ToLower(guid(o, "hostpart hash")))
+		env = append(env, "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(o.Epoch, 10))
+	}
+	args = append(args, "-d", staging, tmp, strconv.FormatInt(parts[1].Size/1024, 10)+"k")
+	cmd := exec.CommandContext(ctx, mkfs, args...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("disk: mkfs.ext4 on hostpart of %s: %w: %s", tmp, err, strings.TrimSpace(string(out)))
+	}
+	log.Info("hostpart done", "took", time.Since(start).Round(time.Millisecond))
+
+	fi, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	err = fi.Sync()
+	fi.Close()
+	if err != nil {
+		return nil, fmt.Errorf("disk: sync %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, o.Out); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(o.Out, &st); err != nil {
+		return nil, fmt.Errorf("disk: stat %s: %w", o.Out, err)
+	}
+	return &Result{Path: o.Out, Size: o.Size, Partitions: parts, Allocated: st.Blocks * 512}, nil
+}
+
+func writeGPTAndESP(p string, o Options, parts []Partition, log *slog.Logger) error {
+	d, err := diskfs.Open(p)
+	if err != nil {
+		return fmt.Errorf("disk: open %s: %w", p, err)
+	}
+	defer d.Close()
+	table := &gpt.Table{
+		LogicalSectorSize:  sectorSize,
+		PhysicalSectorSize: sectorSize,
+		ProtectiveMBR:      true,
+		GUID:               guid(o, "disk"),
+	}
+	types := []gpt.Type{gpt.EFISystemPartition, gpt.LinuxFilesystem}
+	for i, pt := range parts {
+		table.Partitions = append(table.Partitions, &gpt.Partition{
+			Index: i + 1,
+			Start: uint64(pt.Offset / sectorSize),
+			End:   uint64((pt.Offset+pt.Size)/sectorSize - 1),
+			Size:  uint64(pt.Size),
+			Type:  types[i],
+			Name:  pt.Name,
+			GUID:  guid(o, "partition "+pt.Name),
+		})
+	}
+	log.Info("writing GPT")
+	if err := d.Partition(table); err != nil {
+		return fmt.Errorf("disk: write GPT to %s: %w", p, err)
+	}
+	log.Info("making EFI-BOOT FAT32", "size", parts[0].Size)
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{
+		Partition:    1,
+		FSType:       filesystem.TypeFat32,
+		VolumeLabel:  EFIName,
+		Reproducible: o.HasEpoch,
+	})
+	if err != nil {
+		return fmt.Errorf("disk: FAT32 on %s partition 1: %w", p, err)
+	}
+	for _, cfg := range GrubConfigPaths {
+		if err := writeFile(fs, cfg, []byte(o.GrubConfig)); err != nil {
+			return fmt.Errorf("disk: %s on EFI-BOOT of %s: %w", cfg, p, err)
+		}
+	}
+	if err := fs.Close(); err != nil {
+		return fmt.Errorf("disk: close FAT32 of %s: %w", p, err)
+	}
+	return nil
+}
+
+func writeFile(fs filesystem.FileSystem, name string, data []byte) error {
+	if err := fs.Mkdir(path.Dir(name)); err != nil {
+		return err
+	}
+	f, err := fs.OpenFile(name, os.O_CREATE|os.O_RDWR|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// stage puts src at dst: a hard link if they share a filesystem, else a
+// reflink, else a copy that keeps holes. It says which it did.
+func stage(src, dst string) (string, error) {
+	if err := os.Link(src, dst); err == nil {
+		return "hard link", nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
+		return "reflink", out.Close()
+	}
+	if err := copySparse(out, in); err != nil {
+		return "", err
+	}
+	return "sparse copy", out.Close()
+}
+
+// copySparse copies in to out, skipping the holes of in (SEEK_DATA /
+// SEEK_HOLE) and blocks of zeros, so a sparse image stays sparse.
+func copySparse(out, in *os.File) error {
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	buf := make([]byte, 1<<20)
+	zero := make([]byte, len(buf))
+	var off int64
+	for off < size {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) { // only a hole is left
+				break
+			}
+			data = off // SEEK_DATA unsupported: read everything
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = size
+		}
+		for off = data; off < hole; {
+			n, err := in.ReadAt(buf[:min(int64(len(buf)), hole-off)], off)
+			if err != nil && err != io.EOF {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+			if string(buf[:n]) != string(zero[:n]) {
+				if _, err := out.WriteAt(buf[:n], off); err != nil {
+					return err
+				}
+			}
+			off += int64(n)
+		}
+		off = hole
+	}
+	return out.Truncate(size)
+}

@@ -1,0 +1,265 @@
+package diskimg
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"golang.org/x/sys/unix"
+
+	"github.com/hnboot/hnboot/bootloader"
+	"github.com/hnboot/hnboot/internal/rootfs"
+)
+
+func TestLayout(t *testing.T) {
+	for _, tt := range []struct {
+		size, efi      int64
+		wantHostOff    int64
+		wantHostSize   int64
+		wantErrContain string
+	}{
+		{size: 512 * mib, efi: 128 * mib, wantHostOff: 129 * mib, wantHostSize: 382 * mib},
+		{size: 3 << 40, efi: 128 * mib, wantHostOff: 129 * mib, wantHostSize: 3<<40 - 130*mib},
+		{size: 512 * mib, efi: 64 * mib, wantErrContain: "64 MiB"},
+		{size: 512*mib + 1, efi: 128 * mib, wantErrContain: "multiple of 512"},
+		{size: 130 * mib, efi: 128 * mib, wantErrContain: "no room"},
+		{size: 512 * mib, efi: 16 * mib, wantErrContain: "too small"},
+	} {
+		parts, err := Layout(tt.size, tt.efi)
+		if tt.wantErrContain != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErrContain) {
+				t.Errorf("Layout(%d, %d) = %v, want error containing %q", tt.size, tt.efi, err, tt.wantErrContain)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("Layout(%d, %d) = %v", tt.size, tt.efi, err)
+			continue
+		}
+		if parts[0].Offset != mib || parts[0].Size != tt.efi {
+			t.Errorf("Layout(%d, %d)[0] = %+v, want offset 1 MiB, size %d", tt.size, tt.efi, parts[0], tt.efi)
+		}
+		if parts[1].Offset != tt.wantHostOff || parts[1].Size != tt.wantHostSize {
+			t.Errorf("Layout(%d, %d)[1] = %+v, want offset %d size %d", tt.size, tt.efi, parts[1], tt.wantHostOff, tt.wantHostSize)
+		}
+	}
+}
+
+// images makes small root images: a current one and an old one.
+func images(t *testing.T, dir string) (root, old string) {
+	t.Helper()
+	src := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(filepath.Join(src, "boot"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "boot/vmlinuz"), bytes.Repeat([]byte("k"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, old = filepath.Join(dir, "root.img"), filepath.Join(dir, "old.img")
+	for i, out := range []string{root, old} {
+		if _, err := rootfs.Build(context.Background(), rootfs.Options{Dir: src, Out: out, Epoch: int64(i), HasEpoch: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root, old
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestBuild(t *testing.T) {
+	dir := t.TempDir()
+	root, old := images(t, dir)
+	out := filepath.Join(dir, "disk.raw")
+	cfg := bootloader.GrubConfig(bootloader.Options{})
+	res, err := Build(context.Background(), Options{Out: out, Size: 512 * mib, Root: root, Old: old, GrubConfig: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{out + ".tmp", out + ".staging"} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("Build left %s behind", p)
+		}
+	}
+
+	// GPT, read back with go-diskfs.
+	d, err := diskfs.Open(out, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	pt, err := d.GetPartitionTable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, ok := pt.(*gpt.Table)
+	if !ok {
+		t.Fatalf("partition table is %T, want GPT", pt)
+	}
+	want := []struct {
+		name string
+		typ  gpt.Type
+	}{{EFIName, gpt.EFISystemPartition}, {HostpartName, gpt.LinuxFilesystem}}
+	var got []*gpt.Partition
+	for _, p := range table.Partitions {
+		if p.Type != gpt.Unused {
+			got = append(got, p)
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("GPT has %d partitions, want %d", len(got), len(want))
+	}
+	for i, w := range want {
+		p := got[i]
+		if p.Name != w.name || !strings.EqualFold(string(p.Type), string(w.typ)) {
+			t.Errorf("partition %d = %q %s, want %q %s", i+1, p.Name, p.Type, w.name, w.typ)
+		}
+		if int64(p.Start)*512 != res.Partitions[i].Offset || int64(p.End-p.Start+1)*512 != res.Partitions[i].Size {
+			t.Errorf("partition %d sectors %d-%d, want offset %d size %d", i+1, p.Start, p.End, res.Partitions[i].Offset, res.Partitions[i].Size)
+		}
+	}
+	if res.Partitions[0].Size != DefaultEFISize {
+		t.Errorf("EFI-BOOT size = %d, want %d", res.Partitions[0].Size, DefaultEFISize)
+	}
+
+	// The GRUB configuration on the FAT partition.
+	fs, err := d.GetFilesystem(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := strings.TrimSpace(fs.Label()); l != EFIName {
+		t.Errorf("FAT label = %q, want %q", l, EFIName)
+	}
+	if o := run(t, "/sbin/sgdisk", "-v", out); !strings.Contains(o, "No problems found") {
+		t.Errorf("sgdisk -v %s = %s, want no problems", out, o)
+	}
+
+	// fsck.vfat cannot take an offset: check a copy of the partition.
+	esp := filepath.Join(dir, "esp.img")
+	copyRange(t, out, esp, res.Partitions[0].Offset, res.Partitions[0].Size)
+	run(t, "/sbin/fsck.vfat", "-n", esp)
+	// go-diskfs v1.9.4 reads FAT files back padded to the cluster: read
+	// them with mtools.
+	for _, p := range GrubConfigPaths {
+		if b := run(t, "mtype", "-i", esp, "::"+p); b != cfg {
+			t.Errorf("EFI-BOOT %s = %q, want the generated config", p, b)
+		}
+	}
+
+	// e2fsprogs take "file?offset=N".
+	host := out + "?offset=" + strconv.FormatInt(res.Partitions[1].Offset, 10)
+	run(t, "/sbin/e2fsck", "-fn", host)
+	ls := run(t, "/sbin/debugfs", "-R", "ls -l /", host)
+	for _, name := range []string{"hn-root.img", "hn-root-old.img", "data", ".hnboot"} {
+		if !strings.Contains(ls, " "+name+"\n") {
+			t.Errorf("debugfs ls / on hostpart = %s, want %s", ls, name)
+		}
+	}
+	if strings.Contains(ls, "hn-root-new.img") {
+		t.Errorf("hostpart has hn-root-new.img, want none (no --new)")
+	}
+	if l := run(t, "/sbin/e2label", host); strings.TrimSpace(l) != HostpartName {
+		t.Errorf("e2label hostpart = %q, want %q", l, HostpartName)
+	}
+	dumped := filepath.Join(dir, "dumped.img")
+	run(t, "/sbin/debugfs", "-R", "dump /hn-root.img "+dumped, host)
+	a, _ := os.ReadFile(root)
+	b, _ := os.ReadFile(dumped)
+	if !bytes.Equal(a, b) {
+		t.Errorf("hn-root.img on hostpart differs from %s", root)
+	}
+}
+
+func copyRange(t *testing.T, src, dst string, off, size int64) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if _, err := io.Copy(out, io.NewSectionReader(in, off, size)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBuild3T(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3T disk in -short mode")
+	}
+	dir := t.TempDir()
+	root, _ := images(t, dir)
+	out := filepath.Join(dir, "disk.raw")
+	start := time.Now()
+	res, err := Build(context.Background(), Options{Out: out, Size: 3 << 40, Root: root, GrubConfig: bootloader.GrubConfig(bootloader.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	var st unix.Stat_t
+	if err := unix.Stat(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("3T disk: %v, %d MiB allocated", took, st.Blocks*512/mib)
+	if took > time.Minute {
+		t.Errorf("Build(3T) took %v, want under a minute", took)
+	}
+	if st.Blocks*512 > 512*mib {
+		t.Errorf("Build(3T) allocated %d MiB, want a sparse file under 512 MiB", st.Blocks*512/mib)
+	}
+	if res.Partitions[1].Size < 3<<40-200*mib {
+		t.Errorf("hostpart size = %d, want nearly 3 TiB", res.Partitions[1].Size)
+	}
+	if o := run(t, "/sbin/sgdisk", "-v", out); !strings.Contains(o, "No problems found") {
+		t.Errorf("sgdisk -v %s = %s, want no problems", out, o)
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	dir := t.TempDir()
+	root, _ := images(t, dir)
+	for _, tt := range []struct {
+		name string
+		o    Options
+		want string
+	}{
+		{"no root", Options{Size: 512 * mib}, "--root"},
+		{"missing root", Options{Size: 512 * mib, Root: filepath.Join(dir, "nope.img")}, "--root"},
+		{"missing old", Options{Size: 512 * mib, Root: root, Old: filepath.Join(dir, "nope.img")}, "--old"},
+		{"too small", Options{Size: 160 * mib, Root: root}, "--size"},
+		{"btrfs", Options{Size: 512 * mib, Root: root, HostpartFS: "btrfs"}, "--hostpart-fs"},
+		{"64M esp", Options{Size: 512 * mib, Root: root, EFISize: 64 * mib}, "--efi-size"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.o.Out = filepath.Join(dir, tt.name+".raw")
+			_, err := Build(context.Background(), tt.o)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Build(%s) = %v, want an error containing %q", tt.name, err, tt.want)
+			}
+			for _, p := range []string{tt.o.Out, tt.o.Out + ".tmp", tt.o.Out + ".staging"} {
+				if _, err := os.Stat(p); err == nil {
+					t.Errorf("Build(%s) left %s behind", tt.name, p)
+				}
+			}
+		})
+	}
+}

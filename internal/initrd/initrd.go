@@ -1,0 +1,262 @@
+package initrd
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hnboot/hnboot/internal/kmodules"
+)
+
+// DefaultModules are loaded at boot by every hnboot initramfs, in this
+// order: buses and disk controllers, filesystems and block helpers, then
+// network cards. Names the kernel builds in are skipped; names the kernel
+// lacks are skipped with a warning. btrfs and xfs are included: with them
+// the archive stays well under 8 MiB (measured with Debian 6.1).
+var DefaultModules = []string{
+	"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme",
+	"loop", "ext4", "vfat", "nls_cp437", "nls_iso8859-1", "nls_utf8",
+	"overlay", "squashfs", "btrfs", "xfs",
+	"virtio_net", "e1000", "e1000e",
+}
+
+// ModulesListPath is where the archive lists the top-level modules the
+// init loads at boot, one name per line, in order.
+const ModulesListPath = "etc/hnboot-modules"
+
+// Options says what goes into an initramfs.
+type Options struct {
+	Out        string    // the archive to write (FILE.tmp, then renamed)
+	Init       string    // the init binary, becomes /init
+	Busybox    string    // a static busybox for /bin/busybox and /bin/sh; "" for none
+	ModulesDir string    // a lib/modules/<release> tree; "" for no modules
+	Modules    []string  // modules beyond DefaultModules
+	MTime      time.Time // time of every entry (SOURCE_DATE_EPOCH or the epoch)
+	Log        *slog.Logger
+}
+
+// Result describes a written archive.
+type Result struct {
+	Path         string
+	Compressed   int64 // size of the file
+	Uncompressed int64 // size of the cpio stream
+	Release      string
+	Modules      int      // module files in the archive
+	Top          []string // modules listed in /etc/hnboot-modules
+	Builtin      []string // requested modules built into the kernel
+	Missing      []string // default modules the kernel does not have
+}
+
+type counter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Build writes the initramfs described by o to o.Out.
+func Build(o Options) (res *Result, err error) {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Out == "" {
+		return nil, errors.New("initramfs: no output file given (--out)")
+	}
+	initBin, err := readStatic(o.Init, "--init")
+	if err != nil {
+		return nil, err
+	}
+	var busybox []byte
+	if o.Busybox != "" {
+		if busybox, err = readStatic(o.Busybox, "--busybox"); err != nil {
+			return nil, err
+		}
+	}
+
+	var set *kmodules.Set
+	var ix *kmodules.Index
+	res = &Result{Path: o.Out}
+	if o.ModulesDir != "" {
+		log.Info("reading kernel modules", "dir", o.ModulesDir)
+		if ix, err = kmodules.Open(o.ModulesDir, log); err != nil {
+			return nil, err
+		}
+		optional := map[string]bool{}
+		for _, m := range DefaultModules {
+			optional[m] = true
+		}
+		names := append(append([]string(nil), DefaultModules...), o.Modules...)
+		for _, m := range o.Modules {
+			delete(optional, m)
+		}
+		if set, err = ix.Closure(names, optional); err != nil {
+			return nil, err
+		}
+		for _, m := range set.Missing {
+			log.Warn("default module not in this kernel, skipped", "module", m, "dir", o.ModulesDir)
+		}
+		res.Release, res.Builtin, res.Missing = ix.Release, set.Builtin, set.Missing
+		for _, m := range set.Top {
+			res.Top = append(res.Top, m.Name)
+		}
+		res.Modules = len(set.Modules)
+	}
+
+	tmp := o.Out + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	cc := &counter{w: bw}
+	gz, err := gzip.NewWriterLevel(cc, gzip.DefaultCompression)
+	if err != nil {
+		return nil, err
+	}
+	uc := &counter{w: gz}
+	a := NewArchive(uc, o.MTime)
+
+	if err := writeContents(a, o, initBin, busybox, ix, set, res); err != nil {
+		return nil, fmt.Errorf("initramfs %s: %w", tmp, err)
+	}
+	if err := a.Close(); err != nil {
+		return nil, fmt.Errorf("initramfs %s: %w", tmp, err)
+	}
+	if err := gz.Close(); err != nil {
+		return nil, fmt.Errorf("initramfs %s: gzip: %w", tmp, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, fmt.Errorf("initramfs: write %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("initramfs: sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("initramfs: close %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, o.Out); err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	res.Compressed, res.Uncompressed = cc.n, uc.n
+	return res, nil
+}
+
+func writeContents(a *Archive, o Options, initBin, busybox []byte, ix *kmodules.Index, set *kmodules.Set, res *Result) error {
+	for _, d := range []string{"bin", "dev", "etc", "proc", "sys", "run", "newroot"} {
+		if err := a.Dir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := a.Dir("tmp", 0o1777); err != nil {
+		return err
+	}
+	if err := a.File("init", 0o755, initBin); err != nil {
+		return err
+	}
+	if busybox != nil {
+		if err := a.File("bin/busybox", 0o755, busybox); err != nil {
+			return err
+		}
+		if err := a.Symlink("bin/sh", "busybox"); err != nil {
+			return err
+		}
+	}
+	var list bytes.Buffer
+	for _, n := range res.Top {
+		fmt.Fprintln(&list, n)
+	}
+	if err := a.File(ModulesListPath, 0o644, list.Bytes()); err != nil {
+		return err
+	}
+	if set == nil {
+		return nil
+	}
+
+	mdir := path.Join("lib/modules", ix.Release)
+	if err := a.Dir(mdir, 0o755); err != nil {
+		return err
+	}
+	var dep bytes.Buffer
+	if err := set.WriteModulesDep(&dep); err != nil {
+		return err
+	}
+	if err := a.File(path.Join(mdir, "modules.dep"), 0o644, dep.Bytes()); err != nil {
+		return err
+	}
+	for _, name := range []string{"modules.builtin", "modules.order"} {
+		b, err := os.ReadFile(filepath.Join(ix.Dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := a.File(path.Join(mdir, name), 0o644, b); err != nil {
+			return err
+		}
+	}
+	for _, m := range set.Modules {
+		b, err := os.ReadFile(filepath.Join(ix.Dir, filepath.FromSlash(m.Path)))
+		if err != nil {
+			return err
+		}
+		if err := a.File(path.Join(mdir, m.ArchivePath()), 0o644, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readStatic reads the executable at p (given by flag) and checks it can
+// run in an initramfs without a libc: a dynamically linked ELF is an error.
+func readStatic(p, flag string) ([]byte, error) {
+	if p == "" {
+		return nil, fmt.Errorf("initramfs: %s: no file given", flag)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %s: %w (give the path of the binary with %s PATH)", flag, err, flag)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("initramfs: %s %s: not a regular file", flag, p)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %s: %w", flag, err)
+	}
+	ef, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		if strings.HasPrefix(string(b), "#!") {
+			return b, nil // a script: the caller knows what it is doing
+		}
+		return nil, fmt.Errorf("initramfs: %s %s: not an ELF executable: %w", flag, p, err)
+	}
+	for _, prog := range ef.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return nil, fmt.Errorf("initramfs: %s %s is dynamically linked; the initramfs has no libc: give a static binary (Go: CGO_ENABLED=0; busybox: the busybox-static package)", flag, p)
+		}
+	}
+	return b, nil
+}
