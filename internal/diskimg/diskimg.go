@@ -218,14 +218,16 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 
 	log.Info("making hostpart ext4", "offset", parts[1].Offset, "size", parts[1].Size)
 	start := time.Now()
-	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-L", HostpartName,
-		"-E", "offset=" + strconv.FormatInt(parts[1].Offset, 10) + ",lazy_itable_init=1,lazy_journal_init=1"}
+	// mke2fs keeps only the last -E: every extended option goes in one.
+	ext := "offset=" + strconv.FormatInt(parts[1].Offset, 10) + ",lazy_itable_init=1,lazy_journal_init=1"
+	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-L", HostpartName}
 	env := os.Environ()
 	if o.HasEpoch {
-		args = append(args, "-U", strings.ToLower(guid(o, "hostpart fs")), "-E", "hash_seed="+strings.ToLower(guid(o, "hostpart hash")))
+		ext += ",hash_seed=" + strings.ToLower(guid(o, "hostpart hash"))
+		args = append(args, "-U", strings.ToLower(guid(o, "hostpart fs")))
 		env = append(env, "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(o.Epoch, 10))
 	}
-	args = append(args, "-d", staging, tmp, strconv.FormatInt(parts[1].Size/1024, 10)+"k")
+	args = append(args, "-E", ext, "-d", staging, tmp, strconv.FormatInt(parts[1].Size/1024, 10)+"k")
 	cmd := exec.CommandContext(ctx, mkfs, args...)
 	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -3,6 +3,7 @@ package diskimg
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -82,12 +83,20 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
+// TestBuild runs with and without SOURCE_DATE_EPOCH: the reproducible path
+// passes mkfs.ext4 more options, and once dropped the partition offset.
 func TestBuild(t *testing.T) {
+	for _, repro := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reproducible=%v", repro), func(t *testing.T) { testBuild(t, repro) })
+	}
+}
+
+func testBuild(t *testing.T, repro bool) {
 	dir := t.TempDir()
 	root, old := images(t, dir)
 	out := filepath.Join(dir, "disk.raw")
 	cfg := bootloader.GrubConfig(bootloader.Options{})
-	res, err := Build(context.Background(), Options{Out: out, Size: 512 * mib, Root: root, Old: old, GrubConfig: cfg})
+	res, err := Build(context.Background(), Options{Out: out, Size: 512 * mib, Root: root, Old: old, GrubConfig: cfg, Epoch: 1700000000, HasEpoch: repro})
 	if err != nil {
 		t.Fatal(err)
 	}
