@@ -6,7 +6,7 @@ KERNEL_DIR ?= $(or $(HNBOOT_KERNEL_DIR),$(or $(HNBOOT_CACHE),/var/cache/hnboot)/
 # End-to-end tests boot QEMU under TCG: generous, and one package at a time.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all build deps test unit e2e demo bench fuzz clean
+.PHONY: all build deps test unit e2e demo bench clean
 
 all: build
 
@@ -35,7 +35,6 @@ demo: build
 	$(GO) run ./testvm/demo
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./initramfs/rotate/
 	$(GO) run ./testvm/bench
 
 clean:

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/hnboot/hnboot/initramfs/blkid"
 	"io"
 	"log/slog"
 	"os"
@@ -156,6 +157,9 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		}
 		if !st.Mode().IsRegular() {
 			return nil, fmt.Errorf("disk: %s %s: not a regular file", im.flag, im.src)
+		}
+		if err := checkImage(im.src, st.Size()); err != nil {
+			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
 		}
 		need += st.Size()
 	}
@@ -384,4 +388,22 @@ func copySparse(out, in *os.File) error {
 		off = hole
 	}
 	return out.Truncate(size)
+}
+
+// checkImage refuses what the init would refuse to boot: a file that is not
+// an ext4 or squashfs image, or one shorter than its superblock says.
+func checkImage(path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	typ, need, err := blkid.ImageSize(f)
+	if err != nil {
+		return fmt.Errorf("%s is not a root filesystem image (build one with mkimage rootfs): %w", path, err)
+	}
+	if size < need {
+		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock says %d", path, size, typ, need)
+	}
+	return nil
 }

@@ -246,6 +246,18 @@ func TestBuild3T(t *testing.T) {
 func TestBuildErrors(t *testing.T) {
 	dir := t.TempDir()
 	root, _ := images(t, dir)
+	notImage := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(notImage, []byte("not a filesystem\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	full, err := os.ReadFile(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncated := filepath.Join(dir, "half.img")
+	if err := os.WriteFile(truncated, full[:len(full)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
 		name string
 		o    Options
@@ -254,6 +266,8 @@ func TestBuildErrors(t *testing.T) {
 		{"no root", Options{Size: 512 * mib}, "--root"},
 		{"missing root", Options{Size: 512 * mib, Root: filepath.Join(dir, "nope.img")}, "--root"},
 		{"missing old", Options{Size: 512 * mib, Root: root, Old: filepath.Join(dir, "nope.img")}, "--old"},
+		{"root not an image", Options{Size: 512 * mib, Root: notImage}, "not a root filesystem image"},
+		{"truncated new", Options{Size: 512 * mib, Root: root, New: truncated}, "truncated"},
 		{"too small", Options{Size: 160 * mib, Root: root}, "--size"},
 		{"btrfs", Options{Size: 512 * mib, Root: root, HostpartFS: "btrfs"}, "--hostpart-fs"},
 		{"64M esp", Options{Size: 512 * mib, Root: root, EFISize: 64 * mib}, "--efi-size"},
