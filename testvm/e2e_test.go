@@ -13,6 +13,9 @@ import (
 	"time"
 )
 
+// testMAC is the NIC of every test host; the default hostname derives from it.
+const testMAC = "52:54:00:12:34:56"
+
 // bootTimeout is per boot: TCG on a busy 2-core machine is slow.
 const bootTimeout = 180 * time.Second
 
@@ -80,6 +83,7 @@ func boot(t *testing.T, diskPath, extra string) string {
 	vm, err := Start(context.Background(), Options{
 		Kernel: f.Kernel, Initrd: f.Initramfs, Disk: diskPath,
 		Append: strings.TrimSpace("hn.hostpart=LABEL=hostpart " + extra),
+		MAC:    testMAC,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -215,8 +219,11 @@ func TestFirstBoot(t *testing.T) {
 	if len(mid) != 32 {
 		t.Errorf("machine-id = %q, want 32 hex digits", mid)
 	}
-	if h := field(t, con, "hostname"); h == "" || h == "template" {
-		t.Errorf("hostname = %q, want one set by the init, not the image's", h)
+	if h, want := field(t, con, "hostname"), "hn-525400123456"; h != want {
+		t.Errorf("hostname = %q, want %q (generated from the MAC by the init, not the image's)", h, want)
+	}
+	if uts := field(t, con, "uts"); uts != "hn-525400123456" {
+		t.Errorf("kernel hostname = %q, want hn-525400123456", uts)
 	}
 	st := inspect(t, d)
 	wantSlots(t, st, map[string]string{"hn-root.img": "A"})

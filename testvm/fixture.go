@@ -135,7 +135,8 @@ type RootOptions struct {
 const testInit = `#!/bin/sh
 export PATH=/bin:/sbin
 echo "HNTEST booted image=$(cat /etc/hn-image)"
-echo "HNTEST hostname=$(cat /etc/hostname) uts=$(hostname)"
+echo "HNTEST hostname=$(cat /etc/hostname)"
+echo "HNTEST uts=$(hostname)"
 echo "HNTEST machine-id=$(cat /etc/machine-id)"
 echo "HNTEST sshkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
 echo "HNTEST data0=$(readlink /data0)"

@@ -31,6 +31,9 @@ type Options struct {
 	Extra   []string  // more QEMU arguments
 	Console io.Writer // optional copy of the console, e.g. os.Stdout for the demo
 	Name    string    // prefix for the console copy
+	// MAC adds a virtio NIC with this address on an isolated QEMU hub (no
+	// backend: not one packet leaves the VM), so the init sees a real MAC.
+	MAC string
 }
 
 // VM is a running QEMU process and its serial console.
@@ -81,6 +84,9 @@ func (o Options) Args() []string {
 	}
 	if o.Disk != "" {
 		args = append(args, "-drive", "file="+o.Disk+",format=raw,if=virtio,cache=unsafe")
+	}
+	if o.MAC != "" {
+		args = append(args, "-netdev", "hubport,id=hn0,hubid=0", "-device", "virtio-net-pci,netdev=hn0,mac="+o.MAC)
 	}
 	return append(args, o.Extra...)
 }

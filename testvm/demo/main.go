@@ -74,6 +74,7 @@ func run(args []string, out io.Writer) error {
 		vm, err := testvm.Start(ctx, testvm.Options{
 			Kernel: f.Kernel, Initrd: f.Initramfs, Disk: disk,
 			Append: "hn.hostpart=LABEL=hostpart", Console: consoleFilter{out}, Name: "vm",
+			MAC: "52:54:00:12:34:56",
 		})
 		if err != nil {
 			return err
