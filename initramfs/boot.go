@@ -12,7 +12,6 @@ import (
 	"time"
 
 	losetup "github.com/freddierice/go-losetup"
-	"github.com/u-root/u-root/pkg/kmodule"
 	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
 
@@ -43,6 +42,7 @@ type boot struct {
 
 	hostpartDev  string
 	hostpartInfo blkid.Info
+	mods         *modLoader
 }
 
 func (b *boot) main() {
@@ -118,51 +118,31 @@ func (b *boot) readCmdline() {
 	b.log.Info("configuration", "hostpart", cfg.Hostpart, "image", cfg.Image, "tries", cfg.Tries)
 }
 
-// loadModules loads the modules listed by mkimage at build time plus any
-// from hn.modules=, resolving dependencies through modules.dep.
+// loadModules loads the drivers for the hardware present, plus any named
+// with hn.modules=; filesystems follow once the init knows which it needs.
 func (b *boot) loadModules() {
-	start := time.Now()
-	var names []string
-	if data, err := os.ReadFile(modulesList); err == nil {
-		for _, l := range strings.Fields(string(data)) {
-			if !strings.HasPrefix(l, "#") {
-				names = append(names, l)
-			}
-		}
-	}
-	names = append(names, b.cfg.Modules...)
-	if len(names) == 0 {
-		b.log.Info("no modules to load")
-		return
-	}
-	p, err := kmodule.NewProber(kmodule.ProbeOpts{})
-	if err != nil {
-		b.log.Warn("cannot load modules (a kernel with built-in drivers still boots)", "err", err)
-		return
-	}
-	var failed []string
-	for _, n := range names {
-		if err := p.Probe(n, ""); err != nil {
-			failed = append(failed, n)
-			b.log.Debug("module", "name", n, "err", err)
-		}
-	}
-	b.log.Info("loaded modules", "requested", len(names), "failed", len(failed), "took", time.Since(start).Round(time.Millisecond))
-	if len(failed) > 0 {
-		b.log.Info("modules not loaded (absent or built in)", "names", strings.Join(failed, ","))
-	}
+	b.mods = newModLoader(b)
+	b.mods.hardware()
+	b.mods.load("hn.modules", b.cfg.Modules...)
 }
 
 // findHostpart waits for the hostpart device: disk drivers probe
 // asynchronously after their modules load.
 func (b *boot) findHostpart() error {
-	deadline := time.Now().Add(30 * time.Second)
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
 	for {
 		dev, info, err := blkid.Find(b.cfg.Hostpart, "/sys/class/block", "/dev")
 		if err == nil {
 			b.hostpartDev, b.hostpartInfo = dev, info
 			b.log.Info("found hostpart", "spec", b.cfg.Hostpart, "device", dev, "fs", info.Type)
+			b.mods.load("hostpart's filesystem", fsModule(info.Type))
 			return nil
+		}
+		if time.Since(start) > 3*time.Second && !b.mods.all {
+			// A disk whose driver has no alias we know: load everything.
+			b.log.Info("hostpart not found yet; loading every driver in the initramfs")
+			b.mods.loadAll()
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("no partition matches %s after 30 s: %w. Label the host partition: e2label DEV hostpart, or set hn.hostpart= on the kernel command line", b.cfg.Hostpart, err)
@@ -271,6 +251,7 @@ func (b *boot) bootImage(name string) error {
 	if err != nil {
 		return fmt.Errorf("%s: unknown filesystem: %w", path, err)
 	}
+	b.mods.load("the image", "loop", fsModule(info.Type), "overlay")
 	dev, err := losetup.Attach(path, 0, true)
 	if err != nil {
 		return fmt.Errorf("attach %s read-only to a loop device: %w", path, err)

@@ -205,6 +205,13 @@ func writeContents(a *Archive, o Options, initBin, busybox []byte, ix *kmodules.
 	if err := a.File(path.Join(mdir, "modules.dep"), 0o644, dep.Bytes()); err != nil {
 		return err
 	}
+	var alias bytes.Buffer
+	if err := set.WriteModulesAlias(&alias); err != nil {
+		return err
+	}
+	if err := a.File(path.Join(mdir, "modules.alias"), 0o644, alias.Bytes()); err != nil {
+		return err
+	}
 	for _, name := range []string{"modules.builtin", "modules.order"} {
 		b, err := os.ReadFile(filepath.Join(ix.Dir, name))
 		if errors.Is(err, fs.ErrNotExist) {

@@ -400,3 +400,19 @@ func (s *Set) WriteModulesDep(w io.Writer) error {
 	}
 	return bw.Flush()
 }
+
+// WriteModulesAlias writes modules.alias for the set in depmod's format,
+// "alias PATTERN NAME", so the init can load drivers for the hardware it
+// finds (by each device's modalias) instead of every driver it carries.
+func (s *Set) WriteModulesAlias(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	for _, m := range s.Modules {
+		if m.Info == nil {
+			continue
+		}
+		for _, a := range m.Info.Aliases {
+			fmt.Fprintf(bw, "alias %s %s\n", a, m.Name)
+		}
+	}
+	return bw.Flush()
+}

@@ -193,7 +193,7 @@ func bootOnce(ctx context.Context, f *testvm.Fixture, initrd, base, dir string, 
 	if err := copySparse(base, disk); err != nil {
 		return sample{}, err
 	}
-	vm, err := testvm.Start(ctx, testvm.Options{Kernel: f.Kernel, Initrd: initrd, Disk: disk, Append: "quiet"})
+	vm, err := testvm.Start(ctx, testvm.Options{Kernel: f.Kernel, Initrd: initrd, Disk: disk, Append: "quiet", MAC: "52:54:00:12:34:56"})
 	if err != nil {
 		return sample{}, err
 	}
