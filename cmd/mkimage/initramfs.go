@@ -10,9 +10,10 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/initrd"
+	"github.com/hnboot/hnboot/internal/manifest"
 )
 
-const initramfsHelp = `Usage: mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b,...]
+const initramfsHelp = `Usage: mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b,...] [--trust KEY.pub]
 
 Builds a gzip-compressed newc cpio initramfs holding:
   /init                         the hnboot init (--init; default: hninit beside mkimage)
@@ -21,6 +22,7 @@ Builds a gzip-compressed newc cpio initramfs holding:
   /lib/modules/RELEASE/         the modules below with their dependencies, a generated
                                 modules.dep, and modules.builtin and modules.order
   /etc/hnboot-modules           the top-level modules the init loads, in order
+  /etc/hnboot/trusted.pub       with --trust: staged images must carry a manifest signed by this key
 
 DIR is a lib/modules/RELEASE tree (it needs no modules.dep: dependencies
 come from each module's .modinfo, soft dependencies included). The default
@@ -52,6 +54,7 @@ func runInitramfs(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	initPath := fs.String("init", defInit, "the init binary (static), installed as /init")
 	busybox := fs.String("busybox", defBusybox, "static busybox for /bin/busybox and /bin/sh; \"\" for none")
 	modules := fs.String("modules", "", "comma-separated modules to add to the default set")
+	trust := fs.String("trust", "", "public key (mkimage keygen) installed as /etc/hnboot/trusted.pub: staged images must then be signed by it")
 	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
@@ -60,6 +63,14 @@ func runInitramfs(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if _, err := os.Stat(*initPath); err != nil {
 		return fmt.Errorf("initramfs: --init %s: %w (build hninit next to mkimage, or give --init PATH)", *initPath, err)
+	}
+	var trustKey []byte
+	if *trust != "" {
+		pub, err := manifest.ReadPublicKey(*trust)
+		if err != nil {
+			return fmt.Errorf("initramfs: --trust: %w", err)
+		}
+		trustKey = pub.Marshal()
 	}
 	epoch, _, err := sourceDateEpoch()
 	if err != nil {
@@ -78,6 +89,7 @@ func runInitramfs(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		Busybox:    *busybox,
 		ModulesDir: *kdir,
 		Modules:    extra,
+		Trust:      trustKey,
 		MTime:      time.Unix(epoch, 0),
 		Log:        newLogger(stderr),
 	})

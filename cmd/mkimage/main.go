@@ -3,7 +3,9 @@
 //
 // Synopsis:
 //
-//	mkimage rootfs --from DIR --out FILE [--size SIZE]
+//	mkimage rootfs --from DIR|TARBALL --out FILE [--fs ext4|squashfs] [--name N] [--version V] [--sign-key KEY] [--keep PATH]... [--size SIZE]
+//	mkimage keygen --out KEY
+//	mkimage verify [--key KEY.pub] IMAGE
 //	mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
 //	mkimage disk --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M] [--hostpart-fs ext4]
 //	mkimage version
@@ -55,7 +57,10 @@ func exitCode(err error, stderr io.Writer) int {
 const usage = `mkimage builds hnboot root images, initramfs archives and bootable disks.
 
 Usage:
-  mkimage rootfs    --from DIR --out FILE [--size SIZE]
+  mkimage rootfs    --from DIR|TARBALL --out FILE [--fs ext4|squashfs] [--name N] [--version V]
+                    [--sign-key KEY] [--keep PATH]... [--size SIZE]
+  mkimage keygen    --out KEY
+  mkimage verify    [--key KEY.pub] IMAGE
   mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
   mkimage disk      --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M]
   mkimage version
@@ -73,6 +78,8 @@ var commands = []command{
 	{"rootfs", runRootfs},
 	{"initramfs", runInitramfs},
 	{"disk", runDisk},
+	{"keygen", runKeygen},
+	{"verify", runVerify},
 	{"version", runVersion},
 }
 

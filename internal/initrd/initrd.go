@@ -35,6 +35,10 @@ var DefaultModules = []string{
 // init loads at boot, one name per line, in order.
 const ModulesListPath = "etc/hnboot-modules"
 
+// TrustedKeyPath is where the archive holds the public key staged images
+// must be signed with (initramfs/verify.go reads it as /etc/hnboot/trusted.pub).
+const TrustedKeyPath = "etc/hnboot/trusted.pub"
+
 // Options says what goes into an initramfs.
 type Options struct {
 	Out        string    // the archive to write (FILE.tmp, then renamed)
@@ -42,6 +46,7 @@ type Options struct {
 	Busybox    string    // a static busybox for /bin/busybox and /bin/sh; "" for none
 	ModulesDir string    // a lib/modules/<release> tree; "" for no modules
 	Modules    []string  // modules beyond DefaultModules
+	Trust      []byte    // an ed25519 public key (mkimage keygen) for TrustedKeyPath; nil for none
 	MTime      time.Time // time of every entry (SOURCE_DATE_EPOCH or the epoch)
 	Log        *slog.Logger
 }
@@ -189,6 +194,11 @@ func writeContents(a *Archive, o Options, initBin, busybox []byte, ix *kmodules.
 	}
 	if err := a.File(ModulesListPath, 0o644, list.Bytes()); err != nil {
 		return err
+	}
+	if o.Trust != nil {
+		if err := a.File(TrustedKeyPath, 0o644, o.Trust); err != nil {
+			return err
+		}
 	}
 	if set == nil {
 		return nil

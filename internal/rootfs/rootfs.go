@@ -1,23 +1,26 @@
-// Package rootfs builds hnboot root images: an ext4 filesystem image of a
-// directory tree, made unprivileged (no loop devices, no mount) with
-// e2fsprogs' mkfs.ext4 -d on a regular file, reproducibly when
-// SOURCE_DATE_EPOCH is given.
+// Package rootfs builds hnboot root images from a directory tree or a
+// tarball, unprivileged (no loop devices, no mounts, no root needed to keep
+// owners, devices or capabilities) and reproducibly when SOURCE_DATE_EPOCH
+// is given. The source is read into a Tree (metadata in memory, contents by
+// reference to local files), generalized, and written:
+//
+//   - ext4: mkfs.ext4 of an empty filesystem, then one debugfs batch that
+//     creates every entry in a fixed order and sets what debugfs does not
+//     (owners, modes, mtimes, device numbers, xattrs, hard link counts);
+//   - squashfs: a PAX tarball of the tree piped into tar2sqfs
+//     (squashfs-tools-ng).
 package rootfs
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
+	"time"
 )
 
 // DefaultLabel is the filesystem label of root images.
@@ -28,24 +31,42 @@ const (
 	blockSize = 4096
 )
 
+// Filesystem types Build writes.
+const (
+	Ext4     = "ext4"
+	Squashfs = "squashfs"
+)
+
 // Options says what image to build.
 type Options struct {
-	Dir      string // the tree to copy
-	Out      string // the image to write (Out.tmp, then renamed)
-	Size     int64  // image size in bytes; 0 computes it from the tree
-	Label    string // filesystem label; default DefaultLabel
-	Epoch    int64  // SOURCE_DATE_EPOCH, used when HasEpoch
-	HasEpoch bool   // make the image reproducible
-	Log      *slog.Logger
+	From       string   // the source: a directory, or a .tar, .tar.gz/.tgz, .tar.zst tarball
+	Dir        string   // the source directory, when From is empty (older name of From)
+	Out        string   // the image to write (Out.tmp, then renamed)
+	FS         string   // Ext4 (default) or Squashfs
+	Size       int64    // ext4 image size in bytes; 0 computes it from the tree
+	Label      string   // ext4 label; default DefaultLabel
+	Compressor string   // squashfs compressor; default DefaultCompressor
+	Keep       []string // paths Generalize must leave alone
+	Epoch      int64    // SOURCE_DATE_EPOCH, used when HasEpoch
+	HasEpoch   bool     // make the image reproducible
+	Boot       BootOptions
+	Log        *slog.Logger
+	// Progress, when set, is called as the image fills: done of total
+	// units (debugfs commands for ext4, content bytes for squashfs).
+	Progress func(done, total int64)
 }
 
 // Result describes a built image.
 type Result struct {
-	Path      string
-	Size      int64
-	UUID      string // "" when mkfs.ext4 chose a random one
-	Entries   int    // files, directories and links in the tree
-	TreeBytes int64  // space the tree's contents take, in 4 KiB blocks
+	Path          string
+	FS            string
+	Size          int64  // bytes of the image file
+	UUID          string // "" when random (ext4 without SOURCE_DATE_EPOCH, squashfs)
+	Entries       int    // entries in the image, the root included
+	TreeBytes     int64  // space the tree's contents take, in 4 KiB blocks
+	Changes       []Change
+	KernelRelease string // "" when the tree ships no kernel
+	Initramfs     int64  // bytes of /boot/initramfs, 0 without a kernel
 }
 
 // Tool finds an e2fsprogs (or other system) tool, also in the sbin
@@ -61,71 +82,6 @@ func Tool(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found in PATH, /usr/sbin or /sbin: install it (scripts/deps.sh installs e2fsprogs, dosfstools, gdisk)", name)
-}
-
-// tree is what a walk of the source learns.
-type tree struct {
-	entries int
-	bytes   int64
-	digest  [32]byte
-	foreign int // entries not owned by root
-}
-
-func scan(dir string, epoch int64, hasEpoch bool) (*tree, error) {
-	t := &tree{}
-	h := sha256.New()
-	seen := map[uint64]bool{} // hard-linked inodes count once
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		t.entries++
-		mt := info.ModTime().Unix()
-		if hasEpoch && mt > epoch {
-			mt = epoch
-		}
-		fmt.Fprintf(h, "%q %o %d %d", rel, info.Mode(), info.Size(), mt)
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			fmt.Fprintf(h, " %d:%d", st.Uid, st.Gid)
-			if st.Uid != 0 {
-				t.foreign++
-			}
-			if info.Mode().IsRegular() && st.Nlink > 1 {
-				if seen[st.Ino] {
-					h.Write([]byte("\n"))
-					return nil
-				}
-				seen[st.Ino] = true
-			}
-		}
-		switch {
-		case info.Mode().IsRegular():
-			t.bytes += (info.Size() + blockSize - 1) / blockSize * blockSize
-		case info.IsDir():
-			t.bytes += blockSize
-		case info.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(h, " -> %q", target)
-			if len(target) >= 60 {
-				t.bytes += blockSize
-			}
-		}
-		h.Write([]byte("\n"))
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	copy(t.digest[:], h.Sum(nil))
-	return t, nil
 }
 
 // DefaultSize is the image size for a tree taking treeBytes: 1.3× the
@@ -153,171 +109,165 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	if o.Label == "" {
 		o.Label = DefaultLabel
 	}
+	if o.From == "" {
+		o.From = o.Dir
+	}
+	if o.FS == "" {
+		o.FS = Ext4
+	}
+	if o.FS != Ext4 && o.FS != Squashfs {
+		return nil, fmt.Errorf("rootfs: filesystem %q: want ext4 or squashfs (--fs)", o.FS)
+	}
 	if len(o.Label) > 16 {
 		return nil, fmt.Errorf("rootfs: label %q longer than ext4's 16 bytes", o.Label)
 	}
 	if o.Out == "" {
 		return nil, errors.New("rootfs: no output file given (--out)")
 	}
-	st, err := os.Stat(o.Dir)
+	st, err := os.Stat(o.From)
 	if err != nil {
-		return nil, fmt.Errorf("rootfs: source tree: %w (--from wants a directory)", err)
+		return nil, fmt.Errorf("rootfs: source: %w (--from wants a directory or a .tar, .tar.gz, .tar.zst)", err)
 	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("rootfs: source tree %s is not a directory (--from wants a directory)", o.Dir)
+	tarball := !st.IsDir()
+	if tarball && !IsTarball(o.From) {
+		return nil, fmt.Errorf("rootfs: source %s is not a directory nor a tarball (.tar, .tar.gz, .tgz, .tar.zst) (--from wants a directory or a tarball)", o.From)
 	}
-	mkfs, err := Tool("mkfs.ext4")
+	// Staging (unpacked tarball contents, the initramfs, debugfs input)
+	// lives beside the output: same filesystem, room for the image anyway.
+	start := time.Now()
+	stage, err := os.MkdirTemp(filepath.Dir(o.Out), ".hnboot-rootfs-")
 	if err != nil {
-		return nil, fmt.Errorf("rootfs: %w", err)
+		return nil, fmt.Errorf("rootfs: staging directory: %w", err)
 	}
+	defer os.RemoveAll(stage)
+	warn := func(p, msg string) { log.Warn(msg, "path", p) }
 
-	log.Info("scanning source tree", "dir", o.Dir)
-	t, err := scan(o.Dir, o.Epoch, o.HasEpoch)
-	if err != nil {
-		return nil, fmt.Errorf("rootfs: scan %w", err)
+	var t *Tree
+	local := o.From // where tree paths are on disk, for the kernel modules
+	if tarball {
+		log.Info("reading tarball", "file", o.From)
+		local = filepath.Join(stage, "tree")
+		if t, err = ReadTar(o.From, local, warn); err != nil {
+			return nil, fmt.Errorf("rootfs: %w", err)
+		}
+	} else {
+		log.Info("reading tree", "dir", o.From)
+		if t, err = ReadDir(o.From, warn); err != nil {
+			return nil, fmt.Errorf("rootfs: %w", err)
+		}
+		if os.Getuid() != 0 {
+			if n := foreign(t); n > 0 {
+				log.Warn("files keep their owners in the image, and some are not owned by root; build from a tree unpacked as root, or from a tarball, for a root filesystem", "entries", n, "dir", o.From)
+			}
+		}
 	}
-	if t.foreign > 0 && os.Getuid() != 0 {
-		log.Warn("files keep their owners in the image, and some are not owned by root; build from a tree unpacked as root for a root filesystem", "entries", t.foreign, "dir", o.Dir)
+	res = &Result{Path: o.Out, FS: o.FS}
+	res.Changes = Generalize(t, o.Keep)
+	for _, c := range res.Changes {
+		log.Info("generalized: "+c.Action, "path", c.Path)
 	}
-	size := o.Size
-	if size == 0 {
-		size = DefaultSize(t.bytes)
-	}
-	size = size / blockSize * blockSize
-	if size < 2*mib {
-		return nil, fmt.Errorf("rootfs: size %d bytes too small for ext4 (want at least 2M)", size)
-	}
-	res = &Result{Path: o.Out, Size: size, Entries: t.entries, TreeBytes: t.bytes}
-
-	args := []string{"-q", "-F", "-t", "ext4", "-b", strconv.Itoa(blockSize), "-m", "0", "-L", o.Label}
-	// The default of one inode per 16 KiB can be too few for trees of
-	// many small files.
-	if need := int64(t.entries)*5/4 + 256; need > size/16384 {
-		args = append(args, "-N", strconv.FormatInt(need, 10))
-	}
-	env := os.Environ()
 	if o.HasEpoch {
-		sum := sha256.Sum256(fmt.Appendf(nil, "hnboot rootfs %d %s %x", o.Epoch, o.Label, t.digest))
-		res.UUID = uuidFrom(sum[:16])
-		seed := uuidFrom(sum[16:])
-		args = append(args, "-U", res.UUID, "-E", "hash_seed="+seed)
-		env = append(env, "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(o.Epoch, 10))
+		ClampTimes(t, o.Epoch)
 	}
-	tmp := o.Out + ".tmp"
-	args = append(args, "-d", o.Dir, tmp)
-
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	if !o.Boot.Disabled {
+		k, err := addBootFiles(t, local, stage, o, log)
+		if err != nil {
+			return nil, fmt.Errorf("rootfs: %w", err)
+		}
+		res.KernelRelease, res.Initramfs = k.release, k.initramfs
+	}
+	if err := t.Finish(); err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
+	res.Entries, res.TreeBytes = t.Len(), t.ContentBytes()
+	log.Info("tree ready", "entries", res.Entries, "content_bytes", res.TreeBytes, "took", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+
+	tmp := o.Out + ".tmp"
 	defer func() {
 		if err != nil {
 			os.Remove(tmp)
 		}
 	}()
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("rootfs: size %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("rootfs: %w", err)
-	}
-
-	log.Info("making ext4 image", "out", tmp, "size", size, "entries", t.entries)
-	if out, err := run(ctx, env, mkfs, args...); err != nil {
-		hint := ""
-		if strings.Contains(out, "No space left") || strings.Contains(out, "Could not allocate") || strings.Contains(out, "ould not allocate") {
-			hint = fmt.Sprintf(" (the tree needs about %d MiB plus metadata: give a larger --size, or omit --size)", t.bytes/mib+1)
+	switch o.FS {
+	case Ext4:
+		size := o.Size
+		if size == 0 {
+			size = DefaultSize(res.TreeBytes)
 		}
-		return nil, fmt.Errorf("rootfs: mkfs.ext4 -d %s %s: %w: %s%s", o.Dir, tmp, err, strings.TrimSpace(out), hint)
-	}
-	if o.HasEpoch {
-		log.Info("normalizing inode times", "epoch", o.Epoch)
-		if err := normalizeTimes(ctx, env, o.Dir, tmp, o.Epoch, log); err != nil {
-			return nil, err
+		size = size / blockSize * blockSize
+		if size < 2*mib {
+			return nil, fmt.Errorf("rootfs: size %d bytes too small for ext4 (want at least 2M)", size)
+		}
+		if size < res.TreeBytes {
+			return nil, fmt.Errorf("rootfs: size %d MiB is smaller than the tree's %d MiB: give a larger --size, or omit --size", size/mib, res.TreeBytes/mib+1)
+		}
+		var uuid, seed string
+		if o.HasEpoch {
+			sum := sha256.Sum256(fmt.Appendf(nil, "hnboot rootfs %d %s %x", o.Epoch, o.Label, t.Digest()))
+			uuid, seed = uuidFrom(sum[:16]), uuidFrom(sum[16:])
+		}
+		res.UUID = uuid
+		log.Info("making ext4 image", "out", tmp, "size", size, "entries", res.Entries)
+		if err := writeExt4(ctx, t, tmp, stage, &o, uuid, seed, size, o.Progress); err != nil {
+			return nil, fmt.Errorf("rootfs: %w", err)
+		}
+	case Squashfs:
+		log.Info("making squashfs image", "out", tmp, "entries", res.Entries)
+		if err := writeSquashfs(ctx, t, tmp, &o, o.Progress); err != nil {
+			return nil, fmt.Errorf("rootfs: %w", err)
 		}
 	}
+	log.Info("image written", "fs", o.FS, "took", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
 	if err := syncFile(tmp); err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
+	log.Info("image synced", "took", time.Since(start).Round(time.Millisecond))
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs: %w", err)
+	}
+	res.Size = fi.Size()
 	if err := os.Rename(tmp, o.Out); err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
 	return res, nil
 }
 
-// normalizeTimes sets every inode's times to its mtime clamped to epoch:
-// mkfs.ext4 -d copies atime and ctime from the source, which differ
-// between two copies of the same tree.
-func normalizeTimes(ctx context.Context, env []string, dir, img string, epoch int64, log *slog.Logger) error {
-	debugfs, err := Tool("debugfs")
-	if err != nil {
-		return fmt.Errorf("rootfs: %w", err)
+// ClampTimes sets every mtime later than epoch to epoch (and negative
+// ones to 0), as reproducible builds do with SOURCE_DATE_EPOCH.
+func ClampTimes(t *Tree, epoch int64) {
+	for _, e := range t.entries {
+		e.MTime = min(max(e.MTime, 0), epoch)
 	}
-	var cmds bytes.Buffer
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		name := "/" + filepath.ToSlash(rel)
-		if rel == "." {
-			name = "/"
-		}
-		if strings.ContainsAny(name, "\"\n") {
-			log.Warn("path not representable in debugfs, times left as copied", "path", p)
-			return nil
-		}
-		mt := info.ModTime().Unix()
-		if mt > epoch {
-			mt = epoch
-		}
-		if mt < 0 {
-			mt = 0
-		}
-		for _, field := range []string{"atime", "ctime", "mtime"} {
-			fmt.Fprintf(&cmds, "sif \"%s\" %s @%d\n", name, field, mt)
-		}
-		fmt.Fprintf(&cmds, "sif \"%s\" crtime @%d\n", name, epoch)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("rootfs: scan %w", err)
-	}
-	cf, err := os.CreateTemp("", "hnboot-debugfs-*")
-	if err != nil {
-		return fmt.Errorf("rootfs: %w", err)
-	}
-	defer os.Remove(cf.Name())
-	if _, err := cf.Write(cmds.Bytes()); err != nil {
-		cf.Close()
-		return fmt.Errorf("rootfs: %w", err)
-	}
-	if err := cf.Close(); err != nil {
-		return fmt.Errorf("rootfs: %w", err)
-	}
-	out, err := run(ctx, env, debugfs, "-w", "-f", cf.Name(), img)
-	if err != nil {
-		return fmt.Errorf("rootfs: debugfs -w %s: %w: %s", img, err, strings.TrimSpace(out))
-	}
-	// debugfs reports command errors on stderr but exits 0.
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "sif:") || strings.Contains(l, "not found") {
-			return fmt.Errorf("rootfs: debugfs -w %s: %s", img, l)
-		}
-	}
-	return nil
 }
 
-func run(ctx context.Context, env []string, name string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = env
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+func foreign(t *Tree) int {
+	n := 0
+	for _, e := range t.entries {
+		if e.UID != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// Digest is a digest of the tree's metadata (not its contents), stable
+// across copies of the same tree.
+func (t *Tree) Digest() [32]byte {
+	h := sha256.New()
+	t.Walk(func(e *Entry) error {
+		fmt.Fprintf(h, "%q %o %d:%d %d %d %q %q %d,%d", e.Path, e.UnixMode(), e.UID, e.GID, e.MTime, e.Size, e.Target, e.Link, e.Major, e.Minor)
+		for _, x := range e.Xattrs {
+			fmt.Fprintf(h, " %q=%x", x.Name, x.Value)
+		}
+		h.Write([]byte{'\n'})
+		return nil
+	})
+	var d [32]byte
+	copy(d[:], h.Sum(nil))
+	return d
 }
 
 func syncFile(p string) error {

@@ -3,6 +3,7 @@ package rootfs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,37 +65,54 @@ func TestBuildReproducible(t *testing.T) {
 	src := filepath.Join(tmp, "src")
 	makeTree(t, src)
 	// A second copy of the same tree: same content and mtimes, but other
-	// ctimes and inode numbers.
+	// ctimes, inode numbers and directory order; and a tarball of it.
 	src2 := filepath.Join(tmp, "src2")
 	if out, err := exec.Command("cp", "-a", src, src2).CombinedOutput(); err != nil {
 		t.Fatalf("cp -a: %v: %s", err, out)
 	}
-	var imgs [][]byte
-	for i, dir := range []string{src, src, src2} {
-		out := filepath.Join(tmp, "img"+string(rune('0'+i)))
-		res, err := Build(context.Background(), Options{Dir: dir, Out: out, Epoch: 1700000000, HasEpoch: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if res.Size != 17*mib {
-			t.Errorf("Build(%s).Size = %d, want %d", dir, res.Size, 17*mib)
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		imgs = append(imgs, b)
-		if _, err := os.Stat(out + ".tmp"); err == nil {
-			t.Errorf("Build left %s.tmp behind", out)
-		}
+	tarball := filepath.Join(tmp, "src.tar.gz")
+	if out, err := exec.Command("tar", "-C", src, "--numeric-owner", "-czf", tarball, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v: %s", err, out)
 	}
-	for i := 1; i < len(imgs); i++ {
-		if !bytes.Equal(imgs[0], imgs[i]) {
-			t.Errorf("build %d differs from build 0, want byte-identical images with SOURCE_DATE_EPOCH", i)
+	for _, fsType := range []string{Ext4, Squashfs} {
+		t.Run(fsType, func(t *testing.T) {
+			var imgs [][]byte
+			for i, from := range []string{src, src, src2, tarball} {
+				out := filepath.Join(tmp, fmt.Sprintf("%s-%d.img", fsType, i))
+				res, err := Build(context.Background(), Options{From: from, Out: out, FS: fsType, Epoch: 1700000000, HasEpoch: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fsType == Ext4 && res.Size != 17*mib {
+					t.Errorf("Build(%s).Size = %d, want %d", from, res.Size, 17*mib)
+				}
+				if got := fmt.Sprint(res.Changes); got != "[{/etc/hostname removed}]" {
+					t.Errorf("Build(%s).Changes = %s, want [{/etc/hostname removed}]", from, got)
+				}
+				b, err := os.ReadFile(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				imgs = append(imgs, b)
+				if _, err := os.Stat(out + ".tmp"); err == nil {
+					t.Errorf("Build left %s.tmp behind", out)
+				}
+			}
+			for i := 1; i < len(imgs); i++ {
+				if !bytes.Equal(imgs[0], imgs[i]) {
+					t.Errorf("%s build %d differs from build 0, want byte-identical images with SOURCE_DATE_EPOCH", fsType, i)
+				}
+			}
+		})
+	}
+	ents, _ := os.ReadDir(tmp)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".hnboot-rootfs-") {
+			t.Errorf("Build left its staging directory %s behind", e.Name())
 		}
 	}
 
-	img := filepath.Join(tmp, "img0")
+	img := filepath.Join(tmp, "ext4-0.img")
 	if out, err := exec.Command("/sbin/e2fsck", "-fn", img).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck -fn %s: %v\n%s", img, err, out)
 	}
@@ -111,7 +129,8 @@ func TestBuildReproducible(t *testing.T) {
 		{"stat /bin", "Fast link dest: \"usr/bin\""},
 		{"stat /usr/bin/tool2", "Links: 2"},
 		{"stat /etc/os-release", "mtime: 0x5f5e1000"},
-		{"stat /etc/os-release", "ctime: 0x5f5e1000"},
+		{"stat /etc/os-release", "ctime: 0x6553f100"},
+		{"stat /etc/os-release", "crtime: 0x6553f100"},
 		{"ls -l /empty", "."},
 	} {
 		out, err := exec.Command("/sbin/debugfs", "-R", tt.cmd, img).Output()
@@ -120,6 +139,16 @@ func TestBuildReproducible(t *testing.T) {
 		}
 		if !strings.Contains(string(out), tt.want) {
 			t.Errorf("debugfs -R %q = %q, want it to contain %q", tt.cmd, out, tt.want)
+		}
+	}
+	out, err = exec.Command("unsquashfs", "-lln", filepath.Join(tmp, "squashfs-0.img")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("unsquashfs -lln: %v: %s", err, out)
+	}
+	// Owners are the tree's: the test's own uid and gid.
+	for _, want := range []string{"squashfs-root/usr/bin/tool2", "squashfs-root/bin -> usr/bin", fmt.Sprintf(" %d/%d ", os.Getuid(), os.Getgid())} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("unsquashfs -lln = %s, want it to contain %q", out, want)
 		}
 	}
 }
@@ -137,10 +166,10 @@ func TestBuildErrors(t *testing.T) {
 		o    Options
 		want string
 	}{
-		{"missing dir", Options{Dir: filepath.Join(tmp, "nope"), Out: filepath.Join(tmp, "a.img")}, "--from"},
-		{"file not dir", Options{Dir: big, Out: filepath.Join(tmp, "b.img")}, "not a directory"},
-		{"too small", Options{Dir: src, Out: filepath.Join(tmp, "c.img"), Size: 3 * mib}, "--size"},
-		{"no out", Options{Dir: src}, "--out"},
+		{"missing dir", Options{From: filepath.Join(tmp, "nope"), Out: filepath.Join(tmp, "a.img")}, "--from"},
+		{"file not dir", Options{From: big, Out: filepath.Join(tmp, "b.img")}, "not a directory"},
+		{"too small", Options{From: src, Out: filepath.Join(tmp, "c.img"), Size: 3 * mib}, "--size"},
+		{"no out", Options{From: src}, "--out"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Build(context.Background(), tt.o)

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func mkimage(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(args, nil, &out, &out)
+	return out.String(), err
+}
+
+func TestRootfsManifestSignVerify(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	tmp := t.TempDir()
+	tree := filepath.Join(tmp, "tree")
+	for p, body := range map[string]string{"etc/os-release": "ID=test\n", "etc/hostname": "builder\n", "etc/machine-id": "0123\n"} {
+		os.MkdirAll(filepath.Join(tree, filepath.Dir(p)), 0o755)
+		if err := os.WriteFile(filepath.Join(tree, p), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := filepath.Join(tmp, "fleet.key")
+	if out, err := mkimage(t, "keygen", "--out", key); err != nil {
+		t.Fatalf("mkimage keygen: %v\n%s", err, out)
+	}
+	if out, err := mkimage(t, "keygen", "--out", key); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("mkimage keygen over an existing key = %v, %s; want an error saying it exists", err, out)
+	}
+	for _, fs := range []string{"ext4", "squashfs"} {
+		t.Run(fs, func(t *testing.T) {
+			var images, manifests [][]byte
+			for i := 0; i < 2; i++ {
+				img := filepath.Join(tmp, fs+string(rune('a'+i))+".img")
+				out, err := mkimage(t, "rootfs", "--from", tree, "--out", img, "--fs", fs, "--name", "web", "--version", "1.0", "--sign-key", key)
+				if err != nil {
+					t.Fatalf("mkimage rootfs: %v\n%s", err, out)
+				}
+				for _, want := range []string{"generalized: removed /etc/hostname", "generalized: emptied /etc/machine-id", "signed by key"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("mkimage rootfs output lacks %q:\n%s", want, out)
+					}
+				}
+				b, _ := os.ReadFile(img)
+				m, _ := os.ReadFile(img + ".json")
+				images, manifests = append(images, b), append(manifests, m)
+				if out, err := mkimage(t, "verify", "--key", key+".pub", img); err != nil || !strings.Contains(out, "OK") {
+					t.Errorf("mkimage verify %s = %v\n%s", img, err, out)
+				}
+			}
+			if !bytes.Equal(images[0], images[1]) || !bytes.Equal(manifests[0], manifests[1]) {
+				t.Errorf("two builds with SOURCE_DATE_EPOCH differ (image equal %v, manifest equal %v)", bytes.Equal(images[0], images[1]), bytes.Equal(manifests[0], manifests[1]))
+			}
+			for _, want := range []string{`"name": "web"`, `"version": "1.0"`, `"fs": "` + fs + `"`, `"build_time": "2023-11-14T22:13:20Z"`, `"signature": "`} {
+				if !strings.Contains(string(manifests[0]), want) {
+					t.Errorf("manifest lacks %s:\n%s", want, manifests[0])
+				}
+			}
+			// Tampering is caught, with exit status 1 and the reason.
+			img := filepath.Join(tmp, fs+"a.img")
+			bad := append([]byte(nil), images[0]...)
+			bad[len(bad)/2] ^= 0xff
+			if err := os.WriteFile(img, bad, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := mkimage(t, "verify", "--key", key+".pub", img)
+			if err == nil || exitCode(err, &bytes.Buffer{}) != 1 || !strings.Contains(err.Error(), "sha256 does not match") {
+				t.Errorf("mkimage verify (tampered image) = %v, %s; want exit 1 and a sha256 mismatch", err, out)
+			}
+		})
+	}
+}
+
+func TestProgressLine(t *testing.T) {
+	for _, tt := range []struct {
+		done, total int64
+		width       int
+		want        string
+	}{
+		{0, 100, 30, "[          ]   0% img"},
+		{50, 100, 30, "[=====     ]  50% img"},
+		{200, 100, 30, "[==========] 100% img"},
+		{1, 0, 30, "[          ]   0% img"},
+		{5, 10, 12, "  50% img"},
+	} {
+		if got := progressLine("img", tt.done, tt.total, tt.width-9); got != tt.want {
+			t.Errorf("progressLine(img, %d, %d, %d) = %q, want %q", tt.done, tt.total, tt.width-9, got, tt.want)
+		}
+	}
+	// Not a terminal: nothing is drawn.
+	var b bytes.Buffer
+	p := newProgress(&b, "img")
+	p.update(1, 2)
+	p.done()
+	if b.Len() != 0 {
+		t.Errorf("progress on a non-terminal wrote %q, want nothing", b.String())
+	}
+}
