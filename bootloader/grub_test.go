@@ -16,7 +16,10 @@ func TestGrubConfig(t *testing.T) {
 			name: "seed defaults",
 			want: []string{
 				"insmod part_gpt\n", "insmod fat\n", "insmod ext2\n", "insmod loopback\n",
-				"set timeout=3\n",
+				"set timeout=1\n",
+				"menuentry 'hnboot rescue shell (hn-root.img, hn.init=/bin/sh)' {",
+				"ro console=ttyS0 hn.init=/bin/sh hn.debug\n",
+				"if [ \"$grub_platform\" = pc ]; then\n\tserial --unit=0 --speed=115200\n\tterminal_input console serial\n\tterminal_output console serial\nfi\n",
 				"search --no-floppy --label hostpart --set=root\n",
 				"loopback loop ($root)/hn-root.img\n",
 				"linux (loop)/boot/vmlinuz real_root=/hn-root.img raw_loop_root_host_partition=LABEL=hostpart hn.hostpart=LABEL=hostpart ro console=ttyS0\n",
@@ -27,9 +30,9 @@ func TestGrubConfig(t *testing.T) {
 		},
 		{
 			name:    "no old entry, extra args",
-			o:       Options{OldImage: "-", Extra: "hn.debug", Timeout: -1},
+			o:       Options{OldImage: "-", Extra: "hn.debug", Timeout: -1, NoRescue: true},
 			want:    []string{"set timeout=0\n", "console=ttyS0 hn.debug\n"},
-			notWant: []string{"hn-root-old.img"},
+			notWant: []string{"hn-root-old.img", "rescue"},
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,7 +7,8 @@ set -euo pipefail
 CACHE=${HNBOOT_CACHE:-/var/cache/hnboot}
 PKGS=(qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin ipxe e2fsprogs
       squashfs-tools dosfstools mtools kmod busybox-static cpio debootstrap
-      dnsmasq-base nginx tftpd-hpa gdisk iproute2 zstd xz-utils btrfs-progs xfsprogs)
+      dnsmasq-base nginx tftpd-hpa gdisk iproute2 zstd xz-utils btrfs-progs xfsprogs
+      squashfs-tools-ng)
 
 log() { echo "deps: $*" >&2; }
 
@@ -28,18 +29,19 @@ fi
 # The test kernel: Debian's linux-image-amd64, unpacked (not installed) so
 # its modules can go into our initramfs.
 kdir="$CACHE/kernel"
+resolve() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
 if ! ls "$kdir"/boot/vmlinuz-* >/dev/null 2>&1; then
-  log "fetching test kernel into $kdir"
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  ( cd "$tmp"
-    apt-get update -q >/dev/null 2>&1 || true
-    dep=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    [ -n "$dep" ] || { log "cannot resolve linux-image-amd64 (apt-get update?)"; exit 1; }
-    apt-get download -q "$dep" )
-  mkdir -p "$kdir.tmp"
-  dpkg -x "$tmp"/linux-image-*.deb "$kdir.tmp"
-  rm -rf "$kdir"
-  mv "$kdir.tmp" "$kdir"
+  pkg=$(resolve)
+  [ -n "$pkg" ] || { apt-get update -q >/dev/null; pkg=$(resolve); }
+  [ -n "$pkg" ] || { log "cannot resolve linux-image-amd64 to a kernel package"; exit 1; }
+  "$(dirname "$0")/fetch-kernel.sh" "$pkg" "$kdir"
 fi
 log "test kernel: $(ls "$kdir"/boot/vmlinuz-*)"
+
+# A second Debian kernel release, for the test that kexecs into an image's
+# own kernel.
+cur=$(basename "$(ls "$kdir"/boot/vmlinuz-* | tail -1)" | sed 's/^vmlinuz-//')
+alt=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | grep -v "^linux-image-$cur\$" | sort -V | tail -1)
+[ -n "$alt" ] || { log "no second linux-image-6.1.0-*-amd64 package found (apt-get update?)"; exit 1; }
+"$(dirname "$0")/fetch-kernel.sh" "$alt" "$CACHE/kernel-alt"
+log "second kernel: $(ls "$CACHE"/kernel-alt/boot/vmlinuz-*)"

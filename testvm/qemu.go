@@ -34,7 +34,23 @@ type Options struct {
 	// MAC adds a virtio NIC with this address on an isolated QEMU hub (no
 	// backend: not one packet leaves the VM), so the init sees a real MAC.
 	MAC string
+	// UEFI boots with OVMF instead of SeaBIOS. Without Kernel the firmware
+	// boots Disk (GRUB, for UEFI and for BIOS alike).
+	UEFI bool
+	// OVMFVars is this VM's copy of the OVMF variable store; Start makes
+	// one from OVMFVarsTemplate when UEFI is set and it is empty.
+	OVMFVars string
+	// Netns runs QEMU inside this network namespace (ip netns exec), so
+	// -netdev tap can open tap devices that live there (see NetNS).
+	Netns string
 }
+
+// OVMF firmware from Debian's ovmf package: the 4 MiB build, code read-only,
+// variables per VM (two guests must not share one).
+var (
+	OVMFCode         = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVarsTemplate = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
 
 // VM is a running QEMU process and its serial console.
 type VM struct {
@@ -82,6 +98,11 @@ func (o Options) Args() []string {
 	if o.Initrd != "" {
 		args = append(args, "-initrd", o.Initrd)
 	}
+	if o.UEFI {
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+o.OVMFVars)
+	}
 	if o.Disk != "" {
 		args = append(args, "-drive", "file="+o.Disk+",format=raw,if=virtio,cache=unsafe")
 	}
@@ -105,17 +126,31 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 			return nil, fmt.Errorf("testvm: %w", err)
 		}
 	}
+	cleanup := func() {}
+	if o.UEFI && o.OVMFVars == "" {
+		vars, err := privateVars()
+		if err != nil {
+			return nil, err
+		}
+		o.OVMFVars = vars
+		cleanup = func() { os.Remove(vars) }
+	}
 	cmd := exec.CommandContext(ctx, q, o.Args()...)
+	if o.Netns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", o.Netns, q}, o.Args()...)...)
+	}
 	cmd.Stdin = nil
 	pr, pw := io.Pipe()
 	cmd.Stdout = pw
 	cmd.Stderr = pw
 	vm := &VM{cmd: cmd, done: make(chan struct{}), notify: make(chan struct{}, 1), start: time.Now()}
 	if err := cmd.Start(); err != nil {
+		cleanup()
 		return nil, fmt.Errorf("start %s: %w", q, err)
 	}
 	go func() {
 		vm.werr = cmd.Wait()
+		cleanup()
 		pw.Close()
 	}()
 	go func() {
@@ -221,4 +256,25 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return "--- console (last lines) ---\n" + strings.Join(lines, "\n")
+}
+
+// privateVars copies OVMFVarsTemplate to a temporary file for one VM.
+func privateVars() (string, error) {
+	if _, err := os.Stat(OVMFCode); err != nil {
+		return "", fmt.Errorf("OVMF firmware: %w (apt-get install ovmf; %s)", err, InstallHint)
+	}
+	b, err := os.ReadFile(OVMFVarsTemplate)
+	if err != nil {
+		return "", fmt.Errorf("OVMF variables: %w (apt-get install ovmf; %s)", err, InstallHint)
+	}
+	f, err := os.CreateTemp("", "hnboot-ovmf-vars-*.fd")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), f.Close()
 }

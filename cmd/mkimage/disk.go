@@ -10,18 +10,26 @@ import (
 	"github.com/hnboot/hnboot/internal/diskimg"
 )
 
-const diskHelp = `Usage: mkimage disk --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M] [--hostpart-fs ext4]
+const diskHelp = `Usage: mkimage disk --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--boot both|uefi|bios|none] [--efi-size 128M] [--hostpart-fs ext4]
 
 Builds a sparse, bootable GPT disk image without root privileges:
   partition 1 "EFI-BOOT"  EFI System, FAT32 labelled EFI-BOOT, --efi-size;
-                          holds grub/grub.cfg and EFI/BOOT/grub.cfg
+                          holds grub/grub.cfg, EFI/BOOT/grub.cfg and GRUB
+                          for UEFI at EFI/BOOT/BOOTX64.EFI
   partition 2 "hostpart"  Linux filesystem, ext4 labelled hostpart, the rest;
                           holds hn-root.img (--root), hn-root-new.img (--new),
                           hn-root-old.img (--old), data/ and .hnboot/
+  partition 3 "BIOS-BOOT" BIOS boot (EF02), 1 MiB at 1 MiB, before EFI-BOOT:
+                          GRUB's i386-pc core.img; GRUB's boot.img is the MBR
+                          code (the protective MBR's partition table is kept)
 
+--boot chooses the firmware: both (default; the disk boots under UEFI and
+BIOS), uefi (no BIOS-BOOT partition, EFI-BOOT at 1 MiB), bios, or none
+(only grub.cfg: bring your own GRUB). GRUB is built with grub-mkimage from
+Debian's grub-efi-amd64-bin and grub-pc-bin; nothing is loop-mounted.
 GRUB's configuration loop-mounts hn-root.img from hostpart and boots its
-/boot/vmlinuz and /boot/initramfs; a second entry boots hn-root-old.img.
-The GRUB binary itself is not installed yet. The disk is written to
+/boot/vmlinuz and /boot/initramfs; more entries boot hn-root-old.img and
+a rescue shell (hn.init=/bin/sh). The disk is written to
 DISK.tmp and renamed when complete; images are hard-linked (or copied,
 holes kept) into a staging directory DISK.staging beside it. Disks over
 2 TB work (3T takes seconds and little real space).
@@ -41,6 +49,9 @@ func runDisk(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	efiSize := fs.String("efi-size", "128M", "EFI-BOOT partition size (not exactly 64M: fsck.vfat rejects it)")
 	hostFS := fs.String("hostpart-fs", "ext4", "hostpart filesystem (only ext4 for now)")
 	cmdline := fs.String("cmdline", "", "extra kernel command line for the GRUB entries")
+	bootMode := fs.String("boot", string(bootloader.BootBoth), "install GRUB for: both, uefi, bios or none")
+	console := fs.String("console", bootloader.DefaultConsole, "kernel console= in the GRUB entries")
+	timeout := fs.Int("timeout", bootloader.DefaultTimeout, "GRUB menu timeout in seconds (0: boot at once)")
 	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
@@ -55,15 +66,33 @@ func runDisk(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("%w: disk: --efi-size: %v", errUsage, err)
 	}
+	bm, err := bootloader.ParseBoot(*bootMode)
+	if err != nil {
+		return fmt.Errorf("%w: disk: --boot: %v", errUsage, err)
+	}
+	gto := *timeout
+	if gto == 0 {
+		gto = -1 // GrubConfig: negative means 0, zero means the default
+	}
 	o := diskimg.Options{
 		Out: *out, Size: n, EFISize: e,
 		Root: *root, New: *newImg, Old: *oldImg,
 		HostpartFS: *hostFS,
-		GrubConfig: bootloader.GrubConfig(bootloader.Options{Extra: *cmdline}),
+		GrubConfig: bootloader.GrubConfig(bootloader.Options{Extra: *cmdline, Console: *console, Timeout: gto}),
 		Log:        newLogger(stderr),
 	}
 	if o.Epoch, o.HasEpoch, err = sourceDateEpoch(); err != nil {
 		return err
+	}
+	if bm.UEFI() {
+		if o.EFIBinary, err = bootloader.EFIImage(ctx); err != nil {
+			return fmt.Errorf("disk: --boot %s: %w", bm, err)
+		}
+	}
+	if bm.BIOS() {
+		if o.BIOSBootImg, o.BIOSCore, err = bootloader.BIOSImages(ctx); err != nil {
+			return fmt.Errorf("disk: --boot %s: %w", bm, err)
+		}
 	}
 	start := time.Now()
 	res, err := diskimg.Build(ctx, o)

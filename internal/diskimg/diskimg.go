@@ -1,7 +1,8 @@
 // Package diskimg builds bootable hnboot disks: a sparse GPT disk image
-// with an EFI-BOOT partition (FAT32, holding the GRUB configuration) and
-// a hostpart partition (ext4, holding the root images), made without loop
-// devices or mounts.
+// with an EFI-BOOT partition (FAT32, holding GRUB's EFI binary and its
+// configuration), a hostpart partition (ext4, holding the root images) and,
+// for BIOS boot, a BIOS boot partition holding GRUB's core.img with GRUB's
+// boot.img in the MBR, made without loop devices, mounts or grub-install.
 package diskimg
 
 import (
@@ -9,7 +10,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"github.com/hnboot/hnboot/initramfs/blkid"
 	"io"
 	"log/slog"
 	"os"
@@ -26,6 +26,8 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"golang.org/x/sys/unix"
 
+	"github.com/hnboot/hnboot/bootloader"
+	"github.com/hnboot/hnboot/initramfs/blkid"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
 
@@ -33,7 +35,9 @@ import (
 const (
 	EFIName        = "EFI-BOOT"
 	HostpartName   = "hostpart"
+	BIOSName       = "BIOS-BOOT"
 	DefaultEFISize = 128 * mib
+	BIOSBootSize   = mib // GRUB's i386-pc core.img (~200 KiB) fits easily
 
 	mib        = 1 << 20
 	sectorSize = 512
@@ -53,9 +57,16 @@ type Options struct {
 	Old        string // optional, becomes hn-root-old.img
 	HostpartFS string // only "ext4" for now
 	GrubConfig string // grub.cfg text
-	Epoch      int64  // SOURCE_DATE_EPOCH, used when HasEpoch
-	HasEpoch   bool   // derive GUIDs and UUIDs from Epoch
-	Log        *slog.Logger
+	// GRUB binaries, all optional: EFIBinary goes to EFI/BOOT/BOOTX64.EFI;
+	// BIOSBootImg and BIOSCore (unpatched boot.img and core.img, see
+	// bootloader.BIOSImages) add a BIOS boot partition and make the MBR
+	// boot it.
+	EFIBinary   []byte
+	BIOSBootImg []byte
+	BIOSCore    []byte
+	Epoch       int64 // SOURCE_DATE_EPOCH, used when HasEpoch
+	HasEpoch    bool  // derive GUIDs and UUIDs from Epoch
+	Log         *slog.Logger
 }
 
 // Partition is where one partition lies, in bytes.
@@ -75,6 +86,14 @@ type Result struct {
 // Layout computes the two partitions of a disk of size bytes: EFI-BOOT at
 // 1 MiB, hostpart from the next MiB boundary to the last usable sector.
 func Layout(size, efiSize int64) ([]Partition, error) {
+	return LayoutBoot(size, efiSize, false)
+}
+
+// LayoutBoot is Layout, with bios a third partition, BIOS-BOOT (GPT type
+// EF02, 1 MiB), comes first on the disk at 1 MiB and EFI-BOOT follows it.
+// The GPT numbers stay EFI-BOOT 1 and hostpart 2 (as in the seed's
+// "hd0,gpt2"), BIOS-BOOT is 3; the result lists them in that order.
+func LayoutBoot(size, efiSize int64, bios bool) ([]Partition, error) {
 	if size%sectorSize != 0 {
 		return nil, fmt.Errorf("disk size %d is not a multiple of %d bytes", size, sectorSize)
 	}
@@ -90,16 +109,23 @@ func Layout(size, efiSize int64) ([]Partition, error) {
 	sectors := size / sectorSize
 	lastUsable := sectors - 34 // backup entries (32 sectors) and header
 	efiStart := int64(alignSect)
+	if bios {
+		efiStart += BIOSBootSize / sectorSize
+	}
 	hostStart := efiStart + efiSize/sectorSize
 	if hostStart+2*alignSect > lastUsable {
 		return nil, fmt.Errorf("disk size %d MiB leaves no room for hostpart after the %d MiB EFI partition", size/mib, efiSize/mib)
 	}
 	// End hostpart on a MiB boundary too (sgdisk warns otherwise).
 	hostEnd := (lastUsable+1)/alignSect*alignSect - 1
-	return []Partition{
+	parts := []Partition{
 		{EFIName, efiStart * sectorSize, efiSize},
 		{HostpartName, hostStart * sectorSize, (hostEnd - hostStart + 1) * sectorSize},
-	}, nil
+	}
+	if bios {
+		parts = append(parts, Partition{BIOSName, alignSect * sectorSize, BIOSBootSize})
+	}
+	return parts, nil
 }
 
 func guid(o Options, what string) string {
@@ -133,7 +159,11 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
-	parts, err := Layout(o.Size, o.EFISize)
+	bios := len(o.BIOSBootImg) > 0 || len(o.BIOSCore) > 0
+	if bios && (len(o.BIOSBootImg) == 0 || len(o.BIOSCore) == 0) {
+		return nil, errors.New("disk: BIOS boot needs both GRUB's boot.img and core.img")
+	}
+	parts, err := LayoutBoot(o.Size, o.EFISize, bios)
 	if err != nil {
 		return nil, fmt.Errorf("disk: %w (--size, --efi-size)", err)
 	}
@@ -219,6 +249,11 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	if err := fixFAT32(tmp, parts[0].Offset); err != nil {
 		return nil, fmt.Errorf("disk: EFI-BOOT of %s: %w", tmp, err)
 	}
+	if bios {
+		if err := installBIOS(tmp, parts[2], o.BIOSBootImg, o.BIOSCore, log); err != nil {
+			return nil, err
+		}
+	}
 
 	log.Info("making hostpart ext4", "offset", parts[1].Offset, "size", parts[1].Size)
 	start := time.Now()
@@ -270,7 +305,7 @@ func writeGPTAndESP(p string, o Options, parts []Partition, log *slog.Logger) er
 		ProtectiveMBR:      true,
 		GUID:               guid(o, "disk"),
 	}
-	types := []gpt.Type{gpt.EFISystemPartition, gpt.LinuxFilesystem}
+	types := []gpt.Type{gpt.EFISystemPartition, gpt.LinuxFilesystem, gpt.BIOSBoot}
 	for i, pt := range parts {
 		table.Partitions = append(table.Partitions, &gpt.Partition{
 			Index: i + 1,
@@ -299,6 +334,12 @@ func writeGPTAndESP(p string, o Options, parts []Partition, log *slog.Logger) er
 	for _, cfg := range GrubConfigPaths {
 		if err := writeFile(fs, cfg, []byte(o.GrubConfig)); err != nil {
 			return fmt.Errorf("disk: %s on EFI-BOOT of %s: %w", cfg, p, err)
+		}
+	}
+	if len(o.EFIBinary) > 0 {
+		log.Info("installing GRUB for UEFI", "path", bootloader.EFIBinaryPath, "size", len(o.EFIBinary))
+		if err := writeFile(fs, bootloader.EFIBinaryPath, o.EFIBinary); err != nil {
+			return fmt.Errorf("disk: %s on EFI-BOOT of %s: %w", bootloader.EFIBinaryPath, p, err)
 		}
 	}
 	if err := fs.Close(); err != nil {
@@ -406,4 +447,43 @@ func checkImage(path string, size int64) error {
 		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock says %d", path, size, typ, need)
 	}
 	return nil
+}
+
+// installBIOS writes GRUB's core.img into the BIOS boot partition bp and
+// GRUB's boot.img into the MBR of the disk at p, both patched as
+// grub-bios-setup would (bootloader.PatchCore, bootloader.PatchBootSector);
+// the protective MBR's partition table is kept.
+func installBIOS(p string, bp Partition, bootImg, core []byte, log *slog.Logger) error {
+	lba := uint64(bp.Offset / sectorSize)
+	patched, err := bootloader.PatchCore(core, lba)
+	if err != nil {
+		return fmt.Errorf("disk: GRUB core.img: %w", err)
+	}
+	if int64(len(patched)) > bp.Size {
+		return fmt.Errorf("disk: GRUB core.img is %d bytes, the BIOS boot partition %d", len(patched), bp.Size)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("disk: %w", err)
+	}
+	defer f.Close()
+	mbr := make([]byte, sectorSize)
+	if _, err := f.ReadAt(mbr, 0); err != nil {
+		return fmt.Errorf("disk: read MBR of %s: %w", p, err)
+	}
+	sector, err := bootloader.PatchBootSector(bootImg, mbr, lba)
+	if err != nil {
+		return fmt.Errorf("disk: GRUB boot.img: %w", err)
+	}
+	log.Info("installing GRUB for BIOS", "core_sector", lba, "core_size", len(patched))
+	if _, err := f.WriteAt(patched, bp.Offset); err != nil {
+		return fmt.Errorf("disk: write core.img to %s: %w", p, err)
+	}
+	if _, err := f.WriteAt(sector, 0); err != nil {
+		return fmt.Errorf("disk: write MBR of %s: %w", p, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("disk: sync %s: %w", p, err)
+	}
+	return f.Close()
 }

@@ -286,3 +286,85 @@ func TestBuildErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestLayoutBoot(t *testing.T) {
+	for _, tt := range []struct {
+		bios bool
+		want []Partition
+	}{
+		{false, []Partition{{EFIName, mib, 128 * mib}, {HostpartName, 129 * mib, 382 * mib}}},
+		{true, []Partition{{EFIName, 2 * mib, 128 * mib}, {HostpartName, 130 * mib, 381 * mib}, {BIOSName, mib, mib}}},
+	} {
+		got, err := LayoutBoot(512*mib, 128*mib, tt.bios)
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(tt.want) {
+			t.Errorf("LayoutBoot(512M, 128M, %v) = %v, %v; want %v", tt.bios, got, err, tt.want)
+		}
+	}
+}
+
+// TestBuildGrub installs Debian's GRUB for UEFI and BIOS and checks the
+// result as a firmware and fsck would see it.
+func TestBuildGrub(t *testing.T) {
+	dir := t.TempDir()
+	root, _ := images(t, dir)
+	ctx := context.Background()
+	efi, err := bootloader.EFIImage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootImg, core, err := bootloader.BIOSImages(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "disk.raw")
+	res, err := Build(ctx, Options{Out: out, Size: 512 * mib, Root: root,
+		GrubConfig: bootloader.GrubConfig(bootloader.Options{}),
+		EFIBinary:  efi, BIOSBootImg: bootImg, BIOSCore: core, Epoch: 1700000000, HasEpoch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := run(t, "/sbin/sgdisk", "-v", out); !strings.Contains(o, "No problems found") {
+		t.Errorf("sgdisk -v %s = %s, want no problems", out, o)
+	}
+	info := run(t, "/sbin/sgdisk", "-i", "3", out)
+	for _, w := range []string{"21686148-6449-6E6F-744E-656564454649", "First sector: 2048 ", "Partition name: 'BIOS-BOOT'"} {
+		if !strings.Contains(info, w) {
+			t.Errorf("sgdisk -i 3 = %s, want %q", info, w)
+		}
+	}
+	if info := run(t, "/sbin/sgdisk", "-i", "1", out); !strings.Contains(info, "First sector: 4096 ") {
+		t.Errorf("sgdisk -i 1 = %s, want EFI-BOOT at sector 4096", info)
+	}
+
+	disk, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbr := disk[:512]
+	if got := bootloader.BootSectorCore(mbr); got != 2048 {
+		t.Errorf("MBR points GRUB at core.img sector %d, want 2048", got)
+	}
+	if pt := mbr[0x1be:0x1ce]; pt[4] != 0xee {
+		t.Errorf("MBR partition 1 type = %#x, want 0xee (GPT protective) kept", pt[4])
+	}
+	if string(mbr[510:]) != "\x55\xaa" {
+		t.Errorf("MBR signature = %x, want 55aa", mbr[510:])
+	}
+	start, n, seg := bootloader.CoreBlocklist(disk[res.Partitions[2].Offset:])
+	if wantN := (len(core)+511)/512 - 1; start != 2049 || int(n) != wantN || seg != 0x820 {
+		t.Errorf("core.img block list = (%d, %d, %#x), want (2049, %d, 0x820)", start, n, seg, wantN)
+	}
+	if !bytes.Equal(disk[res.Partitions[2].Offset+512:res.Partitions[2].Offset+int64(len(core))], core[512:]) {
+		t.Errorf("BIOS-BOOT does not hold core.img after its first sector")
+	}
+
+	esp := filepath.Join(dir, "esp.img")
+	copyRange(t, out, esp, res.Partitions[0].Offset, res.Partitions[0].Size)
+	run(t, "/sbin/fsck.vfat", "-n", esp)
+	got := filepath.Join(dir, "BOOTX64.EFI")
+	run(t, "mcopy", "-i", esp, "::"+bootloader.EFIBinaryPath, got)
+	if b, _ := os.ReadFile(got); !bytes.Equal(b, efi) {
+		t.Errorf("EFI-BOOT %s (%d bytes) differs from GRUB's EFI image (%d bytes)", bootloader.EFIBinaryPath, len(b), len(efi))
+	}
+	run(t, "/sbin/e2fsck", "-fn", out+"?offset="+strconv.FormatInt(res.Partitions[1].Offset, 10))
+}

@@ -1,0 +1,240 @@
+package testvm
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// A real Debian system for the end-to-end tests: debootstrap's minbase
+// with systemd, cached between runs, plus the test kernel (its modules,
+// /boot/vmlinuz and the hnboot initramfs) and a report service.
+const (
+	DebianSuite   = "bookworm"
+	DebianVariant = "minbase"
+)
+
+// DebianPackages are added to minbase: systemd as init, udev, kmod for
+// modules, iproute2 for the network the init configures.
+var DebianPackages = []string{"systemd-sysv", "udev", "kmod", "iproute2"}
+
+// CacheDir is where scripts/deps.sh and the tests keep downloads.
+func CacheDir() string {
+	if c := os.Getenv("HNBOOT_CACHE"); c != "" {
+		return c
+	}
+	return "/var/cache/hnboot"
+}
+
+// DebianMirror is HNBOOT_DEBIAN_MIRROR, else the first Debian (not
+// security) URI of the machine's apt sources, else deb.debian.org.
+func DebianMirror() string {
+	if m := os.Getenv("HNBOOT_DEBIAN_MIRROR"); m != "" {
+		return m
+	}
+	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+			if !ok || !strings.EqualFold(k, "URIs") {
+				continue
+			}
+			for _, u := range strings.Fields(v) {
+				if strings.HasSuffix(strings.TrimRight(u, "/"), "/debian") {
+					f.Close()
+					return u
+				}
+			}
+		}
+		f.Close()
+	}
+	return "http://deb.debian.org/debian"
+}
+
+// DebianBase returns a debootstrapped Debian root, made once and kept in
+// CacheDir()/debian-<hash of suite, variant, packages, mirror>.
+func DebianBase(ctx context.Context, log io.Writer) (string, error) {
+	if log == nil {
+		log = io.Discard
+	}
+	mirror := DebianMirror()
+	key := strings.Join([]string{DebianSuite, DebianVariant, strings.Join(DebianPackages, ","), mirror}, " ")
+	sum := sha256.Sum256([]byte(key))
+	dir := filepath.Join(CacheDir(), fmt.Sprintf("debian-%x", sum[:6]))
+	if _, err := os.Stat(filepath.Join(dir, "sbin", "init")); err == nil {
+		fmt.Fprintf(log, "testvm: Debian root cached in %s\n", dir)
+		return dir, nil
+	}
+	ds, err := exec.LookPath("debootstrap")
+	if err != nil {
+		return "", fmt.Errorf("debootstrap not found: apt-get install debootstrap (%s)", InstallHint)
+	}
+	tmp := dir + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
+		return "", err
+	}
+	start := time.Now()
+	fmt.Fprintf(log, "testvm: debootstrap %s (%s) from %s into %s\n", DebianSuite, DebianVariant, mirror, tmp)
+	cmd := exec.CommandContext(ctx, ds, "--variant="+DebianVariant, "--include="+strings.Join(DebianPackages, ","), DebianSuite, tmp, mirror)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("debootstrap %s %s: %v\n%s", DebianSuite, mirror, err, tail(string(out), 20))
+	}
+	// Downloaded packages are not part of the root.
+	debs, _ := filepath.Glob(filepath.Join(tmp, "var/cache/apt/archives/*.deb"))
+	for _, d := range debs {
+		os.Remove(d)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(log, "testvm: debootstrap took %v\n", time.Since(start).Round(time.Second))
+	return dir, nil
+}
+
+// debianReport runs once systemd reached multi-user.target: it prints what
+// the hnboot init set up, confirms a trial boot, and powers off.
+const debianReport = `#!/bin/sh
+{
+echo "HNTEST booted image=$(cat /etc/hn-image)"
+echo "HNTEST hostname=$(cat /etc/hostname) uts=$(hostname)"
+echo "HNTEST machine-id=$(cat /etc/machine-id)"
+echo "HNTEST uname=$(uname -r)"
+echo "HNTEST data0=$(readlink /data0)"
+echo "HNTEST hostpart=$(ls /hostpart | tr '\n' ' ')"
+echo "HNTEST data0-dir=$(test -d /data0/ && echo yes)"
+echo "HNTEST multi-user=$(systemctl is-active multi-user.target)"
+echo "HNTEST pid1=$(cat /proc/1/comm)"
+if [ -f /hostpart/hn-root.trial ]; then
+  echo "HNTEST trial=$(cat /hostpart/hn-root.trial)"
+  rm /hostpart/hn-root.trial && echo "HNTEST confirmed"
+fi
+sync
+echo "HNTEST end"
+} >/dev/ttyS0 2>&1
+systemctl poweroff --no-block
+`
+
+const debianReportUnit = `[Unit]
+Description=hnboot test report
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/hntest-report
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// Module directories of the test kernel the Debian image gets (all of
+// them would add 390 MB to every image for nothing a VM uses).
+var debianModuleDirs = []string{"kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/block",
+	"kernel/drivers/virtio", "kernel/drivers/block", "kernel/drivers/char", "kernel/drivers/net/virtio_net.ko",
+	"kernel/drivers/net/net_failover.ko", "kernel/net/core", "kernel/drivers/md",
+	"modules.order", "modules.builtin", "modules.builtin.modinfo"}
+
+// DebianImages builds one root image per name (NAME.img in f.Dir) from the
+// cached Debian root: the test kernel's modules, /boot/vmlinuz (the test
+// kernel), /boot/initramfs (the hnboot initramfs), /etc/hn-image = NAME
+// and the report service. Only /etc/hn-image differs between them.
+func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string]string, error) {
+	base, err := DebianBase(ctx, f.Log)
+	if err != nil {
+		return nil, err
+	}
+	tree := filepath.Join(f.Dir, "debian-tree")
+	os.RemoveAll(tree)
+	if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", base, tree).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("copy %s: %v: %s", base, err, out)
+	}
+	defer os.RemoveAll(tree)
+	mods := filepath.Join(tree, "lib", "modules", f.Release)
+	for _, d := range debianModuleDirs {
+		src := filepath.Join(f.ModDir, d)
+		if _, err := os.Stat(src); err != nil {
+			continue
+		}
+		dst := filepath.Join(mods, d)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return nil, err
+		}
+		if out, err := exec.CommandContext(ctx, "cp", "-a", src, dst).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("copy modules %s: %v: %s", src, err, out)
+		}
+	}
+	depmod, err := exec.LookPath("depmod")
+	if err != nil {
+		return nil, fmt.Errorf("depmod not found: apt-get install kmod (%s)", InstallHint)
+	}
+	if out, err := exec.CommandContext(ctx, depmod, "-b", tree, f.Release).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("depmod -b %s %s: %v: %s", tree, f.Release, err, out)
+	}
+	files := map[string]struct {
+		body string
+		mode os.FileMode
+		from string
+	}{
+		"boot/vmlinuz":                      {from: f.Kernel, mode: 0o644},
+		"boot/initramfs":                    {from: f.Initramfs, mode: 0o644},
+		"usr/local/sbin/hntest-report":      {body: debianReport, mode: 0o755},
+		"etc/systemd/system/hntest.service": {body: debianReportUnit, mode: 0o644},
+	}
+	for name, c := range files {
+		p := filepath.Join(tree, name)
+		body := []byte(c.body)
+		if c.from != "" {
+			if body, err = os.ReadFile(c.from); err != nil {
+				return nil, err
+			}
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(p, body, c.mode); err != nil {
+			return nil, err
+		}
+	}
+	wants := filepath.Join(tree, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Symlink("/etc/systemd/system/hntest.service", filepath.Join(wants, "hntest.service")); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"hostpart", "boot/loader"} {
+		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	imgs := map[string]string{}
+	for _, name := range names {
+		if err := os.WriteFile(filepath.Join(tree, "etc/hn-image"), []byte(name+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+		img := filepath.Join(f.Dir, name+".img")
+		start := time.Now()
+		if err := f.Run(ctx, "rootfs", "--from", tree, "--out", img); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(f.Log, "testvm: Debian image %s in %v\n", img, time.Since(start).Round(time.Millisecond))
+		imgs[name] = img
+	}
+	return imgs, nil
+}
