@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hnboot/hnboot/fleet"
+)
+
+const testToken = "ops-0123456789abcdef"
+
+func fleetServer(t *testing.T) (url, tokenFile string, f *fleet.Fleet) {
+	t.Helper()
+	dir := t.TempDir()
+	src := "../../fleet/testdata/example"
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(src, e.Name()))
+		os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644)
+	}
+	tokenFile = filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("ops "+testToken+"\n"), 0o600)
+	f, err = fleet.New(fleet.Options{Dir: dir, StatePath: filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokenFile, PollInterval: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(f.Handler())
+	t.Cleanup(func() { srv.Close(); f.Close() })
+	return srv.URL, tokenFile, f
+}
+
+func TestFleetCLI(t *testing.T) {
+	url, tok, f := fleetServer(t)
+	const d12 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	const d13 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	if err := f.Checkin([]byte(`{"mac":"52:54:00:00:00:10","booted":"` + d13 + `","trial":true,"tries_left":2,"images":{"current":"` + d13 + `","old":"` + d12 + `"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want []string // substrings of the output, or of the error with "error: "
+	}{
+		{[]string{"status"}, []string{"error: fleet: GET /api/status: 401 Unauthorized: missing or wrong bearer token"}},
+		{[]string{"status", "--token-file", tok}, []string{"HOST", "db-01   52:54:00:00:00:10  db     base@1.3  base@1.3  trial (2 tries left)", "web-02", "never-seen"}},
+		{[]string{"assign", "--host", "web-01", "base@1.3", "--token-file", tok}, []string{"host web-01: assigned base@1.3"}},
+		{[]string{"assign", "--host", "web-01", "base@7", "--token-file", tok}, []string{`error: fleet: POST /api/assign: 400 Bad Request: unknown image "base@7"`}},
+		{[]string{"revert", "db-01", "--token-file", tok}, []string{"db-01  52:54:00:00:00:10  r", "base@1.2", "hn.revert=ID"}},
+		{[]string{"rollout", "--name", "c", "--image", "base@1.3", "--group", "web", "--percent", "50", "--token-file", tok}, []string{"rollout c: base@1.3 at 50%"}},
+		{[]string{"rollout", "--token-file", tok}, []string{"ROLLOUT", "c ", "50%", "api", "canary-1.3"}},
+		{[]string{"why", "db-01", "--token-file", tok}, []string{"db-01 (52:54:00:00:00:10, group db): state revert-pending", "should run base@1.2"}},
+		{[]string{"known-hosts", "--token-file", tok}, []string{"# ssh_known_hosts from hnboot check-ins"}},
+		{[]string{"audit", "--token-file", tok}, []string{"ops", "assign", "revert", "rollout"}},
+		{[]string{"bogus", "--token-file", tok}, []string{`error: fleet: unknown command "bogus"`}},
+	} {
+		var out bytes.Buffer
+		args := append([]string{"fleet", c.args[0], "--server", url}, c.args[1:]...)
+		err := run(args, nil, &out)
+		got := out.String()
+		if err != nil {
+			got = "error: " + err.Error()
+		}
+		for _, w := range c.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("imaged %s = %q, want it to contain %q", strings.Join(c.args, " "), got, w)
+			}
+		}
+	}
+	var out bytes.Buffer
+	if err := run([]string{"fleet", "status", "--json", "--server", url, "--token-file", tok}, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	var st fleet.Status
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil || len(st.Hosts) != 5 {
+		t.Errorf("imaged fleet status --json = %v, %d hosts, want JSON with 5 hosts", err, len(st.Hosts))
+	}
+}

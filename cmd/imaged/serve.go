@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/pxe"
+)
+
+const serveUsage = `usage: imaged serve --interface IF [flags]
+
+Serves the network boot on one interface: DHCP (proxyDHCP by default, or a
+full server with --dhcp-mode full), TFTP of the iPXE binaries, and HTTP for
+the per-host iPXE script, kernels and initramfs extracted from the images,
+image blobs by digest and host check-ins. SIGTERM or SIGINT stops it
+gracefully.
+
+Which image a host boots comes from the fleet directory (--state DIR) or,
+without one, from --image and --host.
+
+Examples:
+  imaged serve --interface br0 --image hn-root.img --allow-unknown
+  imaged serve --interface br0 --dhcp-mode full --pool 10.0.0.100-10.0.0.200 \
+      --router 10.0.0.1 --host 52:54:00:00:00:01,web-1,web.img --lease 52:54:00:00:00:01=10.0.0.11
+  imaged serve --interface br0 --state /etc/hnboot/fleet --tokens /etc/hnboot/tokens
+
+Flags:
+`
+
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+type serveFlags struct {
+	iface, serverIP, httpAddr, httpBase, tftpRoot, tftpAddr, cache string
+	ipxeDir                                                        string
+	mode, pool, netmask, router, dns                               string
+	leaseTime                                                      time.Duration
+	leases, hosts                                                  multiFlag
+	image, cmdline                                                 string
+	allowUnknown                                                   bool
+	state, observed, tokens                                        string
+	openReads                                                      bool
+	maxTFTP, blksize                                               int
+	logLevel                                                       string
+}
+
+func runServe(args []string, stdout io.Writer) error {
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() { fmt.Fprint(stdout, serveUsage); fs.PrintDefaults() }
+	fs.StringVar(&f.iface, "interface", "", "boot interface; DHCP binds to it only")
+	fs.StringVar(&f.serverIP, "server-ip", "", "this server's address for clients (default: the interface's first IPv4)")
+	fs.StringVar(&f.httpAddr, "http", ":8080", "HTTP listen address")
+	fs.StringVar(&f.httpBase, "http-url", "", "URL hosts use to reach the HTTP server (default http://SERVER-IP:PORT)")
+	fs.StringVar(&f.tftpRoot, "tftp-root", "", "directory served read-only by TFTP (default: CACHE/tftp, with the iPXE binaries copied from --ipxe-dir)")
+	fs.StringVar(&f.ipxeDir, "ipxe-dir", pxe.DefaultIPXEDir, "where undionly.kpxe and ipxe.efi come from (Debian's ipxe package)")
+	fs.StringVar(&f.tftpAddr, "tftp", "", `TFTP listen address (default SERVER-IP:69; "off" disables)`)
+	fs.IntVar(&f.maxTFTP, "tftp-max", 256, "concurrent TFTP transfers")
+	fs.IntVar(&f.blksize, "tftp-blksize", 1468, "largest TFTP block size granted")
+	fs.StringVar(&f.cache, "cache", "/var/cache/hnboot/imaged", "cache of kernels and initramfs extracted from images")
+	fs.StringVar(&f.mode, "dhcp-mode", pxe.ModeProxy, "proxy (beside the LAN's DHCP server), full (hand out addresses) or off")
+	fs.StringVar(&f.pool, "pool", "", "full mode: address range FIRST-LAST")
+	fs.StringVar(&f.netmask, "netmask", "", "full mode: subnet mask (default: the interface's)")
+	fs.StringVar(&f.router, "router", "", "full mode: default gateway(s), comma separated")
+	fs.StringVar(&f.dns, "dns", "", "full mode: DNS server(s), comma separated")
+	fs.DurationVar(&f.leaseTime, "lease-time", time.Hour, "full mode: lease time")
+	fs.Var(&f.leases, "lease", "full mode: static lease MAC=IP (repeatable)")
+	fs.Var(&f.hosts, "host", "static mode: MAC,HOSTNAME[,IMAGE-FILE] (repeatable; IMAGE-FILE defaults to --image)")
+	fs.StringVar(&f.image, "image", "", "static mode: image file for --host entries without one and, with --allow-unknown, for unknown MACs")
+	fs.StringVar(&f.cmdline, "cmdline", "", "extra kernel arguments for every host")
+	fs.BoolVar(&f.allowUnknown, "allow-unknown", false, "also boot MACs that are not configured")
+	fs.StringVar(&f.state, "state", "", "fleet mode: directory of the desired-state YAML files")
+	fs.StringVar(&f.observed, "observed", "/var/lib/hnboot/fleet.db", "fleet mode: observed-state store")
+	fs.StringVar(&f.tokens, "tokens", "", `fleet mode: admin tokens file ("NAME TOKEN" lines)`)
+	fs.BoolVar(&f.openReads, "open-reads", false, "fleet mode: read-only API calls need no token")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also logs ignored DHCP requests)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve: unexpected argument %q (see imaged serve --help)", fs.Arg(0))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("serve: --log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg, cleanup, runBG, err := serveConfig(&f, log)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer cleanup()
+	srv, err := pxe.New(cfg)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if runBG != nil {
+		go runBG(ctx)
+	}
+	return srv.Run(ctx)
+}
+
+// serveConfig turns flags into a pxe.Config: fleet mode with --state,
+// static mode otherwise.
+func serveConfig(f *serveFlags, log *slog.Logger) (pxe.Config, func(), func(context.Context), error) {
+	cfg := pxe.Config{
+		Interface: f.iface, HTTPAddr: f.httpAddr, HTTPBase: f.httpBase,
+		TFTPRoot: f.tftpRoot, IPXEDir: f.ipxeDir, TFTPAddr: f.tftpAddr, CacheDir: f.cache,
+		TFTP:    pxe.TFTPConfig{MaxTransfers: f.maxTFTP, BlockSize: f.blksize},
+		Cmdline: f.cmdline, AllowUnknown: f.allowUnknown, Log: log,
+	}
+	nop := func() {}
+	if f.serverIP != "" {
+		if cfg.ServerIP = net.ParseIP(f.serverIP).To4(); cfg.ServerIP == nil {
+			return cfg, nop, nil, fmt.Errorf("--server-ip %q is not an IPv4 address", f.serverIP)
+		}
+	}
+	dc, err := dhcpFlags(f)
+	if err != nil {
+		return cfg, nop, nil, err
+	}
+	cfg.DHCP = dc
+	logRec := pxe.RecorderFunc(func(e pxe.Event) { logEvent(log, e) })
+
+	if f.state != "" {
+		if len(f.hosts) > 0 || f.image != "" {
+			return cfg, nop, nil, errors.New("--state (fleet) and --host/--image (static) exclude each other")
+		}
+		if err := os.MkdirAll(filepath.Dir(f.observed), 0o755); err != nil {
+			return cfg, nop, nil, err
+		}
+		fl, err := fleet.New(fleet.Options{Dir: f.state, StatePath: f.observed, TokenFile: f.tokens, OpenReads: f.openReads, Logger: log})
+		if err != nil {
+			return cfg, nop, nil, err
+		}
+		cfg.Directory = fl
+		cfg.Recorder = pxe.Recorders{fl, logRec}
+		cfg.Checkin = fl.HandleCheckin
+		cfg.Extra = fl.Handler()
+		return cfg, func() { fl.Close() }, func(ctx context.Context) { fl.Run(ctx) }, nil
+	}
+
+	dir := pxe.NewStaticDirectory()
+	refs := map[string]pxe.ImageRef{}
+	imageRef := func(path string) (pxe.ImageRef, error) {
+		if r, ok := refs[path]; ok {
+			return r, nil
+		}
+		r, err := fileImageRef(path)
+		if err == nil {
+			log.Info("image", "path", r.Path, "digest", r.Digest)
+			refs[path] = r
+			dir.AddImage(r)
+		}
+		return r, err
+	}
+	if f.image != "" {
+		r, err := imageRef(f.image)
+		if err != nil {
+			return cfg, nop, nil, err
+		}
+		if f.allowUnknown {
+			dir.SetDefault(pxe.HostBoot{Image: r})
+		}
+	}
+	for _, h := range f.hosts {
+		parts := strings.Split(h, ",")
+		if len(parts) < 2 || len(parts) > 3 {
+			return cfg, nop, nil, fmt.Errorf("--host %q: want MAC,HOSTNAME[,IMAGE-FILE]", h)
+		}
+		mac, err := pxe.ParseMAC(parts[0])
+		if err != nil {
+			return cfg, nop, nil, fmt.Errorf("--host %q: %w", h, err)
+		}
+		img := f.image
+		if len(parts) == 3 {
+			img = parts[2]
+		}
+		if img == "" {
+			return cfg, nop, nil, fmt.Errorf("--host %q: no image (give one or --image)", h)
+		}
+		r, err := imageRef(img)
+		if err != nil {
+			return cfg, nop, nil, err
+		}
+		dir.Add(pxe.HostBoot{MAC: mac, Hostname: parts[1], Image: r})
+	}
+	if f.image == "" && len(f.hosts) == 0 {
+		return cfg, nop, nil, errors.New("nothing to boot: give --image FILE (with --allow-unknown), --host, or --state DIR")
+	}
+	cfg.Directory = dir
+	cfg.Recorder = logRec
+	return cfg, nop, nil, nil
+}
+
+func dhcpFlags(f *serveFlags) (pxe.DHCPConfig, error) {
+	dc := pxe.DHCPConfig{Mode: f.mode, LeaseTime: f.leaseTime}
+	switch f.mode {
+	case pxe.ModeProxy, "off":
+		if f.pool != "" || len(f.leases) > 0 {
+			return dc, fmt.Errorf("--pool and --lease need --dhcp-mode full")
+		}
+		return dc, nil
+	case pxe.ModeFull:
+	default:
+		return dc, fmt.Errorf("--dhcp-mode %q: want proxy, full or off", f.mode)
+	}
+	if f.pool == "" {
+		return dc, errors.New("--dhcp-mode full needs --pool FIRST-LAST")
+	}
+	pool, err := pxe.ParsePool(f.pool, f.leaseTime)
+	if err != nil {
+		return dc, err
+	}
+	for _, l := range f.leases {
+		m, ip, ok := strings.Cut(l, "=")
+		mac, err := pxe.ParseMAC(m)
+		if !ok || err != nil || net.ParseIP(ip).To4() == nil {
+			return dc, fmt.Errorf("--lease %q: want MAC=IPv4", l)
+		}
+		pool.AddStatic(mac, net.ParseIP(ip))
+	}
+	dc.Pool = pool
+	if f.netmask != "" {
+		m := net.ParseIP(f.netmask).To4()
+		if m == nil {
+			return dc, fmt.Errorf("--netmask %q is not a mask", f.netmask)
+		}
+		dc.Netmask = net.IPMask(m)
+	} else if f.iface != "" {
+		dc.Netmask = interfaceMask(f.iface)
+	}
+	var err2 error
+	if dc.Router, err2 = ipList(f.router); err2 != nil {
+		return dc, fmt.Errorf("--router: %w", err2)
+	}
+	if dc.DNS, err2 = ipList(f.dns); err2 != nil {
+		return dc, fmt.Errorf("--dns: %w", err2)
+	}
+	return dc, nil
+}
+
+func ipList(s string) ([]net.IP, error) {
+	var out []net.IP
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		ip := net.ParseIP(p).To4()
+		if ip == nil {
+			return nil, fmt.Errorf("%q is not an IPv4 address", p)
+		}
+		out = append(out, ip)
+	}
+	return out, nil
+}
+
+func interfaceMask(ifname string) net.IPMask {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil
+	}
+	addrs, _ := ifi.Addrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+			return n.Mask
+		}
+	}
+	return nil
+}
+
+// fileImageRef describes an image file by its sha256 (read once at start).
+func fileImageRef(path string) (pxe.ImageRef, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return pxe.ImageRef{}, err
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return pxe.ImageRef{}, fmt.Errorf("image: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return pxe.ImageRef{}, fmt.Errorf("image %s: %w", abs, err)
+	}
+	name := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
+	return pxe.ImageRef{Name: name, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Path: abs}, nil
+}
+
+// logEvent writes one boot event; ignored DHCP requests only at debug
+// level (on a shared LAN every DHCP client would show up).
+func logEvent(log *slog.Logger, e pxe.Event) {
+	level := slog.LevelInfo
+	switch {
+	case e.Err != "":
+		level = slog.LevelWarn
+	case e.Kind == pxe.KindDHCPIgnored:
+		level = slog.LevelDebug
+	}
+	if !log.Enabled(context.Background(), level) {
+		return
+	}
+	attrs := []any{"kind", e.Kind, "mac", e.MAC.String(), "detail", e.Detail}
+	if e.Err != "" {
+		attrs = append(attrs, "err", e.Err)
+	}
+	log.Log(context.Background(), level, "event", attrs...)
+}
+
+var _ http.Handler = (*pxe.HTTPHandler)(nil)

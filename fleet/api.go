@@ -1,0 +1,310 @@
+package fleet
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+)
+
+// tokenSet holds the admin tokens, hashed so every comparison takes the
+// same time whatever the lengths.
+type tokenSet struct {
+	names []string
+	sums  [][32]byte
+}
+
+const minTokenLen = 16
+
+// readTokens reads a token file: one token a line, "NAME TOKEN" (the name
+// goes into the audit log) or a bare TOKEN (named "admin"); '#' starts a
+// comment. An empty path gives no tokens: every admin call is refused.
+func readTokens(path string) (*tokenSet, error) {
+	ts := &tokenSet{}
+	if path == "" {
+		return ts, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: token file: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	line := 0
+	for sc.Scan() {
+		line++
+		s := strings.TrimSpace(sc.Text())
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		name, tok := "admin", s
+		if fs := strings.Fields(s); len(fs) == 2 {
+			name, tok = fs[0], fs[1]
+		} else if len(fs) > 2 {
+			return nil, fmt.Errorf("fleet: %s:%d: want NAME TOKEN or TOKEN", path, line)
+		}
+		if len(tok) < minTokenLen {
+			return nil, fmt.Errorf("fleet: %s:%d: token of %s is shorter than %d characters", path, line, name, minTokenLen)
+		}
+		ts.names = append(ts.names, name)
+		ts.sums = append(ts.sums, sha256.Sum256([]byte(tok)))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("fleet: %s: %w", path, err)
+	}
+	if len(ts.names) == 0 {
+		return nil, fmt.Errorf("fleet: %s: no tokens", path)
+	}
+	return ts, nil
+}
+
+// match compares tok with every token in constant time (no early exit)
+// and returns the matching token's name.
+func (ts *tokenSet) match(tok string) (string, bool) {
+	sum := sha256.Sum256([]byte(tok))
+	found := -1
+	for i := range ts.sums {
+		if subtle.ConstantTimeCompare(sum[:], ts.sums[i][:]) == 1 {
+			found = i
+		}
+	}
+	if found < 0 || tok == "" {
+		return "", false
+	}
+	return ts.names[found], true
+}
+
+// Handler is the admin API and the metrics, to be mounted at /api/ and
+// /metrics. Admin actions (POST) need "Authorization: Bearer TOKEN";
+// GETs too unless OpenReads. Host endpoints (POST /api/checkin, GET
+// /api/hosts/{mac}/desired) are open: hosts hold no admin token.
+//
+//	GET  /api/status                      fleet status (Status)
+//	POST /api/assign    {"host"|"group", "image": "name@version" | ""}
+//	GET  /api/rollouts                    rollouts with their members
+//	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}
+//	POST /api/revert    {"host"|"group"}  → [RevertResult]
+//	POST /api/reload                      re-read the YAML directory and the token file
+//	GET  /api/audit?n=100                 the audit log
+//	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
+//	GET  /api/known_hosts                 ssh_known_hosts (text)
+//	POST /api/checkin                     a host's report (Checkin), open
+//	GET  /api/hosts/{mac}/desired         DesiredHost, open
+//	GET  /metrics                         Prometheus text format
+func (f *Fleet) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/status", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		writeJSON(w, http.StatusOK, f.Status())
+	}))
+	mux.HandleFunc("POST /api/assign", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
+		var req struct {
+			Target
+			Image string `json:"image"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := f.Assign(who, r.RemoteAddr, req.Target, req.Image); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "assigned"})
+	}))
+	mux.HandleFunc("GET /api/rollouts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)
+	}))
+	mux.HandleFunc("POST /api/rollout", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
+		var req struct {
+			Rollout
+			Delete bool `json:"delete"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := f.SetRollout(who, r.RemoteAddr, req.Rollout, req.Delete); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)
+	}))
+	mux.HandleFunc("POST /api/revert", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
+		var t Target
+		if !readJSON(w, r, &t) {
+			return
+		}
+		res, err := f.Revert(who, r.RemoteAddr, t)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}))
+	mux.HandleFunc("POST /api/reload", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
+		f.mu.Lock()
+		f.auditLocked(AuditEntry{Who: who, Remote: r.RemoteAddr, Action: "reload", Target: f.opts.Dir})
+		f.mu.Unlock()
+		if err := f.Reload(); err != nil {
+			writeErr(w, http.StatusUnprocessableEntity, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "reloaded"})
+	}))
+	mux.HandleFunc("GET /api/audit", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		writeJSON(w, http.StatusOK, f.Audit(n))
+	}))
+	mux.HandleFunc("GET /api/hosts/{host}/why", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("boots"))
+		rep, err := f.Why(r.PathValue("host"), n)
+		if err != nil {
+			writeErr(w, http.StatusNotFound, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	}))
+	mux.HandleFunc("GET /api/known_hosts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, f.KnownHosts())
+	}))
+	mux.HandleFunc("POST /api/checkin", f.count(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCheckinBytes))
+		if err != nil {
+			writeErr(w, http.StatusRequestEntityTooLarge, err)
+			return
+		}
+		if err := f.Checkin(body); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "recorded"})
+	}))
+	mux.HandleFunc("GET /api/hosts/{mac}/desired", f.count(func(w http.ResponseWriter, r *http.Request) {
+		mac, err := net.ParseMAC(r.PathValue("mac"))
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("bad MAC %q", r.PathValue("mac")))
+			return
+		}
+		dh, ok := f.DesiredFor(mac)
+		if !ok {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("%s is not in the fleet", mac))
+			return
+		}
+		writeJSON(w, http.StatusOK, dh)
+	}))
+	mux.HandleFunc("GET /metrics", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		w.Write(f.Metrics())
+	}))
+	mux.HandleFunc("/api/", f.count(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	}))
+	return mux
+}
+
+type authed func(w http.ResponseWriter, r *http.Request, who string)
+
+// admin requires a valid token.
+func (f *Fleet) admin(h authed) http.HandlerFunc {
+	return f.count(func(w http.ResponseWriter, r *http.Request) {
+		who, ok := f.authenticate(r)
+		if !ok {
+			unauthorized(w)
+			return
+		}
+		h(w, r, who)
+	})
+}
+
+// read requires a valid token unless reads are open.
+func (f *Fleet) read(h authed) http.HandlerFunc {
+	return f.count(func(w http.ResponseWriter, r *http.Request) {
+		who, ok := f.authenticate(r)
+		if !ok && !f.opts.OpenReads {
+			unauthorized(w)
+			return
+		}
+		h(w, r, who)
+	})
+}
+
+func (f *Fleet) authenticate(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return "", false
+	}
+	return f.tokens.Load().match(strings.TrimSpace(tok))
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="hnboot"`)
+	writeErr(w, http.StatusUnauthorized, fmt.Errorf("missing or wrong bearer token"))
+}
+
+type codeWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c *codeWriter) WriteHeader(code int) {
+	if c.code == 0 {
+		c.code = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *codeWriter) Write(b []byte) (int, error) {
+	if c.code == 0 {
+		c.code = http.StatusOK
+	}
+	return c.ResponseWriter.Write(b)
+}
+
+// count counts responses by status code for the metrics.
+func (f *Fleet) count(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		cw := &codeWriter{ResponseWriter: w}
+		h(cw, r)
+		code := cw.code
+		if code == 0 {
+			code = http.StatusOK
+		}
+		v, _ := f.apiCodes.LoadOrStore(code, new(atomic.Uint64))
+		v.(*atomic.Uint64).Add(1)
+	}
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(v)
+	}
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("request body: %v", err))
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}

@@ -1,0 +1,514 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+const (
+	aliceToken = "alice-0123456789abcdef"
+	bobToken   = "bob-0123456789abcdef0"
+)
+
+type env struct {
+	dir, state, tokens string
+	f                  *Fleet
+	srv                *httptest.Server
+}
+
+func newEnv(t *testing.T, openReads bool) *env {
+	t.Helper()
+	e := &env{dir: copyExample(t)}
+	tmp := t.TempDir()
+	e.state = filepath.Join(tmp, "state", "fleet.db")
+	e.tokens = filepath.Join(tmp, "tokens")
+	os.WriteFile(e.tokens, []byte("# admin tokens\nalice "+aliceToken+"\nbob "+bobToken+"\n"), 0o600)
+	e.open(t, openReads)
+	return e
+}
+
+func (e *env) open(t *testing.T, openReads bool) {
+	t.Helper()
+	f, err := New(Options{Dir: e.dir, StatePath: e.state, TokenFile: e.tokens, OpenReads: openReads, PollInterval: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatalf("New = %v", err)
+	}
+	e.f = f
+	e.srv = httptest.NewServer(f.Handler())
+	t.Cleanup(func() { e.srv.Close(); f.Close() })
+}
+
+func (e *env) call(t *testing.T, method, path, token string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, e.srv.URL+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func writeFile(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLookupAnswersFromYAML(t *testing.T) {
+	e := newEnv(t, false)
+	for _, c := range []struct {
+		mac, host, digest string
+		ok                bool
+	}{
+		{"52:54:00:00:00:01", "web-01", d12, true},
+		{"52:54:00:00:00:04", "web-04", d13, true}, // listed in rollout canary-1.3
+		{"52:54:00:00:00:10", "db-01", d13, true},
+		{"52:54:00:00:00:99", "", "", false},
+	} {
+		hb, ok := e.f.Lookup(mustMAC(c.mac))
+		if ok != c.ok || hb.Hostname != c.host || hb.Image.Digest != c.digest || hb.Cmdline != "" {
+			t.Errorf("Lookup(%s) = %+v, %v, want %s %s, %v, no cmdline", c.mac, hb, ok, c.host, short(c.digest), c.ok)
+		}
+	}
+	if got := len(e.f.Images()); got != 2 {
+		t.Errorf("len(Images()) = %d, want 2", got)
+	}
+}
+
+func TestReloadKeepsLastGood(t *testing.T) {
+	e := newEnv(t, true)
+	hosts := filepath.Join(e.dir, "hosts.yaml")
+	orig, _ := os.ReadFile(hosts)
+	writeFile(t, hosts, strings.Replace(string(orig), "hostname: web-02", "hostname: web-02\n    colour: blue", 1))
+	err := e.f.Reload()
+	if err == nil || !strings.Contains(err.Error(), hosts+`:8: unknown key "colour"`) {
+		t.Fatalf("Reload(invalid) = %v, want an error naming %s:8", err, hosts)
+	}
+	if hb, ok := e.f.Lookup(mustMAC("52:54:00:00:00:02")); !ok || hb.Image.Digest != d12 {
+		t.Errorf("Lookup after a failed reload = %+v, %v, want the last good answer", hb, ok)
+	}
+	if st := e.f.Status(); !strings.Contains(st.ConfigError, "colour") {
+		t.Errorf("Status().ConfigError = %q, want the reload error", st.ConfigError)
+	}
+	if m := string(e.f.Metrics()); !strings.Contains(m, "hnboot_fleet_config_valid 0\n") || !strings.Contains(m, `hnboot_fleet_config_reloads_total{result="error"} 1`) {
+		t.Errorf("metrics after a failed reload lack config_valid 0 and one error reload:\n%s", m)
+	}
+	writeFile(t, hosts, strings.Replace(string(orig), "hostname: web-02\n    group: web", "hostname: web-02\n    group: web\n    image: base@1.3", 1))
+	if err := e.f.Reload(); err != nil {
+		t.Fatalf("Reload(fixed) = %v", err)
+	}
+	if hb, _ := e.f.Lookup(mustMAC("52:54:00:00:00:02")); hb.Image.Digest != d13 {
+		t.Errorf("Lookup after a good reload = %s, want %s", short(hb.Image.Digest), short(d13))
+	}
+	if st := e.f.Status(); st.ConfigError != "" {
+		t.Errorf("Status().ConfigError after a good reload = %q, want empty", st.ConfigError)
+	}
+}
+
+func TestRunReloadsOnChange(t *testing.T) {
+	e := newEnv(t, true)
+	e.f.opts.PollInterval = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- e.f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(30 * time.Millisecond)
+	writeFile(t, filepath.Join(e.dir, "extra.yaml"), "hosts:\n  - mac: 52:54:00:00:00:20\n    hostname: web-20\n    group: web\n")
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if hb, ok := e.f.Lookup(mustMAC("52:54:00:00:00:20")); ok && hb.Hostname == "web-20" {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("Lookup(new host) after writing extra.yaml: not answered within 5s, want the new host")
+}
+
+func TestAuth(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		open         bool
+		method, path string
+		header       string
+		want         int
+	}{
+		{"no token, admin", false, "POST", "/api/revert", "", 401},
+		{"wrong token, admin", false, "POST", "/api/revert", "Bearer " + aliceToken + "x", 401},
+		{"prefix of a token, admin", false, "POST", "/api/revert", "Bearer " + aliceToken[:10], 401},
+		{"basic auth, admin", false, "POST", "/api/revert", "Basic " + aliceToken, 401},
+		{"empty bearer, admin", false, "POST", "/api/revert", "Bearer ", 401},
+		{"good token, admin", false, "POST", "/api/revert", "Bearer " + bobToken, 200},
+		{"no token, read, closed", false, "GET", "/api/status", "", 401},
+		{"no token, metrics, closed", false, "GET", "/metrics", "", 401},
+		{"no token, read, open", true, "GET", "/api/status", "", 200},
+		{"no token, admin, reads open", true, "POST", "/api/assign", "", 401},
+		{"no token, host desired", false, "GET", "/api/hosts/52:54:00:00:00:01/desired", "", 200},
+		{"no token, host checkin", false, "POST", "/api/checkin", "", 200},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, c.open)
+			var body io.Reader
+			switch c.path {
+			case "/api/revert":
+				body = strings.NewReader(`{"host":"web-01"}`)
+			case "/api/assign":
+				body = strings.NewReader(`{"host":"web-01","image":"base@1.3"}`)
+			case "/api/checkin":
+				body = strings.NewReader(`{"mac":"52:54:00:00:00:01"}`)
+			}
+			req, _ := http.NewRequest(c.method, e.srv.URL+c.path, body)
+			if c.header != "" {
+				req.Header.Set("Authorization", c.header)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("%s %s with %q = %d, want %d", c.method, c.path, c.header, resp.StatusCode, c.want)
+			}
+			if c.want == 401 && resp.Header.Get("WWW-Authenticate") == "" {
+				t.Errorf("401 without WWW-Authenticate")
+			}
+			if c.want == 401 && len(e.f.Audit(0)) != 0 {
+				t.Errorf("refused call left audit entries %+v, want none", e.f.Audit(0))
+			}
+		})
+	}
+}
+
+func TestTokenMatch(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens")
+	writeFile(t, path, "alice "+aliceToken+"\n"+bobToken+"\n")
+	ts, err := readTokens(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		tok, name string
+		ok        bool
+	}{{aliceToken, "alice", true}, {bobToken, "admin", true}, {"", "", false}, {aliceToken[:len(aliceToken)-1], "", false}, {"x" + bobToken, "", false}} {
+		name, ok := ts.match(c.tok)
+		if name != c.name || ok != c.ok {
+			t.Errorf("match(%q) = %q, %v, want %q, %v", c.tok, name, ok, c.name, c.ok)
+		}
+	}
+	writeFile(t, path, "short\n")
+	if _, err := readTokens(path); err == nil || !strings.Contains(err.Error(), path+":1:") {
+		t.Errorf("readTokens(short token) = %v, want an error naming %s:1", err, path)
+	}
+}
+
+// The big red button, end to end through the API.
+func TestRevertFlow(t *testing.T) {
+	e := newEnv(t, false)
+	mac := mustMAC("52:54:00:00:00:10") // db-01, assigned base@1.3
+	ci := func(body string) {
+		t.Helper()
+		if code, b := e.call(t, "POST", "/api/checkin", "", json.RawMessage(body)); code != 200 {
+			t.Fatalf("POST /api/checkin = %d %s", code, b)
+		}
+	}
+	ci(`{"mac":"52:54:00:00:00:10","booted":"` + d13 + `","action":"promote","trial":true,"tries_left":2,"images":{"current":"` + d13 + `","old":"` + d12 + `"}}`)
+
+	code, b := e.call(t, "POST", "/api/revert", aliceToken, map[string]string{"host": "db-01"})
+	if code != 200 {
+		t.Fatalf("POST /api/revert = %d %s", code, b)
+	}
+	var res []RevertResult
+	json.Unmarshal(b, &res)
+	if len(res) != 1 || res[0].ID == "" || res[0].PinnedTo != "base@1.2" {
+		t.Fatalf("revert result = %s, want one ID, pinned to base@1.2 (the host's old image)", b)
+	}
+	id := res[0].ID
+
+	hb, _ := e.f.Lookup(mac)
+	if hb.Cmdline != "hn.revert="+id || hb.Image.Digest != d12 {
+		t.Errorf("Lookup after revert = cmdline %q image %s, want hn.revert=%s and base@1.2", hb.Cmdline, short(hb.Image.Digest), id)
+	}
+	code, b = e.call(t, "GET", "/api/hosts/52:54:00:00:00:10/desired", "", nil)
+	var dh DesiredHost
+	json.Unmarshal(b, &dh)
+	if code != 200 || dh.Revert != id || dh.Image.Digest != d12 {
+		t.Errorf("GET desired = %d %s, want revert %s and base@1.2", code, b, id)
+	}
+	if st := e.f.Status(); st.Hosts[4].State != StateRevertPending {
+		t.Errorf("state of db-01 = %s, want %s", st.Hosts[4].State, StateRevertPending)
+	}
+
+	ci(`{"mac":"52:54:00:00:00:10","revert_applied":"r-some-older-id","images":{"current":"` + d13 + `"}}`)
+	if hb, _ := e.f.Lookup(mac); hb.Cmdline != "hn.revert="+id {
+		t.Errorf("Lookup after a check-in with another revert ID = %q, want hn.revert=%s still", hb.Cmdline, id)
+	}
+
+	ci(`{"mac":"52:54:00:00:00:10","booted":"` + d12 + `","action":"revert","revert_applied":"` + id + `","images":{"current":"` + d12 + `","broken":"` + d13 + `"}}`)
+	if hb, _ := e.f.Lookup(mac); hb.Cmdline != "" || hb.Image.Digest != d12 {
+		t.Errorf("Lookup after the host reported the revert = %q %s, want no cmdline and base@1.2", hb.Cmdline, short(hb.Image.Digest))
+	}
+	if st := e.f.Status(); st.Hosts[4].State != StateOK {
+		t.Errorf("state of db-01 after the revert = %s, want ok", st.Hosts[4].State)
+	}
+	var actions []string
+	for _, a := range e.f.Audit(0) {
+		actions = append(actions, a.Who+" "+a.Action)
+	}
+	if got, want := strings.Join(actions, "; "), "alice revert; host:52:54:00:00:00:10 revert-applied"; got != want {
+		t.Errorf("audit = %q, want %q", got, want)
+	}
+
+	// The state survives a restart.
+	e.srv.Close()
+	e.f.Close()
+	e.open(t, false)
+	if hb, _ := e.f.Lookup(mac); hb.Image.Digest != d12 {
+		t.Errorf("Lookup after restart = %s, want base@1.2 (the revert's assignment)", short(hb.Image.Digest))
+	}
+	rep, err := e.f.Why("db-01", 0)
+	if err != nil || len(rep.Boots) == 0 || !strings.Contains(rep.Text, "applied revert "+id) {
+		t.Errorf("Why(db-01) after restart = %v %q, want the persisted boot with the applied revert", err, rep.Text)
+	}
+}
+
+func TestAssignPrecedence(t *testing.T) {
+	e := newEnv(t, false)
+	web01 := mustMAC("52:54:00:00:00:01")
+	step := func(path string, body any, wantCode int, wantDigest string) {
+		t.Helper()
+		code, b := e.call(t, "POST", path, bobToken, body)
+		if code != wantCode {
+			t.Fatalf("POST %s %v = %d %s, want %d", path, body, code, b, wantCode)
+		}
+		if hb, _ := e.f.Lookup(web01); hb.Image.Digest != wantDigest {
+			t.Errorf("after POST %s %v: Lookup(web-01) = %s, want %s", path, body, short(hb.Image.Digest), short(wantDigest))
+		}
+	}
+	step("/api/rollout", map[string]any{"name": "all-web", "image": "base@1.3", "group": "web", "percent": 100}, 200, d13)
+	step("/api/assign", map[string]string{"group": "web", "image": "base@1.2"}, 200, d12) // group override beats rollout
+	step("/api/assign", map[string]string{"host": "web-01", "image": "base@1.3"}, 200, d13)
+	step("/api/assign", map[string]string{"group": "web", "image": "base@1.2"}, 200, d12) // clears members' host overrides
+	step("/api/assign", map[string]string{"group": "web", "image": ""}, 200, d13)         // back to the rollout
+	step("/api/rollout", map[string]any{"name": "all-web", "delete": true}, 200, d12)     // back to the YAML
+	step("/api/assign", map[string]string{"host": "web-01", "image": "base@9"}, 400, d12)
+	step("/api/assign", map[string]string{"host": "nope", "image": "base@1.2"}, 400, d12)
+	step("/api/assign", map[string]string{"host": "web-01", "group": "web", "image": "base@1.2"}, 400, d12)
+	if got := len(e.f.Audit(0)); got != 6 {
+		t.Errorf("audit entries = %d, want 6 (one per accepted action)", got)
+	}
+	for _, a := range e.f.Audit(0) {
+		if a.Who != "bob" {
+			t.Errorf("audit who = %q, want bob (the token's name)", a.Who)
+		}
+	}
+}
+
+func TestCheckinParse(t *testing.T) {
+	pub, _, _ := ed25519.GenerateKey(nil)
+	spk, _ := ssh.NewPublicKey(pub)
+	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spk)))
+	for _, c := range []struct {
+		name, body, wantErr string
+	}{
+		{"minimal", `{"mac":"52:54:00:00:00:01"}`, ""},
+		{"with key", `{"mac":"52-54-00-00-00-01","ssh_host_keys":["` + key + ` root@x"]}`, ""},
+		{"no mac", `{"booted":"` + d12 + `"}`, "bad or missing mac"},
+		{"bad digest", `{"mac":"52:54:00:00:00:01","images":{"old":"sha256:xyz"}}`, `images.old "sha256:xyz"`},
+		{"bad key", `{"mac":"52:54:00:00:00:01","ssh_host_keys":["ssh-ed25519 nope"]}`, "ssh_host_keys[0]"},
+		{"bad source", `{"mac":"52:54:00:00:00:01","source":"cron"}`, `source "cron"`},
+		{"not json", `mac=1`, "checkin:"},
+	} {
+		ci, err := ParseCheckin([]byte(c.body))
+		switch {
+		case c.wantErr == "" && err != nil:
+			t.Errorf("ParseCheckin(%s) = %v, want nil", c.name, err)
+		case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+			t.Errorf("ParseCheckin(%s) = %v, want an error containing %q", c.name, err, c.wantErr)
+		case c.name == "with key" && (ci.MAC != "52:54:00:00:00:01" || len(ci.Fingerprints) != 1 || ci.Fingerprints[0] != ssh.FingerprintSHA256(spk)):
+			t.Errorf("ParseCheckin(with key) = mac %s fingerprints %v, want canonical MAC and %s", ci.MAC, ci.Fingerprints, ssh.FingerprintSHA256(spk))
+		}
+	}
+}
+
+func TestKnownHosts(t *testing.T) {
+	e := newEnv(t, false)
+	pub, _, _ := ed25519.GenerateKey(nil)
+	spk, _ := ssh.NewPublicKey(pub)
+	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spk)))
+	if err := e.f.Checkin([]byte(`{"mac":"52:54:00:00:00:01","source":"agent","ssh_host_keys":["` + key + ` root@web-01"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	code, b := e.call(t, "GET", "/api/known_hosts", aliceToken, nil)
+	if want := "web-01,192.0.2.11 " + key + "\n"; code != 200 || !strings.HasSuffix(string(b), want) {
+		t.Errorf("GET /api/known_hosts = %d %q, want it to end with %q", code, b, want)
+	}
+}
+
+func TestHandleCheckinUsesTransportMAC(t *testing.T) {
+	e := newEnv(t, false)
+	// As pxe's /checkin does: Record a "checkin" event, then HandleCheckin.
+	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:02"), Kind: "checkin", Detail: "source=init"})
+	e.f.HandleCheckin(mustMAC("52:54:00:00:00:02"), []byte(`{"booted":"`+d12+`","images":{"current":"`+d12+`"}}`))
+	if bs := e.f.led.Boots("52:54:00:00:00:02"); len(bs) != 1 || len(bs[0].Events) != 1 || bs[0].Checkin == nil {
+		t.Errorf("ledger of web-02 after Record(checkin)+HandleCheckin = %+v, want one boot with one linked check-in event", bs)
+	}
+	e.f.HandleCheckin(mustMAC("52:54:00:00:00:03"), []byte(`{"mac":"52:54:00:00:00:01"}`)) // mismatch: refused
+	st := e.f.Status()
+	if st.Hosts[1].State != StateOK {
+		t.Errorf("web-02 state after a check-in without mac in the body = %s, want ok", st.Hosts[1].State)
+	}
+	if st.Hosts[0].LastCheckin != nil || st.Hosts[2].LastCheckin != nil {
+		t.Errorf("a check-in whose body names another MAC was stored, want it refused")
+	}
+	if bs := e.f.led.Boots("52:54:00:00:00:03"); len(bs) != 1 || !strings.Contains(bs[0].Events[0].Err, "body says mac 52:54:00:00:00:01") {
+		t.Errorf("ledger of web-03 after a refused check-in = %+v, want the refusal with its reason", bs)
+	}
+}
+
+func TestRecordAndWhy(t *testing.T) {
+	e := newEnv(t, false)
+	t0 := time.Date(2026, 1, 2, 12, 1, 3, 0, time.Local)
+	mac := mustMAC("52:54:00:00:00:01")
+	e.f.Record(Event{Time: t0, MAC: mac, Kind: "dhcp", Detail: "offered ipxe.efi (UEFI x86-64, option 93=7)"})
+	e.f.Record(Event{Time: t0.Add(time.Second), MAC: mac, Kind: "tftp", Detail: "ipxe.efi sent"})
+	e.f.Record(Event{Time: t0, MAC: mustMAC("52:54:00:99:99:99"), Kind: "dhcp-ignored", Detail: "unknown MAC (not in the fleet; --allow-unknown serves it)"})
+	code, b := e.call(t, "GET", "/api/hosts/web-01/why", aliceToken, nil)
+	var rep WhyReport
+	json.Unmarshal(b, &rep)
+	if code != 200 || !strings.Contains(rep.Text, "12:01:03 DHCP: offered ipxe.efi (UEFI x86-64, option 93=7)") || !strings.Contains(rep.Text, "12:01:04 TFTP: ipxe.efi sent") {
+		t.Errorf("GET why web-01 = %d %q, want the DHCP and TFTP lines", code, rep.Text)
+	}
+	code, b = e.call(t, "GET", "/api/hosts/52:54:00:99:99:99/why", aliceToken, nil)
+	json.Unmarshal(b, &rep)
+	if code != 200 || rep.Known || !strings.Contains(rep.Text, "add it to a hosts file") {
+		t.Errorf("GET why unknown MAC = %d %q, want the ignored line with advice", code, rep.Text)
+	}
+	if code, _ := e.call(t, "GET", "/api/hosts/nonsense/why", aliceToken, nil); code != 404 {
+		t.Errorf("GET why nonsense = %d, want 404", code)
+	}
+}
+
+var sampleRE = regexp.MustCompile(`^([a-z_:][a-z0-9_:]*)(\{[a-z_]+="(?:[^"\\]|\\.)*"(?:,[a-z_]+="(?:[^"\\]|\\.)*")*\})? -?[0-9][0-9.e+-]*$`)
+
+func TestMetricsFormat(t *testing.T) {
+	e := newEnv(t, false)
+	e.f.Checkin([]byte(`{"mac":"52:54:00:00:00:01","images":{"current":"` + d12 + `"}}`))
+	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:01"), Kind: "dhcp"})
+	e.call(t, "GET", "/api/status", "", nil) // a 401
+	code, b := e.call(t, "GET", "/metrics", aliceToken, nil)
+	if code != 200 {
+		t.Fatalf("GET /metrics = %d", code)
+	}
+	typed := map[string]bool{}
+	helped := map[string]bool{}
+	for i, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		switch {
+		case strings.HasPrefix(line, "# HELP "):
+			helped[strings.Fields(line)[2]] = true
+		case strings.HasPrefix(line, "# TYPE "):
+			f := strings.Fields(line)
+			if len(f) != 4 || (f[3] != "gauge" && f[3] != "counter") {
+				t.Errorf("metrics line %d = %q, want # TYPE name gauge|counter", i+1, line)
+			}
+			typed[f[2]] = true
+		default:
+			m := sampleRE.FindStringSubmatch(line)
+			if m == nil {
+				t.Errorf("metrics line %d = %q, want a sample in the text format", i+1, line)
+				continue
+			}
+			if !typed[m[1]] || !helped[m[1]] {
+				t.Errorf("metrics line %d: sample %s before its HELP and TYPE", i+1, m[1])
+			}
+		}
+	}
+	for _, want := range []string{
+		`hnboot_fleet_hosts{state="ok"} 1`,
+		`hnboot_fleet_hosts{state="never-seen"} 4`,
+		`hnboot_boot_events_total{kind="dhcp"} 1`,
+		`hnboot_checkins_total{result="ok"} 1`,
+		`hnboot_api_requests_total{code="401"} 1`,
+		"hnboot_fleet_config_valid 1",
+	} {
+		if !strings.Contains(string(b), want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, b)
+		}
+	}
+	if got := escapeLabel("a\"b\\c\nd"); got != `a\"b\\c\nd` {
+		t.Errorf(`escapeLabel("a\"b\\c\nd") = %s, want a\"b\\c\nd`, got)
+	}
+}
+
+func TestHostState(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		revert *PendingRevert
+		ci     *Checkin
+		want   string
+	}{
+		{"revert pending", &PendingRevert{ID: "r"}, &Checkin{Images: Slots{Current: d12}}, StateRevertPending},
+		{"never seen", nil, nil, StateNeverSeen},
+		{"desired is broken here", nil, &Checkin{Images: Slots{Current: d13, Broken: d12}}, StateFailed},
+		{"desired failed before", nil, &Checkin{Images: Slots{Current: d13}, FailedDigests: []string{d12}}, StateFailed},
+		{"trial", nil, &Checkin{Trial: true, Images: Slots{Current: d12}}, StateTrial},
+		{"ok", nil, &Checkin{Images: Slots{Current: d12}}, StateOK},
+		{"ok from booted", nil, &Checkin{Booted: d12}, StateOK},
+		{"staged", nil, &Checkin{Images: Slots{Current: d13, New: d12}}, StateStaged},
+		{"outdated", nil, &Checkin{Images: Slots{Current: d13}}, StateOutdated},
+	} {
+		if got := hostState(d12, c.revert, c.ci); got != c.want {
+			t.Errorf("hostState(%s) = %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+func BenchmarkLookup(b *testing.B) {
+	dir := b.TempDir()
+	var sb strings.Builder
+	sb.WriteString("images:\n  - {name: base, version: \"1\", digest: " + d12 + ", path: a.img}\nhosts:\n")
+	for i := range 1000 {
+		fmt.Fprintf(&sb, "  - {mac: \"52:54:00:00:%02x:%02x\", hostname: h%d, image: base@1}\n", i>>8, i&0xff, i)
+	}
+	os.WriteFile(filepath.Join(dir, "f.yaml"), []byte(sb.String()), 0o644)
+	f, err := New(Options{Dir: dir, StatePath: filepath.Join(dir, "s.db"), PollInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	mac := mustMAC("52:54:00:00:01:02")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, ok := f.Lookup(mac); !ok {
+				b.Fatal("not found")
+			}
+		}
+	})
+}

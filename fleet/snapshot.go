@@ -1,0 +1,238 @@
+package fleet
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"sort"
+)
+
+// snapshot is the immutable answer table the boot server reads without a
+// lock. It is rebuilt from scratch on every change and swapped atomically.
+type snapshot struct {
+	desired       *Desired
+	boots         map[string]HostBoot // key: string(mac bytes)
+	images        []ImageRef
+	imageByDigest map[string]*Image
+	hosts         []*resolvedHost // in YAML order
+	byMAC         map[string]*resolvedHost
+	rollouts      []rolloutView
+	warnings      []string
+}
+
+type resolvedHost struct {
+	host   *Host
+	image  *Image
+	source string // why this image, in words
+	revert *PendingRevert
+}
+
+type rolloutView struct {
+	Rollout
+	Origin  string   `json:"origin"` // "api" or file:line
+	Members []string `json:"members"`
+}
+
+// buildInput is the store's part of the desired state.
+type buildInput struct {
+	hostOv   map[string]Override // by MAC
+	groupOv  map[string]Override // by group
+	rollouts []APIRollout
+	reverts  map[string]PendingRevert // by MAC
+}
+
+// rolloutMembers: the listed hosts, plus ceil(percent) of the group's hosts
+// ordered by sha256(rollout name, MAC), so raising the percentage only adds
+// hosts and the choice does not follow file order.
+func rolloutMembers(d *Desired, r Rollout) []*Host {
+	seen := map[*Host]bool{}
+	var out []*Host
+	for _, n := range r.Hosts {
+		if h := d.FindHost(n); h != nil && !seen[h] {
+			seen[h] = true
+			out = append(out, h)
+		}
+	}
+	if r.Group != "" && r.Percent > 0 {
+		var cand []*Host
+		for _, h := range d.Hosts {
+			if h.Group == r.Group {
+				cand = append(cand, h)
+			}
+		}
+		key := func(h *Host) string {
+			s := sha256.Sum256([]byte(r.Name + "\x00" + h.MAC.String()))
+			return string(s[:])
+		}
+		sort.Slice(cand, func(i, j int) bool { return key(cand[i]) < key(cand[j]) })
+		n := (len(cand)*r.Percent + 99) / 100
+		for _, h := range cand[:n] {
+			if !seen[h] {
+				seen[h] = true
+				out = append(out, h)
+			}
+		}
+	}
+	return out
+}
+
+// build computes the answer for every host. Precedence, first that applies:
+// host override (API), group override (API), API rollouts (newest first),
+// YAML rollouts (last declared first), the host's image or channel, its
+// group's image or channel.
+func build(d *Desired, in buildInput) *snapshot {
+	s := &snapshot{
+		desired:       d,
+		boots:         map[string]HostBoot{},
+		imageByDigest: map[string]*Image{},
+		byMAC:         map[string]*resolvedHost{},
+	}
+	for _, img := range d.Images {
+		s.images = append(s.images, img.ImageRef())
+		if _, dup := s.imageByDigest[img.Digest]; !dup {
+			s.imageByDigest[img.Digest] = img
+		}
+	}
+	type ro struct {
+		r      Rollout
+		origin string
+	}
+	var ros []ro
+	api := append([]APIRollout(nil), in.rollouts...)
+	sort.Slice(api, func(i, j int) bool { return api[i].Time.After(api[j].Time) })
+	for _, r := range api {
+		ros = append(ros, ro{r.Rollout, "api"})
+	}
+	for i := len(d.Rollouts) - 1; i >= 0; i-- {
+		ros = append(ros, ro{*d.Rollouts[i], d.Rollouts[i].Pos.String()})
+	}
+	rolloutOf := map[*Host]string{}
+	rolloutImg := map[*Host]*Image{}
+	for _, x := range ros {
+		img := d.Image(x.r.Image)
+		if img == nil {
+			s.warnings = append(s.warnings, fmt.Sprintf("rollout %s (%s): image %s is no longer declared; ignored", x.r.Name, x.origin, x.r.Image))
+			continue
+		}
+		v := rolloutView{Rollout: x.r, Origin: x.origin}
+		for _, h := range rolloutMembers(d, x.r) {
+			v.Members = append(v.Members, h.Hostname)
+			if _, taken := rolloutOf[h]; !taken {
+				rolloutOf[h] = fmt.Sprintf("rollout %s at %d%% (%s)", x.r.Name, x.r.Percent, x.origin)
+				rolloutImg[h] = img
+			}
+		}
+		s.rollouts = append(s.rollouts, v)
+	}
+	overrideImg := func(ov Override, what string) *Image {
+		img := d.Image(ov.Image)
+		if img == nil {
+			s.warnings = append(s.warnings, fmt.Sprintf("%s: override to image %s (by %s) is no longer declared; ignored", what, ov.Image, ov.By))
+		}
+		return img
+	}
+	for _, h := range d.Hosts {
+		mac := h.MAC.String()
+		rh := &resolvedHost{host: h}
+		if ov, ok := in.hostOv[mac]; ok {
+			if img := overrideImg(ov, "host "+h.Hostname); img != nil {
+				rh.image, rh.source = img, fmt.Sprintf("assigned to host by %s at %s", ov.By, ov.Time.UTC().Format("2006-01-02 15:04"))
+			}
+		}
+		if ov, ok := in.groupOv[h.Group]; ok && rh.image == nil && h.Group != "" {
+			if img := overrideImg(ov, "group "+h.Group); img != nil {
+				rh.image, rh.source = img, fmt.Sprintf("assigned to group %s by %s at %s", h.Group, ov.By, ov.Time.UTC().Format("2006-01-02 15:04"))
+			}
+		}
+		if rh.image == nil && rolloutImg[h] != nil {
+			rh.image, rh.source = rolloutImg[h], rolloutOf[h]
+		}
+		if rh.image == nil {
+			rh.image = d.HostImage(h)
+			switch {
+			case h.Image != "":
+				rh.source = "host entry " + h.Pos.String()
+			case h.Channel != "":
+				rh.source = "channel " + h.Channel + " of host entry " + h.Pos.String()
+			default:
+				g := d.Groups[h.Group]
+				rh.source = "group " + g.Name + " " + g.Pos.String()
+				if g.Channel != "" {
+					rh.source = "channel " + g.Channel + " of " + rh.source
+				}
+			}
+		}
+		hb := HostBoot{MAC: h.MAC, Hostname: h.Hostname}
+		if rh.image != nil {
+			hb.Image = rh.image.ImageRef()
+		}
+		if pr, ok := in.reverts[mac]; ok {
+			p := pr
+			rh.revert = &p
+			hb.Cmdline = "hn.revert=" + pr.ID
+		}
+		s.boots[string(h.MAC)] = hb
+		s.byMAC[mac] = rh
+		s.hosts = append(s.hosts, rh)
+	}
+	for mac := range in.hostOv {
+		if s.byMAC[mac] == nil {
+			s.warnings = append(s.warnings, "override for "+mac+": host no longer declared; ignored")
+		}
+	}
+	for g := range in.groupOv {
+		if d.Groups[g] == nil {
+			s.warnings = append(s.warnings, "override for group "+g+": group no longer declared; ignored")
+		}
+	}
+	sort.Strings(s.warnings)
+	return s
+}
+
+// rebuildLocked builds and swaps a new snapshot; d nil keeps the desired state.
+func (f *Fleet) rebuildLocked(d *Desired) {
+	if d == nil {
+		d = f.snap.Load().desired
+	}
+	in := buildInput{hostOv: map[string]Override{}, groupOv: map[string]Override{}, reverts: map[string]PendingRevert{}}
+	for _, k := range f.store.Keys(keyOverrideHost) {
+		var ov Override
+		if ok, err := f.store.Get(k, &ov); ok && err == nil {
+			in.hostOv[k[len(keyOverrideHost):]] = ov
+		}
+	}
+	for _, k := range f.store.Keys(keyOverrideGroup) {
+		var ov Override
+		if ok, err := f.store.Get(k, &ov); ok && err == nil {
+			in.groupOv[k[len(keyOverrideGroup):]] = ov
+		}
+	}
+	for _, k := range f.store.Keys(keyRollout) {
+		var r APIRollout
+		if ok, err := f.store.Get(k, &r); ok && err == nil {
+			in.rollouts = append(in.rollouts, r)
+		}
+	}
+	for _, k := range f.store.Keys(keyRevert) {
+		var pr PendingRevert
+		if ok, err := f.store.Get(k, &pr); ok && err == nil {
+			in.reverts[k[len(keyRevert):]] = pr
+		}
+	}
+	s := build(d, in)
+	for _, w := range s.warnings {
+		f.log.Warn("fleet: " + w)
+	}
+	f.snap.Store(s)
+}
+
+// imageName is "name@version (sha256:0123456789ab)" for a declared image,
+// else the short digest.
+func (s *snapshot) imageName(digest string) string {
+	if digest == "" {
+		return "-"
+	}
+	if img := s.imageByDigest[digest]; img != nil {
+		return img.Ref() + " (" + short(digest) + ")"
+	}
+	return "sha256:" + short(digest) + " (not declared)"
+}

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/u-root/u-root/pkg/dhclient"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/hnboot/hnboot/initramfs/identity"
+	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/pxe/checkin"
+)
+
+// checkinBudget is the longest the check-in may hold the boot; hn.checkin=
+// DURATION changes it ("off" disables the check-in).
+const checkinBudget = 5 * time.Second
+
+// digestCache (in hostpart/.hnboot) remembers image digests by inode, size
+// and mtime: images are never written in place, and rotation renames keep
+// the inode, so a promoted image is not hashed again.
+const digestCache = "digests"
+
+// checkin reports this boot to imaged (hn.server=URL): it brings up the
+// boot NIC (BOOTIF= or the first Ethernet) with DHCP unless it already has
+// an address, and posts a checkin.Report. It never fails the boot and
+// never holds it longer than the budget.
+func (b *boot) checkin(res rotate.Result) {
+	if b.cfg.Server == "" {
+		return
+	}
+	if b.isKexeced() {
+		b.log.Info("check-in: already sent by the init before kexec")
+		return
+	}
+	budget := checkinBudget
+	if v, ok := b.cfg.Args["hn.checkin"]; ok {
+		if v == "off" {
+			return
+		}
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			budget = d
+		} else {
+			b.log.Warn("check-in: bad hn.checkin= duration; using the default", "value", v, "default", budget)
+		}
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+
+	// Gather the report while the network comes up.
+	repc := make(chan checkin.Report, 1)
+	go func() { repc <- b.checkinReport(ctx, res) }()
+
+	ifname, mac, err := bootNIC(b.cfg.Args["BOOTIF"])
+	if err != nil {
+		b.log.Warn("check-in skipped: no network interface", "err", err)
+		return
+	}
+	if err := netUp(ctx, ifname); err != nil {
+		b.log.Warn("check-in skipped: network not configured (boot continues)", "interface", ifname, "err", err, "took", time.Since(start).Round(time.Millisecond))
+		return
+	}
+	var rep checkin.Report
+	select {
+	case rep = <-repc:
+	case <-ctx.Done():
+		b.log.Warn("check-in skipped: report not ready in time", "budget", budget)
+		return
+	}
+	rep.MAC = mac
+	body, _ := json.Marshal(rep)
+	url := strings.TrimRight(b.cfg.Server, "/") + "/checkin"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		b.log.Warn("check-in: bad hn.server URL", "url", url, "err", err)
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.log.Warn("check-in failed (boot continues)", "url", url, "err", err, "took", time.Since(start).Round(time.Millisecond))
+		return
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b.log.Warn("check-in refused (boot continues)", "url", url, "status", resp.Status)
+		return
+	}
+	b.log.Info("checked in", "server", b.cfg.Server, "mac", mac, "interface", ifname,
+		"booted", rep.Booted, "digest_source", rep.BootedImage.Source, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// bootNIC picks the interface named by BOOTIF=01-aa-bb-... (pxelinux and
+// imaged's iPXE script set it), else the first Ethernet interface.
+func bootNIC(bootif string) (name, mac string, err error) {
+	const sys = "/sys/class/net"
+	if bootif != "" {
+		want := strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(bootif), "01-"), "-", ":")
+		ents, _ := os.ReadDir(sys)
+		for _, e := range ents {
+			a, err := os.ReadFile(filepath.Join(sys, e.Name(), "address"))
+			if err == nil && strings.TrimSpace(string(a)) == want {
+				return e.Name(), want, nil
+			}
+		}
+	}
+	// Drivers probe asynchronously after their modules load.
+	for i := 0; ; i++ {
+		name, mac, err = identity.FirstEthernet(sys)
+		if err == nil || i >= 20 {
+			return name, mac, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// netUp configures ifname with DHCP unless it already has an IPv4 address.
+func netUp(ctx context.Context, ifname string) error {
+	if ifi, err := net.InterfaceByName(ifname); err == nil {
+		if addrs, _ := ifi.Addrs(); hasIPv4(addrs) {
+			return nil
+		}
+	}
+	deadline, _ := ctx.Deadline()
+	link, err := dhclient.IfUp(ifname, time.Until(deadline))
+	if err != nil {
+		return err
+	}
+	// dhclient logs through the standard logger; keep the console to hninit lines.
+	stdlog.SetOutput(io.Discard)
+	defer stdlog.SetOutput(os.Stderr)
+	results := dhclient.SendRequests(ctx, []netlink.Link{link}, true, false,
+		dhclient.Config{Timeout: 2 * time.Second, Retries: 3}, time.Until(deadline))
+	var last error = errors.New("no DHCP answer")
+	for r := range results {
+		if r.Err != nil {
+			last = r.Err
+			continue
+		}
+		if err := r.Lease.Configure(); err != nil {
+			return fmt.Errorf("configure DHCP lease: %w", err)
+		}
+		return nil
+	}
+	return last
+}
+
+func hasIPv4(addrs []net.Addr) bool {
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return true
+		}
+	}
+	return false
+}
+
+// checkinReport gathers everything but the MAC.
+func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Report {
+	rep := checkin.Report{
+		Hostname:  b.cfg.Hostname,
+		Source:    "init",
+		Action:    res.Action.String(),
+		Trial:     res.Trial,
+		TriesLeft: res.TriesLeft,
+		Notes:     res.Notes,
+	}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		rep.Kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+	if up, err := os.ReadFile("/proc/uptime"); err == nil {
+		if f := strings.Fields(string(up)); len(f) > 0 {
+			v, _ := strconv.ParseFloat(f[0], 64)
+			rep.Uptime = int64(v)
+		}
+	}
+	state := filepath.Join(hostpartDir, stateDir)
+	if id := b.cfg.RevertID; id != "" {
+		if data, err := os.ReadFile(filepath.Join(hostpartDir, rotate.Reverts)); err == nil {
+			for _, l := range strings.Split(string(data), "\n") {
+				if strings.TrimSpace(l) == id {
+					rep.RevertApplied = id
+				}
+			}
+		}
+	}
+	// The identity is generated once and kept; instantiate() loads the
+	// same keys later.
+	if id, err := identity.Ensure(filepath.Join(state, "identity"), nil); err == nil {
+		for _, k := range id.HostKeys {
+			rep.SSHHostKeys = append(rep.SSHHostKeys, strings.TrimSpace(string(k.Public)))
+			rep.Fingerprints = append(rep.Fingerprints, k.Fingerprint)
+		}
+	}
+	cache := loadDigests(filepath.Join(state, digestCache))
+	img, digest := imageDigest(ctx, filepath.Join(hostpartDir, b.cfg.Image), cache)
+	img.File = b.cfg.Image
+	rep.BootedImage, rep.Booted = img, digest
+	if img.Source == "computed" {
+		saveDigests(filepath.Join(state, digestCache), cache)
+	}
+	for slot, name := range map[*string]string{&rep.Images.Old: rotate.Old, &rep.Images.New: rotate.New, &rep.Images.Broken: rotate.Broken} {
+		if key, ok := fileKey(filepath.Join(hostpartDir, name)); ok {
+			*slot = cache[key]
+		}
+	}
+	rep.Images.Current = digest
+	return rep
+}
+
+// fileKey identifies an image file's content without reading it.
+func fileKey(path string) (string, bool) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", false
+	}
+	return fmt.Sprintf("%d %d %d", sys.Ino, st.Size(), st.ModTime().UnixNano()), true
+}
+
+// imageDigest returns the image's description and its full digest when
+// it is cached or cheap to compute (see checkin.Image).
+func imageDigest(ctx context.Context, path string, cache map[string]string) (checkin.Image, string) {
+	img := checkin.Image{Source: "none"}
+	f, err := os.Open(path)
+	if err != nil {
+		return img, ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return img, ""
+	}
+	img.Size = st.Size()
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(f, 1<<20)); err == nil {
+		img.Head = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	}
+	key, ok := fileKey(path)
+	if !ok {
+		return img, ""
+	}
+	if d := cache[key]; d != "" {
+		img.Source = "cache"
+		return img, d
+	}
+	if st.Size() > checkin.HashLimit {
+		return img, ""
+	}
+	// Continue the same hash over the rest of the file, stopping when the
+	// budget runs out.
+	buf := make([]byte, 1<<20)
+	for {
+		if ctx.Err() != nil {
+			return img, ""
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return img, ""
+		}
+	}
+	d := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	cache[key] = d
+	img.Source = "computed"
+	return img, d
+}
+
+func loadDigests(path string) map[string]string {
+	m := map[string]string{}
+	f, err := os.Open(path)
+	if err != nil {
+		return m
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "ino size mtime_ns sha256:hex"
+		fl := strings.Fields(sc.Text())
+		if len(fl) == 4 && strings.HasPrefix(fl[3], "sha256:") && len(fl[3]) == 71 {
+			m[strings.Join(fl[:3], " ")] = fl[3]
+		}
+	}
+	return m
+}
+
+// saveDigests writes at most 16 entries (a host has four slots), atomically.
+func saveDigests(path string, m map[string]string) {
+	var b strings.Builder
+	n := 0
+	for k, v := range m {
+		if n >= 16 {
+			break
+		}
+		fmt.Fprintf(&b, "%s %s\n", k, v)
+		n++
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err == nil {
+		os.Rename(tmp, path)
+	}
+}

@@ -1,0 +1,305 @@
+package pxe
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hnboot/hnboot/pxe/checkin"
+)
+
+// MaxCheckinBytes bounds a check-in body.
+const MaxCheckinBytes = 64 << 10
+
+// HTTPConfig is what the HTTP handlers need.
+type HTTPConfig struct {
+	Base         string // http://server:port, for URLs in scripts
+	Cmdline      string // extra kernel arguments for every host
+	AllowUnknown bool
+}
+
+// HTTPHandler serves the boot over HTTP:
+//
+//	GET  /boot/{mac}.ipxe            iPXE script for that host
+//	GET  /images/{digest}/vmlinuz    kernel of the image, from its /boot
+//	GET  /images/{digest}/initramfs  initramfs of the image
+//	GET  /blobs/{digest}             the image file itself (Range, ETag)
+//	GET  /ipxe/{file}                iPXE binaries (UEFI HTTP boot)
+//	POST /checkin                    a host's report (checkin.Report JSON)
+//
+// Every request becomes an Event.
+type HTTPHandler struct {
+	cfg     HTTPConfig
+	dir     Directory
+	ext     *Extractor
+	files   *FileRoot // may be nil
+	rec     Recorder
+	checkin CheckinHandler
+	log     *slog.Logger
+	mac     func(net.IP) net.HardwareAddr
+	mux     *http.ServeMux
+}
+
+// NewHTTPHandler builds the handler; extra (may be nil) serves /api/ and
+// /metrics (the fleet package).
+func NewHTTPHandler(cfg HTTPConfig, dir Directory, ext *Extractor, files *FileRoot, rec Recorder, ch CheckinHandler, extra http.Handler, log *slog.Logger, mac func(net.IP) net.HardwareAddr) *HTTPHandler {
+	if mac == nil {
+		mac = func(net.IP) net.HardwareAddr { return nil }
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	if rec == nil {
+		rec = Recorders(nil)
+	}
+	h := &HTTPHandler{cfg: cfg, dir: dir, ext: ext, files: files, rec: rec, checkin: ch, log: log, mac: mac, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /boot/{file}", h.script)
+	h.mux.HandleFunc("GET /images/{digest}/{file}", h.bootFile)
+	h.mux.HandleFunc("GET /blobs/{digest}", h.blob)
+	h.mux.HandleFunc("GET /ipxe/{file}", h.ipxe)
+	h.mux.HandleFunc("POST /checkin", h.postCheckin)
+	if extra != nil {
+		h.mux.Handle("/api/", extra)
+		h.mux.Handle("/metrics", extra)
+	}
+	return h
+}
+
+// statusWriter remembers the status and size for the ledger.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+	mac    net.HardwareAddr
+	note   string
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps sendfile(2) for large bodies.
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := io.Copy(w.ResponseWriter, r)
+	w.n += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (h *HTTPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	h.mux.ServeHTTP(sw, r)
+	if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/metrics" {
+		return // the fleet records its own
+	}
+	mac := sw.mac
+	if mac == nil {
+		mac = h.mac(remoteIP(r))
+	}
+	ev := Event{Time: start, MAC: mac, Kind: KindHTTP,
+		Detail: fmt.Sprintf("%s %s %d %dB %v from %s", r.Method, r.URL.Path, sw.status, sw.n, time.Since(start).Round(time.Millisecond), r.RemoteAddr)}
+	if sw.status >= 400 {
+		ev.Err = sw.note
+		if ev.Err == "" {
+			ev.Err = http.StatusText(sw.status)
+		}
+	}
+	h.rec.Record(ev)
+}
+
+func remoteIP(r *http.Request) net.IP {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return nil
+	}
+	return net.ParseIP(host)
+}
+
+func fail(w http.ResponseWriter, code int, note string) {
+	if sw, ok := w.(*statusWriter); ok {
+		sw.note = note
+	}
+	http.Error(w, note, code)
+}
+
+func (h *HTTPHandler) script(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	macs, ok := strings.CutSuffix(name, ".ipxe")
+	mac, err := ParseMAC(macs)
+	if !ok || err != nil {
+		fail(w, http.StatusNotFound, "want /boot/<mac>.ipxe")
+		return
+	}
+	if sw, ok := w.(*statusWriter); ok {
+		sw.mac = mac
+	}
+	hb, known := h.dir.Lookup(mac)
+	if !known && !h.cfg.AllowUnknown {
+		fail(w, http.StatusNotFound, "unknown MAC "+mac.String())
+		return
+	}
+	if hb.Image.Digest == "" {
+		fail(w, http.StatusNotFound, "no image assigned to "+mac.String())
+		return
+	}
+	hb.MAC = mac
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, Script(ScriptInput{Base: h.cfg.Base, Host: hb, Cmdline: h.cfg.Cmdline}))
+}
+
+// image finds a servable image by digest.
+func (h *HTTPHandler) image(digest string) (ImageRef, bool) {
+	if _, err := digestHex(digest); err != nil {
+		return ImageRef{}, false
+	}
+	for _, im := range h.dir.Images() {
+		if im.Digest == digest {
+			return im, true
+		}
+	}
+	return ImageRef{}, false
+}
+
+func (h *HTTPHandler) bootFile(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	if _, ok := bootFileNames[file]; !ok {
+		fail(w, http.StatusNotFound, "want vmlinuz or initramfs")
+		return
+	}
+	im, ok := h.image(r.PathValue("digest"))
+	if !ok {
+		fail(w, http.StatusNotFound, "no such image")
+		return
+	}
+	p, err := h.ext.Path(im, file)
+	if err != nil {
+		h.log.Error("http: extract boot file", "image", im.Path, "file", file, "err", err)
+		fail(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	h.serveFile(w, r, p, `"`+im.Digest+`/`+file+`"`)
+}
+
+func (h *HTTPHandler) blob(w http.ResponseWriter, r *http.Request) {
+	im, ok := h.image(r.PathValue("digest"))
+	if !ok {
+		fail(w, http.StatusNotFound, "no such image")
+		return
+	}
+	h.serveFile(w, r, im.Path, `"`+im.Digest+`"`)
+}
+
+// serveFile serves an immutable file: ETag, Range, long-lived caching.
+func (h *HTTPHandler) serveFile(w http.ResponseWriter, r *http.Request, path, etag string) {
+	f, err := os.Open(path)
+	if err != nil {
+		h.log.Error("http: open", "path", path, "err", err)
+		fail(w, http.StatusInternalServerError, "cannot open file")
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		fail(w, http.StatusInternalServerError, "not a regular file")
+		return
+	}
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+func (h *HTTPHandler) ipxe(w http.ResponseWriter, r *http.Request) {
+	if h.files == nil {
+		fail(w, http.StatusNotFound, "no iPXE directory")
+		return
+	}
+	rd, _, mod, err := h.files.Open(r.PathValue("file"))
+	if err != nil {
+		fail(w, http.StatusNotFound, "no such file")
+		return
+	}
+	if c, ok := rd.(io.Closer); ok {
+		defer c.Close()
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", mod, rd)
+}
+
+func (h *HTTPHandler) postCheckin(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxCheckinBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			fail(w, http.StatusRequestEntityTooLarge, "check-in too large")
+			return
+		}
+		fail(w, http.StatusBadRequest, "read body: "+err.Error())
+		return
+	}
+	var rep checkin.Report
+	if err := json.Unmarshal(body, &rep); err != nil {
+		fail(w, http.StatusBadRequest, "bad check-in JSON: "+err.Error())
+		return
+	}
+	mac, err := ParseMAC(rep.MAC)
+	if err != nil {
+		if mac = h.mac(remoteIP(r)); mac == nil {
+			fail(w, http.StatusBadRequest, "check-in without a valid mac")
+			return
+		}
+	}
+	if sw, ok := w.(*statusWriter); ok {
+		sw.mac = mac
+	}
+	h.rec.Record(Event{Time: time.Now(), MAC: mac, Kind: KindCheckin, Detail: CheckinSummary(rep)})
+	if h.checkin != nil {
+		h.checkin(mac, body)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// CheckinSummary is a one-line account of a report for logs and the ledger.
+func CheckinSummary(rep checkin.Report) string {
+	d := rep.Booted
+	if d == "" {
+		d = "unknown head=" + rep.BootedImage.Head
+	}
+	s := fmt.Sprintf("source=%s booted=%s action=%s kernel=%s", rep.Source, d, rep.Action, rep.Kernel)
+	if rep.Hostname != "" {
+		s += " hostname=" + rep.Hostname
+	}
+	if rep.RevertApplied != "" {
+		s += " revert_applied=" + rep.RevertApplied
+	}
+	if len(rep.Fingerprints) > 0 {
+		s += " ssh=" + rep.Fingerprints[0]
+	}
+	return oneLine(s)
+}

@@ -1,0 +1,206 @@
+package pxe
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// testImage builds a root image of type fs ("ext4" or "squashfs") with
+// /boot/vmlinuz and a versioned initramfs, and returns its ImageRef.
+func testImage(t *testing.T, fs string) ImageRef {
+	t.Helper()
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "boot"), 0o755)
+	os.WriteFile(filepath.Join(tree, "boot", "vmlinuz"), []byte("KERNEL-"+fs), 0o644)
+	os.WriteFile(filepath.Join(tree, "boot", "initramfs-6.1.0"), []byte("INITRAMFS-"+fs), 0o644)
+	img := filepath.Join(t.TempDir(), "root."+fs)
+	var cmd *exec.Cmd
+	switch fs {
+	case "ext4":
+		cmd = exec.Command("mkfs.ext4", "-q", "-F", "-d", tree, img, "8M")
+	case "squashfs":
+		cmd = exec.Command("mksquashfs", tree, img, "-noappend", "-quiet")
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v\n%s\n(install e2fsprogs and squashfs-tools: scripts/deps.sh)", cmd.Args, err, out)
+	}
+	b, _ := os.ReadFile(img)
+	sum := sha256.Sum256(b)
+	return ImageRef{Name: "root", Version: fs, Digest: "sha256:" + hex.EncodeToString(sum[:]), Path: img}
+}
+
+func testHandler(t *testing.T, allowUnknown bool, imgs ...ImageRef) (*HTTPHandler, *eventLog, *[]string) {
+	t.Helper()
+	dir := NewStaticDirectory()
+	for i, im := range imgs {
+		dir.Add(HostBoot{MAC: net.HardwareAddr{0x52, 0x54, 0, 0, 0, byte(i + 1)}, Hostname: "h" + im.Version, Image: im, Cmdline: "hn.revert=r1"})
+	}
+	root := t.TempDir()
+	os.WriteFile(filepath.Join(root, "ipxe.efi"), []byte("EFI"), 0o644)
+	fr, err := OpenFileRoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fr.Close() })
+	rec := &eventLog{}
+	var checkins []string
+	h := NewHTTPHandler(HTTPConfig{Base: "http://10.0.0.1:8080", Cmdline: "console=ttyS0", AllowUnknown: allowUnknown},
+		dir, NewExtractor(t.TempDir()), fr, rec, func(mac net.HardwareAddr, body []byte) { checkins = append(checkins, mac.String()+" "+string(body)) },
+		nil, slog.Default(), nil)
+	return h, rec, &checkins
+}
+
+func get(t *testing.T, h http.Handler, method, path string, hdr map[string]string, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w
+}
+
+func TestHTTPScript(t *testing.T) {
+	im := ImageRef{Name: "web", Version: "1", Digest: "sha256:" + strings.Repeat("b", 64), Path: "/x"}
+	h, rec, _ := testHandler(t, false, im)
+	w := get(t, h, "GET", "/boot/52-54-00-00-00-01.ipxe", nil, "")
+	if w.Code != 200 {
+		t.Fatalf("GET script: %d %s", w.Code, w.Body)
+	}
+	s := w.Body.String()
+	for _, want := range []string{
+		"#!ipxe\n",
+		"kernel http://10.0.0.1:8080/images/" + im.Digest + "/vmlinuz initrd=initramfs hn.server=http://10.0.0.1:8080 BOOTIF=01-52-54-00-00-00-01 hn.hostname=h1 console=ttyS0 hn.revert=r1",
+		"initrd --name initramfs http://10.0.0.1:8080/images/" + im.Digest + "/initramfs",
+		"boot",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("script lacks %q:\n%s", want, s)
+		}
+	}
+	if e := rec.find(KindHTTP, "GET /boot/52-54-00-00-00-01.ipxe 200"); e == nil || e.MAC.String() != "52:54:00:00:00:01" {
+		t.Errorf("script fetch not recorded with its MAC: %+v", rec.ev)
+	}
+	if w := get(t, h, "GET", "/boot/52:54:00:00:00:99.ipxe", nil, ""); w.Code != 404 {
+		t.Errorf("unknown MAC script: %d, want 404", w.Code)
+	}
+}
+
+func TestHTTPBootFilesFromImage(t *testing.T) {
+	for _, fs := range []string{"ext4", "squashfs"} {
+		t.Run(fs, func(t *testing.T) {
+			im := testImage(t, fs)
+			h, _, _ := testHandler(t, false, im)
+			for file, want := range map[string]string{"vmlinuz": "KERNEL-" + fs, "initramfs": "INITRAMFS-" + fs} {
+				w := get(t, h, "GET", "/images/"+im.Digest+"/"+file, nil, "")
+				if w.Code != 200 || w.Body.String() != want {
+					t.Errorf("GET %s: %d %q, want 200 %q", file, w.Code, w.Body, want)
+				}
+			}
+			// Cached: the image may go away, the extracted files stay.
+			os.Remove(im.Path)
+			if w := get(t, h, "GET", "/images/"+im.Digest+"/vmlinuz", nil, ""); w.Code != 200 {
+				t.Errorf("cached GET: %d", w.Code)
+			}
+		})
+	}
+}
+
+func TestHTTPBlob(t *testing.T) {
+	im := testImage(t, "ext4")
+	h, _, _ := testHandler(t, false, im)
+	whole, _ := os.ReadFile(im.Path)
+	w := get(t, h, "GET", "/blobs/"+im.Digest, nil, "")
+	if w.Code != 200 || w.Body.Len() != len(whole) {
+		t.Fatalf("GET blob: %d, %d bytes; want 200, %d", w.Code, w.Body.Len(), len(whole))
+	}
+	if got := w.Header().Get("ETag"); got != `"`+im.Digest+`"` {
+		t.Errorf("ETag = %s, want the digest", got)
+	}
+	if got := w.Header().Get("Cache-Control"); !strings.Contains(got, "immutable") {
+		t.Errorf("Cache-Control = %q, want immutable", got)
+	}
+	w = get(t, h, "GET", "/blobs/"+im.Digest, map[string]string{"Range": "bytes=1024-2047"}, "")
+	if w.Code != http.StatusPartialContent || w.Body.String() != string(whole[1024:2048]) {
+		t.Errorf("Range: %d, %d bytes; want 206 and bytes 1024-2047", w.Code, w.Body.Len())
+	}
+	w = get(t, h, "GET", "/blobs/"+im.Digest, map[string]string{"If-None-Match": `"` + im.Digest + `"`}, "")
+	if w.Code != http.StatusNotModified {
+		t.Errorf("If-None-Match: %d, want 304", w.Code)
+	}
+	if w := get(t, h, "HEAD", "/blobs/"+im.Digest, nil, ""); w.Code != 200 {
+		t.Errorf("HEAD: %d", w.Code)
+	}
+}
+
+func TestHTTPRefusesTraversal(t *testing.T) {
+	im := testImage(t, "ext4")
+	h, _, _ := testHandler(t, true, im)
+	for _, p := range []string{
+		"/blobs/sha256:" + strings.Repeat("0", 64),
+		"/blobs/..%2f..%2fetc%2fpasswd",
+		"/blobs/sha256:../../etc/passwd",
+		"/images/" + im.Digest + "/..%2f..%2fetc%2fpasswd",
+		"/images/" + im.Digest + "/passwd",
+		"/images/..%2f/vmlinuz",
+		"/ipxe/..%2f..%2fetc%2fpasswd",
+		"/ipxe/%2fetc%2fpasswd",
+		"/boot/..%2f..%2fetc%2fpasswd.ipxe",
+		"/boot/../../etc/passwd",
+		"/etc/passwd",
+	} {
+		w := get(t, h, "GET", p, nil, "")
+		if w.Code == 200 || strings.Contains(w.Body.String(), "root:") {
+			t.Errorf("GET %s: %d %q, want refusal", p, w.Code, w.Body.String())
+		}
+	}
+	if w := get(t, h, "GET", "/ipxe/ipxe.efi", nil, ""); w.Code != 200 || w.Body.String() != "EFI" {
+		t.Errorf("GET /ipxe/ipxe.efi: %d %q", w.Code, w.Body)
+	}
+}
+
+func TestHTTPCheckin(t *testing.T) {
+	h, rec, checkins := testHandler(t, false)
+	body := `{"mac":"52:54:00:00:00:07","source":"init","booted":"sha256:` + strings.Repeat("c", 64) + `","action":"promote","kernel":"6.1.0"}`
+	w := get(t, h, "POST", "/checkin", map[string]string{"Content-Type": "application/json"}, body)
+	if w.Code != http.StatusNoContent {
+		t.Fatalf("POST /checkin: %d %s", w.Code, w.Body)
+	}
+	if len(*checkins) != 1 || !strings.HasPrefix((*checkins)[0], "52:54:00:00:00:07 {") {
+		t.Errorf("hook got %q", *checkins)
+	}
+	e := rec.find(KindCheckin, "action=promote")
+	if e == nil || e.MAC.String() != "52:54:00:00:00:07" || !strings.Contains(e.Detail, "booted=sha256:cccc") {
+		t.Errorf("check-in event = %+v", e)
+	}
+	for name, tc := range map[string]struct {
+		body string
+		code int
+	}{
+		"not JSON":  {"{", 400},
+		"no MAC":    {`{"source":"init"}`, 400},
+		"too large": {`{"mac":"52:54:00:00:00:07","notes":["` + strings.Repeat("x", MaxCheckinBytes) + `"]}`, 413},
+	} {
+		if w := get(t, h, "POST", "/checkin", nil, tc.body); w.Code != tc.code {
+			t.Errorf("%s: %d, want %d", name, w.Code, tc.code)
+		}
+	}
+	if len(*checkins) != 1 {
+		t.Errorf("bad check-ins reached the hook: %d calls", len(*checkins))
+	}
+	if w := get(t, h, "GET", "/checkin", nil, ""); w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /checkin: %d, want 405", w.Code)
+	}
+	_ = io.Discard
+}
