@@ -57,12 +57,12 @@ func (b *boot) main() {
 	if err := b.mountHostpart(); err != nil {
 		b.rescue(err)
 	}
-	res, err := b.rotate()
+	res, err := b.rotateUnlessKexeced()
 	if err != nil {
 		// The journal makes a failed rotation resumable; boot what is there.
 		b.log.Error("rotation failed; booting the current image as it is", "err", err)
 	}
-	_ = res
+	b.checkin(res) // hn.server=: report this boot to imaged (initramfs/checkin.go)
 	candidates := []string{b.cfg.Image, rotate.Old}
 	var lastErr error
 	for i, img := range candidates {
@@ -199,7 +199,7 @@ func (b *boot) rotate() (rotate.Result, error) {
 	opt := rotate.Options{
 		Tries:    b.cfg.Tries,
 		RevertID: b.cfg.RevertID,
-		Verify:   func(name string) error { return verifyImage(filepath.Join(hostpartDir, name)) },
+		Verify:   verifyImage(b.log), // initramfs/verify.go: filesystem, manifest, signature
 		Log:      func(msg string) { b.log.Info("rotate: " + msg) },
 	}
 	start := time.Now()
@@ -207,33 +207,12 @@ func (b *boot) rotate() (rotate.Result, error) {
 	if err != nil {
 		return res, err
 	}
+	moveManifests(hostpartDir, res.Action, b.log) // IMAGE.json follows its image (initramfs/verify.go)
 	for _, n := range res.Notes {
 		b.log.Warn(n)
 	}
 	b.log.Info("rotation done", "action", res.Action.String(), "trial", res.Trial, "tries_left", res.TriesLeft, "took", time.Since(start).Round(time.Microsecond))
 	return res, nil
-}
-
-// verifyImage refuses a staged image that could not boot: not a root
-// filesystem, or shorter than its superblock says (an interrupted copy).
-func verifyImage(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	typ, need, err := blkid.ImageSize(f)
-	if err != nil {
-		return fmt.Errorf("%s is not a root filesystem image: %w", path, err)
-	}
-	if st.Size() < need {
-		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock needs %d", path, st.Size(), typ, need)
-	}
-	return nil
 }
 
 var loopDev *losetup.Device
@@ -262,6 +241,7 @@ func (b *boot) bootImage(name string) error {
 		return fmt.Errorf("mount %s (%s, from %s) read-only: %w", dev.Path(), info.Type, path, err)
 	}
 	b.log.Info("mounted image read-only", "image", path, "loop", dev.Path(), "fs", info.Type)
+	b.maybeKexec(name) // DESIGN.md §3 step 5; returns unless it kexecs
 
 	os.MkdirAll(rwDir, 0o755)
 	if _, err := mount.Mount("tmpfs", rwDir, "tmpfs", "mode=0755", 0); err != nil {
@@ -281,7 +261,7 @@ func (b *boot) bootImage(name string) error {
 		return fmt.Errorf("instantiate host: %w", err)
 	}
 	init := b.cfg.Init
-	if _, err := os.Stat(filepath.Join(newRoot, init)); err != nil {
+	if _, err := os.Lstat(filepath.Join(newRoot, init)); err != nil { // Lstat: Debian's /sbin/init is an absolute symlink, valid only inside the new root
 		return fmt.Errorf("image %s has no %s: %w", name, init, err)
 	}
 	b.saveLog(name)

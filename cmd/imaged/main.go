@@ -27,6 +27,7 @@ Commands:
   stage      stage an image as hn-root-new.img
   revert     drop system-revert
   mark-good  confirm the current trial boot
+  fleet      admin client of imaged serve: status, assign, revert, rollout, why, known-hosts
 `
 
 func run(args []string, stdin io.Reader, stdout io.Writer) error {
@@ -35,8 +36,14 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		return nil
 	}
 	switch args[0] {
-	case "serve", "agent", "status", "stage", "revert", "mark-good":
-		return fmt.Errorf("%s: not implemented in this version of hnboot", args[0])
+	case "fleet":
+		return runFleet(args[1:], stdout)
+	case "serve":
+		return runServe(args[1:], stdout)
+	case "agent":
+		return runAgent(args[1:], stdout)
+	case "status", "stage", "revert", "mark-good":
+		return runHost(args[0], args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }

@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/pxe/checkin"
+)
+
+// fakeFleet is the server side of the agent's wire format.
+type fakeFleet struct {
+	*httptest.Server
+	mu       sync.Mutex
+	desired  Desired
+	checkins []Report
+	raw      [][]byte
+	blobs    map[string][]byte
+}
+
+func newFakeFleet(t *testing.T) *fakeFleet {
+	f := &fakeFleet{blobs: map[string][]byte{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/hosts/{mac}/desired", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		json.NewEncoder(w).Encode(f.desired)
+	})
+	mux.HandleFunc("POST /api/checkin", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		var rep Report
+		if err := json.Unmarshal(b, &rep); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		f.mu.Lock()
+		f.checkins = append(f.checkins, rep)
+		f.raw = append(f.raw, b)
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /blobs/{digest}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		b, ok := f.blobs[r.PathValue("digest")]
+		f.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(string(b)))
+	})
+	f.Server = httptest.NewServer(mux)
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeFleet) set(d Desired) {
+	f.mu.Lock()
+	f.desired = d
+	f.mu.Unlock()
+}
+
+func (f *fakeFleet) last() Report {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.checkins[len(f.checkins)-1]
+}
+
+type passProber struct{}
+
+func (passProber) Probe(context.Context, Checks) []Observation {
+	return []Observation{{Check: "command ok", OK: true}}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func exists(dir, name string) bool {
+	_, err := os.Stat(filepath.Join(dir, name))
+	return err == nil
+}
+
+// TestAgentUpdateConfirmRevert walks the agent through an update, a
+// confirmed trial, a server revert and a refused re-assignment, playing
+// the init's part by renaming files as rotate does.
+func TestAgentUpdateConfirmRevert(t *testing.T) {
+	dir := t.TempDir()
+	imgA, dA := testImage(t, 4000)
+	imgB, dB := testImage(t, 6000)
+	os.WriteFile(filepath.Join(dir, rotate.Current), imgA, 0o644)
+	srv := newFakeFleet(t)
+	srv.blobs[dB] = imgB
+	reboots := 0
+	a := &Agent{
+		Dir: dir, Server: &HTTPServer{Base: srv.URL}, MAC: "52:54:00:12:34:56",
+		Policy: Policy{Mode: RebootImmediate}, Prober: passProber{},
+		Reboot: func() error { reboots++; return nil },
+		Config: Config{Interval: time.Hour, Health: Checks{Settle: time.Millisecond, Interval: time.Millisecond}},
+		Log:    slog.New(slog.DiscardHandler),
+	}
+	ctx := context.Background()
+
+	srv.set(Desired{Image: DesiredImage{Name: "B", Version: "2", Digest: dB}})
+	if err := a.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "B staged", func() bool { return exists(dir, rotate.New) })
+	waitFor(t, "staging goroutine done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
+	if err := a.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep := srv.last(); rep.Images.New != dB || rep.Rebooting == "" || reboots != 1 {
+		t.Fatalf("after staging: images.new = %s, rebooting = %q, reboots = %d; want %s, a reason, 1", rep.Images.New, rep.Rebooting, reboots, dB)
+	}
+
+	// The init promotes B on trial; the agent starts again.
+	a.rebooting = false
+	os.Rename(filepath.Join(dir, rotate.Current), filepath.Join(dir, rotate.Old))
+	os.Rename(filepath.Join(dir, rotate.New), filepath.Join(dir, rotate.Current))
+	os.WriteFile(filepath.Join(dir, rotate.Trial), []byte("2\n"), 0o644)
+	a.confirmTrial(ctx)
+	if exists(dir, rotate.Trial) {
+		t.Fatalf("%s still there after passing health checks", rotate.Trial)
+	}
+	a.Tick(ctx)
+	if rep := srv.last(); rep.Trial || rep.Images.Current != dB || rep.Health == nil || rep.Health.State != HealthPassed {
+		t.Fatalf("after confirming: trial = %v, current = %s, health = %+v; want false, %s, passed", rep.Trial, rep.Images.Current, rep.Health, dB)
+	}
+
+	// The server reverts.
+	srv.set(Desired{Image: DesiredImage{Name: "A", Version: "1", Digest: dA}, Revert: "r1"})
+	a.Tick(ctx)
+	if b, err := os.ReadFile(filepath.Join(dir, rotate.RevertTrigger)); err != nil || strings.TrimSpace(string(b)) != "r1" || reboots != 2 {
+		t.Fatalf("after the server's revert: %s = %q (%v), reboots = %d; want r1, 2", rotate.RevertTrigger, b, err, reboots)
+	}
+	// The init reverts: current → broken, old → current.
+	os.Rename(filepath.Join(dir, rotate.Current), filepath.Join(dir, rotate.Broken))
+	os.Rename(filepath.Join(dir, rotate.Old), filepath.Join(dir, rotate.Current))
+	os.Remove(filepath.Join(dir, rotate.RevertTrigger))
+	a.rebooting = false
+	a.Tick(ctx)
+	rep := srv.last()
+	if rep.Images.Current != dA || rep.Images.Broken != dB || rep.RevertApplied != "r1" || len(rep.FailedDigests) != 1 || rep.FailedDigests[0] != dB {
+		t.Fatalf("after the revert boot: current %s broken %s revert_applied %q failed %v; want %s %s r1 [%s]",
+			rep.Images.Current, rep.Images.Broken, rep.RevertApplied, rep.FailedDigests, dA, dB, dB)
+	}
+
+	// Assigned B again: refused, and reported.
+	srv.set(Desired{Image: DesiredImage{Name: "B", Version: "2", Digest: dB}})
+	a.Tick(ctx)
+	rep = srv.last()
+	if rep.Staging == nil || rep.Staging.State != "refused" || exists(dir, rotate.New) || exists(dir, PartFile) {
+		t.Fatalf("re-assigned failed image: staging = %+v, new staged = %v; want refused and nothing staged", rep.Staging, exists(dir, rotate.New))
+	}
+	// Forced: staged.
+	srv.set(Desired{Image: DesiredImage{Name: "B", Version: "2", Digest: dB}, Force: true})
+	a.Tick(ctx)
+	waitFor(t, "forced B staged", func() bool { return exists(dir, rotate.New) })
+	waitFor(t, "staging goroutine done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
+}
+
+func TestAgentReportsCorruptDownload(t *testing.T) {
+	dir := t.TempDir()
+	imgA, _ := testImage(t, 4000)
+	_, dB := testImage(t, 6000)
+	os.WriteFile(filepath.Join(dir, rotate.Current), imgA, 0o644)
+	srv := newFakeFleet(t)
+	srv.blobs[dB] = []byte(strings.Repeat("x", 6000)) // not B
+	a := &Agent{Dir: dir, Server: &HTTPServer{Base: srv.URL}, MAC: "52:54:00:12:34:56", Config: Config{Interval: time.Hour},
+		Reboot: func() error { t.Error("reboot with nothing staged"); return nil }, Log: slog.New(slog.DiscardHandler)}
+	srv.set(Desired{Image: DesiredImage{Digest: dB}})
+	a.Tick(context.Background())
+	waitFor(t, "staging done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
+	a.Tick(context.Background())
+	rep := srv.last()
+	if rep.Staging == nil || rep.Staging.State != "failed" || !strings.Contains(rep.Staging.Error, "corrupt") || exists(dir, rotate.New) {
+		t.Fatalf("corrupt download: staging = %+v, staged = %v; want failed with \"corrupt\", nothing staged", rep.Staging, exists(dir, rotate.New))
+	}
+}
+
+// TestReportDecodesOnBothReceivers keeps the agent's check-in readable by
+// package fleet (ParseCheckin) and by the boot server's pxe/checkin.Report.
+func TestReportDecodesOnBothReceivers(t *testing.T) {
+	rep := Report{MAC: "52:54:00:12:34:56", Source: "agent", Booted: dA, Trial: true, TriesLeft: 2,
+		Images: Slots{Current: dA, Old: dB}, FailedDigests: []string{dC}, RevertApplied: "r1",
+		PublicKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOQHNaqvvRKVPrqv/6/ZLJ0cdbIvmgNgdqYn+bxdwrFJ"},
+		Staging:    &StagingStatus{Digest: dC, State: "failed", Error: "corrupt"}, Pending: []string{"reboot pending"}}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := fleet.ParseCheckin(b)
+	if err != nil {
+		t.Fatalf("fleet.ParseCheckin(agent report) = %v", err)
+	}
+	if c.Source != "agent" || c.Images.Current != dA || c.Images.Old != dB || c.RevertApplied != "r1" || len(c.FailedDigests) != 1 || len(c.Fingerprints) != 1 {
+		t.Errorf("fleet read %+v", c)
+	}
+	var pr checkin.Report
+	if err := json.Unmarshal(b, &pr); err != nil {
+		t.Fatalf("pxe/checkin.Report from agent report: %v", err)
+	}
+	if pr.Source != "agent" || pr.Booted != dA || pr.RevertApplied != "r1" || len(pr.SSHHostKeys) != 1 {
+		t.Errorf("pxe/checkin read %+v", pr)
+	}
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"regexp"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hnboot/hnboot/agent"
+	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/initramfs/rotate"
+)
+
+const hostUsage = `usage: imaged status [--json] [--hostpart DIR]
+       imaged stage [--force] [--digest sha256:HEX] [--name N --version V] [--hostpart DIR] FILE|URL
+       imaged revert [--hostpart DIR]
+       imaged mark-good [--hostpart DIR]
+
+Operator commands on an hnboot host (as root). They work on the hostpart
+mounted at /hostpart (or --hostpart DIR) and refuse to run without one.
+`
+
+func runHost(cmd string, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("imaged "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() { fmt.Fprint(stdout, hostUsage); fs.PrintDefaults() }
+	hp := fs.String("hostpart", "", "hostpart directory (default: the /hostpart mount)")
+	jsonOut := new(bool)
+	force := new(bool)
+	digest, name, version := new(string), new(string), new(string)
+	switch cmd {
+	case "status":
+		jsonOut = fs.Bool("json", false, "print JSON for scripts")
+	case "stage":
+		force = fs.Bool("force", false, "stage even an image this host remembers as failed")
+		digest = fs.String("digest", "", "expected sha256:<hex>; the download is refused if it differs (taken from a /blobs/sha256:... URL)")
+		name = fs.String("name", "", "image name, shown by imaged status")
+		version = fs.String("version", "", "image version, shown by imaged status")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	want := 0
+	if cmd == "stage" {
+		want = 1
+	}
+	if fs.NArg() != want {
+		return fmt.Errorf("%s: wrong number of arguments\n%s", cmd, hostUsage)
+	}
+	dir, err := hostpart.Locator{Dir: *hp}.Locate()
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	switch cmd {
+	case "status":
+		return hostStatus(dir, *jsonOut, stdout)
+	case "stage":
+		return hostStage(dir, fs.Arg(0), *digest, *name, *version, *force, stdout)
+	case "revert":
+		return hostRevert(dir, stdout)
+	default:
+		return hostMarkGood(dir, stdout)
+	}
+}
+
+// Status is `imaged status --json`.
+type Status struct {
+	hostpart.State
+	Failed  []agent.Failure `json:"failed,omitempty"`
+	Pending []string        `json:"pending"`
+}
+
+func readStatus(dir string) (Status, error) {
+	st, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: true, Boots: 5})
+	if err != nil {
+		return Status{}, err
+	}
+	s := Status{State: st, Pending: []string{}}
+	failed, err := agent.LoadFailed(dir)
+	if err != nil {
+		return s, err
+	}
+	for _, d := range failed.Digests() {
+		s.Failed = append(s.Failed, failed[d])
+	}
+	old, nw := st.Slot(hostpart.SlotOld), st.Slot(hostpart.SlotNew)
+	switch {
+	case st.RevertPending && old.Present:
+		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s (%s) becomes current, %s becomes %s", old.File, old.Label(), rotate.Current, rotate.Broken))
+	case st.RevertPending:
+		s.Pending = append(s.Pending, fmt.Sprintf("%s present but no %s: the next boot only clears it", rotate.RevertTrigger, rotate.Old))
+	case nw.Present:
+		s.Pending = append(s.Pending, fmt.Sprintf("promote at the next boot: %s (%s) becomes current, on trial", nw.File, nw.Label()))
+	}
+	if st.Trial && st.TrialProblem == "" && st.TriesLeft <= 0 {
+		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s has no tries left", rotate.Trial))
+	}
+	for _, p := range st.Parts {
+		s.Pending = append(s.Pending, fmt.Sprintf("download in progress or interrupted: %s (%s so far)", p.File, agent.SizeString(p.Size)))
+	}
+	return s, nil
+}
+
+func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
+	s, err := readStatus(dir)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(s)
+	}
+	fmt.Fprintf(stdout, "hostpart %s\n\n", dir)
+	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tFILE\tIMAGE\tDIGEST\tSIZE")
+	rows := s.Images
+	if s.Rejected != nil {
+		rows = append(rows, *s.Rejected)
+	}
+	for _, im := range rows {
+		if !im.Present {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\n", im.Slot, im.File)
+			continue
+		}
+		label := "-"
+		if im.Name != "" {
+			label = strings.TrimSpace(im.Name + " " + im.Version)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\tsha256:%s\t%s\n", im.Slot, im.File, label, hostpart.Short(im.Digest), agent.SizeString(im.Size))
+	}
+	tw.Flush()
+	fmt.Fprintln(stdout)
+	switch {
+	case s.TrialProblem != "":
+		fmt.Fprintf(stdout, "trial:    %s\n", s.TrialProblem)
+	case s.Trial:
+		fmt.Fprintf(stdout, "trial:    %s is on trial, %d tries left (the agent confirms it after its health checks; or imaged mark-good)\n", rotate.Current, s.TriesLeft)
+	default:
+		fmt.Fprintf(stdout, "trial:    none (%s is confirmed)\n", rotate.Current)
+	}
+	if len(s.Pending) == 0 {
+		fmt.Fprintln(stdout, "pending:  nothing")
+	}
+	for i, p := range s.Pending {
+		fmt.Fprintf(stdout, "%s%s\n", map[bool]string{true: "pending:  ", false: "          "}[i == 0], p)
+	}
+	for i, f := range s.Failed {
+		fmt.Fprintf(stdout, "%ssha256:%s  %s  %s\n", map[bool]string{true: "failed:   ", false: "          "}[i == 0], hostpart.Short(f.Digest), f.Time.Local().Format("2006-01-02 15:04"), f.Reason)
+	}
+	if len(s.Boots) > 0 {
+		fmt.Fprintln(stdout, "\nlast boots:")
+		for _, b := range s.Boots {
+			fmt.Fprintf(stdout, "  %d  %s  %s\n", b.N, b.Time.Local().Format("2006-01-02 15:04:05"), b.Summary)
+		}
+	}
+	return nil
+}
+
+var blobRE = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
+
+func hostStage(dir, src, digest, name, version string, force bool, stdout io.Writer) error {
+	var source agent.Source
+	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
+		source = agent.HTTPSource{URL: src}
+		if m := blobRE.FindStringSubmatch(src); m != nil && digest == "" {
+			digest = m[1]
+		}
+	} else {
+		source = agent.FileSource{Path: src}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	req := agent.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force}
+	bar := isTerminal(stdout)
+	if bar {
+		req.Progress = func(done, total int64) { progress(stdout, done, total) }
+	}
+	start := time.Now()
+	res, err := agent.Stage(ctx, dir, req)
+	if bar {
+		fmt.Fprintln(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	switch res.Already {
+	case hostpart.SlotCurrent:
+		fmt.Fprintf(stdout, "%s is already the current image (%s): nothing staged\n", hostpart.Short(res.Digest), rotate.Current)
+		return nil
+	case hostpart.SlotNew:
+		fmt.Fprintf(stdout, "%s is already staged as %s\n", hostpart.Short(res.Digest), rotate.New)
+		return nil
+	}
+	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", rotate.New, res.Digest, agent.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
+	if res.Reused > 0 {
+		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", agent.SizeString(res.Reused))
+	}
+	fmt.Fprintf(stdout, "\nreboot to promote it: it boots on trial and is confirmed by the agent's health checks or imaged mark-good\n")
+	return nil
+}
+
+func progress(w io.Writer, done, total int64) {
+	const width = 30
+	if total <= 0 {
+		fmt.Fprintf(w, "\r%s", agent.SizeString(done))
+		return
+	}
+	n := int(done * width / total)
+	fmt.Fprintf(w, "\r[%s%s] %3d%% %s / %s ", strings.Repeat("#", n), strings.Repeat(" ", width-n), done*100/total, agent.SizeString(done), agent.SizeString(total))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func hostRevert(dir string, stdout io.Writer) error {
+	st, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: true})
+	if err != nil {
+		return fmt.Errorf("revert: %w", err)
+	}
+	old, cur := st.Slot(hostpart.SlotOld), st.Slot(hostpart.SlotCurrent)
+	if !old.Present {
+		return fmt.Errorf("revert: there is no %s in %s: nothing to revert to (%s is the only bootable image); stage an image with imaged stage instead", rotate.Old, dir, rotate.Current)
+	}
+	if st.RevertPending {
+		fmt.Fprintf(stdout, "%s is already present: reboot to revert\n", rotate.RevertTrigger)
+		return nil
+	}
+	body := fmt.Sprintf("imaged revert %s\n", time.Now().UTC().Format(time.RFC3339))
+	if err := rotate.OSFS(dir).WriteFile(rotate.RevertTrigger, []byte(body)); err != nil {
+		return fmt.Errorf("revert: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote %s: at the next boot %s (%s) becomes %s and %s (%s) becomes current.\nReboot to apply; rm %s to cancel.\n",
+		rotate.RevertTrigger, rotate.Current, cur.Label(), rotate.Broken, rotate.Old, old.Label(), dirJoin(dir, rotate.RevertTrigger))
+	if st.Slot(hostpart.SlotNew).Present {
+		fmt.Fprintf(stdout, "note: %s stays staged; the revert boot does not promote it\n", rotate.New)
+	}
+	return nil
+}
+
+func hostMarkGood(dir string, stdout io.Writer) error {
+	st, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: true})
+	if err != nil {
+		return fmt.Errorf("mark-good: %w", err)
+	}
+	if !st.Trial {
+		fmt.Fprintf(stdout, "%s is not on trial (no %s): nothing to confirm\n", rotate.Current, rotate.Trial)
+		return nil
+	}
+	if err := agent.MarkGood(dir); err != nil {
+		return fmt.Errorf("mark-good: %w", err)
+	}
+	fmt.Fprintf(stdout, "confirmed %s (%s): removed %s (it had %d tries left)\n", rotate.Current, st.Slot(hostpart.SlotCurrent).Label(), rotate.Trial, st.TriesLeft)
+	return nil
+}
+
+func dirJoin(dir, name string) string { return strings.TrimRight(dir, "/") + "/" + name }

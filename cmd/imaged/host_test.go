@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hnboot/hnboot/initramfs/rotate"
+)
+
+func hostDir(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestHostCommands(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		files   map[string]string
+		args    []string
+		errHas  string
+		outHas  []string
+		present map[string]bool // files after the command
+	}{
+		{"revert without old", map[string]string{rotate.Current: "a"}, []string{"revert"}, "no hn-root-old.img", nil, map[string]bool{rotate.RevertTrigger: false}},
+		{"revert", map[string]string{rotate.Current: "b", rotate.Old: "a"}, []string{"revert"}, "", []string{"wrote system-revert", "Reboot to apply"}, map[string]bool{rotate.RevertTrigger: true}},
+		{"mark-good", map[string]string{rotate.Current: "b", rotate.Trial: "2\n"}, []string{"mark-good"}, "", []string{"confirmed hn-root.img", "2 tries left"}, map[string]bool{rotate.Trial: false}},
+		{"mark-good not on trial", map[string]string{rotate.Current: "b"}, []string{"mark-good"}, "", []string{"not on trial"}, nil},
+		{"status", map[string]string{rotate.Current: "b", rotate.New: "c", rotate.Trial: "1\n"}, []string{"status"}, "",
+			[]string{"SLOT", "current  hn-root.img", "new      hn-root-new.img", "1 tries left", "promote at the next boot"}, nil},
+		{"stage a file", map[string]string{rotate.Current: "b"}, []string{"stage"}, "", []string{"staged hn-root-new.img: sha256:"}, map[string]bool{rotate.New: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := hostDir(t, tc.files)
+			args := append([]string{tc.args[0], "--hostpart", dir}, tc.args[1:]...)
+			if tc.args[0] == "stage" {
+				src := filepath.Join(t.TempDir(), "img")
+				os.WriteFile(src, []byte("new image"), 0o644)
+				args = append(args, src)
+			}
+			var out bytes.Buffer
+			err := run(args, nil, &out)
+			if (err != nil) != (tc.errHas != "") || (err != nil && !strings.Contains(err.Error(), tc.errHas)) {
+				t.Fatalf("imaged %v = %v, want error containing %q", tc.args, err, tc.errHas)
+			}
+			for _, s := range tc.outHas {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("imaged %v output lacks %q:\n%s", tc.args, s, out.String())
+				}
+			}
+			for name, want := range tc.present {
+				_, serr := os.Stat(filepath.Join(dir, name))
+				if got := serr == nil; got != want {
+					t.Errorf("after imaged %v, %s present = %v, want %v", tc.args, name, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestStatusJSON(t *testing.T) {
+	dir := hostDir(t, map[string]string{rotate.Current: "b", rotate.Old: "a"})
+	var out bytes.Buffer
+	if err := run([]string{"status", "--json", "--hostpart", dir}, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	var s Status
+	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out.String())
+	}
+	if len(s.Images) != 4 || !s.Images[0].Present || !strings.HasPrefix(s.Images[0].Digest, "sha256:") || !s.Images[1].Present {
+		t.Errorf("status --json images = %+v", s.Images)
+	}
+}
+
+func TestHostCommandsNeedHostpart(t *testing.T) {
+	err := run([]string{"status", "--hostpart", filepath.Join(t.TempDir(), "missing")}, nil, new(bytes.Buffer))
+	if err == nil || !strings.Contains(err.Error(), "--hostpart") {
+		t.Errorf("status with a missing --hostpart = %v, want an error naming it", err)
+	}
+}

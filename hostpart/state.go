@@ -1,0 +1,367 @@
+package hostpart
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hnboot/hnboot/initramfs/rotate"
+)
+
+// Slot names, as the agent, the server and `imaged status` call the files.
+const (
+	SlotCurrent = "current"
+	SlotOld     = "old"
+	SlotNew     = "new"
+	SlotBroken  = "broken"
+)
+
+// Slots maps each slot to its file on hostpart, in display order.
+var Slots = []struct{ Slot, File string }{
+	{SlotCurrent, rotate.Current},
+	{SlotOld, rotate.Old},
+	{SlotNew, rotate.New},
+	{SlotBroken, rotate.Broken},
+}
+
+// StateDir is the init's and the agent's directory on hostpart.
+const StateDir = ".hnboot"
+
+// Image is one image file on hostpart.
+type Image struct {
+	Slot    string    `json:"slot"`
+	File    string    `json:"file"`
+	Present bool      `json:"present"`
+	Size    int64     `json:"size,omitempty"`
+	ModTime time.Time `json:"mtime,omitzero"`
+	Digest  string    `json:"digest,omitempty"` // sha256:<hex>; empty when absent or not hashed
+	Name    string    `json:"name,omitempty"`   // from .hnboot/images/<hex>.json, when the image was staged with one
+	Version string    `json:"version,omitempty"`
+	Inode   uint64    `json:"inode,omitempty"`
+}
+
+// Label is "name version", or the short digest.
+func (im Image) Label() string {
+	switch {
+	case im.Name != "" && im.Version != "":
+		return im.Name + " " + im.Version
+	case im.Name != "":
+		return im.Name
+	}
+	return Short(im.Digest)
+}
+
+// Part is a download in progress (*.img.part).
+type Part struct {
+	File string `json:"file"`
+	Size int64  `json:"size"`
+}
+
+// State is what is on a hostpart.
+type State struct {
+	Dir           string  `json:"hostpart"`
+	Images        []Image `json:"images"`             // always the four slots, in Slots order
+	Rejected      *Image  `json:"rejected,omitempty"` // hn-root-new.img.rejected
+	Trial         bool    `json:"trial"`
+	TriesLeft     int     `json:"tries_left"`
+	TrialProblem  string  `json:"trial_problem,omitempty"` // hn-root.trial unreadable
+	RevertPending bool    `json:"revert_pending"`          // system-revert present
+	Parts         []Part  `json:"parts,omitempty"`
+	Boots         []Boot  `json:"boots,omitempty"` // newest first
+}
+
+// Slot returns the image in slot (current, old, new, broken).
+func (s State) Slot(slot string) Image {
+	for _, im := range s.Images {
+		if im.Slot == slot {
+			return im
+		}
+	}
+	return Image{Slot: slot}
+}
+
+// Digests are the four slots' digests by slot name.
+func (s State) Digests() map[string]string {
+	m := map[string]string{}
+	for _, im := range s.Images {
+		m[im.Slot] = im.Digest
+	}
+	return m
+}
+
+// ReadOptions control Read.
+type ReadOptions struct {
+	// Hash computes digests missing from the cache (a multi-GiB image takes
+	// a while); without it such digests stay empty.
+	Hash bool
+	// Boots is how many boot logs to read (0: none).
+	Boots int
+}
+
+// Read looks at the hostpart in dir. Digests come from the cache in
+// .hnboot/digests, keyed by inode, size and modification time (images are
+// never written in place, and the init's renames and links keep all
+// three), and are hashed and cached when missing if o.Hash.
+func Read(dir string, o ReadOptions) (State, error) {
+	st := State{Dir: dir}
+	cache := LoadCache(dir)
+	for _, s := range Slots {
+		im, err := readImage(dir, s.Slot, s.File, cache, o.Hash)
+		if err != nil {
+			return st, err
+		}
+		st.Images = append(st.Images, im)
+	}
+	if im, err := readImage(dir, "rejected", rotate.Rejected, cache, o.Hash); err != nil {
+		return st, err
+	} else if im.Present {
+		st.Rejected = &im
+	}
+	if cache.dirty {
+		if err := cache.Save(dir); err != nil {
+			return st, err
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, rotate.Trial))
+	switch {
+	case err == nil:
+		st.Trial = true
+		n, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+		if perr != nil {
+			st.TrialProblem = fmt.Sprintf("%s holds %q, not a number: the next boot reverts", rotate.Trial, strings.TrimSpace(string(b)))
+		}
+		st.TriesLeft = n
+	case !errors.Is(err, os.ErrNotExist):
+		return st, err
+	}
+	if _, err := os.Lstat(filepath.Join(dir, rotate.RevertTrigger)); err == nil {
+		st.RevertPending = true
+	}
+	parts, _ := filepath.Glob(filepath.Join(dir, "*.img.part"))
+	for _, p := range parts {
+		if fi, err := os.Stat(p); err == nil {
+			st.Parts = append(st.Parts, Part{File: filepath.Base(p), Size: fi.Size()})
+		}
+	}
+	if o.Boots > 0 {
+		st.Boots = ReadBoots(dir, o.Boots)
+	}
+	return st, nil
+}
+
+func readImage(dir, slot, file string, cache *Cache, hash bool) (Image, error) {
+	im := Image{Slot: slot, File: file}
+	p := filepath.Join(dir, file)
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return im, nil
+	}
+	if err != nil {
+		return im, err
+	}
+	im.Present, im.Size, im.ModTime = true, fi.Size(), fi.ModTime()
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		im.Inode = sys.Ino
+	}
+	im.Digest = cache.Lookup(file, fi)
+	if im.Digest == "" && hash {
+		d, err := FileDigest(p)
+		if err != nil {
+			return im, err
+		}
+		im.Digest = d
+		cache.Put(file, fi, d)
+	}
+	if m, ok := ReadMeta(dir, im.Digest); ok {
+		im.Name, im.Version = m.Name, m.Version
+	}
+	return im, nil
+}
+
+// FileDigest is "sha256:<hex>" of a file's content.
+func FileDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Short is the first 12 hex digits of a digest, for tables and logs.
+func Short(digest string) string {
+	s := strings.TrimPrefix(digest, "sha256:")
+	if len(s) > 12 {
+		s = s[:12]
+	}
+	return s
+}
+
+// ValidDigest reports whether s is "sha256:" and 64 lowercase hex digits.
+func ValidDigest(s string) bool {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	if !ok || len(h) != 64 {
+		return false
+	}
+	for _, c := range h {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// CacheFile holds the digest cache, relative to hostpart.
+const CacheFile = StateDir + "/digests"
+
+type cacheEntry struct {
+	File    string `json:"file"` // where it was last seen, for a reader; not part of the key
+	Inode   uint64 `json:"inode"`
+	Size    int64  `json:"size"`
+	MtimeNS int64  `json:"mtime_ns"`
+	Digest  string `json:"digest"`
+}
+
+// Cache maps (inode, size, mtime) of image files to their digests.
+type Cache struct {
+	entries []cacheEntry
+	used    map[int]bool
+	dirty   bool
+}
+
+// LoadCache reads the cache; a missing or unreadable one is empty.
+func LoadCache(dir string) *Cache {
+	c := &Cache{used: map[int]bool{}}
+	b, err := os.ReadFile(filepath.Join(dir, CacheFile))
+	if err == nil && json.Unmarshal(b, &c.entries) != nil {
+		c.entries = nil
+	}
+	return c
+}
+
+func key(fi os.FileInfo) (ino uint64, ok bool) {
+	sys, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return sys.Ino, true
+}
+
+// Lookup returns the cached digest of the file fi describes, or "".
+func (c *Cache) Lookup(file string, fi os.FileInfo) string {
+	ino, ok := key(fi)
+	if !ok {
+		return ""
+	}
+	for i, e := range c.entries {
+		if e.Inode == ino && e.Size == fi.Size() && e.MtimeNS == fi.ModTime().UnixNano() && ValidDigest(e.Digest) {
+			c.used[i] = true
+			if e.File != file {
+				c.entries[i].File = file
+				c.dirty = true
+			}
+			return e.Digest
+		}
+	}
+	return ""
+}
+
+// Put records a digest computed (or verified while downloading) for fi.
+func (c *Cache) Put(file string, fi os.FileInfo, digest string) {
+	ino, ok := key(fi)
+	if !ok {
+		return
+	}
+	c.entries = append(c.entries, cacheEntry{File: file, Inode: ino, Size: fi.Size(), MtimeNS: fi.ModTime().UnixNano(), Digest: digest})
+	c.used[len(c.entries)-1] = true
+	c.dirty = true
+}
+
+// Save writes the entries looked up or added since LoadCache (entries of
+// files that are gone drop out), atomically.
+func (c *Cache) Save(dir string) error {
+	var keep []cacheEntry
+	for i, e := range c.entries {
+		if c.used[i] {
+			keep = append(keep, e)
+		}
+	}
+	sort.Slice(keep, func(i, j int) bool { return keep[i].File < keep[j].File })
+	b, err := json.MarshalIndent(keep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return rotate.OSFS(dir).WriteFile(CacheFile, append(b, '\n'))
+}
+
+// Remember adds the digest of the file at hostpart/file to the cache, for
+// a writer that just verified it (the agent after a download).
+func Remember(dir, file, digest string) error {
+	fi, err := os.Stat(filepath.Join(dir, file))
+	if err != nil {
+		return err
+	}
+	c := LoadCache(dir)
+	for i := range c.entries {
+		c.used[i] = true
+	}
+	if c.Lookup(file, fi) == digest {
+		return nil
+	}
+	c.Put(file, fi, digest)
+	return c.Save(dir)
+}
+
+// Meta is what the agent knows about an image it staged: the server's
+// name and version for a digest. Kept in .hnboot/images/<hex>.json so the
+// name follows the image through the init's renames.
+type Meta struct {
+	Digest  string    `json:"digest"`
+	Name    string    `json:"name,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Source  string    `json:"source,omitempty"` // URL or file it was staged from
+	Staged  time.Time `json:"staged,omitzero"`
+}
+
+func metaFile(digest string) string {
+	return StateDir + "/images/" + strings.TrimPrefix(digest, "sha256:") + ".json"
+}
+
+// ReadMeta returns the metadata recorded for digest, if any.
+func ReadMeta(dir, digest string) (Meta, bool) {
+	var m Meta
+	if !ValidDigest(digest) {
+		return m, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, metaFile(digest)))
+	if err != nil || json.Unmarshal(b, &m) != nil {
+		return m, false
+	}
+	return m, true
+}
+
+// WriteMeta records m (atomically).
+func WriteMeta(dir string, m Meta) error {
+	if !ValidDigest(m.Digest) {
+		return fmt.Errorf("hostpart: image metadata with bad digest %q", m.Digest)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return rotate.OSFS(dir).WriteFile(metaFile(m.Digest), append(b, '\n'))
+}
