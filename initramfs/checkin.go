@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,7 +11,6 @@ import (
 	"io"
 	stdlog "log"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -88,21 +86,13 @@ func (b *boot) checkin(res rotate.Result) {
 	rep.MAC = mac
 	body, _ := json.Marshal(rep)
 	url := strings.TrimRight(b.cfg.Server, "/") + "/checkin"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		b.log.Warn("check-in: bad hn.server URL", "url", url, "err", err)
-		return
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	code, err := postJSON(ctx, url, body)
 	if err != nil {
 		b.log.Warn("check-in failed (boot continues)", "url", url, "err", err, "took", time.Since(start).Round(time.Millisecond))
 		return
 	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		b.log.Warn("check-in refused (boot continues)", "url", url, "status", resp.Status)
+	if code/100 != 2 {
+		b.log.Warn("check-in refused (boot continues)", "url", url, "status", code)
 		return
 	}
 	b.log.Info("checked in", "server", b.cfg.Server, "mac", mac, "interface", ifname,

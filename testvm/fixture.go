@@ -91,7 +91,7 @@ func Build(ctx context.Context, dir string, log io.Writer) (*Fixture, error) {
 		Init:      filepath.Join(dir, "bin", "hninit"),
 		MkImage:   filepath.Join(dir, "bin", "mkimage"),
 		Imaged:    filepath.Join(dir, "bin", "imaged"),
-		Initramfs: filepath.Join(dir, "initramfs.cpio.gz"),
+		Initramfs: filepath.Join(dir, "initramfs.cpio.zst"),
 		Log:       log,
 	}
 	for out, pkg := range map[string]string{f.Init: "./initramfs", f.MkImage: "./cmd/mkimage", f.Imaged: "./cmd/imaged"} {

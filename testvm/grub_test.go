@@ -80,7 +80,7 @@ func grubImages(t *testing.T) *Fixture {
 			grubErr = fmt.Errorf("the second kernel %s is the test kernel's release: fetch another one (%s)", altRelease, altKernelHint)
 			return
 		}
-		altInitramfs := filepath.Join(f.Dir, "initramfs-alt.cpio.gz")
+		altInitramfs := filepath.Join(f.Dir, "initramfs-alt.cpio.zst")
 		if err := f.Run(ctx, "initramfs", "--kernel-modules", filepath.Join(AltKernelDir(), "lib", "modules", altRelease), "--init", f.Init, "--out", altInitramfs); err != nil {
 			grubErr = err
 			return

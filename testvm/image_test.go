@@ -38,7 +38,7 @@ func trustFixture(t *testing.T) signedFixture {
 		}
 		key := filepath.Join(dir, "fleet.key")
 		signedFx = signedFixture{
-			initramfs: filepath.Join(dir, "initramfs-trusted.cpio.gz"),
+			initramfs: filepath.Join(dir, "initramfs-trusted.cpio.zst"),
 			signedB:   filepath.Join(dir, "B-signed.img"),
 			unsigned:  images["B"] + ".json",
 		}

@@ -15,7 +15,7 @@ import (
 
 const initramfsHelp = `Usage: mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b,...] [--trust KEY.pub]
 
-Builds a gzip-compressed newc cpio initramfs holding:
+Builds a zstd-compressed newc cpio initramfs holding:
   /init                         the hnboot init (--init; default: hninit beside mkimage)
   /bin/busybox, /bin/sh         the rescue shell (--busybox; default /bin/busybox if present)
   /dev /proc /sys /run /tmp /newroot

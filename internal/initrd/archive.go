@@ -1,4 +1,4 @@
-// Package initrd writes hnboot's initramfs: a gzip-compressed newc cpio
+// Package initrd writes hnboot's initramfs: a zstd-compressed newc cpio
 // archive with the init, a busybox for the rescue shell and the kernel
 // modules the init loads, with a generated modules.dep.
 package initrd

@@ -3,10 +3,10 @@ package initrd
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"debug/elf"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/zstd"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -136,11 +136,14 @@ func Build(o Options) (res *Result, err error) {
 	}()
 	bw := bufio.NewWriterSize(f, 1<<20)
 	cc := &counter{w: bw}
-	gz, err := gzip.NewWriterLevel(cc, gzip.DefaultCompression)
+	// zstd rather than gzip: at its best level the archive is ~15% smaller,
+	// and the kernel (CONFIG_RD_ZSTD, Debian's default) unpacks it faster,
+	// which is boot time. A single-threaded encoder keeps it reproducible.
+	zw, err := zstd.NewWriter(cc, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
-	uc := &counter{w: gz}
+	uc := &counter{w: zw}
 	a := NewArchive(uc, o.MTime)
 
 	if err := writeContents(a, o, initBin, busybox, ix, set, res); err != nil {
@@ -149,8 +152,8 @@ func Build(o Options) (res *Result, err error) {
 	if err := a.Close(); err != nil {
 		return nil, fmt.Errorf("initramfs %s: %w", tmp, err)
 	}
-	if err := gz.Close(); err != nil {
-		return nil, fmt.Errorf("initramfs %s: gzip: %w", tmp, err)
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("initramfs %s: zstd: %w", tmp, err)
 	}
 	if err := bw.Flush(); err != nil {
 		return nil, fmt.Errorf("initramfs: write %s: %w", tmp, err)

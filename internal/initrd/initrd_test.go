@@ -2,7 +2,7 @@ package initrd
 
 import (
 	"bytes"
-	"compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
 	"path"
@@ -43,11 +43,12 @@ func readArchive(t *testing.T, p string) map[string]entry {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	gz, err := gzip.NewReader(f)
+	zr, err := zstd.NewReader(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := cpio.NewReader(gz)
+	defer zr.Close()
+	r := cpio.NewReader(zr)
 	out := map[string]entry{}
 	for {
 		h, err := r.Next()

@@ -6,9 +6,9 @@
 package main
 
 import (
-	"compress/gzip"
 	"context"
 	"fmt"
+	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
 	"path/filepath"
@@ -75,7 +75,7 @@ func run(out io.Writer) error {
 	if err := os.WriteFile(refScript, []byte(refInit), 0o755); err != nil {
 		return err
 	}
-	refInitrd := filepath.Join(dir, "ref-initramfs.cpio.gz")
+	refInitrd := filepath.Join(dir, "ref-initramfs.cpio.zst")
 	if err := f.Run(ctx, "initramfs", "--kernel-modules", f.ModDir, "--init", refScript, "--busybox", "/bin/busybox", "--out", refInitrd); err != nil {
 		return err
 	}
@@ -121,7 +121,7 @@ func run(out io.Writer) error {
 	row("kernel start -> switch_root (uptime)", med(hn, func(s sample) float64 { return s.switchRoot }), med(ref, func(s sample) float64 { return s.switchRoot }), "s")
 	row("init phase: /init start -> switch_root", med(hn, func(s sample) float64 { return s.switchRoot - s.start }), med(ref, func(s sample) float64 { return s.switchRoot - s.start }), "s")
 	row("QEMU start -> image's init done (wall)", med(hn, func(s sample) float64 { return s.wall }), med(ref, func(s sample) float64 { return s.wall }), "s")
-	row("initramfs size, gzip", float64(hnC)/(1<<20), float64(refC)/(1<<20), "MiB")
+	row("initramfs size, zstd", float64(hnC)/(1<<20), float64(refC)/(1<<20), "MiB")
 	row("initramfs size, uncompressed", float64(hnU)/(1<<20), float64(refU)/(1<<20), "MiB")
 	fmt.Fprintln(out, "\nThe hnboot init also checks GPT/EFI-BOOT, keeps a journal, fsyncs, and writes the host identity; the reference does none of that.")
 
@@ -234,10 +234,11 @@ func sizes(path string) (compressed, uncompressed int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	zr, err := gzip.NewReader(fh)
+	zr, err := zstd.NewReader(fh)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %w", path, err)
 	}
+	defer zr.Close()
 	n, err := io.Copy(io.Discard, zr)
 	return st.Size(), n, err
 }
