@@ -20,6 +20,7 @@ import (
 
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/pxe"
+	"github.com/hnboot/hnboot/supervisor"
 )
 
 const serveUsage = `usage: imaged serve --interface IF [flags]
@@ -58,6 +59,7 @@ type serveFlags struct {
 	allowUnknown                                                   bool
 	state, observed, tokens                                        string
 	openReads                                                      bool
+	services, serviceLogs                                          string
 	maxTFTP, blksize                                               int
 	logLevel                                                       string
 }
@@ -92,6 +94,8 @@ func runServe(args []string, stdout io.Writer) error {
 	fs.StringVar(&f.observed, "observed", "/var/lib/hnboot/fleet.db", "fleet mode: observed-state store")
 	fs.StringVar(&f.tokens, "tokens", "", `fleet mode: admin tokens file ("NAME TOKEN" lines)`)
 	fs.BoolVar(&f.openReads, "open-reads", false, "fleet mode: read-only API calls need no token")
+	fs.StringVar(&f.services, "services", "", "YAML file whose services: list imaged starts and keeps alive")
+	fs.StringVar(&f.serviceLogs, "service-logs", "/var/log/hnboot/services", "where supervised services' output is kept")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also logs ignored DHCP requests)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -108,7 +112,19 @@ func runServe(args []string, stdout io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	cfg, cleanup, runBG, err := serveConfig(&f, log)
+	// Fleet services are supervised beside the boot server; a crash-looping
+	// service backs off on its own and never takes the server down.
+	var sup *supervisor.Supervisor
+	if f.services != "" {
+		svcs, err := supervisor.LoadFile(f.services)
+		if err != nil {
+			return fmt.Errorf("serve: --services: %w", err)
+		}
+		if sup, err = supervisor.New(svcs, supervisor.Options{LogDir: f.serviceLogs, Logger: log}); err != nil {
+			return fmt.Errorf("serve: --services: %w", err)
+		}
+	}
+	cfg, cleanup, runBG, err := serveConfig(&f, log, sup)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -122,12 +138,21 @@ func runServe(args []string, stdout io.Writer) error {
 	if runBG != nil {
 		go runBG(ctx)
 	}
-	return srv.Run(ctx)
+	supDone := make(chan struct{})
+	if sup != nil {
+		go func() { sup.Run(ctx); close(supDone) }()
+	} else {
+		close(supDone)
+	}
+	err = srv.Run(ctx)
+	stop()
+	<-supDone // every child reaped before imaged exits
+	return err
 }
 
 // serveConfig turns flags into a pxe.Config: fleet mode with --state,
 // static mode otherwise.
-func serveConfig(f *serveFlags, log *slog.Logger) (pxe.Config, func(), func(context.Context), error) {
+func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context), error) {
 	cfg := pxe.Config{
 		Interface: f.iface, HTTPAddr: f.httpAddr, HTTPBase: f.httpBase,
 		TFTPRoot: f.tftpRoot, IPXEDir: f.ipxeDir, TFTPAddr: f.tftpAddr, CacheDir: f.cache,
@@ -154,7 +179,11 @@ func serveConfig(f *serveFlags, log *slog.Logger) (pxe.Config, func(), func(cont
 		if err := os.MkdirAll(filepath.Dir(f.observed), 0o755); err != nil {
 			return cfg, nop, nil, err
 		}
-		fl, err := fleet.New(fleet.Options{Dir: f.state, StatePath: f.observed, TokenFile: f.tokens, OpenReads: f.openReads, Logger: log})
+		opts := fleet.Options{Dir: f.state, StatePath: f.observed, TokenFile: f.tokens, OpenReads: f.openReads, Logger: log}
+		if sup != nil {
+			opts.Services = sup.Status
+		}
+		fl, err := fleet.New(opts)
 		if err != nil {
 			return cfg, nop, nil, err
 		}
