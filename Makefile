@@ -5,8 +5,11 @@ GOFLAGS_STATIC := CGO_ENABLED=0 GOAMD64=v1
 KERNEL_DIR ?= $(or $(HNBOOT_KERNEL_DIR),$(or $(HNBOOT_CACHE),/var/cache/hnboot)/kernel)
 # End-to-end tests boot QEMU under TCG: generous, and one package at a time.
 TEST_TIMEOUT ?= 60m
+# Each fuzz target's run in `make test`; `make fuzz FUZZTIME=10m` for a real one.
+FUZZTIME ?= 5s
+FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
 
-.PHONY: all build deps test unit e2e demo bench clean
+.PHONY: all build deps test unit e2e demo bench fuzz clean
 
 all: build
 
@@ -19,10 +22,18 @@ build:
 deps:
 	scripts/deps.sh
 
-# Everything: vet, unit tests, then the QEMU end-to-end tests.
+# Everything: vet, unit tests, the QEMU end-to-end tests, a short fuzz run.
 test: build
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+# The DHCP handler, TFTP file names and HTTP paths, from the seeds in pxe/testdata.
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$t for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./pxe || exit 1; \
+	done
 
 unit:
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v /testvm)
@@ -34,8 +45,11 @@ e2e: build
 demo: build
 	$(GO) run ./testvm/demo
 
+# Speed tables, each side by side with the reference tool.
 bench: build
 	$(GO) run ./testvm/bench
+	$(GO) run ./testvm/benchrootfs
+	$(GO) run ./testvm/benchpxe
 
 clean:
 	rm -rf $(BIN) out

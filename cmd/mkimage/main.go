@@ -62,7 +62,9 @@ Usage:
   mkimage keygen    --out KEY
   mkimage verify    [--key KEY.pub] IMAGE
   mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
+                    [--trust KEY.pub]
   mkimage disk      --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M]
+                    [--boot both|uefi|bios|none]
   mkimage version
 
 Run "mkimage COMMAND --help" for the flags and examples of a command.
