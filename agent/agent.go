@@ -32,9 +32,9 @@ type Agent struct {
 	Hostname string
 	Config   Config
 	Policy   Policy
-	Prober   Prober                          // nil: SystemProber
-	Reboot   func() error                    // nil: SystemReboot(Config.RebootCommand)
-	Verify   func(path, digest string) error // signature check of a download, may be nil
+	Prober   Prober       // nil: SystemProber
+	Reboot   func() error // nil: SystemReboot(Config.RebootCommand)
+	Keys     Keys         // staged images must have a manifest signed by one (see Request.Keys)
 	System   System
 	Log      *slog.Logger
 	Services *supervisor.Supervisor // may be nil
@@ -340,7 +340,7 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 	go func() {
 		res, err := Stage(ctx, a.Dir, Request{
 			Source: HTTPSource{URL: url}, Digest: img.Digest, Size: img.Size,
-			Name: img.Name, Version: img.Version, Force: des.Force, Verify: a.Verify, Log: a.Log,
+			Name: img.Name, Version: img.Version, Force: des.Force, Keys: a.Keys, Log: a.Log,
 			Progress: func(done, total int64) {
 				a.mu.Lock()
 				a.staging.Done, a.staging.Total = done, total
@@ -359,7 +359,8 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 			r.n++
 			backoff := a.Config.Interval << min(r.n-1, 6)
 			var de *DigestError
-			if !errors.As(err, &de) {
+			var me *ManifestError
+			if !errors.As(err, &de) && !errors.As(err, &me) {
 				backoff = a.Config.Interval // a cut connection: resume at the next round
 			}
 			r.next = time.Now().Add(backoff)

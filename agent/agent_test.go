@@ -222,3 +222,58 @@ func TestReportDecodesOnBothReceivers(t *testing.T) {
 		t.Errorf("pxe/checkin read %+v", pr)
 	}
 }
+
+// The agent fetches the manifest beside the blob; with a trusted key a
+// missing or unsigned one is reported like a corrupt download.
+func TestAgentStagesManifest(t *testing.T) {
+	imgA, _ := testImage(t, 4000)
+	imgB, dB := testImage(t, 6000)
+	k := newKey(t)
+	for _, tc := range []struct {
+		name     string
+		manifest []byte // nil: none on the server
+		keys     Keys
+		state    string // staging state reported
+		errHas   string
+	}{
+		{"signed", signedManifest(t, imgB, k), keysOf(k), "staged", ""},
+		{"unsigned with key", signedManifest(t, imgB, nil), keysOf(k), "failed", "not signed"},
+		{"none with key", nil, keysOf(k), "failed", "signed manifest is required"},
+		{"none without key", nil, Keys{}, "staged", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, rotate.Current), imgA, 0o644)
+			srv := newFakeFleet(t)
+			srv.blobs[dB] = imgB
+			if tc.manifest != nil {
+				srv.blobs[dB+".json"] = tc.manifest
+			}
+			a := &Agent{Dir: dir, Server: &HTTPServer{Base: srv.URL}, MAC: "52:54:00:12:34:56", Config: Config{Interval: time.Hour},
+				Keys: tc.keys, Reboot: func() error { return nil }, Log: slog.New(slog.DiscardHandler),
+				retry: map[string]retryAt{dB: {n: 1}}} // failed once before, retry due
+			srv.set(Desired{Image: DesiredImage{Name: "B", Version: "2", Digest: dB, Size: int64(len(imgB))}})
+			a.Tick(context.Background())
+			waitFor(t, "staging done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
+			a.Tick(context.Background())
+			rep := srv.last()
+			if rep.Staging == nil || rep.Staging.State != tc.state || !strings.Contains(rep.Staging.Error, tc.errHas) {
+				t.Fatalf("staging = %+v, want state %s, error containing %q", rep.Staging, tc.state, tc.errHas)
+			}
+			if staged := exists(dir, rotate.New); staged != (tc.state == "staged") {
+				t.Errorf("%s staged = %v, want %v", rotate.New, staged, tc.state == "staged")
+			}
+			if got, want := exists(dir, NewManifest), tc.state == "staged" && tc.manifest != nil; got != want {
+				t.Errorf("%s present = %v, want %v", NewManifest, got, want)
+			}
+			if tc.state == "failed" {
+				a.mu.Lock()
+				r := a.retry[dB]
+				a.mu.Unlock()
+				if time.Until(r.next) < 90*time.Minute {
+					t.Errorf("second retry of a refused manifest in %v, want the corrupt-download back-off (2 intervals), not the next round", time.Until(r.next).Round(time.Second))
+				}
+			}
+		})
+	}
+}

@@ -25,6 +25,9 @@ const DefaultConfigFile = "/etc/hnboot/agent.yaml"
 //	reboot_command: [systemctl, reboot]  # optional
 //	hostpart: /hostpart                  # optional; found by itself otherwise
 //	mac: 52:54:00:12:34:56               # optional; first Ethernet NIC otherwise
+//	public_key: /etc/hnboot/fleet.key.pub # staged images must be signed by it (or
+//	trusted_keys: [/etc/hnboot/old.pub]   # one of these); a KEY.pub file or its line.
+//	                                      # hostpart/.hnboot/trusted.pub counts too
 //	health:                              # checks before a trial boot is confirmed
 //	  units: [sshd.service]
 //	  commands: [{name: app, command: [/usr/local/bin/app-ok], timeout: 10s}]
@@ -41,6 +44,8 @@ type Config struct {
 	RebootCommand []string      `yaml:"reboot_command"`
 	Hostpart      string        `yaml:"hostpart"`
 	MAC           string        `yaml:"mac"`
+	PublicKey     string        `yaml:"public_key"`
+	TrustedKeys   []string      `yaml:"trusted_keys"`
 	Health        Checks        `yaml:"health"`
 	LogDir        string        `yaml:"log_dir"` // services' logs; default /var/log/hnboot
 

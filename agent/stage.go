@@ -20,6 +20,7 @@ import (
 
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/manifest"
 )
 
 // Names used while staging, relative to hostpart.
@@ -50,9 +51,10 @@ type Request struct {
 	Name    string // for .hnboot/images/<hex>.json and messages
 	Version string
 	Force   bool // stage a digest in the failure memory anyway
-	// Verify, when set, checks the complete download before it is
-	// renamed (signature over a manifest). path is the .part file.
-	Verify   func(path, digest string) error
+	// Keys, with hostpart's .hnboot/trusted.pub, are the keys the image's
+	// manifest must be signed with. With none, a manifest is staged when
+	// the source has one (and must match the image), but not required.
+	Keys     Keys
 	Progress func(done, total int64) // may be nil
 	Reserve  int64                   // free space to leave; 0 means DefaultReserve
 	Log      *slog.Logger
@@ -64,6 +66,9 @@ type Result struct {
 	Size       int64  `json:"size"`
 	Reused     int64  `json:"reused"`     // bytes of an earlier interrupted download kept
 	Downloaded int64  `json:"downloaded"` // bytes received this time
+	// Manifest says what was staged as hn-root-new.img.json: "signed,
+	// key ID", "unsigned", ... or "" (the source has none).
+	Manifest string `json:"manifest,omitempty"`
 	// Already is "current" or "new" when nothing was done because the
 	// image already is in that slot.
 	Already string `json:"already,omitempty"`
@@ -95,9 +100,16 @@ type staging struct {
 
 // Stage downloads or copies an image into hn-root-new.img.part (resuming a
 // download of the same digest left by an interrupted run), verifies its
-// sha256 (and Verify), fsyncs it and renames it to hn-root-new.img, with
-// the directory fsynced. hn-root-new.img is never partial: it appears
-// complete or not at all.
+// sha256, fsyncs it and renames it to hn-root-new.img, with the directory
+// fsynced. hn-root-new.img is never partial: it appears complete or not at
+// all.
+//
+// The source's manifest (ManifestSource; URL.json, FILE.json) is fetched
+// first and, with trusted keys (req.Keys, .hnboot/trusted.pub), required
+// and its signature checked before anything is downloaded. It must name
+// the image's sha256 and size, and is written as hn-root-new.img.json
+// (durably) before the image is renamed into place, so the init never
+// sees a staged image without it.
 func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	log := req.Log
 	if log == nil {
@@ -136,6 +148,15 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 		return res, err
 	}
 	defer unlock()
+
+	keys, err := trusted(dir, req.Keys)
+	if err != nil {
+		return res, err
+	}
+	man, manBytes, err := fetchManifest(ctx, req, keys)
+	if err != nil {
+		return res, err
+	}
 
 	fsys := rotate.OSFS(dir)
 	partPath := filepath.Join(dir, PartFile)
@@ -239,17 +260,43 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 			return res, nil
 		}
 	}
+	if man != nil {
+		name := req.Source.String() + manifest.Suffix
+		if ms, ok := req.Source.(ManifestSource); ok {
+			name = ms.ManifestName()
+		}
+		if err := checkManifest(man, name, got, done); err != nil {
+			discard()
+			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", hostpart.Short(got), req.Source, err, PartFile)
+		}
+		switch {
+		case len(keys.Keys) > 0:
+			res.Manifest = "signed, key " + man.KeyID
+		case man.Signature != "":
+			res.Manifest = "signed by key " + man.KeyID + ", not checked: no trusted key"
+		default:
+			res.Manifest = "unsigned"
+		}
+	}
 	if err := part.Sync(); err != nil {
 		return res, fmt.Errorf("stage: fsync %s: %w", partPath, err)
 	}
-	if req.Verify != nil {
-		if err := req.Verify(partPath, got); err != nil {
-			discard()
-			return res, fmt.Errorf("stage: %s from %s does not verify: %w; removed %s, nothing staged", hostpart.Short(got), req.Source, err, PartFile)
-		}
-	}
 	if err := part.Close(); err != nil {
 		return res, fmt.Errorf("stage: close %s: %w", partPath, err)
+	}
+	// An earlier staged image goes first, so no manifest ever sits beside
+	// an image it does not describe; then the manifest (or a stale one
+	// goes), so the init never sees the new image without it.
+	if err := fsys.Remove(rotate.New); err != nil {
+		return res, fmt.Errorf("stage: replace the staged image: %w", err)
+	}
+	if manBytes != nil {
+		err = fsys.WriteFile(NewManifest, manBytes)
+	} else {
+		err = fsys.Remove(NewManifest)
+	}
+	if err != nil {
+		return res, fmt.Errorf("stage: %s: %w", NewManifest, err)
 	}
 	if err := fsys.Rename(PartFile, rotate.New); err != nil {
 		return res, fmt.Errorf("stage: %w", err)
@@ -261,7 +308,7 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	if err := hostpart.WriteMeta(dir, hostpart.Meta{Digest: got, Name: req.Name, Version: req.Version, Source: req.Source.String(), Staged: time.Now()}); err != nil {
 		log.Warn("stage: cannot record image metadata", "err", err)
 	}
-	log.Info("stage: staged", "file", rotate.New, "digest", got, "size", done, "reused", have, "downloaded", n)
+	log.Info("stage: staged", "file", rotate.New, "digest", got, "size", done, "reused", have, "downloaded", n, "manifest", res.Manifest)
 	return res, nil
 }
 
@@ -280,9 +327,14 @@ func checkRefused(failed Failed, digest string, force bool) error {
 	return fmt.Errorf("%w: %s is in %s (%s%s); stage it anyway with imaged stage --force, or have the server send force", ErrRefused, digest, FailedFile, fl.Reason, when)
 }
 
-// Unstage removes hn-root-new.img (the server now wants the current image).
+// Unstage removes hn-root-new.img and then its manifest (the server now
+// wants the current image).
 func Unstage(dir string) error {
-	return rotate.OSFS(dir).Remove(rotate.New)
+	fsys := rotate.OSFS(dir)
+	if err := fsys.Remove(rotate.New); err != nil {
+		return err
+	}
+	return fsys.Remove(NewManifest)
 }
 
 func checkSpace(dir string, st hostpart.State, need int64, req Request) error {

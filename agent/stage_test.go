@@ -23,17 +23,29 @@ import (
 // counts the bytes it sends and can cut the first response short.
 type blobServer struct {
 	*httptest.Server
-	mu      sync.Mutex
-	data    []byte
-	served  int64
-	ranges  []string
-	cutAt   int64 // cut the next response after this many bytes (0: never)
-	corrupt bool
+	mu       sync.Mutex
+	data     []byte
+	served   int64
+	ranges   []string
+	cutAt    int64 // cut the next response after this many bytes (0: never)
+	corrupt  bool
+	manifest []byte // served at <any path>.json; nil: 404
 }
 
 func newBlobServer(t *testing.T, data []byte) *blobServer {
 	b := &blobServer{data: data}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".json") {
+			b.mu.Lock()
+			m := b.manifest
+			b.mu.Unlock()
+			if m == nil {
+				http.NotFound(w, r)
+				return
+			}
+			w.Write(m)
+			return
+		}
 		b.mu.Lock()
 		cut := b.cutAt
 		b.cutAt = 0

@@ -512,3 +512,48 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	})
 }
+
+// GET /api/hosts/{mac}/desired carries what package agent decodes: the
+// image with lower-case keys and its size, and the failed digests of the
+// host's last check-in (minus the image it runs).
+func TestDesiredForAgent(t *testing.T) {
+	e := newEnv(t, false)
+	os.MkdirAll(filepath.Join(e.dir, "images"), 0o755)
+	writeFile(t, filepath.Join(e.dir, "images", "base-1.2.img"), strings.Repeat("x", 12345))
+	d9 := "sha256:" + strings.Repeat("9", 64)
+	if code, b := e.call(t, "POST", "/api/checkin", "", json.RawMessage(`{"mac":"52:54:00:00:00:10","source":"agent","images":{"current":"`+d12+`"},"failed_digests":["`+d9+`","`+d12+`"]}`)); code != 200 {
+		t.Fatalf("POST /api/checkin = %d %s", code, b)
+	}
+	for _, c := range []struct {
+		mac    string
+		image  string // the image object, keys sorted
+		failed string
+	}{
+		// web-01: base@1.2, its file in the state directory
+		{"52:54:00:00:00:01", `{"digest":"` + d12 + `","name":"base","size":12345,"version":"1.2"}`, ""},
+		// db-01: base@1.3, not on this server; it failed d9 and runs d12
+		{"52:54:00:00:00:10", `{"digest":"` + d13 + `","name":"base","version":"1.3"}`, d9},
+	} {
+		code, b := e.call(t, "GET", "/api/hosts/"+c.mac+"/desired", "", nil)
+		if code != 200 {
+			t.Fatalf("GET desired %s = %d %s", c.mac, code, b)
+		}
+		var got struct {
+			Image         map[string]any  `json:"image"`
+			Force         json.RawMessage `json:"force"`
+			FailedDigests []string        `json:"failed_digests"`
+		}
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if img, _ := json.Marshal(got.Image); string(img) != c.image {
+			t.Errorf("GET desired %s image = %s, want %s", c.mac, img, c.image)
+		}
+		if f := strings.Join(got.FailedDigests, ","); f != c.failed {
+			t.Errorf("GET desired %s failed_digests = %q, want %q", c.mac, f, c.failed)
+		}
+		if got.Force != nil {
+			t.Errorf("GET desired %s force = %s, want absent (nothing sets it)", c.mac, got.Force)
+		}
+	}
+}

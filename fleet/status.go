@@ -3,6 +3,7 @@ package fleet
 import (
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -124,14 +125,28 @@ func (f *Fleet) Status() Status {
 	return st
 }
 
-// DesiredHost is what GET /api/hosts/{mac}/desired tells a host's agent.
+// DesiredHost is what GET /api/hosts/{mac}/desired tells a host's agent
+// (package agent decodes it as agent.Desired).
 type DesiredHost struct {
-	MAC      string   `json:"mac"`
-	Hostname string   `json:"hostname"`
-	Image    ImageRef `json:"image"`  // Path is the server's; fetch by digest
-	Source   string   `json:"source"` // why this image
-	Revert   string   `json:"revert,omitempty"`
-	Network  Network  `json:"network"`
+	MAC      string       `json:"mac"`
+	Hostname string       `json:"hostname"`
+	Image    DesiredImage `json:"image"`
+	Source   string       `json:"source"` // why this image
+	Revert   string       `json:"revert,omitempty"`
+	Network  Network      `json:"network"`
+	// Force stages Image even if the host remembers it as failed. No API
+	// sets it yet: a host refuses a failed image until imaged stage --force.
+	Force bool `json:"force,omitempty"`
+	// FailedDigests are the digests the host reported as failed in its
+	// last check-in, except the one it now runs (confirmed or forced back).
+	FailedDigests []string `json:"failed_digests,omitempty"`
+}
+
+// DesiredImage is the assigned image as a host sees it: fetched by digest
+// from /blobs/<digest> (and its manifest from /blobs/<digest>.json).
+type DesiredImage struct {
+	ImageRef       // Path is always empty: it is the server's
+	Size     int64 `json:"size,omitempty"` // bytes, when the server can stat the file
 }
 
 // DesiredFor returns what the host with that MAC should run.
@@ -143,11 +158,26 @@ func (f *Fleet) DesiredFor(mac net.HardwareAddr) (DesiredHost, bool) {
 	}
 	dh := DesiredHost{MAC: mac.String(), Hostname: rh.host.Hostname, Source: rh.source, Network: s.desired.EffectiveNetwork(rh.host)}
 	if rh.image != nil {
-		dh.Image = rh.image.ImageRef()
+		dh.Image.ImageRef = rh.image.ImageRef()
 		dh.Image.Path = ""
+		if fi, err := os.Stat(rh.image.Path); err == nil && fi.Mode().IsRegular() {
+			dh.Image.Size = fi.Size()
+		}
 	}
 	if rh.revert != nil {
 		dh.Revert = rh.revert.ID
+	}
+	var c Checkin
+	if ok, _ := f.store.Get(keyObserved+dh.MAC, &c); ok {
+		cur := c.Images.Current
+		if cur == "" {
+			cur = c.Booted
+		}
+		for _, d := range c.FailedDigests {
+			if d != cur {
+				dh.FailedDigests = append(dh.FailedDigests, d)
+			}
+		}
 	}
 	return dh, true
 }

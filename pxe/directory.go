@@ -23,7 +23,12 @@ type HostBoot struct {
 }
 
 // ImageRef names an image and where the server keeps it.
-type ImageRef struct{ Name, Version, Digest, Path string }
+type ImageRef struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Digest  string `json:"digest"`         // sha256:<hex>
+	Path    string `json:"path,omitempty"` // the server's file; never sent to hosts
+}
 
 // Directory answers which image a MAC boots. The fleet package implements
 // it from its desired state; StaticDirectory is a map for tests and quick

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/pxe/checkin"
 )
 
@@ -31,6 +32,7 @@ type HTTPConfig struct {
 //	GET  /images/{digest}/vmlinuz    kernel of the image, from its /boot
 //	GET  /images/{digest}/initramfs  initramfs of the image
 //	GET  /blobs/{digest}             the image file itself (Range, ETag)
+//	GET  /blobs/{digest}.json        its manifest (IMAGE.json beside the image), 404 if none
 //	GET  /ipxe/{file}                iPXE binaries (UEFI HTTP boot)
 //	POST /checkin                    a host's report (checkin.Report JSON)
 //
@@ -207,12 +209,30 @@ func (h *HTTPHandler) bootFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *HTTPHandler) blob(w http.ResponseWriter, r *http.Request) {
-	im, ok := h.image(r.PathValue("digest"))
+	digest, isManifest := strings.CutSuffix(r.PathValue("digest"), manifest.Suffix)
+	im, ok := h.image(digest)
 	if !ok {
 		fail(w, http.StatusNotFound, "no such image")
 		return
 	}
-	h.serveFile(w, r, im.Path, `"`+im.Digest+`"`)
+	if !isManifest {
+		h.serveFile(w, r, im.Path, `"`+im.Digest+`"`)
+		return
+	}
+	// The manifest of a digest never changes either: a new build has a
+	// new digest. Its path comes from the directory, not the request.
+	f, err := os.Open(im.Path + manifest.Suffix)
+	if errors.Is(err, os.ErrNotExist) {
+		fail(w, http.StatusNotFound, "no manifest for "+im.Digest+" (publish IMAGE.json from mkimage rootfs beside the image)")
+		return
+	}
+	if err != nil {
+		h.log.Error("http: open", "path", im.Path+manifest.Suffix, "err", err)
+		fail(w, http.StatusInternalServerError, "cannot open manifest")
+		return
+	}
+	defer f.Close()
+	h.serveOpen(w, r, f, `"`+im.Digest+manifest.Suffix+`"`, "application/json")
 }
 
 // serveFile serves an immutable file: ETag, Range, long-lived caching.
@@ -224,6 +244,10 @@ func (h *HTTPHandler) serveFile(w http.ResponseWriter, r *http.Request, path, et
 		return
 	}
 	defer f.Close()
+	h.serveOpen(w, r, f, etag, "application/octet-stream")
+}
+
+func (h *HTTPHandler) serveOpen(w http.ResponseWriter, r *http.Request, f *os.File, etag, ctype string) {
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
 		fail(w, http.StatusInternalServerError, "not a regular file")
@@ -231,7 +255,7 @@ func (h *HTTPHandler) serveFile(w http.ResponseWriter, r *http.Request, path, et
 	}
 	w.Header().Set("ETag", etag)
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
-	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Type", ctype)
 	http.ServeContent(w, r, "", st.ModTime(), f)
 }
 

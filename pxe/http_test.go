@@ -204,3 +204,54 @@ func TestHTTPCheckin(t *testing.T) {
 	}
 	_ = io.Discard
 }
+
+func TestHTTPBlobManifest(t *testing.T) {
+	signed := testImage(t, "ext4")
+	body := `{"format":"hnboot-manifest-1","name":"root"}` + "\n"
+	os.WriteFile(signed.Path+".json", []byte(body), 0o644)
+	bare := testImage(t, "squashfs") // no manifest beside it
+	h, _, _ := testHandler(t, true, signed, bare)
+
+	for _, c := range []struct {
+		path  string
+		code  int
+		body  string
+		ctype string
+	}{
+		{"/blobs/" + signed.Digest + ".json", 200, body, "application/json"},
+		{"/blobs/" + signed.Digest, 200, "", "application/octet-stream"},
+		{"/blobs/" + bare.Digest + ".json", 404, "", ""},
+		{"/blobs/sha256:" + strings.Repeat("0", 64) + ".json", 404, "", ""},
+		{"/blobs/" + signed.Digest + ".json.json", 404, "", ""},
+		{"/blobs/.json", 404, "", ""},
+		{"/blobs/..%2fx.json", 404, "", ""},
+		{"/blobs/sha256:..%2f..%2fetc%2fpasswd.json", 404, "", ""},
+	} {
+		w := get(t, h, "GET", c.path, nil, "")
+		if w.Code != c.code {
+			t.Errorf("GET %s = %d %q, want %d", c.path, w.Code, w.Body, c.code)
+			continue
+		}
+		if strings.Contains(w.Body.String(), "root:") {
+			t.Errorf("GET %s served /etc/passwd", c.path)
+		}
+		if c.body != "" && w.Body.String() != c.body {
+			t.Errorf("GET %s body = %q, want %q", c.path, w.Body, c.body)
+		}
+		if got := w.Header().Get("Content-Type"); c.ctype != "" && got != c.ctype {
+			t.Errorf("GET %s Content-Type = %q, want %q", c.path, got, c.ctype)
+		}
+	}
+	p := "/blobs/" + signed.Digest + ".json"
+	w := get(t, h, "GET", p, nil, "")
+	etag := w.Header().Get("ETag")
+	if etag != `"`+signed.Digest+`.json"` {
+		t.Errorf("GET %s ETag = %s, want %q", p, etag, `"`+signed.Digest+`.json"`)
+	}
+	if got := w.Header().Get("Cache-Control"); !strings.Contains(got, "immutable") {
+		t.Errorf("GET %s Cache-Control = %q, want immutable", p, got)
+	}
+	if w := get(t, h, "GET", p, map[string]string{"If-None-Match": etag}, ""); w.Code != http.StatusNotModified {
+		t.Errorf("GET %s If-None-Match = %d, want 304", p, w.Code)
+	}
+}

@@ -85,11 +85,18 @@ func runAgent(args []string, stdout io.Writer) error {
 		}
 		token = strings.TrimSpace(string(b))
 	}
+	keys, err := agent.ReadKeys(append([]string{cfg.PublicKey}, cfg.TrustedKeys...)...)
+	if err != nil {
+		return fmt.Errorf("agent: public_key/trusted_keys in %s: %w", *config, err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	hostname, _ := os.Hostname()
 	a := &agent.Agent{
 		Dir: dir, Server: &agent.HTTPServer{Base: cfg.Server, Token: token},
-		MAC: cfg.MAC, Hostname: hostname, Config: cfg, Policy: policy, Log: log,
+		MAC: cfg.MAC, Hostname: hostname, Config: cfg, Policy: policy, Keys: keys, Log: log,
+	}
+	if len(keys.Keys) > 0 {
+		log.Info("agent: staged images must be signed", "trusted", keys.String())
 	}
 	if len(cfg.Services) > 0 {
 		sv, err := supervisor.New(cfg.Services, supervisor.Options{LogDir: cfg.LogDir, Logger: log})

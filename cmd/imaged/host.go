@@ -23,7 +23,7 @@ import (
 )
 
 const hostUsage = `usage: imaged status [--json] [--hostpart DIR]
-       imaged stage [--force] [--digest sha256:HEX] [--name N --version V] [--hostpart DIR] FILE|URL
+       imaged stage [--force] [--digest sha256:HEX] [--key KEY.pub] [--name N --version V] [--hostpart DIR] FILE|URL
        imaged revert [--hostpart DIR]
        imaged mark-good [--hostpart DIR]
 
@@ -39,6 +39,7 @@ func runHost(cmd string, args []string, stdout io.Writer) error {
 	jsonOut := new(bool)
 	force := new(bool)
 	digest, name, version := new(string), new(string), new(string)
+	var keys []string
 	switch cmd {
 	case "status":
 		jsonOut = fs.Bool("json", false, "print JSON for scripts")
@@ -47,6 +48,10 @@ func runHost(cmd string, args []string, stdout io.Writer) error {
 		digest = fs.String("digest", "", "expected sha256:<hex>; the download is refused if it differs (taken from a /blobs/sha256:... URL)")
 		name = fs.String("name", "", "image name, shown by imaged status")
 		version = fs.String("version", "", "image version, shown by imaged status")
+		fs.Func("key", "trusted public key (KEY.pub; repeatable): require FILE.json or URL.json signed by it (hostpart's .hnboot/trusted.pub is always trusted)", func(s string) error {
+			keys = append(keys, s)
+			return nil
+		})
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -69,7 +74,11 @@ func runHost(cmd string, args []string, stdout io.Writer) error {
 	case "status":
 		return hostStatus(dir, *jsonOut, stdout)
 	case "stage":
-		return hostStage(dir, fs.Arg(0), *digest, *name, *version, *force, stdout)
+		k, err := agent.ReadKeys(keys...)
+		if err != nil {
+			return fmt.Errorf("stage: --key: %w", err)
+		}
+		return hostStage(dir, fs.Arg(0), *digest, *name, *version, *force, k, stdout)
 	case "revert":
 		return hostRevert(dir, stdout)
 	default:
@@ -173,7 +182,7 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 
 var blobRE = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
 
-func hostStage(dir, src, digest, name, version string, force bool, stdout io.Writer) error {
+func hostStage(dir, src, digest, name, version string, force bool, keys agent.Keys, stdout io.Writer) error {
 	var source agent.Source
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
 		source = agent.HTTPSource{URL: src}
@@ -185,7 +194,7 @@ func hostStage(dir, src, digest, name, version string, force bool, stdout io.Wri
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	req := agent.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force}
+	req := agent.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force, Keys: keys}
 	bar := isTerminal(stdout)
 	if bar {
 		req.Progress = func(done, total int64) { progress(stdout, done, total) }
@@ -209,6 +218,9 @@ func hostStage(dir, src, digest, name, version string, force bool, stdout io.Wri
 	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", rotate.New, res.Digest, agent.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
 	if res.Reused > 0 {
 		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", agent.SizeString(res.Reused))
+	}
+	if res.Manifest != "" {
+		fmt.Fprintf(stdout, "\nwith its manifest %s (%s)", agent.NewManifest, res.Manifest)
 	}
 	fmt.Fprintf(stdout, "\nreboot to promote it: it boots on trial and is confirmed by the agent's health checks or imaged mark-good\n")
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/manifest"
 )
 
 func hostDir(t *testing.T, files map[string]string) string {
@@ -86,5 +88,52 @@ func TestHostCommandsNeedHostpart(t *testing.T) {
 	err := run([]string{"status", "--hostpart", filepath.Join(t.TempDir(), "missing")}, nil, new(bytes.Buffer))
 	if err == nil || !strings.Contains(err.Error(), "--hostpart") {
 		t.Errorf("status with a missing --hostpart = %v, want an error naming it", err)
+	}
+}
+
+// imaged stage --key requires FILE.json signed by that key.
+func TestStageKey(t *testing.T) {
+	src := t.TempDir()
+	k, err := manifest.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := filepath.Join(src, "fleet.key.pub")
+	os.WriteFile(pub, k.Public().Marshal(), 0o644)
+	signedImg, bareImg := filepath.Join(src, "signed.img"), filepath.Join(src, "bare.img")
+	os.WriteFile(signedImg, []byte("signed image"), 0o644)
+	os.WriteFile(bareImg, []byte("bare image"), 0o644)
+	m, err := manifest.New(signedImg, manifest.Fields{Name: "web", Version: "42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Sign(k)
+	m.WriteFile(signedImg + ".json")
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		errHas string
+		outHas string
+		staged bool
+	}{
+		{"signed", []string{"--key", pub, signedImg}, "", "manifest hn-root-new.img.json (signed, key " + k.Public().ID() + ")", true},
+		{"no manifest", []string{"--key", pub, bareImg}, bareImg + ".json: there is none, and a signed manifest is required", "", false},
+		{"no manifest, no key", []string{bareImg}, "", "staged hn-root-new.img", true},
+		{"bad key file", []string{"--key", signedImg, signedImg}, "--key", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := hostDir(t, map[string]string{rotate.Current: "b"})
+			var out bytes.Buffer
+			err := run(append([]string{"stage", "--hostpart", dir}, tc.args...), nil, &out)
+			if (err != nil) != (tc.errHas != "") || (err != nil && !strings.Contains(err.Error(), tc.errHas)) {
+				t.Fatalf("imaged stage %v = %v, want error containing %q", tc.args, err, tc.errHas)
+			}
+			if !strings.Contains(out.String(), tc.outHas) {
+				t.Errorf("imaged stage %v output lacks %q:\n%s", tc.args, tc.outHas, out.String())
+			}
+			if _, serr := os.Stat(filepath.Join(dir, rotate.New)); (serr == nil) != tc.staged {
+				t.Errorf("imaged stage %v: %s staged = %v, want %v", tc.args, rotate.New, serr == nil, tc.staged)
+			}
+		})
 	}
 }

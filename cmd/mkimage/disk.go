@@ -18,7 +18,10 @@ Builds a sparse, bootable GPT disk image without root privileges:
                           for UEFI at EFI/BOOT/BOOTX64.EFI
   partition 2 "hostpart"  Linux filesystem, ext4 labelled hostpart, the rest;
                           holds hn-root.img (--root), hn-root-new.img (--new),
-                          hn-root-old.img (--old), data/ and .hnboot/
+                          hn-root-old.img (--old), data/ and .hnboot/;
+                          an IMG.json beside an image (mkimage rootfs's
+                          manifest) is checked against it and copied as
+                          hn-root*.img.json
   partition 3 "BIOS-BOOT" BIOS boot (EF02), 1 MiB at 1 MiB, before EFI-BOOT:
                           GRUB's i386-pc core.img; GRUB's boot.img is the MBR
                           code (the protective MBR's partition table is kept)

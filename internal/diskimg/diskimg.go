@@ -28,6 +28,7 @@ import (
 
 	"github.com/hnboot/hnboot/bootloader"
 	"github.com/hnboot/hnboot/initramfs/blkid"
+	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
 
@@ -191,6 +192,9 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		if err := checkImage(im.src, st.Size()); err != nil {
 			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
 		}
+		if err := checkManifest(im.src); err != nil {
+			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
+		}
 		need += st.Size()
 	}
 	// Images plus ext4 metadata, journal and some room to stage an update.
@@ -228,6 +232,14 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 			return nil, fmt.Errorf("disk: stage %s %s: %w", im.flag, im.src, err)
 		}
 		log.Info("staged image", "image", im.name, "from", im.src, "how", how)
+		if b, err := os.ReadFile(manifest.PathFor(im.src)); err == nil {
+			if err := os.WriteFile(filepath.Join(staging, manifest.PathFor(im.name)), b, 0o644); err != nil {
+				return nil, fmt.Errorf("disk: stage the manifest of %s: %w", im.flag, err)
+			}
+			log.Info("staged manifest", "manifest", manifest.PathFor(im.name), "from", manifest.PathFor(im.src))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
+		}
 	}
 
 	log.Info("creating sparse disk", "out", tmp, "size", o.Size)
@@ -361,6 +373,24 @@ func writeFile(fs filesystem.FileSystem, name string, data []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// checkManifest checks IMAGE.json beside an image, when there is one: it
+// goes onto hostpart with the image, and the init refuses to promote a
+// staged image whose manifest does not match it.
+func checkManifest(img string) error {
+	p := manifest.PathFor(img)
+	m, err := manifest.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w; rebuild it with mkimage rootfs or remove it", err)
+	}
+	if err := m.VerifyFile(img, nil); err != nil {
+		return fmt.Errorf("%s does not match its manifest %s: %w; rebuild both with mkimage rootfs, or remove the stale manifest", img, p, err)
+	}
+	return nil
 }
 
 // stage puts src at dst: a hard link if they share a filesystem, else a

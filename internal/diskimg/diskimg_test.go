@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/bootloader"
+	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
 
@@ -258,6 +259,15 @@ func TestBuildErrors(t *testing.T) {
 	if err := os.WriteFile(truncated, full[:len(full)/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// An image beside the manifest of another build.
+	stale := filepath.Join(dir, "stale.img")
+	if err := os.WriteFile(stale, full, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(stale+".json", []byte(`{"format":"hnboot-manifest-1","sha256":"`+strings.Repeat("0", 64)+`","size":`+strconv.Itoa(len(full))+`}`), 0o644)
+	garbled := filepath.Join(dir, "garbled.img")
+	os.WriteFile(garbled, full, 0o644)
+	os.WriteFile(garbled+".json", []byte("{not json"), 0o644)
 	for _, tt := range []struct {
 		name string
 		o    Options
@@ -269,6 +279,8 @@ func TestBuildErrors(t *testing.T) {
 		{"root not an image", Options{Size: 512 * mib, Root: notImage}, "not a root filesystem image"},
 		{"truncated new", Options{Size: 512 * mib, Root: root, New: truncated}, "truncated"},
 		{"too small", Options{Size: 160 * mib, Root: root}, "--size"},
+		{"stale manifest", Options{Size: 512 * mib, Root: root, New: stale}, "--new: " + stale + " does not match its manifest " + stale + ".json"},
+		{"garbled manifest", Options{Size: 512 * mib, Root: garbled}, garbled + ".json: not an hnboot manifest"},
 		{"btrfs", Options{Size: 512 * mib, Root: root, HostpartFS: "btrfs"}, "--hostpart-fs"},
 		{"64M esp", Options{Size: 512 * mib, Root: root, EFISize: 64 * mib}, "--efi-size"},
 	} {
@@ -367,4 +379,55 @@ func TestBuildGrub(t *testing.T) {
 		t.Errorf("EFI-BOOT %s (%d bytes) differs from GRUB's EFI image (%d bytes)", bootloader.EFIBinaryPath, len(b), len(efi))
 	}
 	run(t, "/sbin/e2fsck", "-fn", out+"?offset="+strconv.FormatInt(res.Partitions[1].Offset, 10))
+}
+
+// A manifest beside --root/--new/--old goes onto hostpart beside its image.
+func TestBuildManifests(t *testing.T) {
+	dir := t.TempDir()
+	root, newImg := images(t, dir)
+	full, err := os.ReadFile(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(dir, "plain.img") // no manifest
+	if err := os.WriteFile(plain, full, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range []string{root, newImg} {
+		m, err := manifest.New(img, manifest.Fields{Name: "t", Version: filepath.Base(img), FS: "ext4"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.WriteFile(manifest.PathFor(img)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "disk.raw")
+	res, err := Build(context.Background(), Options{Out: out, Size: 512 * mib, Root: root, New: newImg, Old: plain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := out + "?offset=" + strconv.FormatInt(res.Partitions[1].Offset, 10)
+	ls := run(t, "/sbin/debugfs", "-R", "ls -l /", host)
+	for _, c := range []struct {
+		name, from string // from "": must be absent
+	}{
+		{"hn-root.img.json", root + ".json"},
+		{"hn-root-new.img.json", newImg + ".json"},
+		{"hn-root-old.img.json", ""},
+	} {
+		if got, want := strings.Contains(ls, " "+c.name+"\n"), c.from != ""; got != want {
+			t.Errorf("debugfs ls / has %s = %v, want %v:\n%s", c.name, got, want, ls)
+		}
+		if c.from == "" {
+			continue
+		}
+		dumped := filepath.Join(dir, "dumped-"+c.name)
+		run(t, "/sbin/debugfs", "-R", "dump /"+c.name+" "+dumped, host)
+		a, _ := os.ReadFile(c.from)
+		b, _ := os.ReadFile(dumped)
+		if !bytes.Equal(a, b) {
+			t.Errorf("hostpart %s = %q, want the bytes of %s", c.name, b, c.from)
+		}
+	}
 }

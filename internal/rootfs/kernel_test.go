@@ -2,8 +2,8 @@ package rootfs
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
+	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
 	"os/exec"
@@ -79,11 +79,15 @@ func TestBootFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(f)
+	zr, err := zstd.NewReader(f)
 	if err != nil {
-		t.Fatalf("image /boot/initramfs is not gzip: %v", err)
+		t.Fatalf("image /boot/initramfs: %v", err)
 	}
+	defer zr.Close()
 	cpio, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("image /boot/initramfs is not zstd: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
