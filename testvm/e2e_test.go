@@ -75,13 +75,20 @@ func disk(t *testing.T, slots map[string]string) string {
 	return out
 }
 
-// boot boots disk once, until the test image's init powers off, and returns
-// the console. extra is appended to the kernel command line.
+// boot boots disk once with the fixture's initramfs, until the test
+// image's init powers off, and returns the console. extra is appended to
+// the kernel command line.
 func boot(t *testing.T, diskPath, extra string) string {
+	t.Helper()
+	return bootWith(t, fixture(t).Initramfs, diskPath, extra)
+}
+
+// bootWith is boot with another initramfs.
+func bootWith(t *testing.T, initrd, diskPath, extra string) string {
 	t.Helper()
 	f := fixture(t)
 	vm, err := Start(context.Background(), Options{
-		Kernel: f.Kernel, Initrd: f.Initramfs, Disk: diskPath,
+		Kernel: f.Kernel, Initrd: initrd, Disk: diskPath,
 		Append: strings.TrimSpace("hn.hostpart=LABEL=hostpart " + extra),
 		MAC:    testMAC,
 	})

@@ -58,25 +58,6 @@ func trustFixture(t *testing.T) signedFixture {
 	return signedFx
 }
 
-// bootWith boots diskPath once with the given initramfs.
-func bootWith(t *testing.T, initrd, diskPath string) string {
-	t.Helper()
-	f := fixture(t)
-	vm, err := Start(context.Background(), Options{Kernel: f.Kernel, Initrd: initrd, Disk: diskPath, Append: "hn.hostpart=LABEL=hostpart"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Kill()
-	if _, err := vm.Expect(`HNTEST end`, bootTimeout); err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Wait(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("booted in %v", vm.Since().Round(time.Millisecond))
-	return vm.Console()
-}
-
 // stage replaces what is staged on hostpart: image and manifest (a ""
 // manifest stages none), and clears an earlier rejection.
 func stage(t *testing.T, diskPath, image, manifest string) {
@@ -120,7 +101,7 @@ func TestSignedImageRequired(t *testing.T) {
 		{"signed manifest", sf.signedB, sf.signedB + ".json", "B", "signature valid"},
 	} {
 		stage(t, d, tc.image, tc.manifest)
-		con := bootWith(t, sf.initramfs, d)
+		con := bootWith(t, sf.initramfs, d, "")
 		if got := field(t, con, "booted image"); got != tc.wantBoot {
 			t.Errorf("%s: booted image = %q, want %s", tc.name, got, tc.wantBoot)
 		}
