@@ -100,9 +100,20 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	st, err := hostpart.Read(a.Dir, hostpart.ReadOptions{})
-	if err != nil {
-		return err
+	// A failed first look (hostpart busy, a transient I/O error) must not
+	// end the agent: it would never confirm the trial nor check in.
+	var st hostpart.State
+	for {
+		var err error
+		if st, err = hostpart.Read(a.Dir, hostpart.ReadOptions{}); err == nil {
+			break
+		}
+		a.Log.Warn("agent: cannot read hostpart; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(a.Config.Interval):
+		}
 	}
 	if st.Trial {
 		go a.confirmTrial(ctx)

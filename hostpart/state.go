@@ -78,6 +78,9 @@ type State struct {
 	RevertPending bool    `json:"revert_pending"`          // system-revert present
 	Parts         []Part  `json:"parts,omitempty"`
 	Boots         []Boot  `json:"boots,omitempty"` // newest first
+	// Notes are problems that did not stop the read (e.g. the digest
+	// cache could not be saved).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Slot returns the image in slot (current, old, new, broken).
@@ -128,8 +131,10 @@ func Read(dir string, o ReadOptions) (State, error) {
 		st.Rejected = &im
 	}
 	if cache.dirty {
+		// The cache only saves hashing next time: failing to write it
+		// (a read-only hostpart, a full disk) must not fail the read.
 		if err := cache.Save(dir); err != nil {
-			return st, err
+			st.Notes = append(st.Notes, "digest cache not saved: "+err.Error())
 		}
 	}
 	b, err := os.ReadFile(filepath.Join(dir, rotate.Trial))

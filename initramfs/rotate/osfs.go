@@ -8,7 +8,7 @@ import (
 
 // OSFS returns the real FS rooted at dir (the hostpart mount point). Every
 // mutating operation fsyncs what it changed and the directory holding it
-// before returning; WriteFile writes name+".tmp", fsyncs it and renames it
+// before returning; WriteFile writes a name+".tmp*" file of its own, fsyncs it and renames it
 // into place, creating missing directories (.hnboot/) on the way. Errors are
 // *os.PathError with the operation and the full path(s).
 func OSFS(dir string) FS {
@@ -103,9 +103,17 @@ func (o *osFS) WriteFile(name string, data []byte) error {
 	if err := o.mkdirs(dir); err != nil {
 		return err
 	}
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	// A temporary name of its own: the agent and `imaged status` may write
+	// the same file at once on a running host, and a shared name.tmp would
+	// be renamed away under one of them.
+	f, err := os.CreateTemp(dir, filepath.Base(p)+".tmp*")
 	if err != nil {
+		return wrap("write", p, err)
+	}
+	tmp := f.Name()
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		os.Remove(tmp)
 		return wrap("write", tmp, err)
 	}
 	_, err = f.Write(data)

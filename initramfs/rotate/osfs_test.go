@@ -212,3 +212,29 @@ func BenchmarkRotate(b *testing.B) {
 		})
 	}
 }
+
+// TestOSFSConcurrentWriteFile: on a running host the agent and `imaged
+// status` may write the same file at once; neither may fail.
+func TestOSFSConcurrentWriteFile(t *testing.T) {
+	fsys := OSFS(t.TempDir())
+	errc := make(chan error, 2)
+	for w := 0; w < 2; w++ {
+		go func(w int) {
+			for i := 0; i < 200; i++ {
+				if err := fsys.WriteFile(".hnboot/digests", []byte{byte(w), byte(i)}); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}(w)
+	}
+	for w := 0; w < 2; w++ {
+		if err := <-errc; err != nil {
+			t.Errorf("concurrent WriteFile = %v, want nil", err)
+		}
+	}
+	if b, err := fsys.ReadFile(".hnboot/digests"); err != nil || len(b) != 2 {
+		t.Errorf("ReadFile after concurrent writes = %v, %v; want one writer's 2 bytes", b, err)
+	}
+}
