@@ -36,6 +36,11 @@ type Config struct {
 	Cmdline      string // extra kernel arguments for every host
 	AllowUnknown bool
 
+	// AnswerRouterSolicit answers IPv6 router solicitations from boot hosts
+	// on Interface with an empty advertisement, so iPXE does not wait ~15 s
+	// for one. Only for links without an IPv6 router (see ra.go).
+	AnswerRouterSolicit bool
+
 	Directory Directory
 	Recorder  Recorder       // may be nil
 	Checkin   CheckinHandler // may be nil
@@ -49,6 +54,7 @@ type Server struct {
 	log   *slog.Logger
 	files *FileRoot
 	dhcp  *dhcpService
+	ra    *raService
 	tftp  *TFTPServer
 	tconn net.PacketConn
 	http  *http.Server
@@ -195,6 +201,14 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	if cfg.AnswerRouterSolicit {
+		if cfg.Interface == "" {
+			return nil, errors.New("ra: needs --interface")
+		}
+		if s.ra, err = newRAService(cfg.Interface, cfg.Directory, cfg.AllowUnknown, cfg.Log); err != nil {
+			return nil, err
+		}
+	}
 	s.h = NewHTTPHandler(HTTPConfig{Base: cfg.HTTPBase, Cmdline: cfg.Cmdline, AllowUnknown: cfg.AllowUnknown},
 		cfg.Directory, NewExtractor(cfg.CacheDir), s.files, rec, cfg.Checkin, cfg.Extra, cfg.Log, mac)
 	s.http = &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
@@ -212,6 +226,9 @@ func (s *Server) Handler() http.Handler { return s.h }
 func (s *Server) closeAll() {
 	if s.dhcp != nil {
 		s.dhcp.close()
+	}
+	if s.ra != nil {
+		s.ra.close()
 	}
 	if s.tconn != nil {
 		s.tconn.Close()
@@ -232,6 +249,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.dhcp != nil {
 		s.dhcp.serve()
 	}
+	if s.ra != nil {
+		s.ra.serve()
+	}
 	if s.tftp != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.tftp.Serve(s.tconn) }()
@@ -242,7 +262,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	s.log.Info("serving", "interface", s.cfg.Interface, "server_ip", s.cfg.ServerIP, "dhcp", s.cfg.DHCP.Mode,
-		"http", s.hln.Addr().String(), "base", s.cfg.HTTPBase, "tftp_root", s.cfg.TFTPRoot, "allow_unknown", s.cfg.AllowUnknown)
+		"http", s.hln.Addr().String(), "base", s.cfg.HTTPBase, "tftp_root", s.cfg.TFTPRoot, "allow_unknown", s.cfg.AllowUnknown, "answer_rs", s.ra != nil)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -251,6 +271,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("shutting down")
 	if s.dhcp != nil {
 		s.dhcp.close()
+	}
+	if s.ra != nil {
+		s.ra.close()
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -137,8 +137,10 @@ func newLab(t *testing.T, taps int) *lab {
 func (l *lab) serve(t *testing.T, args ...string) {
 	t.Helper()
 	f := fixture(t)
+	// --answer-rs: the lab bridge has no IPv6 router, and without an
+	// advertisement iPXE waits ~15 s in "Configuring" before its script.
 	all := append([]string{"serve", "--interface", "br0", "--http", labHTTP,
-		"--cache", t.TempDir(), "--cmdline", labCmdline, "--log-level", "debug"}, args...)
+		"--cache", t.TempDir(), "--cmdline", labCmdline, "--log-level", "debug", "--answer-rs"}, args...)
 	cmd := l.ns.Command(context.Background(), f.Imaged, all...)
 	cmd.Stdout, cmd.Stderr = l.log, l.log
 	if err := cmd.Start(); err != nil {
@@ -256,6 +258,8 @@ func (l *lab) assertServed(t *testing.T, mac, img string, tftp bool) {
 	if tftp {
 		l.waitLog(t, 10*time.Second, `kind=tftp `, macRe(mac), `sent ipxe.efi`)
 	}
+	// The answer that spares iPXE its ~15 s IPv6 wait (--answer-rs).
+	l.waitLog(t, 10*time.Second, `answered router solicitation`, macRe(mac))
 	l.waitLog(t, 10*time.Second, `kind=http `, macRe(mac), `GET /boot/`+regexp.QuoteMeta(mac)+`\.ipxe 200`)
 	l.waitLog(t, 10*time.Second, `kind=http `, macRe(mac), `GET /images/`+regexp.QuoteMeta(d)+`/vmlinuz 200`)
 	l.waitLog(t, 10*time.Second, `kind=http `, macRe(mac), `GET /images/`+regexp.QuoteMeta(d)+`/initramfs 200`)

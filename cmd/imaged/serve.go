@@ -58,7 +58,7 @@ type serveFlags struct {
 	image, cmdline                                                 string
 	allowUnknown                                                   bool
 	state, observed, tokens                                        string
-	openReads                                                      bool
+	openReads, answerRS                                            bool
 	services, serviceLogs                                          string
 	maxTFTP, blksize                                               int
 	logLevel                                                       string
@@ -90,6 +90,7 @@ func runServe(args []string, stdout io.Writer) error {
 	fs.StringVar(&f.image, "image", "", "static mode: image file for --host entries without one and, with --allow-unknown, for unknown MACs")
 	fs.StringVar(&f.cmdline, "cmdline", "", "extra kernel arguments for every host")
 	fs.BoolVar(&f.allowUnknown, "allow-unknown", false, "also boot MACs that are not configured")
+	fs.BoolVar(&f.answerRS, "answer-rs", false, "answer IPv6 router solicitations from boot hosts with an empty advertisement, so iPXE does not wait ~15 s for one; only on links with no IPv6 router")
 	fs.StringVar(&f.state, "state", "", "fleet mode: directory of the desired-state YAML files")
 	fs.StringVar(&f.observed, "observed", "/var/lib/hnboot/fleet.db", "fleet mode: observed-state store")
 	fs.StringVar(&f.tokens, "tokens", "", `fleet mode: admin tokens file ("NAME TOKEN" lines)`)
@@ -157,7 +158,7 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		Interface: f.iface, HTTPAddr: f.httpAddr, HTTPBase: f.httpBase,
 		TFTPRoot: f.tftpRoot, IPXEDir: f.ipxeDir, TFTPAddr: f.tftpAddr, CacheDir: f.cache,
 		TFTP:    pxe.TFTPConfig{MaxTransfers: f.maxTFTP, BlockSize: f.blksize},
-		Cmdline: f.cmdline, AllowUnknown: f.allowUnknown, Log: log,
+		Cmdline: f.cmdline, AllowUnknown: f.allowUnknown, AnswerRouterSolicit: f.answerRS, Log: log,
 	}
 	nop := func() {}
 	if f.serverIP != "" {
