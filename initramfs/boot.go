@@ -46,7 +46,9 @@ type boot struct {
 }
 
 func (b *boot) main() {
-	b.log.Info("hnboot init starting")
+	// The release shows which kernel (and so which initramfs's modules)
+	// this boot runs on: GRUB's from the image, PXE's, or a kexec'd one.
+	b.log.Info("hnboot init starting", "kernel", runningRelease())
 	b.mountKernelFS()
 	b.readCmdline()
 	b.loadModules()
@@ -370,4 +372,13 @@ func (b *boot) rescue(reason error) {
 		// A console without input ends the shell at once: do not spin.
 		time.Sleep(time.Second)
 	}
+}
+
+// runningRelease is the running kernel's release, as uname -r prints it.
+func runningRelease() string {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(uts.Release[:])
 }

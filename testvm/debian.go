@@ -14,8 +14,9 @@ import (
 )
 
 // A real Debian system for the end-to-end tests: debootstrap's minbase
-// with systemd, cached between runs, plus the test kernel (its modules,
-// /boot/vmlinuz and the hnboot initramfs) and a report service.
+// with systemd, cached between runs, plus the test kernel as a package
+// installs it (boot/vmlinuz-RELEASE, lib/modules/RELEASE), from which
+// mkimage makes /boot/vmlinuz and /boot/initramfs, and a report service.
 const (
 	DebianSuite   = "bookworm"
 	DebianVariant = "minbase"
@@ -151,9 +152,11 @@ var debianModuleDirs = []string{"kernel/fs", "kernel/lib", "kernel/crypto", "ker
 	"modules.order", "modules.builtin", "modules.builtin.modinfo"}
 
 // DebianImages builds one root image per name (NAME.img in f.Dir) from the
-// cached Debian root: the test kernel's modules, /boot/vmlinuz (the test
-// kernel), /boot/initramfs (the hnboot initramfs), /etc/hn-image = NAME
-// and the report service. Only /etc/hn-image differs between them.
+// cached Debian root: the test kernel as boot/vmlinuz-RELEASE with some of
+// its modules (debianModuleDirs and the initramfs's, see AddKernel),
+// /etc/hn-image = NAME and the report service. "mkimage rootfs --init"
+// adds /boot/vmlinuz and /boot/initramfs (checked with CheckBootFiles).
+// Only /etc/hn-image differs between them.
 func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string]string, error) {
 	base, err := DebianBase(ctx, f.Log)
 	if err != nil {
@@ -179,6 +182,9 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 			return nil, fmt.Errorf("copy modules %s: %v: %s", src, err, out)
 		}
 	}
+	if _, err := AddKernel(tree, f.Kernel, f.ModDir); err != nil {
+		return nil, err
+	}
 	depmod, err := exec.LookPath("depmod")
 	if err != nil {
 		return nil, fmt.Errorf("depmod not found: apt-get install kmod (%s)", InstallHint)
@@ -189,25 +195,16 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 	files := map[string]struct {
 		body string
 		mode os.FileMode
-		from string
 	}{
-		"boot/vmlinuz":                      {from: f.Kernel, mode: 0o644},
-		"boot/initramfs":                    {from: f.Initramfs, mode: 0o644},
 		"usr/local/sbin/hntest-report":      {body: debianReport, mode: 0o755},
 		"etc/systemd/system/hntest.service": {body: debianReportUnit, mode: 0o644},
 	}
 	for name, c := range files {
 		p := filepath.Join(tree, name)
-		body := []byte(c.body)
-		if c.from != "" {
-			if body, err = os.ReadFile(c.from); err != nil {
-				return nil, err
-			}
-		}
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(p, body, c.mode); err != nil {
+		if err := os.WriteFile(p, []byte(c.body), c.mode); err != nil {
 			return nil, err
 		}
 	}
@@ -230,7 +227,10 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 		}
 		img := filepath.Join(f.Dir, name+".img")
 		start := time.Now()
-		if err := f.Run(ctx, "rootfs", "--from", tree, "--out", img); err != nil {
+		if err := f.Run(ctx, "rootfs", "--from", tree, "--out", img, "--init", f.Init); err != nil {
+			return nil, err
+		}
+		if err := f.CheckBootFiles(img, f.Kernel, f.Release); err != nil {
 			return nil, err
 		}
 		fmt.Fprintf(f.Log, "testvm: Debian image %s in %v\n", img, time.Since(start).Round(time.Millisecond))

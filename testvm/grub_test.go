@@ -32,41 +32,45 @@ func AltKernelDir() string {
 
 const altKernelHint = "run scripts/fetch-kernel.sh linux-image-6.1.0-55-amd64 /var/cache/hnboot/kernel-alt"
 
-// kernelImage builds root image NAME.img: the busybox test root plus
-// /boot/vmlinuz and /boot/initramfs copied in.
-func kernelImage(ctx context.Context, f *Fixture, o RootOptions, vmlinuz, initramfs string) (string, error) {
+// kernelImage builds root image NAME.img the way real images are built:
+// the busybox test root plus a kernel package (boot/vmlinuz-RELEASE and
+// the initramfs's modules under lib/modules/RELEASE, see AddKernel), from
+// which "mkimage rootfs --init hninit" makes /boot/vmlinuz and
+// /boot/initramfs. It checks the image's boot files (checkBootFiles).
+func kernelImage(ctx context.Context, f *Fixture, o RootOptions, vmlinuz, modDir string) (string, error) {
 	tree := filepath.Join(f.Dir, "tree-"+o.Name)
 	os.RemoveAll(tree)
 	defer os.RemoveAll(tree)
 	if err := RootTree(tree, o); err != nil {
 		return "", err
 	}
-	for dst, src := range map[string]string{"boot/vmlinuz": vmlinuz, "boot/initramfs": initramfs} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			return "", err
-		}
-		if err := os.WriteFile(filepath.Join(tree, dst), b, 0o644); err != nil {
-			return "", err
-		}
+	// btrfs and xfs (8 MB with their dependencies) are left out: no test
+	// disk uses them, and without them the image is about the size it was
+	// when the test copied the boot files in by hand.
+	rel, err := AddKernel(tree, vmlinuz, modDir, "btrfs", "xfs")
+	if err != nil {
+		return "", err
 	}
 	img := filepath.Join(f.Dir, o.Name+".img")
-	if err := f.Run(ctx, "rootfs", "--from", tree, "--out", img); err != nil {
+	if err := f.Run(ctx, "rootfs", "--from", tree, "--out", img, "--init", f.Init); err != nil {
+		return "", err
+	}
+	if err := f.CheckBootFiles(img, vmlinuz, rel); err != nil {
 		return "", err
 	}
 	images[o.Name] = img
 	return img, nil
 }
 
-// grubImages builds, once: G (the test kernel and initramfs inside) and K
-// (the alternative kernel and an initramfs for it inside).
+// grubImages builds, once: G (the test kernel inside) and K (the
+// alternative kernel inside); mkimage makes each one's /boot/initramfs.
 func grubImages(t *testing.T) *Fixture {
 	t.Helper()
 	f := fixture(t)
 	grubOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		if _, err := kernelImage(ctx, f, RootOptions{Name: "G", Confirm: true}, f.Kernel, f.Initramfs); err != nil {
+		if _, err := kernelImage(ctx, f, RootOptions{Name: "G", Confirm: true}, f.Kernel, f.ModDir); err != nil {
 			grubErr = err
 			return
 		}
@@ -80,12 +84,7 @@ func grubImages(t *testing.T) *Fixture {
 			grubErr = fmt.Errorf("the second kernel %s is the test kernel's release: fetch another one (%s)", altRelease, altKernelHint)
 			return
 		}
-		altInitramfs := filepath.Join(f.Dir, "initramfs-alt.cpio.zst")
-		if err := f.Run(ctx, "initramfs", "--kernel-modules", filepath.Join(AltKernelDir(), "lib", "modules", altRelease), "--init", f.Init, "--out", altInitramfs); err != nil {
-			grubErr = err
-			return
-		}
-		if _, err := kernelImage(ctx, f, RootOptions{Name: "K", Confirm: true}, m[0], altInitramfs); err != nil {
+		if _, err := kernelImage(ctx, f, RootOptions{Name: "K", Confirm: true}, m[0], filepath.Join(AltKernelDir(), "lib", "modules", altRelease)); err != nil {
 			grubErr = err
 		}
 	})
@@ -159,6 +158,7 @@ func TestGrubLoopbackBoot(t *testing.T) {
 			if got := field(t, con, "uname"); got != f.Release {
 				t.Errorf("uname -r = %q, want the image's kernel %s", got, f.Release)
 			}
+			wantInitKernel(t, con, f.Release)
 			if !strings.Contains(con, "kexec: not needed") {
 				t.Errorf("console lacks the init's kexec decision (the image's kernel is running)\n%s", tail(con, 60))
 			}
@@ -187,6 +187,9 @@ func TestKexecIntoImageKernel(t *testing.T) {
 	if n := strings.Count(con, "hnboot init starting"); n != 2 {
 		t.Errorf("the init started %d times, want 2 (before and after kexec)", n)
 	}
+	// The second init ran from K's /boot/initramfs, which mkimage made for
+	// the second kernel.
+	wantInitKernel(t, con, altRelease)
 	// One trial boot, counted once: 3 tries, 2 left.
 	if got := field(t, con, "trial"); got != "2" {
 		t.Errorf("tries left = %q, want 2 (the kexec'd boot must not count again)", got)
@@ -239,6 +242,10 @@ func TestDebianSystem(t *testing.T) {
 	if got := field(t, con, "booted image"); got != "debian1" {
 		t.Fatalf("booted image = %q, want debian1", got)
 	}
+	// GRUB loaded the kernel and the initramfs mkimage made from the
+	// image's kernel package; the init ran on that kernel, and so did
+	// systemd.
+	wantInitKernel(t, con, f.Release)
 	if got := field(t, con, "pid1"); got != "systemd" {
 		t.Errorf("PID 1 = %q, want systemd", got)
 	}
@@ -301,6 +308,23 @@ func TestDebianSystem(t *testing.T) {
 	}
 	st = inspect(t, d)
 	wantSlots(t, st, map[string]string{"hn-root.img": "debian1", "hn-root-broken.img": "debian2"})
+}
+
+// wantInitKernel checks the kernel release the last hnboot init logged it
+// runs on, and the one the booted system reports (HNTEST uname=), are rel.
+func wantInitKernel(t *testing.T, con, rel string) {
+	t.Helper()
+	m := regexp.MustCompile(`hnboot init starting kernel=(\S+)`).FindAllStringSubmatch(con, -1)
+	if len(m) == 0 {
+		t.Errorf("console lacks the init's start line with its kernel\n%s", tail(con, 60))
+		return
+	}
+	if got := m[len(m)-1][1]; got != rel {
+		t.Errorf("the init ran on kernel %s, want %s", got, rel)
+	}
+	if got := field(t, con, "uname"); got != rel {
+		t.Errorf("uname -r in the booted system = %q, want %s", got, rel)
+	}
 }
 
 func copyFile(src, dst string) error {
