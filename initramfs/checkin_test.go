@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hnboot/hnboot/pxe/checkin"
@@ -54,5 +56,34 @@ func TestImageDigestSkipsBigImages(t *testing.T) {
 	info, got := imageDigest(context.Background(), img, map[string]string{})
 	if got != "" || info.Source != "none" || info.Size != checkin.HashLimit+1 {
 		t.Errorf("big image: %+v %q, want no digest (agent reports it)", info, got)
+	}
+}
+
+// A big image with a manifest beside it reports the manifest's digest
+// (checked at promotion) instead of nothing; a manifest of another size
+// is not trusted.
+func TestImageDigestFromManifest(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "hn-root-old.img")
+	f, _ := os.Create(img)
+	f.Truncate(checkin.HashLimit + 1)
+	f.Close()
+	hexd := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		size       int64
+		wantDigest string
+		wantSource string
+	}{
+		{checkin.HashLimit + 1, "sha256:" + hexd, "manifest"},
+		{checkin.HashLimit, "", "none"},
+	} {
+		m := fmt.Sprintf(`{"format":"hnboot-manifest-1","name":"A","version":"1","sha256":%q,"size":%d,"fs":"ext4","kernel_release":"","build_time":"2023-11-14T22:13:20Z"}`, hexd, tc.size)
+		if err := os.WriteFile(img+".json", []byte(m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		info, got := imageDigest(context.Background(), img, map[string]string{})
+		if got != tc.wantDigest || info.Source != tc.wantSource {
+			t.Errorf("manifest size %d: imageDigest = %+v %q, want %s %q", tc.size, info, got, tc.wantSource, tc.wantDigest)
+		}
 	}
 }

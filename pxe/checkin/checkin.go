@@ -49,7 +49,7 @@ type Image struct {
 	File   string `json:"file"`
 	Size   int64  `json:"size"`
 	Head   string `json:"head"`   // sha256:<hex> of the first MiB
-	Source string `json:"source"` // of Booted: "cache", "computed" or "none"
+	Source string `json:"source"` // of Booted: "cache", "manifest", "computed" or "none"
 }
 
 // HashLimit is the largest image the init hashes during boot.
