@@ -209,13 +209,37 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 	if img.Source == "computed" {
 		saveDigests(filepath.Join(state, digestCache), cache)
 	}
+	// The other slots are never hashed at boot: cache or manifest only.
 	for slot, name := range map[*string]string{&rep.Images.Old: rotate.Old, &rep.Images.New: rotate.New, &rep.Images.Broken: rotate.Broken} {
-		if key, ok := fileKey(filepath.Join(hostpartDir, name)); ok {
-			*slot = cache[key]
-		}
+		*slot = knownDigest(filepath.Join(hostpartDir, name), cache)
 	}
 	rep.Images.Current = digest
 	return rep
+}
+
+// manifestDigest is the digest named by the manifest beside the image, if
+// its size matches. The init checked it against the image at promotion, and
+// it saves hashing gigabytes at boot (so a host whose first boot promotes
+// still reports its old image).
+func manifestDigest(path string, size int64) string {
+	m, err := manifest.ReadFile(manifest.PathFor(path))
+	if err != nil || m.Size != size || len(m.SHA256) != 64 {
+		return ""
+	}
+	return "sha256:" + m.SHA256
+}
+
+// knownDigest is a slot's digest from the cache or its manifest, without
+// hashing; "" when neither knows it (or the slot is empty).
+func knownDigest(path string, cache map[string]string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	if key, ok := fileKey(path); ok && cache[key] != "" {
+		return cache[key]
+	}
+	return manifestDigest(path, st.Size())
 }
 
 // fileKey identifies an image file's content without reading it.
@@ -257,12 +281,9 @@ func imageDigest(ctx context.Context, path string, cache map[string]string) (che
 		img.Source = "cache"
 		return img, d
 	}
-	// A manifest beside the image was checked against it when the image
-	// was promoted, and names its digest without hashing gigabytes at boot
-	// (so a host whose first boot promotes still reports its old image).
-	if m, err := manifest.ReadFile(manifest.PathFor(path)); err == nil && m.Size == st.Size() && len(m.SHA256) == 64 {
+	if d := manifestDigest(path, st.Size()); d != "" {
 		img.Source = "manifest"
-		return img, "sha256:" + m.SHA256
+		return img, d
 	}
 	if st.Size() > checkin.HashLimit {
 		return img, ""

@@ -87,3 +87,34 @@ func TestImageDigestFromManifest(t *testing.T) {
 		}
 	}
 }
+
+// Slots other than the booted one are reported from the cache, else from
+// their manifest, never hashed.
+func TestKnownDigest(t *testing.T) {
+	dir := t.TempDir()
+	cached := filepath.Join(dir, "hn-root-old.img")
+	withManifest := filepath.Join(dir, "hn-root-broken.img")
+	unknown := filepath.Join(dir, "hn-root-new.img")
+	for _, p := range []string{cached, withManifest, unknown} {
+		if err := os.WriteFile(p, []byte("image "+p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key, _ := fileKey(cached)
+	cache := map[string]string{key: "sha256:" + strings.Repeat("11", 32)}
+	st, _ := os.Stat(withManifest)
+	m := fmt.Sprintf(`{"format":"hnboot-manifest-1","name":"B","version":"2","sha256":%q,"size":%d,"fs":"ext4","kernel_release":"","build_time":"2023-11-14T22:13:20Z"}`, strings.Repeat("22", 32), st.Size())
+	if err := os.WriteFile(withManifest+".json", []byte(m), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		cached:                           "sha256:" + strings.Repeat("11", 32),
+		withManifest:                     "sha256:" + strings.Repeat("22", 32),
+		unknown:                          "",
+		filepath.Join(dir, "absent.img"): "",
+	} {
+		if got := knownDigest(path, cache); got != want {
+			t.Errorf("knownDigest(%s) = %q, want %q", filepath.Base(path), got, want)
+		}
+	}
+}
