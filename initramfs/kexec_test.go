@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/hnboot/hnboot/internal/testkernel"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,10 +49,14 @@ func TestKernelRelease(t *testing.T) {
 	}
 }
 
-// TestKernelReleaseTestKernel reads the real test kernel (scripts/deps.sh
-// puts it there) when present: its release is in its file name.
+// TestKernelReleaseTestKernel reads the real test kernels (scripts/deps.sh
+// fetches both): the release in the bzImage header is the one in the
+// package's file name.
 func TestKernelReleaseTestKernel(t *testing.T) {
-	m, _ := filepath.Glob("/var/cache/hnboot/kernel*/boot/vmlinuz-*")
+	m, _ := filepath.Glob(filepath.Join(testkernel.CacheDir(), "kernel*", "boot", "vmlinuz-*"))
+	if len(m) == 0 {
+		t.Fatalf("no test kernel under %s: %s", testkernel.CacheDir(), testkernel.Hint)
+	}
 	for _, p := range m {
 		f, err := os.Open(p)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/hnboot/hnboot/internal/testkernel"
 	"io"
 	"os"
 	"os/exec"
@@ -27,12 +28,7 @@ const (
 var DebianPackages = []string{"systemd-sysv", "udev", "kmod", "iproute2"}
 
 // CacheDir is where scripts/deps.sh and the tests keep downloads.
-func CacheDir() string {
-	if c := os.Getenv("HNBOOT_CACHE"); c != "" {
-		return c
-	}
-	return "/var/cache/hnboot"
-}
+func CacheDir() string { return testkernel.CacheDir() }
 
 // DebianMirror is HNBOOT_DEBIAN_MIRROR, else the first Debian (not
 // security) URI of the machine's apt sources, else deb.debian.org.

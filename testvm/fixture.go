@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/hnboot/hnboot/internal/testkernel"
 	"io"
 	"os"
 	"os/exec"
@@ -16,30 +17,12 @@ import (
 
 // KernelDir is where scripts/deps.sh unpacks the test kernel: Debian's
 // linux-image-amd64, with boot/vmlinuz-* and lib/modules/<release>.
-func KernelDir() string {
-	if d := os.Getenv("HNBOOT_KERNEL_DIR"); d != "" {
-		return d
-	}
-	c := os.Getenv("HNBOOT_CACHE")
-	if c == "" {
-		c = "/var/cache/hnboot"
-	}
-	return filepath.Join(c, "kernel")
-}
+func KernelDir() string { return testkernel.Dir() }
 
 // Kernel finds the test kernel and its release.
 func Kernel() (vmlinuz, release string, err error) {
-	dir := KernelDir()
-	m, _ := filepath.Glob(filepath.Join(dir, "boot", "vmlinuz-*"))
-	if len(m) == 0 {
-		return "", "", fmt.Errorf("no test kernel in %s/boot: %s", dir, InstallHint)
-	}
-	vmlinuz = m[len(m)-1]
-	release = strings.TrimPrefix(filepath.Base(vmlinuz), "vmlinuz-")
-	if _, err := os.Stat(filepath.Join(dir, "lib", "modules", release)); err != nil {
-		return "", "", fmt.Errorf("test kernel %s has no modules: %w (%s)", vmlinuz, err, InstallHint)
-	}
-	return vmlinuz, release, nil
+	k, err := testkernel.Find(KernelDir())
+	return k.Vmlinuz, k.Release, err
 }
 
 // Fixture is everything the end-to-end tests boot, built once per run.

@@ -2,6 +2,7 @@ package initrd
 
 import (
 	"bytes"
+	"github.com/hnboot/hnboot/internal/testkernel"
 	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
@@ -14,13 +15,10 @@ import (
 	"github.com/cavaliergopher/cpio"
 )
 
+// kernelDir is the test kernel's module tree (scripts/deps.sh fetches it).
 func kernelDir(t *testing.T) string {
 	t.Helper()
-	matches, _ := filepath.Glob("/var/cache/hnboot/kernel/lib/modules/*")
-	if len(matches) == 0 {
-		t.Fatal("no kernel module tree under /var/cache/hnboot/kernel/lib/modules: run scripts/deps.sh")
-	}
-	return matches[0]
+	return testkernel.Must(t).Modules
 }
 
 func staticBinary(t *testing.T) string {

@@ -2,6 +2,7 @@ package kmodules
 
 import (
 	"bytes"
+	"github.com/hnboot/hnboot/internal/testkernel"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,15 +10,10 @@ import (
 	"testing"
 )
 
-// kernelDir is the unpacked Debian kernel's module tree that scripts/deps.sh
-// fetches.
+// kernelDir is the test kernel's module tree (scripts/deps.sh fetches it).
 func kernelDir(t *testing.T) string {
 	t.Helper()
-	matches, _ := filepath.Glob("/var/cache/hnboot/kernel/lib/modules/*")
-	if len(matches) == 0 {
-		t.Fatal("no kernel module tree under /var/cache/hnboot/kernel/lib/modules: run scripts/deps.sh")
-	}
-	return matches[0]
+	return testkernel.Must(t).Modules
 }
 
 func TestParseModinfo(t *testing.T) {

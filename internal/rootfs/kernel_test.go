@@ -3,6 +3,7 @@ package rootfs
 import (
 	"bytes"
 	"context"
+	"github.com/hnboot/hnboot/internal/testkernel"
 	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
@@ -15,13 +16,8 @@ import (
 // Debian's in /var/cache/hnboot/kernel) with a few of its modules.
 func kernelTree(t *testing.T, dir string) (release string, vmlinuz []byte) {
 	t.Helper()
-	const cache = "/var/cache/hnboot/kernel"
-	ks, _ := filepath.Glob(cache + "/boot/vmlinuz-*")
-	if len(ks) == 0 {
-		t.Fatalf("no kernel in %s/boot: run scripts/deps.sh", cache)
-	}
-	release = filepath.Base(ks[0])[len("vmlinuz-"):]
-	mods := filepath.Join(cache, "lib/modules", release)
+	k := testkernel.Must(t)
+	release, mods := k.Release, k.Modules
 	for _, p := range []string{"modules.builtin", "modules.order", "kernel/drivers/block/loop.ko", "kernel/fs/overlayfs/overlay.ko"} {
 		b, err := os.ReadFile(filepath.Join(mods, p))
 		if err != nil {
@@ -36,7 +32,7 @@ func kernelTree(t *testing.T, dir string) (release string, vmlinuz []byte) {
 	if err := os.Symlink("usr/lib", filepath.Join(dir, "lib")); err != nil {
 		t.Fatal(err)
 	}
-	vmlinuz, err := os.ReadFile(ks[0])
+	vmlinuz, err := os.ReadFile(k.Vmlinuz)
 	if err != nil {
 		t.Fatal(err)
 	}
