@@ -11,16 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/pxe/checkin"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
-// Slots are the digests of the four image files (fleet's "images").
-type Slots struct {
-	Current string `json:"current,omitempty"`
-	Old     string `json:"old,omitempty"`
-	New     string `json:"new,omitempty"`
-	Broken  string `json:"broken,omitempty"`
-}
+// Slots are the digests of the four image files: the check-in schema's
+// "images", shared with the init and the server.
+type Slots = checkin.Slots
 
 // StagingStatus is the agent's last or current staging.
 type StagingStatus struct {

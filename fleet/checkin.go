@@ -3,6 +3,7 @@ package fleet
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/hnboot/hnboot/pxe/checkin"
 	"strings"
 	"time"
 
@@ -51,13 +52,9 @@ type Checkin struct {
 	Time time.Time `json:"time"` // set by the server on receipt
 }
 
-// Slots are the digests of the four image files on the host's hostpart.
-type Slots struct {
-	Current string `json:"current,omitempty"`
-	Old     string `json:"old,omitempty"`
-	New     string `json:"new,omitempty"`
-	Broken  string `json:"broken,omitempty"`
-}
+// Slots are the digests of the four image files on the host's hostpart,
+// as every check-in sender encodes them.
+type Slots = checkin.Slots
 
 const maxCheckinBytes = 256 << 10
 
