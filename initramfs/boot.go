@@ -210,9 +210,6 @@ func (b *boot) rotate() (rotate.Result, error) {
 		return res, err
 	}
 	moveManifests(hostpartDir, res.Action, b.log) // IMAGE.json follows its image (initramfs/verify.go)
-	for _, n := range res.Notes {
-		b.log.Warn(n)
-	}
 	b.log.Info("rotation done", "action", res.Action.String(), "trial", res.Trial, "tries_left", res.TriesLeft, "took", time.Since(start).Round(time.Microsecond))
 	return res, nil
 }

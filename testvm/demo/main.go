@@ -93,8 +93,13 @@ func run(args []string, out io.Writer) error {
 	if err := boot("boot 1: first boot of v1"); err != nil {
 		return err
 	}
-	step("staging v2: copying it to hostpart as hn-root-new.img")
-	if err := testvm.WithHostpart(disk, func(hp string) error { return copyFile(v2, filepath.Join(hp, "hn-root-new.img")) }); err != nil {
+	step("staging v2: its manifest as hn-root-new.img.json, then the image as hn-root-new.img (via .part)")
+	if err := testvm.WithHostpart(disk, func(hp string) error {
+		if err := copyFile(v2+".json", filepath.Join(hp, "hn-root-new.img.json")); err != nil {
+			return err
+		}
+		return copyFile(v2, filepath.Join(hp, "hn-root-new.img"))
+	}); err != nil {
 		return err
 	}
 	if err := boot("boot 2: the init promotes v2 on trial; v2's init confirms by removing hn-root.trial"); err != nil {
