@@ -54,28 +54,6 @@ func loadTrust(paths ...string) trust {
 	return t
 }
 
-// checkFilesystem refuses an image that could not boot: not a root
-// filesystem, or shorter than its superblock says (an interrupted copy).
-func checkFilesystem(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	typ, need, err := blkid.ImageSize(f)
-	if err != nil {
-		return fmt.Errorf("%s is not a root filesystem image: %w", path, err)
-	}
-	if st.Size() < need {
-		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock needs %d", path, st.Size(), typ, need)
-	}
-	return nil
-}
-
 // verifyStaged checks the staged image dir/name before promotion: the
 // filesystem (superblock, size), then its manifest dir/name.json when
 // present (size, sha256) and its signature when keys are trusted. With a
@@ -83,7 +61,7 @@ func checkFilesystem(path string) error {
 // signed by another key is refused.
 func verifyStaged(dir, name string, tr trust, log *slog.Logger) error {
 	path := filepath.Join(dir, name)
-	if err := checkFilesystem(path); err != nil {
+	if err := blkid.CheckImageFile(path); err != nil {
 		return err
 	}
 	mpath := manifest.PathFor(path)

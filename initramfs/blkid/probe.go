@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 )
 
@@ -207,4 +208,28 @@ func probeISO9660(r io.ReaderAt) (Info, bool, error) {
 		Label: strings.TrimRight(string(vd[40:72]), " "),
 		Size:  int64(le.Uint32(vd[80:])) * int64(le.Uint16(vd[128:])),
 	}, true, nil
+}
+
+// CheckImageFile refuses a file that could not boot as a root image: not
+// an ext4 or squashfs filesystem, or shorter than its superblock says (an
+// interrupted copy). The init checks a staged image with it, and mkimage
+// disk every image it puts on a disk.
+func CheckImageFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	typ, need, err := ImageSize(f)
+	if err != nil {
+		return fmt.Errorf("%s is not a root filesystem image: %w", path, err)
+	}
+	if st.Size() < need {
+		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock needs %d", path, st.Size(), typ, need)
+	}
+	return nil
 }

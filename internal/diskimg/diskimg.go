@@ -134,9 +134,7 @@ func guid(o Options, what string) string {
 		return ""
 	}
 	s := sha256.Sum256([]byte("hnboot disk " + strconv.FormatInt(o.Epoch, 10) + " " + what))
-	s[6] = s[6]&0x0f | 0x40
-	s[8] = s[8]&0x3f | 0x80
-	return fmt.Sprintf("%X-%X-%X-%X-%X", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
+	return strings.ToUpper(rootfs.UUIDFrom(s[:16]))
 }
 
 // Build makes the disk described by o.
@@ -189,8 +187,9 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		if !st.Mode().IsRegular() {
 			return nil, fmt.Errorf("disk: %s %s: not a regular file", im.flag, im.src)
 		}
-		if err := checkImage(im.src, st.Size()); err != nil {
-			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
+		// What the init would refuse to boot (build images with mkimage rootfs).
+		if err := blkid.CheckImageFile(im.src); err != nil {
+			return nil, fmt.Errorf("disk: %s: %w (build root images with mkimage rootfs)", im.flag, err)
 		}
 		if err := checkManifest(im.src); err != nil {
 			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
@@ -459,24 +458,6 @@ func copySparse(out, in *os.File) error {
 		off = hole
 	}
 	return out.Truncate(size)
-}
-
-// checkImage refuses what the init would refuse to boot: a file that is not
-// an ext4 or squashfs image, or one shorter than its superblock says.
-func checkImage(path string, size int64) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	typ, need, err := blkid.ImageSize(f)
-	if err != nil {
-		return fmt.Errorf("%s is not a root filesystem image (build one with mkimage rootfs): %w", path, err)
-	}
-	if size < need {
-		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock says %d", path, size, typ, need)
-	}
-	return nil
 }
 
 // installBIOS writes GRUB's core.img into the BIOS boot partition bp and

@@ -91,8 +91,8 @@ func DefaultSize(treeBytes int64) int64 {
 	return (s + mib - 1) / mib * mib
 }
 
-// uuidFrom makes an RFC 4122 (version 4 layout) UUID from a digest.
-func uuidFrom(b []byte) string {
+// UUIDFrom makes an RFC 4122 (version 4 layout) UUID from a digest.
+func UUIDFrom(b []byte) string {
 	var u [16]byte
 	copy(u[:], b)
 	u[6] = u[6]&0x0f | 0x40
@@ -205,7 +205,7 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		var uuid, seed string
 		if o.HasEpoch {
 			sum := sha256.Sum256(fmt.Appendf(nil, "hnboot rootfs %d %s %x", o.Epoch, o.Label, t.Digest()))
-			uuid, seed = uuidFrom(sum[:16]), uuidFrom(sum[16:])
+			uuid, seed = UUIDFrom(sum[:16]), UUIDFrom(sum[16:])
 		}
 		res.UUID = uuid
 		log.Info("making ext4 image", "out", tmp, "size", size, "entries", res.Entries)
