@@ -20,7 +20,8 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -150,7 +151,7 @@ func (a *Agent) confirmTrial(ctx context.Context) {
 		if err := MarkGood(a.Dir); err != nil {
 			v = Verdict{State: HealthFailed, Reason: "checks passed but confirming failed: " + err.Error(), Last: v.Last}
 		} else {
-			a.Log.Info("agent: trial boot confirmed: removed "+rotate.Trial, "reason", v.Reason)
+			a.Log.Info("agent: trial boot confirmed: removed "+layout.Trial, "reason", v.Reason)
 		}
 	} else if v.State == HealthFailed {
 		a.Log.Error("agent: trial boot unhealthy; not confirming it", "reason", v.Reason)
@@ -165,7 +166,7 @@ func (a *Agent) confirmTrial(ctx context.Context) {
 // (durably), and forgets the current image's digest in the failure memory
 // (an image forced back in that now passed).
 func MarkGood(dir string) error {
-	if err := rotate.OSFS(dir).Remove(rotate.Trial); err != nil {
+	if err := durable.Root(dir).Remove(layout.Trial); err != nil {
 		return err
 	}
 	st, err := hostpart.Read(dir, hostpart.ReadOptions{})
@@ -176,7 +177,7 @@ func MarkGood(dir string) error {
 	if err != nil {
 		return err
 	}
-	if d := st.Slot(hostpart.SlotCurrent).Digest; d != "" {
+	if d := st.Slot(layout.SlotCurrent).Digest; d != "" {
 		_, err = failed.Remove(dir, d)
 	}
 	return err
@@ -225,15 +226,15 @@ func (a *Agent) Tick(ctx context.Context) error {
 		}
 	}
 	obs := Observed{
-		Current: st.Slot(hostpart.SlotCurrent).Digest, Old: st.Slot(hostpart.SlotOld).Digest,
-		New: st.Slot(hostpart.SlotNew).Digest, Trial: st.Trial, RevertPending: st.RevertPending,
+		Current: st.Slot(layout.SlotCurrent).Digest, Old: st.Slot(layout.SlotOld).Digest,
+		New: st.Slot(layout.SlotNew).Digest, Trial: st.Trial, RevertPending: st.RevertPending,
 	}
 	dec := Plan(obs, des, failed, mem.applied)
 	changed := false
 	switch {
 	case dec.Revert != "":
-		a.Log.Warn("agent: server asks for a revert: writing "+rotate.RevertTrigger, "id", dec.Revert)
-		if err := rotate.OSFS(a.Dir).WriteFile(rotate.RevertTrigger, []byte(dec.Revert+"\n")); err != nil {
+		a.Log.Warn("agent: server asks for a revert: writing "+layout.RevertTrigger, "id", dec.Revert)
+		if err := durable.Root(a.Dir).WriteFile(layout.RevertTrigger, []byte(dec.Revert+"\n")); err != nil {
 			return err
 		}
 		mem.Reverts = append(mem.Reverts, revertRecord{ID: dec.Revert, State: "written", Time: time.Now()})
@@ -241,7 +242,7 @@ func (a *Agent) Tick(ctx context.Context) error {
 	case dec.NoOld != "":
 		mem.Reverts = append(mem.Reverts, revertRecord{ID: dec.NoOld, State: "applied", Time: time.Now(), Note: "no old image"})
 	case dec.Unstage:
-		a.Log.Info("agent: the server wants the current image; removing the staged "+rotate.New, "digest", obs.New)
+		a.Log.Info("agent: the server wants the current image; removing the staged "+layout.New, "digest", obs.New)
 		if err := Unstage(a.Dir); err != nil {
 			return err
 		}
@@ -319,9 +320,9 @@ func (a *Agent) remember(st hostpart.State, failed Failed, mem *memory) []string
 			a.Log.Warn("agent: remembering a failed image; it will not be staged again unless forced", "digest", im.Digest, "reason", reason)
 		}
 	}
-	add(st.Slot(hostpart.SlotBroken), "reverted (found as "+rotate.Broken+")", &mem.SeenBroken)
+	add(st.Slot(layout.SlotBroken), "reverted (found as "+layout.Broken+")", &mem.SeenBroken)
 	if st.Rejected != nil {
-		add(*st.Rejected, "rejected by the init at boot (found as "+rotate.Rejected+")", &mem.SeenRejected)
+		add(*st.Rejected, "rejected by the init at boot (found as "+layout.Rejected+")", &mem.SeenRejected)
 	}
 	// A revert the agent wrote is applied once system-revert is gone.
 	for i, r := range mem.Reverts {
@@ -389,15 +390,15 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 }
 
 func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decision, notes []string) Report {
-	cur := st.Slot(hostpart.SlotCurrent)
+	cur := st.Slot(layout.SlotCurrent)
 	r := Report{
 		MAC: a.MAC, Hostname: a.Hostname, Source: "agent",
 		Booted: cur.Digest,
 		Trial:  st.Trial, TriesLeft: st.TriesLeft,
 		Kernel: a.System.Kernel(), UptimeSeconds: a.System.Uptime(),
 		Images: Slots{
-			Current: cur.Digest, Old: st.Slot(hostpart.SlotOld).Digest,
-			New: st.Slot(hostpart.SlotNew).Digest, Broken: st.Slot(hostpart.SlotBroken).Digest,
+			Current: cur.Digest, Old: st.Slot(layout.SlotOld).Digest,
+			New: st.Slot(layout.SlotNew).Digest, Broken: st.Slot(layout.SlotBroken).Digest,
 		},
 		FailedDigests: failed.Digests(),
 		RebootPolicy:  a.Policy.String(),

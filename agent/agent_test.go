@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/pxe/checkin"
 )
 
@@ -105,7 +105,7 @@ func TestAgentUpdateConfirmRevert(t *testing.T) {
 	dir := t.TempDir()
 	imgA, dA := testImage(t, 4000)
 	imgB, dB := testImage(t, 6000)
-	os.WriteFile(filepath.Join(dir, rotate.Current), imgA, 0o644)
+	os.WriteFile(filepath.Join(dir, layout.Current), imgA, 0o644)
 	srv := newFakeFleet(t)
 	srv.blobs[dB] = imgB
 	reboots := 0
@@ -122,7 +122,7 @@ func TestAgentUpdateConfirmRevert(t *testing.T) {
 	if err := a.Tick(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "B staged", func() bool { return exists(dir, rotate.New) })
+	waitFor(t, "B staged", func() bool { return exists(dir, layout.New) })
 	waitFor(t, "staging goroutine done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
 	if err := a.Tick(ctx); err != nil {
 		t.Fatal(err)
@@ -133,12 +133,12 @@ func TestAgentUpdateConfirmRevert(t *testing.T) {
 
 	// The init promotes B on trial; the agent starts again.
 	a.rebooting = false
-	os.Rename(filepath.Join(dir, rotate.Current), filepath.Join(dir, rotate.Old))
-	os.Rename(filepath.Join(dir, rotate.New), filepath.Join(dir, rotate.Current))
-	os.WriteFile(filepath.Join(dir, rotate.Trial), []byte("2\n"), 0o644)
+	os.Rename(filepath.Join(dir, layout.Current), filepath.Join(dir, layout.Old))
+	os.Rename(filepath.Join(dir, layout.New), filepath.Join(dir, layout.Current))
+	os.WriteFile(filepath.Join(dir, layout.Trial), []byte("2\n"), 0o644)
 	a.confirmTrial(ctx)
-	if exists(dir, rotate.Trial) {
-		t.Fatalf("%s still there after passing health checks", rotate.Trial)
+	if exists(dir, layout.Trial) {
+		t.Fatalf("%s still there after passing health checks", layout.Trial)
 	}
 	a.Tick(ctx)
 	if rep := srv.last(); rep.Trial || rep.Images.Current != dB || rep.Health == nil || rep.Health.State != HealthPassed {
@@ -148,13 +148,13 @@ func TestAgentUpdateConfirmRevert(t *testing.T) {
 	// The server reverts.
 	srv.set(Desired{Image: DesiredImage{Name: "A", Version: "1", Digest: dA}, Revert: "r1"})
 	a.Tick(ctx)
-	if b, err := os.ReadFile(filepath.Join(dir, rotate.RevertTrigger)); err != nil || strings.TrimSpace(string(b)) != "r1" || reboots != 2 {
-		t.Fatalf("after the server's revert: %s = %q (%v), reboots = %d; want r1, 2", rotate.RevertTrigger, b, err, reboots)
+	if b, err := os.ReadFile(filepath.Join(dir, layout.RevertTrigger)); err != nil || strings.TrimSpace(string(b)) != "r1" || reboots != 2 {
+		t.Fatalf("after the server's revert: %s = %q (%v), reboots = %d; want r1, 2", layout.RevertTrigger, b, err, reboots)
 	}
 	// The init reverts: current → broken, old → current.
-	os.Rename(filepath.Join(dir, rotate.Current), filepath.Join(dir, rotate.Broken))
-	os.Rename(filepath.Join(dir, rotate.Old), filepath.Join(dir, rotate.Current))
-	os.Remove(filepath.Join(dir, rotate.RevertTrigger))
+	os.Rename(filepath.Join(dir, layout.Current), filepath.Join(dir, layout.Broken))
+	os.Rename(filepath.Join(dir, layout.Old), filepath.Join(dir, layout.Current))
+	os.Remove(filepath.Join(dir, layout.RevertTrigger))
 	a.rebooting = false
 	a.Tick(ctx)
 	rep := srv.last()
@@ -167,13 +167,13 @@ func TestAgentUpdateConfirmRevert(t *testing.T) {
 	srv.set(Desired{Image: DesiredImage{Name: "B", Version: "2", Digest: dB}})
 	a.Tick(ctx)
 	rep = srv.last()
-	if rep.Staging == nil || rep.Staging.State != "refused" || exists(dir, rotate.New) || exists(dir, PartFile) {
-		t.Fatalf("re-assigned failed image: staging = %+v, new staged = %v; want refused and nothing staged", rep.Staging, exists(dir, rotate.New))
+	if rep.Staging == nil || rep.Staging.State != "refused" || exists(dir, layout.New) || exists(dir, layout.NewPart) {
+		t.Fatalf("re-assigned failed image: staging = %+v, new staged = %v; want refused and nothing staged", rep.Staging, exists(dir, layout.New))
 	}
 	// Forced: staged.
 	srv.set(Desired{Image: DesiredImage{Name: "B", Version: "2", Digest: dB}, Force: true})
 	a.Tick(ctx)
-	waitFor(t, "forced B staged", func() bool { return exists(dir, rotate.New) })
+	waitFor(t, "forced B staged", func() bool { return exists(dir, layout.New) })
 	waitFor(t, "staging goroutine done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
 }
 
@@ -181,7 +181,7 @@ func TestAgentReportsCorruptDownload(t *testing.T) {
 	dir := t.TempDir()
 	imgA, _ := testImage(t, 4000)
 	_, dB := testImage(t, 6000)
-	os.WriteFile(filepath.Join(dir, rotate.Current), imgA, 0o644)
+	os.WriteFile(filepath.Join(dir, layout.Current), imgA, 0o644)
 	srv := newFakeFleet(t)
 	srv.blobs[dB] = []byte(strings.Repeat("x", 6000)) // not B
 	a := &Agent{Dir: dir, Server: &HTTPServer{Base: srv.URL}, MAC: "52:54:00:12:34:56", Config: Config{Interval: time.Hour},
@@ -191,8 +191,8 @@ func TestAgentReportsCorruptDownload(t *testing.T) {
 	waitFor(t, "staging done", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return !a.busy })
 	a.Tick(context.Background())
 	rep := srv.last()
-	if rep.Staging == nil || rep.Staging.State != "failed" || !strings.Contains(rep.Staging.Error, "corrupt") || exists(dir, rotate.New) {
-		t.Fatalf("corrupt download: staging = %+v, staged = %v; want failed with \"corrupt\", nothing staged", rep.Staging, exists(dir, rotate.New))
+	if rep.Staging == nil || rep.Staging.State != "failed" || !strings.Contains(rep.Staging.Error, "corrupt") || exists(dir, layout.New) {
+		t.Fatalf("corrupt download: staging = %+v, staged = %v; want failed with \"corrupt\", nothing staged", rep.Staging, exists(dir, layout.New))
 	}
 }
 
@@ -243,7 +243,7 @@ func TestAgentStagesManifest(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			os.WriteFile(filepath.Join(dir, rotate.Current), imgA, 0o644)
+			os.WriteFile(filepath.Join(dir, layout.Current), imgA, 0o644)
 			srv := newFakeFleet(t)
 			srv.blobs[dB] = imgB
 			if tc.manifest != nil {
@@ -260,11 +260,11 @@ func TestAgentStagesManifest(t *testing.T) {
 			if rep.Staging == nil || rep.Staging.State != tc.state || !strings.Contains(rep.Staging.Error, tc.errHas) {
 				t.Fatalf("staging = %+v, want state %s, error containing %q", rep.Staging, tc.state, tc.errHas)
 			}
-			if staged := exists(dir, rotate.New); staged != (tc.state == "staged") {
-				t.Errorf("%s staged = %v, want %v", rotate.New, staged, tc.state == "staged")
+			if staged := exists(dir, layout.New); staged != (tc.state == "staged") {
+				t.Errorf("%s staged = %v, want %v", layout.New, staged, tc.state == "staged")
 			}
-			if got, want := exists(dir, NewManifest), tc.state == "staged" && tc.manifest != nil; got != want {
-				t.Errorf("%s present = %v, want %v", NewManifest, got, want)
+			if got, want := exists(dir, layout.ManifestFor(layout.New)), tc.state == "staged" && tc.manifest != nil; got != want {
+				t.Errorf("%s present = %v, want %v", layout.ManifestFor(layout.New), got, want)
 			}
 			if tc.state == "failed" {
 				a.mu.Lock()

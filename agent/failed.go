@@ -12,13 +12,13 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // FailedFile is the failure memory on hostpart: one line per digest that
 // was reverted or rejected, "sha256:<hex> <RFC 3339 time> <reason>".
 // An operator may edit it; `imaged stage --force` bypasses it.
-const FailedFile = hostpart.StateDir + "/failed-digests"
 
 // Failure is one remembered digest.
 type Failure struct {
@@ -34,7 +34,7 @@ type Failed map[string]Failure
 // do not start with a digest are errors naming the file and line.
 func LoadFailed(dir string) (Failed, error) {
 	f := Failed{}
-	b, err := os.ReadFile(filepath.Join(dir, FailedFile))
+	b, err := os.ReadFile(filepath.Join(dir, layout.FailedDigests))
 	if errors.Is(err, os.ErrNotExist) {
 		return f, nil
 	}
@@ -49,7 +49,7 @@ func LoadFailed(dir string) (Failed, error) {
 		}
 		parts := strings.SplitN(line, " ", 3)
 		if !hostpart.ValidDigest(parts[0]) {
-			return f, fmt.Errorf("%s:%d: %q does not start with sha256:<64 hex>; fix or delete the line", filepath.Join(dir, FailedFile), n, line)
+			return f, fmt.Errorf("%s:%d: %q does not start with sha256:<64 hex>; fix or delete the line", filepath.Join(dir, layout.FailedDigests), n, line)
 		}
 		fl := Failure{Digest: parts[0]}
 		if len(parts) > 1 {
@@ -101,5 +101,5 @@ func (f Failed) save(dir string) error {
 		reason := strings.Join(strings.Fields(fl.Reason), " ")
 		fmt.Fprintf(&b, "%s %s %s\n", d, fl.Time.UTC().Format(time.RFC3339), reason)
 	}
-	return rotate.OSFS(dir).WriteFile(FailedFile, []byte(b.String()))
+	return durable.Root(dir).WriteFile(layout.FailedDigests, []byte(b.String()))
 }

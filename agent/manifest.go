@@ -11,8 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
 
@@ -20,11 +19,9 @@ import (
 // hn-root-new.img.json before promoting it, and with a trusted key refuses
 // a staged image without a valid signed manifest.
 const (
-	NewManifest    = rotate.New + manifest.Suffix             // hn-root-new.img.json
-	TrustedKeyFile = hostpart.StateDir + "/trusted.pub"       // a key the init trusts too
-	maxManifest    = 64 << 10                                 // bytes; a manifest is about 400
-	keyPrefix      = "hnboot-ed25519-public "                 // the KEY.pub line, given inline
-	signHint       = "sign it with mkimage rootfs --sign-key" // how to make a manifest
+	maxManifest = 64 << 10                                 // bytes; a manifest is about 400
+	keyPrefix   = "hnboot-ed25519-public "                 // the KEY.pub line, given inline
+	signHint    = "sign it with mkimage rootfs --sign-key" // how to make a manifest
 )
 
 // ErrNoManifest is returned (wrapped) by ManifestSource.Manifest when the
@@ -57,7 +54,7 @@ func (e *ManifestError) Error() string {
 func (e *ManifestError) Unwrap() error { return e.Err }
 
 // ManifestName implements ManifestSource.
-func (s HTTPSource) ManifestName() string { return s.URL + manifest.Suffix }
+func (s HTTPSource) ManifestName() string { return s.URL + layout.ManifestSuffix }
 
 // Manifest implements ManifestSource: GET URL.json; 404 is ErrNoManifest.
 func (s HTTPSource) Manifest(ctx context.Context) ([]byte, error) {
@@ -93,7 +90,7 @@ func (s HTTPSource) Manifest(ctx context.Context) ([]byte, error) {
 }
 
 // ManifestName implements ManifestSource.
-func (s FileSource) ManifestName() string { return manifest.PathFor(s.Path) }
+func (s FileSource) ManifestName() string { return layout.ManifestFor(s.Path) }
 
 // Manifest implements ManifestSource: FILE.json beside the image.
 func (s FileSource) Manifest(context.Context) ([]byte, error) {
@@ -161,7 +158,7 @@ func ReadKeys(specs ...string) (Keys, error) {
 // trusts too. A trusted.pub that exists but does not parse is an error:
 // staging must not fall back to accepting unsigned images.
 func trusted(dir string, k Keys) (Keys, error) {
-	p := filepath.Join(dir, TrustedKeyFile)
+	p := filepath.Join(dir, layout.TrustedKey)
 	pk, err := manifest.ReadPublicKey(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return k, nil
@@ -180,7 +177,7 @@ func trusted(dir string, k Keys) (Keys, error) {
 // manifest and none required.
 func fetchManifest(ctx context.Context, req Request, keys Keys) (*manifest.Manifest, []byte, error) {
 	ms, ok := req.Source.(ManifestSource)
-	name := req.Source.String() + manifest.Suffix
+	name := req.Source.String() + layout.ManifestSuffix
 	if ok {
 		name = ms.ManifestName()
 	}

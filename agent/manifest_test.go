@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
 
@@ -87,29 +87,29 @@ func TestStageManifest(t *testing.T) {
 			dir := newHostpart(t)
 			if tc.hostKey != "" {
 				os.MkdirAll(filepath.Join(dir, ".hnboot"), 0o755)
-				os.WriteFile(filepath.Join(dir, TrustedKeyFile), []byte(tc.hostKey), 0o644)
+				os.WriteFile(filepath.Join(dir, layout.TrustedKey), []byte(tc.hostKey), 0o644)
 			}
 			// A manifest left by an earlier staging must never describe this image.
-			os.WriteFile(filepath.Join(dir, NewManifest), []byte("stale"), 0o644)
+			os.WriteFile(filepath.Join(dir, layout.ManifestFor(layout.New)), []byte("stale"), 0o644)
 			req := Request{Source: HTTPSource{URL: srv.URL + "/blobs/" + digest}, Digest: tc.digest, Keys: tc.keys, Reserve: 1}
 			if tc.digest == "-" {
 				req.Digest = ""
 			}
 			res, err := Stage(context.Background(), dir, req)
-			staged, _ := os.ReadFile(filepath.Join(dir, rotate.New))
-			gotManifest, merr := os.ReadFile(filepath.Join(dir, NewManifest))
+			staged, _ := os.ReadFile(filepath.Join(dir, layout.New))
+			gotManifest, merr := os.ReadFile(filepath.Join(dir, layout.ManifestFor(layout.New)))
 			if tc.wantErr == nil {
 				if err != nil {
 					t.Fatalf("Stage = %v, want staged", err)
 				}
 				if !bytes.Equal(staged, data) {
-					t.Errorf("%s is not the image", rotate.New)
+					t.Errorf("%s is not the image", layout.New)
 				}
 				if tc.manifest == nil && merr == nil {
-					t.Errorf("%s = %q, want none (the source has none; a stale one must go)", NewManifest, gotManifest)
+					t.Errorf("%s = %q, want none (the source has none; a stale one must go)", layout.ManifestFor(layout.New), gotManifest)
 				}
 				if tc.manifest != nil && !bytes.Equal(gotManifest, tc.manifest) {
-					t.Errorf("%s = %q (%v), want the source's manifest", NewManifest, gotManifest, merr)
+					t.Errorf("%s = %q (%v), want the source's manifest", layout.ManifestFor(layout.New), gotManifest, merr)
 				}
 				if res.Manifest != tc.want {
 					t.Errorf("Result.Manifest = %q, want %q", res.Manifest, tc.want)
@@ -124,10 +124,10 @@ func TestStageManifest(t *testing.T) {
 				t.Errorf("Stage error %q names no manifest file or fix", err)
 			}
 			if staged != nil {
-				t.Errorf("%s staged despite the manifest error", rotate.New)
+				t.Errorf("%s staged despite the manifest error", layout.New)
 			}
-			if _, err := os.Stat(filepath.Join(dir, PartFile)); err == nil && tc.download {
-				t.Errorf("%s kept after the download failed its manifest", PartFile)
+			if _, err := os.Stat(filepath.Join(dir, layout.NewPart)); err == nil && tc.download {
+				t.Errorf("%s kept after the download failed its manifest", layout.NewPart)
 			}
 			if downloaded := srv.served > 0; downloaded != tc.download {
 				t.Errorf("image downloaded = %v, want %v (a bad manifest is refused before downloading when it can be)", downloaded, tc.download)
@@ -148,13 +148,13 @@ func TestStageFileManifest(t *testing.T) {
 	if err != nil || res.Digest != digest {
 		t.Fatalf("Stage(FILE with FILE.json) = %v, %v; want %s staged", res.Digest, err, digest)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, NewManifest)); !bytes.Equal(b, mustRead(t, src+".json")) {
-		t.Errorf("%s = %q, want the bytes of %s.json", NewManifest, b, src)
+	if b, _ := os.ReadFile(filepath.Join(dir, layout.ManifestFor(layout.New))); !bytes.Equal(b, mustRead(t, src+".json")) {
+		t.Errorf("%s = %q, want the bytes of %s.json", layout.ManifestFor(layout.New), b, src)
 	}
 	if err := Unstage(dir); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{rotate.New, NewManifest} {
+	for _, f := range []string{layout.New, layout.ManifestFor(layout.New)} {
 		if exists(dir, f) {
 			t.Errorf("Unstage left %s", f)
 		}
@@ -169,10 +169,10 @@ func TestStageBrokenTrustedKey(t *testing.T) {
 	os.WriteFile(src, data, 0o644)
 	dir := newHostpart(t)
 	os.MkdirAll(filepath.Join(dir, ".hnboot"), 0o755)
-	os.WriteFile(filepath.Join(dir, TrustedKeyFile), []byte("garbage\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, layout.TrustedKey), []byte("garbage\n"), 0o644)
 	_, err := Stage(context.Background(), dir, Request{Source: FileSource{src}, Reserve: 1})
-	if err == nil || !strings.Contains(err.Error(), TrustedKeyFile) || exists(dir, rotate.New) {
-		t.Fatalf("Stage with a broken %s = %v, staged %v; want an error naming it, nothing staged", TrustedKeyFile, err, exists(dir, rotate.New))
+	if err == nil || !strings.Contains(err.Error(), layout.TrustedKey) || exists(dir, layout.New) {
+		t.Fatalf("Stage with a broken %s = %v, staged %v; want an error naming it, nothing staged", layout.TrustedKey, err, exists(dir, layout.New))
 	}
 }
 

@@ -9,12 +9,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // MemoryFile is the agent's own state on hostpart.
-const MemoryFile = hostpart.StateDir + "/agent.json"
 
 type revertRecord struct {
 	ID    string    `json:"id"`
@@ -34,7 +33,7 @@ const maxReverts = 20
 
 func loadMemory(dir string) (memory, error) {
 	var m memory
-	p := filepath.Join(dir, MemoryFile)
+	p := filepath.Join(dir, layout.AgentState)
 	b, err := os.ReadFile(p)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return m, err
@@ -46,7 +45,7 @@ func loadMemory(dir string) (memory, error) {
 	}
 	// IDs the init applied from hn.revert= count as applied too.
 	m.initReverts = map[string]bool{}
-	if b, err := os.ReadFile(filepath.Join(dir, rotate.Reverts)); err == nil {
+	if b, err := os.ReadFile(filepath.Join(dir, layout.Reverts)); err == nil {
 		for _, l := range splitLines(string(b)) {
 			m.initReverts[l] = true
 		}
@@ -84,11 +83,11 @@ func (m *memory) save(dir string) error {
 	if err != nil {
 		return err
 	}
-	old, _ := os.ReadFile(filepath.Join(dir, MemoryFile))
+	old, _ := os.ReadFile(filepath.Join(dir, layout.AgentState))
 	if string(old) == string(b)+"\n" {
 		return nil
 	}
-	return rotate.OSFS(dir).WriteFile(MemoryFile, append(b, '\n'))
+	return durable.Root(dir).WriteFile(layout.AgentState, append(b, '\n'))
 }
 
 func splitLines(s string) []string {

@@ -19,15 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/rotate"
-	"github.com/hnboot/hnboot/internal/manifest"
-)
-
-// Names used while staging, relative to hostpart.
-const (
-	PartFile    = rotate.New + ".part"           // the download in progress
-	StagingFile = hostpart.StateDir + "/staging" // which digest and source PartFile holds
-	LockFile    = hostpart.StateDir + "/stage.lock"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // DefaultReserve is the free space staging leaves on hostpart for the
@@ -90,7 +83,7 @@ type DigestError struct {
 }
 
 func (e *DigestError) Error() string {
-	return fmt.Sprintf("download from %s is corrupt: sha256 of its %d bytes is %s, want %s; removed %s, nothing staged", e.Source, e.Size, e.Got, e.Want, PartFile)
+	return fmt.Sprintf("download from %s is corrupt: sha256 of its %d bytes is %s, want %s; removed %s, nothing staged", e.Source, e.Size, e.Got, e.Want, layout.NewPart)
 }
 
 type staging struct {
@@ -134,12 +127,12 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 		if err := checkRefused(failed, req.Digest, req.Force); err != nil {
 			return res, err
 		}
-		if st.Slot(hostpart.SlotCurrent).Digest == req.Digest {
-			res.Already = hostpart.SlotCurrent
+		if st.Slot(layout.SlotCurrent).Digest == req.Digest {
+			res.Already = layout.SlotCurrent
 			return res, nil
 		}
-		if st.Slot(hostpart.SlotNew).Digest == req.Digest {
-			res.Already = hostpart.SlotNew
+		if st.Slot(layout.SlotNew).Digest == req.Digest {
+			res.Already = layout.SlotNew
 			return res, nil
 		}
 	}
@@ -158,12 +151,12 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 		return res, err
 	}
 
-	fsys := rotate.OSFS(dir)
-	partPath := filepath.Join(dir, PartFile)
+	fsys := durable.Root(dir)
+	partPath := filepath.Join(dir, layout.NewPart)
 	var have int64
 	if req.Digest != "" {
 		var rec staging
-		if b, err := os.ReadFile(filepath.Join(dir, StagingFile)); err == nil && json.Unmarshal(b, &rec) == nil && rec.Digest == req.Digest {
+		if b, err := os.ReadFile(filepath.Join(dir, layout.Staging)); err == nil && json.Unmarshal(b, &rec) == nil && rec.Digest == req.Digest {
 			if fi, err := os.Stat(partPath); err == nil {
 				have = fi.Size()
 			}
@@ -178,7 +171,7 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 		}
 	}
 	rec, _ := json.Marshal(staging{Digest: req.Digest, Source: req.Source.String()})
-	if err := fsys.WriteFile(StagingFile, rec); err != nil {
+	if err := fsys.WriteFile(layout.Staging, rec); err != nil {
 		return res, err
 	}
 	flags := os.O_RDWR | os.O_CREATE
@@ -231,18 +224,18 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	if err != nil {
 		// Keep what arrived, durably, for the next run to resume from.
 		part.Sync()
-		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, sizeStr(total), PartFile, err)
+		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, sizeStr(total), layout.NewPart, err)
 	}
 	if total >= 0 && done != total {
 		part.Sync()
-		return res, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, PartFile)
+		return res, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, layout.NewPart)
 	}
 	res.Size = done
 	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	discard := func() {
 		part.Close()
-		fsys.Remove(PartFile)
-		fsys.Remove(StagingFile)
+		fsys.Remove(layout.NewPart)
+		fsys.Remove(layout.Staging)
 	}
 	if req.Digest != "" && got != req.Digest {
 		discard()
@@ -254,20 +247,20 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 			discard()
 			return res, err
 		}
-		if st.Slot(hostpart.SlotCurrent).Digest == got {
+		if st.Slot(layout.SlotCurrent).Digest == got {
 			discard()
-			res.Already = hostpart.SlotCurrent
+			res.Already = layout.SlotCurrent
 			return res, nil
 		}
 	}
 	if man != nil {
-		name := req.Source.String() + manifest.Suffix
+		name := req.Source.String() + layout.ManifestSuffix
 		if ms, ok := req.Source.(ManifestSource); ok {
 			name = ms.ManifestName()
 		}
 		if err := checkManifest(man, name, got, done); err != nil {
 			discard()
-			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", hostpart.Short(got), req.Source, err, PartFile)
+			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", hostpart.Short(got), req.Source, err, layout.NewPart)
 		}
 		switch {
 		case len(keys.Keys) > 0:
@@ -287,28 +280,28 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	// An earlier staged image goes first, so no manifest ever sits beside
 	// an image it does not describe; then the manifest (or a stale one
 	// goes), so the init never sees the new image without it.
-	if err := fsys.Remove(rotate.New); err != nil {
+	if err := fsys.Remove(layout.New); err != nil {
 		return res, fmt.Errorf("stage: replace the staged image: %w", err)
 	}
 	if manBytes != nil {
-		err = fsys.WriteFile(NewManifest, manBytes)
+		err = fsys.WriteFile(layout.ManifestFor(layout.New), manBytes)
 	} else {
-		err = fsys.Remove(NewManifest)
+		err = fsys.Remove(layout.ManifestFor(layout.New))
 	}
 	if err != nil {
-		return res, fmt.Errorf("stage: %s: %w", NewManifest, err)
+		return res, fmt.Errorf("stage: %s: %w", layout.ManifestFor(layout.New), err)
 	}
-	if err := fsys.Rename(PartFile, rotate.New); err != nil {
+	if err := fsys.Rename(layout.NewPart, layout.New); err != nil {
 		return res, fmt.Errorf("stage: %w", err)
 	}
-	fsys.Remove(StagingFile)
-	if err := hostpart.Remember(dir, rotate.New, got); err != nil {
+	fsys.Remove(layout.Staging)
+	if err := hostpart.Remember(dir, layout.New, got); err != nil {
 		log.Warn("stage: cannot cache the digest", "err", err)
 	}
 	if err := hostpart.WriteMeta(dir, hostpart.Meta{Digest: got, Name: req.Name, Version: req.Version, Source: req.Source.String(), Staged: time.Now()}); err != nil {
 		log.Warn("stage: cannot record image metadata", "err", err)
 	}
-	log.Info("stage: staged", "file", rotate.New, "digest", got, "size", done, "reused", have, "downloaded", n, "manifest", res.Manifest)
+	log.Info("stage: staged", "file", layout.New, "digest", got, "size", done, "reused", have, "downloaded", n, "manifest", res.Manifest)
 	return res, nil
 }
 
@@ -324,17 +317,17 @@ func checkRefused(failed Failed, digest string, force bool) error {
 	if !fl.Time.IsZero() {
 		when = " on " + fl.Time.UTC().Format(time.RFC3339)
 	}
-	return fmt.Errorf("%w: %s is in %s (%s%s); stage it anyway with imaged stage --force, or have the server send force", ErrRefused, digest, FailedFile, fl.Reason, when)
+	return fmt.Errorf("%w: %s is in %s (%s%s); stage it anyway with imaged stage --force, or have the server send force", ErrRefused, digest, layout.FailedDigests, fl.Reason, when)
 }
 
 // Unstage removes hn-root-new.img and then its manifest (the server now
 // wants the current image).
 func Unstage(dir string) error {
-	fsys := rotate.OSFS(dir)
-	if err := fsys.Remove(rotate.New); err != nil {
+	fsys := durable.Root(dir)
+	if err := fsys.Remove(layout.New); err != nil {
 		return err
 	}
-	return fsys.Remove(NewManifest)
+	return fsys.Remove(layout.ManifestFor(layout.New))
 }
 
 func checkSpace(dir string, st hostpart.State, need int64, req Request) error {
@@ -349,7 +342,7 @@ func checkSpace(dir string, st hostpart.State, need int64, req Request) error {
 		return nil
 	}
 	hint := "free space on it"
-	if b := st.Slot(hostpart.SlotBroken); b.Present {
+	if b := st.Slot(layout.SlotBroken); b.Present {
 		hint = fmt.Sprintf("remove %s (%s, %s; not needed to revert) or free other space", b.File, b.Label(), sizeStr(b.Size))
 	}
 	return fmt.Errorf("%w %s to stage %s: need %s more (plus %s kept free), %s available; %s",
@@ -418,7 +411,7 @@ func copyProgress(ctx context.Context, w io.Writer, r io.Reader, base, total int
 }
 
 func lock(dir string) (func(), error) {
-	p := filepath.Join(dir, LockFile)
+	p := filepath.Join(dir, layout.StageLock)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // blobServer serves one image at /blobs/<digest> with Range support,
@@ -102,7 +102,7 @@ func newHostpart(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	cur, _ := testImage(t, 1000)
-	if err := os.WriteFile(filepath.Join(dir, rotate.Current), cur, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, layout.Current), cur, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -119,12 +119,12 @@ func TestStageResumesAfterCutConnection(t *testing.T) {
 	if err == nil {
 		t.Fatal("Stage over a cut connection = nil error, want an interruption")
 	}
-	if _, err := os.Stat(filepath.Join(dir, rotate.New)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("after a cut download, %s exists (stat err %v); it must never be partial", rotate.New, err)
+	if _, err := os.Stat(filepath.Join(dir, layout.New)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after a cut download, %s exists (stat err %v); it must never be partial", layout.New, err)
 	}
-	part, err := os.Stat(filepath.Join(dir, PartFile))
+	part, err := os.Stat(filepath.Join(dir, layout.NewPart))
 	if err != nil || part.Size() != 1<<20 {
-		t.Fatalf("after the cut, %s = %v (err %v), want %d bytes kept", PartFile, part, err, 1<<20)
+		t.Fatalf("after the cut, %s = %v (err %v), want %d bytes kept", layout.NewPart, part, err, 1<<20)
 	}
 
 	res, err := Stage(context.Background(), dir, req)
@@ -140,11 +140,11 @@ func TestStageResumesAfterCutConnection(t *testing.T) {
 	if want := []string{"", "bytes=1048576-"}; strings.Join(srv.ranges, ",") != strings.Join(want, ",") {
 		t.Errorf("Range headers = %q, want %q", srv.ranges, want)
 	}
-	got, err := os.ReadFile(filepath.Join(dir, rotate.New))
+	got, err := os.ReadFile(filepath.Join(dir, layout.New))
 	if err != nil || !bytes.Equal(got, data) {
-		t.Errorf("%s differs from the image (err %v)", rotate.New, err)
+		t.Errorf("%s differs from the image (err %v)", layout.New, err)
 	}
-	for _, f := range []string{PartFile, StagingFile} {
+	for _, f := range []string{layout.NewPart, layout.Staging} {
 		if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind after staging", f)
 		}
@@ -161,7 +161,7 @@ func TestStageRefusesCorruptDownload(t *testing.T) {
 	if !errors.As(err, &de) || de.Want != digest {
 		t.Fatalf("Stage of a corrupt download = %v, want a DigestError for %s", err, digest)
 	}
-	for _, f := range []string{rotate.New, PartFile} {
+	for _, f := range []string{layout.New, layout.NewPart} {
 		if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s exists after a corrupt download", f)
 		}
@@ -190,9 +190,9 @@ func TestStageFailedDigest(t *testing.T) {
 			if got := errors.Is(err, ErrRefused); got != tc.refused {
 				t.Fatalf("Stage(force=%v) err = %v, refused = %v, want %v", tc.force, err, got, tc.refused)
 			}
-			_, serr := os.Stat(filepath.Join(dir, rotate.New))
+			_, serr := os.Stat(filepath.Join(dir, layout.New))
 			if staged := serr == nil; staged == tc.refused {
-				t.Errorf("%s staged = %v, want %v", rotate.New, staged, !tc.refused)
+				t.Errorf("%s staged = %v, want %v", layout.New, staged, !tc.refused)
 			}
 		})
 	}
@@ -207,8 +207,8 @@ func TestStageNoSpace(t *testing.T) {
 	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "available") {
 		t.Fatalf("Stage with no room = %v, want ErrNoSpace saying what is available", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, PartFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s created although there is no room", PartFile)
+	if _, err := os.Stat(filepath.Join(dir, layout.NewPart)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s created although there is no room", layout.NewPart)
 	}
 }
 

@@ -6,15 +6,14 @@ package bootloader
 import (
 	"fmt"
 	"strings"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // Defaults of Options.
 const (
-	DefaultHostpartLabel = "hostpart"
-	DefaultImage         = "hn-root.img"
-	DefaultOldImage      = "hn-root-old.img"
-	DefaultTimeout       = 1
-	DefaultConsole       = "ttyS0"
+	DefaultTimeout = 1
+	DefaultConsole = "ttyS0"
 )
 
 // Options shape the generated grub.cfg. The zero value gives the seed's
@@ -31,13 +30,13 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.HostpartLabel == "" {
-		o.HostpartLabel = DefaultHostpartLabel
+		o.HostpartLabel = layout.HostpartLabel
 	}
 	if o.Image == "" {
-		o.Image = DefaultImage
+		o.Image = layout.Current
 	}
 	if o.OldImage == "" {
-		o.OldImage = DefaultOldImage
+		o.OldImage = layout.Old
 	}
 	switch {
 	case o.Timeout == 0:
@@ -90,7 +89,7 @@ func entry(b *strings.Builder, title string, o Options, image, more string) {
 		"raw_loop_root_host_partition=LABEL=" + o.HostpartLabel,
 		"hn.hostpart=LABEL=" + o.HostpartLabel,
 	}
-	if image != DefaultImage {
+	if image != layout.Current {
 		cmdline = append(cmdline, "hn.image="+image)
 	}
 	cmdline = append(cmdline, "ro", "console="+o.Console)

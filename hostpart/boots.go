@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // Boot summarizes one boot's init log (.hnboot/boots/boot.N.log).
@@ -30,7 +32,7 @@ const maxProblems = 5
 func ReadBoots(dir string, n int) []Boot {
 	var out []Boot
 	for i := 0; i < n && i < 10; i++ {
-		p := filepath.Join(dir, StateDir, "boots", fmt.Sprintf("boot.%d.log", i))
+		p := filepath.Join(dir, layout.BootsDir, fmt.Sprintf("boot.%d.log", i))
 		b, err := os.ReadFile(p)
 		if err != nil {
 			continue

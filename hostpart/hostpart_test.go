@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 func TestLocate(t *testing.T) {
@@ -24,7 +24,7 @@ func TestLocate(t *testing.T) {
 	}{
 		{"--hostpart dir", Locator{Dir: tmp}, "", tmp, nil},
 		{"--hostpart missing", Locator{Dir: filepath.Join(tmp, "nope")}, "", "", []string{"--hostpart", "nope"}},
-		{"mounted", Locator{MountInfo: mi, SysClassBlock: sys}, "36 25 254:2 / /hostpart rw,noatime - ext4 /dev/vda2 rw\n", Mount, nil},
+		{"mounted", Locator{MountInfo: mi, SysClassBlock: sys}, "36 25 254:2 / /hostpart rw,noatime - ext4 /dev/vda2 rw\n", layout.HostpartMount, nil},
 		{"not mounted, no device", Locator{MountInfo: mi, SysClassBlock: sys}, "36 25 254:1 / / rw - ext4 /dev/vda1 rw\n", "",
 			[]string{"/hostpart is not a mount point", "LABEL=hostpart", "--hostpart DIR"}},
 	} {
@@ -54,7 +54,7 @@ func TestUnescape(t *testing.T) {
 // while inode, size and mtime stay; a rename (as the init does) keeps it.
 func TestDigestCache(t *testing.T) {
 	dir := t.TempDir()
-	p := filepath.Join(dir, rotate.New)
+	p := filepath.Join(dir, layout.New)
 	os.WriteFile(p, []byte("image one"), 0o644)
 	mtime := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	os.Chtimes(p, mtime, mtime)
@@ -62,7 +62,7 @@ func TestDigestCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := st.Slot(SlotNew).Digest
+	first := st.Slot(layout.SlotNew).Digest
 	want, _ := FileDigest(p)
 	if first != want {
 		t.Fatalf("Read digest = %s, want %s", first, want)
@@ -71,15 +71,15 @@ func TestDigestCache(t *testing.T) {
 	// proves it was not hashed again.
 	os.WriteFile(p, []byte("image two"), 0o644)
 	os.Chtimes(p, mtime, mtime)
-	os.Rename(p, filepath.Join(dir, rotate.Current))
+	os.Rename(p, filepath.Join(dir, layout.Current))
 	st, _ = Read(dir, ReadOptions{Hash: false})
-	if got := st.Slot(SlotCurrent).Digest; got != first {
+	if got := st.Slot(layout.SlotCurrent).Digest; got != first {
 		t.Errorf("after rename, cached digest = %q, want %s", got, first)
 	}
 	// A new mtime invalidates it.
-	os.Chtimes(filepath.Join(dir, rotate.Current), mtime.Add(time.Second), mtime.Add(time.Second))
+	os.Chtimes(filepath.Join(dir, layout.Current), mtime.Add(time.Second), mtime.Add(time.Second))
 	st, _ = Read(dir, ReadOptions{Hash: true})
-	if got, want := st.Slot(SlotCurrent).Digest, mustDigest(t, filepath.Join(dir, rotate.Current)); got != want {
+	if got, want := st.Slot(layout.SlotCurrent).Digest, mustDigest(t, filepath.Join(dir, layout.Current)); got != want {
 		t.Errorf("after touching, digest = %s, want %s (rehashed)", got, want)
 	}
 }
@@ -94,7 +94,7 @@ func mustDigest(t *testing.T, p string) string {
 
 func TestReadTrialRevertParts(t *testing.T) {
 	dir := t.TempDir()
-	for name, body := range map[string]string{rotate.Current: "x", rotate.Trial: "2\n", rotate.RevertTrigger: "", "hn-root-new.img.part": "abc"} {
+	for name, body := range map[string]string{layout.Current: "x", layout.Trial: "2\n", layout.RevertTrigger: "", "hn-root-new.img.part": "abc"} {
 		os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644)
 	}
 	st, err := Read(dir, ReadOptions{})

@@ -11,14 +11,9 @@ import (
 	"os"
 	"strings"
 
-	"github.com/hnboot/hnboot/initramfs/blkid"
+	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/layout"
 )
-
-// Mount is where the init leaves hostpart in the running system.
-const Mount = "/hostpart"
-
-// Label is the filesystem label of the hostpart partition.
-const Label = "LABEL=hostpart"
 
 // Locator says where to look for hostpart. The zero value looks at the
 // real system.
@@ -47,12 +42,12 @@ func (l Locator) Locate() (string, error) {
 	if mi == "" {
 		mi = "/proc/self/mountinfo"
 	}
-	mounted, err := isMountPoint(mi, Mount)
+	mounted, err := isMountPoint(mi, layout.HostpartMount)
 	if err != nil {
 		return "", fmt.Errorf("hostpart: %w", err)
 	}
 	if mounted {
-		return Mount, nil
+		return layout.HostpartMount, nil
 	}
 	sys, dev := l.SysClassBlock, l.DevDir
 	if sys == "" {
@@ -61,10 +56,10 @@ func (l Locator) Locate() (string, error) {
 	if dev == "" {
 		dev = "/dev"
 	}
-	if d, _, ferr := blkid.Find(Label, sys, dev); ferr == nil {
-		return "", fmt.Errorf("hostpart: %s has %s but is not mounted on %s: mount it there (mount %s %s), or pass --hostpart DIR", d, Label, Mount, d, Mount)
+	if d, _, ferr := blkid.Find(layout.HostpartSpec, sys, dev); ferr == nil {
+		return "", fmt.Errorf("hostpart: %s has %s but is not mounted on %s: mount it there (mount %s %s), or pass --hostpart DIR", d, layout.HostpartSpec, layout.HostpartMount, d, layout.HostpartMount)
 	} else {
-		return "", fmt.Errorf("no hostpart on this machine: %s is not a mount point (per %s) and %v. This command runs on an hnboot host; pass --hostpart DIR to use a directory", Mount, mi, ferr)
+		return "", fmt.Errorf("no hostpart on this machine: %s is not a mount point (per %s) and %v. This command runs on an hnboot host; pass --hostpart DIR to use a directory", layout.HostpartMount, mi, ferr)
 	}
 }
 

@@ -15,27 +15,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/layout"
 )
-
-// Slot names, as the agent, the server and `imaged status` call the files.
-const (
-	SlotCurrent = "current"
-	SlotOld     = "old"
-	SlotNew     = "new"
-	SlotBroken  = "broken"
-)
-
-// Slots maps each slot to its file on hostpart, in display order.
-var Slots = []struct{ Slot, File string }{
-	{SlotCurrent, rotate.Current},
-	{SlotOld, rotate.Old},
-	{SlotNew, rotate.New},
-	{SlotBroken, rotate.Broken},
-}
-
-// StateDir is the init's and the agent's directory on hostpart.
-const StateDir = ".hnboot"
 
 // Image is one image file on hostpart.
 type Image struct {
@@ -70,7 +52,7 @@ type Part struct {
 // State is what is on a hostpart.
 type State struct {
 	Dir           string  `json:"hostpart"`
-	Images        []Image `json:"images"`             // always the four slots, in Slots order
+	Images        []Image `json:"images"`             // always the four slots, in layout.Slots order
 	Rejected      *Image  `json:"rejected,omitempty"` // hn-root-new.img.rejected
 	Trial         bool    `json:"trial"`
 	TriesLeft     int     `json:"tries_left"`
@@ -118,14 +100,14 @@ type ReadOptions struct {
 func Read(dir string, o ReadOptions) (State, error) {
 	st := State{Dir: dir}
 	cache := LoadCache(dir)
-	for _, s := range Slots {
+	for _, s := range layout.Slots {
 		im, err := readImage(dir, s.Slot, s.File, cache, o.Hash)
 		if err != nil {
 			return st, err
 		}
 		st.Images = append(st.Images, im)
 	}
-	if im, err := readImage(dir, "rejected", rotate.Rejected, cache, o.Hash); err != nil {
+	if im, err := readImage(dir, "rejected", layout.Rejected, cache, o.Hash); err != nil {
 		return st, err
 	} else if im.Present {
 		st.Rejected = &im
@@ -137,19 +119,19 @@ func Read(dir string, o ReadOptions) (State, error) {
 			st.Notes = append(st.Notes, "digest cache not saved: "+err.Error())
 		}
 	}
-	b, err := os.ReadFile(filepath.Join(dir, rotate.Trial))
+	b, err := os.ReadFile(filepath.Join(dir, layout.Trial))
 	switch {
 	case err == nil:
 		st.Trial = true
 		n, perr := strconv.Atoi(strings.TrimSpace(string(b)))
 		if perr != nil {
-			st.TrialProblem = fmt.Sprintf("%s holds %q, not a number: the next boot reverts", rotate.Trial, strings.TrimSpace(string(b)))
+			st.TrialProblem = fmt.Sprintf("%s holds %q, not a number: the next boot reverts", layout.Trial, strings.TrimSpace(string(b)))
 		}
 		st.TriesLeft = n
 	case !errors.Is(err, os.ErrNotExist):
 		return st, err
 	}
-	if _, err := os.Lstat(filepath.Join(dir, rotate.RevertTrigger)); err == nil {
+	if _, err := os.Lstat(filepath.Join(dir, layout.RevertTrigger)); err == nil {
 		st.RevertPending = true
 	}
 	parts, _ := filepath.Glob(filepath.Join(dir, "*.img.part"))
@@ -230,9 +212,6 @@ func ValidDigest(s string) bool {
 	return true
 }
 
-// CacheFile holds the digest cache, relative to hostpart.
-const CacheFile = StateDir + "/digests"
-
 type cacheEntry struct {
 	File    string `json:"file"` // where it was last seen, for a reader; not part of the key
 	Inode   uint64 `json:"inode"`
@@ -251,7 +230,7 @@ type Cache struct {
 // LoadCache reads the cache; a missing or unreadable one is empty.
 func LoadCache(dir string) *Cache {
 	c := &Cache{used: map[int]bool{}}
-	b, err := os.ReadFile(filepath.Join(dir, CacheFile))
+	b, err := os.ReadFile(filepath.Join(dir, layout.Digests))
 	if err == nil && json.Unmarshal(b, &c.entries) != nil {
 		c.entries = nil
 	}
@@ -310,7 +289,7 @@ func (c *Cache) Save(dir string) error {
 	if err != nil {
 		return err
 	}
-	return rotate.OSFS(dir).WriteFile(CacheFile, append(b, '\n'))
+	return durable.Root(dir).WriteFile(layout.Digests, append(b, '\n'))
 }
 
 // Remember adds the digest of the file at hostpart/file to the cache, for
@@ -342,17 +321,13 @@ type Meta struct {
 	Staged  time.Time `json:"staged,omitzero"`
 }
 
-func metaFile(digest string) string {
-	return StateDir + "/images/" + strings.TrimPrefix(digest, "sha256:") + ".json"
-}
-
 // ReadMeta returns the metadata recorded for digest, if any.
 func ReadMeta(dir, digest string) (Meta, bool) {
 	var m Meta
 	if !ValidDigest(digest) {
 		return m, false
 	}
-	b, err := os.ReadFile(filepath.Join(dir, metaFile(digest)))
+	b, err := os.ReadFile(filepath.Join(dir, layout.ImageMeta(digest)))
 	if err != nil || json.Unmarshal(b, &m) != nil {
 		return m, false
 	}
@@ -368,5 +343,5 @@ func WriteMeta(dir string, m Meta) error {
 	if err != nil {
 		return err
 	}
-	return rotate.OSFS(dir).WriteFile(metaFile(m.Digest), append(b, '\n'))
+	return durable.Root(dir).WriteFile(layout.ImageMeta(m.Digest), append(b, '\n'))
 }

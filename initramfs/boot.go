@@ -15,21 +15,22 @@ import (
 	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
 
-	"github.com/hnboot/hnboot/initramfs/blkid"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/diskcheck"
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/nic"
 )
 
 // Where things live while the init runs. /run moves into the new root with
 // switch_root, so the image and overlay mounts stay reachable there.
 const (
-	hostpartDir = "/hostpart"
+	hostpartDir = layout.HostpartMount
 	imageDir    = "/run/hnboot/image"
 	rwDir       = "/run/hnboot/rw"
 	newRoot     = "/newroot"
-	stateDir    = ".hnboot"
 	modulesList = "/etc/hnboot-modules"
 )
 
@@ -65,7 +66,7 @@ func (b *boot) main() {
 		b.log.Error("rotation failed; booting the current image as it is", "err", err)
 	}
 	b.checkin(res) // hn.server=: report this boot to imaged (initramfs/checkin.go)
-	candidates := []string{b.cfg.Image, rotate.Old}
+	candidates := []string{b.cfg.Image, layout.Old}
 	var lastErr error
 	for i, img := range candidates {
 		if i > 0 {
@@ -180,8 +181,8 @@ func (b *boot) mountHostpart() error {
 	if _, err := mount.Mount(b.hostpartDev, hostpartDir, typ, "", unix.MS_NOATIME); err != nil {
 		return fmt.Errorf("mount hostpart %s (%s) on %s: %w; run fsck on it from the rescue shell", b.hostpartDev, typ, hostpartDir, err)
 	}
-	os.MkdirAll(filepath.Join(hostpartDir, stateDir), 0o755)
-	os.MkdirAll(filepath.Join(hostpartDir, "data"), 0o755)
+	os.MkdirAll(filepath.Join(hostpartDir, layout.StateDir), 0o755)
+	os.MkdirAll(filepath.Join(hostpartDir, layout.DataDir), 0o755)
 	b.log.Info("mounted hostpart", "device", b.hostpartDev, "dir", hostpartDir)
 	return nil
 }
@@ -289,8 +290,7 @@ func (b *boot) teardownImage() {
 }
 
 func (b *boot) instantiate() error {
-	state := filepath.Join(hostpartDir, stateDir)
-	id, err := identity.Ensure(filepath.Join(state, "identity"), nil)
+	id, err := identity.Ensure(filepath.Join(hostpartDir, layout.IdentityDir), nil)
 	if err != nil {
 		return err
 	}
@@ -298,7 +298,7 @@ func (b *boot) instantiate() error {
 		b.log.Warn("identity: " + n)
 	}
 	var cached identity.HostConf
-	if f, err := os.Open(filepath.Join(state, "host.conf")); err == nil {
+	if f, err := os.Open(filepath.Join(hostpartDir, layout.HostConf)); err == nil {
 		// A bad line is reported; the good ones still apply.
 		cached, err = identity.ParseHostConf(f)
 		f.Close()
@@ -310,12 +310,12 @@ func (b *boot) instantiate() error {
 	if b.cfg.Hostname != "" {
 		kc.Hostname = b.cfg.Hostname
 	}
-	_, mac, _ := identity.FirstEthernet("/sys/class/net")
+	_, mac, _ := nic.FirstEthernet("/sys/class/net")
 	hc := identity.Merge(kc, identity.HostConf{}, cached, identity.Defaults(mac))
 	if err := identity.Apply(newRoot, id, hc); err != nil {
 		return err
 	}
-	binds, err := identity.StateBinds(newRoot, filepath.Join(hostpartDir, "data"), hc.StateDirs)
+	binds, err := identity.StateBinds(newRoot, filepath.Join(hostpartDir, layout.DataDir), hc.StateDirs)
 	if err != nil {
 		b.log.Error("state directories", "err", err)
 	}
@@ -334,7 +334,7 @@ func (b *boot) instantiate() error {
 // saveLog keeps this boot's init log on hostpart (the last 10 boots), for
 // operators and for the agent's report.
 func (b *boot) saveLog(image string) {
-	dir := filepath.Join(hostpartDir, stateDir, "boots")
+	dir := filepath.Join(hostpartDir, layout.BootsDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return
 	}
@@ -350,7 +350,7 @@ func (b *boot) saveLog(image string) {
 // reason and runs a shell on the console, again and again.
 func (b *boot) rescue(reason error) {
 	b.log.Error("cannot boot: " + reason.Error())
-	if _, err := os.Stat(hostpartDir + "/" + stateDir); err == nil {
+	if _, err := os.Stat(filepath.Join(hostpartDir, layout.StateDir)); err == nil {
 		b.saveLog("rescue")
 	}
 	for {

@@ -24,7 +24,9 @@ import (
 
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
+	"github.com/hnboot/hnboot/internal/nic"
 	"github.com/hnboot/hnboot/pxe/checkin"
 )
 
@@ -116,7 +118,7 @@ func bootNIC(bootif string) (name, mac string, err error) {
 	}
 	// Drivers probe asynchronously after their modules load.
 	for i := 0; ; i++ {
-		name, mac, err = identity.FirstEthernet(sys)
+		name, mac, err = nic.FirstEthernet(sys)
 		if err == nil || i >= 20 {
 			return name, mac, err
 		}
@@ -184,9 +186,9 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 			rep.Uptime = int64(v)
 		}
 	}
-	state := filepath.Join(hostpartDir, stateDir)
+	state := filepath.Join(hostpartDir, layout.StateDir)
 	if id := b.cfg.RevertID; id != "" {
-		if data, err := os.ReadFile(filepath.Join(hostpartDir, rotate.Reverts)); err == nil {
+		if data, err := os.ReadFile(filepath.Join(hostpartDir, layout.Reverts)); err == nil {
 			for _, l := range strings.Split(string(data), "\n") {
 				if strings.TrimSpace(l) == id {
 					rep.RevertApplied = id
@@ -196,7 +198,7 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 	}
 	// The identity is generated once and kept; instantiate() loads the
 	// same keys later.
-	if id, err := identity.Ensure(filepath.Join(state, "identity"), nil); err == nil {
+	if id, err := identity.Ensure(filepath.Join(hostpartDir, layout.IdentityDir), nil); err == nil {
 		for _, k := range id.HostKeys {
 			rep.SSHHostKeys = append(rep.SSHHostKeys, strings.TrimSpace(string(k.Public)))
 			rep.Fingerprints = append(rep.Fingerprints, k.Fingerprint)
@@ -210,7 +212,7 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 		saveDigests(filepath.Join(state, digestCache), cache)
 	}
 	// The other slots are never hashed at boot: cache or manifest only.
-	for slot, name := range map[*string]string{&rep.Images.Old: rotate.Old, &rep.Images.New: rotate.New, &rep.Images.Broken: rotate.Broken} {
+	for slot, name := range map[*string]string{&rep.Images.Old: layout.Old, &rep.Images.New: layout.New, &rep.Images.Broken: layout.Broken} {
 		*slot = knownDigest(filepath.Join(hostpartDir, name), cache)
 	}
 	rep.Images.Current = digest
@@ -222,7 +224,7 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 // it saves hashing gigabytes at boot (so a host whose first boot promotes
 // still reports its old image).
 func manifestDigest(path string, size int64) string {
-	m, err := manifest.ReadFile(manifest.PathFor(path))
+	m, err := manifest.ReadFile(layout.ManifestFor(path))
 	if err != nil || m.Size != size || len(m.SHA256) != 64 {
 		return ""
 	}

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"github.com/hnboot/hnboot/internal/testkernel"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/testkernel"
 )
 
 // bzImage makes the first bytes of an x86 bzImage whose version string is

@@ -9,22 +9,18 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/hnboot/hnboot/initramfs/blkid"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
 
-// Where the init looks for the public keys staged images must be signed
-// with: built into the initramfs (mkimage initramfs --trust KEY.pub), and
-// on hostpart (.hnboot/trusted.pub, one key per file; both may be present,
-// a signature by either is accepted). With no key, a manifest beside the
-// staged image is still checked (size, sha256) but not required.
-const (
-	trustedKeyInitramfs = "/etc/hnboot/trusted.pub"
-	trustedKeyHostpart  = stateDir + "/trusted.pub"
-)
-
-// trust is the signing policy of this boot.
+// trust is the signing policy of this boot. The public keys staged images
+// must be signed with are built into the initramfs (mkimage initramfs
+// --trust KEY.pub, layout.TrustedKeyInitramfs) and on hostpart
+// (layout.TrustedKey); both may be present, a signature by either is
+// accepted. With no key, a manifest beside the staged image is still
+// checked (size, sha256) but not required.
 type trust struct {
 	keys    []manifest.PublicKey
 	sources []string // files the keys came from
@@ -64,7 +60,7 @@ func verifyStaged(dir, name string, tr trust, log *slog.Logger) error {
 	if err := blkid.CheckImageFile(path); err != nil {
 		return err
 	}
-	mpath := manifest.PathFor(path)
+	mpath := layout.ManifestFor(path)
 	m, err := manifest.ReadFile(mpath)
 	if errors.Is(err, fs.ErrNotExist) {
 		if tr.required() {
@@ -102,14 +98,14 @@ func (t trust) describe() string {
 // manifestMoves are the renames of manifests that follow a rotation's
 // renames of images, in order (each source is renamed only if present).
 func manifestMoves(a rotate.Action) [][2]string {
-	j := manifest.PathFor
+	j := layout.ManifestFor
 	switch a {
 	case rotate.Promote:
-		return [][2]string{{j(rotate.Current), j(rotate.Old)}, {j(rotate.New), j(rotate.Current)}}
+		return [][2]string{{j(layout.Current), j(layout.Old)}, {j(layout.New), j(layout.Current)}}
 	case rotate.Revert:
-		return [][2]string{{j(rotate.Current), j(rotate.Broken)}, {j(rotate.Old), j(rotate.Current)}}
+		return [][2]string{{j(layout.Current), j(layout.Broken)}, {j(layout.Old), j(layout.Current)}}
 	case rotate.Reject:
-		return [][2]string{{j(rotate.New), j(rotate.Rejected)}}
+		return [][2]string{{j(layout.New), j(layout.Rejected)}}
 	}
 	return nil
 }
@@ -136,7 +132,7 @@ func moveManifests(dir string, a rotate.Action, log *slog.Logger) {
 // verifyImage is the rotation's Verify: the staged image's filesystem,
 // manifest and signature, with the keys of the initramfs and hostpart.
 func verifyImage(log *slog.Logger) func(name string) error {
-	tr := loadTrust(trustedKeyInitramfs, filepath.Join(hostpartDir, trustedKeyHostpart))
+	tr := loadTrust("/"+layout.TrustedKeyInitramfs, filepath.Join(hostpartDir, layout.TrustedKey))
 	if tr.required() {
 		log.Info("staged images must be signed", "trusted", tr.describe())
 	}

@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
 
 // stagedImage writes a small ext4 image as dir/hn-root-new.img.
 func stagedImage(t *testing.T, dir string) string {
 	t.Helper()
-	p := filepath.Join(dir, rotate.New)
+	p := filepath.Join(dir, layout.New)
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,7 @@ func TestVerifyStaged(t *testing.T) {
 				if tt.manifest == "garbage" {
 					body = []byte("{not json")
 				}
-				if err := os.WriteFile(manifest.PathFor(img), body, 0o644); err != nil {
+				if err := os.WriteFile(layout.ManifestFor(img), body, 0o644); err != nil {
 					t.Fatal(err)
 				}
 				if tt.manifest == "tampered-image" {
@@ -107,7 +108,7 @@ func TestVerifyStaged(t *testing.T) {
 				paths = append(paths, p)
 			}
 			paths = append(paths, filepath.Join(dir, "missing.pub"))
-			err := verifyStaged(dir, rotate.New, loadTrust(paths...), log)
+			err := verifyStaged(dir, layout.New, loadTrust(paths...), log)
 			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 				t.Errorf("verifyStaged(%s) = %v, want %q", tt.name, err, tt.want)
 			}
@@ -121,14 +122,14 @@ func TestVerifyStagedFilesystem(t *testing.T) {
 	if err := os.Truncate(img, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	err := verifyStaged(dir, rotate.New, trust{}, slog.New(slog.DiscardHandler))
+	err := verifyStaged(dir, layout.New, trust{}, slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Errorf("verifyStaged(truncated image) = %v, want an error saying truncated", err)
 	}
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyStaged(dir, rotate.New, trust{}, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "not a root filesystem") {
+	if err := verifyStaged(dir, layout.New, trust{}, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "not a root filesystem") {
 		t.Errorf("verifyStaged(zeros) = %v, want an error saying not a root filesystem", err)
 	}
 }

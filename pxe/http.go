@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hnboot/hnboot/internal/manifest"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/pxe/checkin"
 )
 
@@ -209,7 +209,7 @@ func (h *HTTPHandler) bootFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *HTTPHandler) blob(w http.ResponseWriter, r *http.Request) {
-	digest, isManifest := strings.CutSuffix(r.PathValue("digest"), manifest.Suffix)
+	digest, isManifest := strings.CutSuffix(r.PathValue("digest"), layout.ManifestSuffix)
 	im, ok := h.image(digest)
 	if !ok {
 		fail(w, http.StatusNotFound, "no such image")
@@ -221,18 +221,18 @@ func (h *HTTPHandler) blob(w http.ResponseWriter, r *http.Request) {
 	}
 	// The manifest of a digest never changes either: a new build has a
 	// new digest. Its path comes from the directory, not the request.
-	f, err := os.Open(im.Path + manifest.Suffix)
+	f, err := os.Open(im.Path + layout.ManifestSuffix)
 	if errors.Is(err, os.ErrNotExist) {
 		fail(w, http.StatusNotFound, "no manifest for "+im.Digest+" (publish IMAGE.json from mkimage rootfs beside the image)")
 		return
 	}
 	if err != nil {
-		h.log.Error("http: open", "path", im.Path+manifest.Suffix, "err", err)
+		h.log.Error("http: open", "path", im.Path+layout.ManifestSuffix, "err", err)
 		fail(w, http.StatusInternalServerError, "cannot open manifest")
 		return
 	}
 	defer f.Close()
-	h.serveOpen(w, r, f, `"`+im.Digest+manifest.Suffix+`"`, "application/json")
+	h.serveOpen(w, r, f, `"`+im.Digest+layout.ManifestSuffix+`"`, "application/json")
 }
 
 // serveFile serves an immutable file: ETag, Range, long-lived caching.

@@ -18,7 +18,7 @@ import (
 
 	"github.com/hnboot/hnboot/internal/initrd"
 	"github.com/hnboot/hnboot/internal/kmodules"
-	"github.com/hnboot/hnboot/internal/manifest"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // AddKernel puts a kernel into a root tree the way a distribution package
@@ -97,7 +97,7 @@ func copyTreeFile(src, dst string) error {
 // initramfs (this fixture's init as /init) carrying modules of release and
 // of no other.
 func (f *Fixture) CheckBootFiles(image, vmlinuz, release string) error {
-	mb, err := os.ReadFile(manifest.PathFor(image))
+	mb, err := os.ReadFile(layout.ManifestFor(image))
 	if err != nil {
 		return err
 	}
@@ -105,10 +105,10 @@ func (f *Fixture) CheckBootFiles(image, vmlinuz, release string) error {
 		KernelRelease string `json:"kernel_release"`
 	}
 	if err := json.Unmarshal(mb, &m); err != nil {
-		return fmt.Errorf("%s: %w", manifest.PathFor(image), err)
+		return fmt.Errorf("%s: %w", layout.ManifestFor(image), err)
 	}
 	if m.KernelRelease != release {
-		return fmt.Errorf("%s: kernel_release %q, want %q: mkimage did not find the tree's kernel", manifest.PathFor(image), m.KernelRelease, release)
+		return fmt.Errorf("%s: kernel_release %q, want %q: mkimage did not find the tree's kernel", layout.ManifestFor(image), m.KernelRelease, release)
 	}
 	kernel, err := ReadImageBytes(image, "boot/vmlinuz")
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/hnboot/hnboot/internal/layout"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,7 +57,7 @@ func attach(disk string, off, size int64) (dev string, detach func(), err error)
 // read-write on a temporary directory, calls fn, and unmounts it again so
 // the next boot sees every change. Needs root, as the tests run in CI.
 func WithHostpart(disk string, fn func(dir string) error) error {
-	off, size, err := PartitionOffset(disk, "hostpart")
+	off, size, err := PartitionOffset(disk, layout.HostpartLabel)
 	if err != nil {
 		return err
 	}

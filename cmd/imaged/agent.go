@@ -14,7 +14,7 @@ import (
 
 	"github.com/hnboot/hnboot/agent"
 	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/identity"
+	"github.com/hnboot/hnboot/internal/nic"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -71,7 +71,7 @@ func runAgent(args []string, stdout io.Writer) error {
 		return err
 	}
 	if cfg.MAC == "" {
-		_, m, err := identity.FirstEthernet("/sys/class/net")
+		_, m, err := nic.FirstEthernet("/sys/class/net")
 		if err != nil || m == "" {
 			return fmt.Errorf("agent: cannot find this host's MAC (%v): set mac: in %s or pass --mac", err, *config)
 		}

@@ -19,7 +19,8 @@ import (
 
 	"github.com/hnboot/hnboot/agent"
 	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 const hostUsage = `usage: imaged status [--json] [--hostpart DIR]
@@ -106,17 +107,17 @@ func readStatus(dir string) (Status, error) {
 	for _, d := range failed.Digests() {
 		s.Failed = append(s.Failed, failed[d])
 	}
-	old, nw := st.Slot(hostpart.SlotOld), st.Slot(hostpart.SlotNew)
+	old, nw := st.Slot(layout.SlotOld), st.Slot(layout.SlotNew)
 	switch {
 	case st.RevertPending && old.Present:
-		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s (%s) becomes current, %s becomes %s", old.File, old.Label(), rotate.Current, rotate.Broken))
+		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s (%s) becomes current, %s becomes %s", old.File, old.Label(), layout.Current, layout.Broken))
 	case st.RevertPending:
-		s.Pending = append(s.Pending, fmt.Sprintf("%s present but no %s: the next boot only clears it", rotate.RevertTrigger, rotate.Old))
+		s.Pending = append(s.Pending, fmt.Sprintf("%s present but no %s: the next boot only clears it", layout.RevertTrigger, layout.Old))
 	case nw.Present:
 		s.Pending = append(s.Pending, fmt.Sprintf("promote at the next boot: %s (%s) becomes current, on trial", nw.File, nw.Label()))
 	}
 	if st.Trial && st.TrialProblem == "" && st.TriesLeft <= 0 {
-		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s has no tries left", rotate.Trial))
+		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s has no tries left", layout.Trial))
 	}
 	for _, p := range st.Parts {
 		s.Pending = append(s.Pending, fmt.Sprintf("download in progress or interrupted: %s (%s so far)", p.File, agent.SizeString(p.Size)))
@@ -158,9 +159,9 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 	case s.TrialProblem != "":
 		fmt.Fprintf(stdout, "trial:    %s\n", s.TrialProblem)
 	case s.Trial:
-		fmt.Fprintf(stdout, "trial:    %s is on trial, %d tries left (the agent confirms it after its health checks; or imaged mark-good)\n", rotate.Current, s.TriesLeft)
+		fmt.Fprintf(stdout, "trial:    %s is on trial, %d tries left (the agent confirms it after its health checks; or imaged mark-good)\n", layout.Current, s.TriesLeft)
 	default:
-		fmt.Fprintf(stdout, "trial:    none (%s is confirmed)\n", rotate.Current)
+		fmt.Fprintf(stdout, "trial:    none (%s is confirmed)\n", layout.Current)
 	}
 	if len(s.Pending) == 0 {
 		fmt.Fprintln(stdout, "pending:  nothing")
@@ -208,19 +209,19 @@ func hostStage(dir, src, digest, name, version string, force bool, keys agent.Ke
 		return err
 	}
 	switch res.Already {
-	case hostpart.SlotCurrent:
-		fmt.Fprintf(stdout, "%s is already the current image (%s): nothing staged\n", hostpart.Short(res.Digest), rotate.Current)
+	case layout.SlotCurrent:
+		fmt.Fprintf(stdout, "%s is already the current image (%s): nothing staged\n", hostpart.Short(res.Digest), layout.Current)
 		return nil
-	case hostpart.SlotNew:
-		fmt.Fprintf(stdout, "%s is already staged as %s\n", hostpart.Short(res.Digest), rotate.New)
+	case layout.SlotNew:
+		fmt.Fprintf(stdout, "%s is already staged as %s\n", hostpart.Short(res.Digest), layout.New)
 		return nil
 	}
-	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", rotate.New, res.Digest, agent.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", layout.New, res.Digest, agent.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
 	if res.Reused > 0 {
 		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", agent.SizeString(res.Reused))
 	}
 	if res.Manifest != "" {
-		fmt.Fprintf(stdout, "\nwith its manifest %s (%s)", agent.NewManifest, res.Manifest)
+		fmt.Fprintf(stdout, "\nwith its manifest %s (%s)", layout.ManifestFor(layout.New), res.Manifest)
 	}
 	fmt.Fprintf(stdout, "\nreboot to promote it: it boots on trial and is confirmed by the agent's health checks or imaged mark-good\n")
 	return nil
@@ -250,22 +251,22 @@ func hostRevert(dir string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("revert: %w", err)
 	}
-	old, cur := st.Slot(hostpart.SlotOld), st.Slot(hostpart.SlotCurrent)
+	old, cur := st.Slot(layout.SlotOld), st.Slot(layout.SlotCurrent)
 	if !old.Present {
-		return fmt.Errorf("revert: there is no %s in %s: nothing to revert to (%s is the only bootable image); stage an image with imaged stage instead", rotate.Old, dir, rotate.Current)
+		return fmt.Errorf("revert: there is no %s in %s: nothing to revert to (%s is the only bootable image); stage an image with imaged stage instead", layout.Old, dir, layout.Current)
 	}
 	if st.RevertPending {
-		fmt.Fprintf(stdout, "%s is already present: reboot to revert\n", rotate.RevertTrigger)
+		fmt.Fprintf(stdout, "%s is already present: reboot to revert\n", layout.RevertTrigger)
 		return nil
 	}
 	body := fmt.Sprintf("imaged revert %s\n", time.Now().UTC().Format(time.RFC3339))
-	if err := rotate.OSFS(dir).WriteFile(rotate.RevertTrigger, []byte(body)); err != nil {
+	if err := durable.Root(dir).WriteFile(layout.RevertTrigger, []byte(body)); err != nil {
 		return fmt.Errorf("revert: %w", err)
 	}
 	fmt.Fprintf(stdout, "wrote %s: at the next boot %s (%s) becomes %s and %s (%s) becomes current.\nReboot to apply; rm %s to cancel.\n",
-		rotate.RevertTrigger, rotate.Current, cur.Label(), rotate.Broken, rotate.Old, old.Label(), dirJoin(dir, rotate.RevertTrigger))
-	if st.Slot(hostpart.SlotNew).Present {
-		fmt.Fprintf(stdout, "note: %s stays staged; the revert boot does not promote it\n", rotate.New)
+		layout.RevertTrigger, layout.Current, cur.Label(), layout.Broken, layout.Old, old.Label(), dirJoin(dir, layout.RevertTrigger))
+	if st.Slot(layout.SlotNew).Present {
+		fmt.Fprintf(stdout, "note: %s stays staged; the revert boot does not promote it\n", layout.New)
 	}
 	return nil
 }
@@ -276,13 +277,13 @@ func hostMarkGood(dir string, stdout io.Writer) error {
 		return fmt.Errorf("mark-good: %w", err)
 	}
 	if !st.Trial {
-		fmt.Fprintf(stdout, "%s is not on trial (no %s): nothing to confirm\n", rotate.Current, rotate.Trial)
+		fmt.Fprintf(stdout, "%s is not on trial (no %s): nothing to confirm\n", layout.Current, layout.Trial)
 		return nil
 	}
 	if err := agent.MarkGood(dir); err != nil {
 		return fmt.Errorf("mark-good: %w", err)
 	}
-	fmt.Fprintf(stdout, "confirmed %s (%s): removed %s (it had %d tries left)\n", rotate.Current, st.Slot(hostpart.SlotCurrent).Label(), rotate.Trial, st.TriesLeft)
+	fmt.Fprintf(stdout, "confirmed %s (%s): removed %s (it had %d tries left)\n", layout.Current, st.Slot(layout.SlotCurrent).Label(), layout.Trial, st.TriesLeft)
 	return nil
 }
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
 
@@ -33,13 +33,13 @@ func TestHostCommands(t *testing.T) {
 		outHas  []string
 		present map[string]bool // files after the command
 	}{
-		{"revert without old", map[string]string{rotate.Current: "a"}, []string{"revert"}, "no hn-root-old.img", nil, map[string]bool{rotate.RevertTrigger: false}},
-		{"revert", map[string]string{rotate.Current: "b", rotate.Old: "a"}, []string{"revert"}, "", []string{"wrote system-revert", "Reboot to apply"}, map[string]bool{rotate.RevertTrigger: true}},
-		{"mark-good", map[string]string{rotate.Current: "b", rotate.Trial: "2\n"}, []string{"mark-good"}, "", []string{"confirmed hn-root.img", "2 tries left"}, map[string]bool{rotate.Trial: false}},
-		{"mark-good not on trial", map[string]string{rotate.Current: "b"}, []string{"mark-good"}, "", []string{"not on trial"}, nil},
-		{"status", map[string]string{rotate.Current: "b", rotate.New: "c", rotate.Trial: "1\n"}, []string{"status"}, "",
+		{"revert without old", map[string]string{layout.Current: "a"}, []string{"revert"}, "no hn-root-old.img", nil, map[string]bool{layout.RevertTrigger: false}},
+		{"revert", map[string]string{layout.Current: "b", layout.Old: "a"}, []string{"revert"}, "", []string{"wrote system-revert", "Reboot to apply"}, map[string]bool{layout.RevertTrigger: true}},
+		{"mark-good", map[string]string{layout.Current: "b", layout.Trial: "2\n"}, []string{"mark-good"}, "", []string{"confirmed hn-root.img", "2 tries left"}, map[string]bool{layout.Trial: false}},
+		{"mark-good not on trial", map[string]string{layout.Current: "b"}, []string{"mark-good"}, "", []string{"not on trial"}, nil},
+		{"status", map[string]string{layout.Current: "b", layout.New: "c", layout.Trial: "1\n"}, []string{"status"}, "",
 			[]string{"SLOT", "current  hn-root.img", "new      hn-root-new.img", "1 tries left", "promote at the next boot"}, nil},
-		{"stage a file", map[string]string{rotate.Current: "b"}, []string{"stage"}, "", []string{"staged hn-root-new.img: sha256:"}, map[string]bool{rotate.New: true}},
+		{"stage a file", map[string]string{layout.Current: "b"}, []string{"stage"}, "", []string{"staged hn-root-new.img: sha256:"}, map[string]bool{layout.New: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := hostDir(t, tc.files)
@@ -70,7 +70,7 @@ func TestHostCommands(t *testing.T) {
 }
 
 func TestStatusJSON(t *testing.T) {
-	dir := hostDir(t, map[string]string{rotate.Current: "b", rotate.Old: "a"})
+	dir := hostDir(t, map[string]string{layout.Current: "b", layout.Old: "a"})
 	var out bytes.Buffer
 	if err := run([]string{"status", "--json", "--hostpart", dir}, nil, &out); err != nil {
 		t.Fatal(err)
@@ -122,7 +122,7 @@ func TestStageKey(t *testing.T) {
 		{"bad key file", []string{"--key", signedImg, signedImg}, "--key", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := hostDir(t, map[string]string{rotate.Current: "b"})
+			dir := hostDir(t, map[string]string{layout.Current: "b"})
 			var out bytes.Buffer
 			err := run(append([]string{"stage", "--hostpart", dir}, tc.args...), nil, &out)
 			if (err != nil) != (tc.errHas != "") || (err != nil && !strings.Contains(err.Error(), tc.errHas)) {
@@ -131,8 +131,8 @@ func TestStageKey(t *testing.T) {
 			if !strings.Contains(out.String(), tc.outHas) {
 				t.Errorf("imaged stage %v output lacks %q:\n%s", tc.args, tc.outHas, out.String())
 			}
-			if _, serr := os.Stat(filepath.Join(dir, rotate.New)); (serr == nil) != tc.staged {
-				t.Errorf("imaged stage %v: %s staged = %v, want %v", tc.args, rotate.New, serr == nil, tc.staged)
+			if _, serr := os.Stat(filepath.Join(dir, layout.New)); (serr == nil) != tc.staged {
+				t.Errorf("imaged stage %v: %s staged = %v, want %v", tc.args, layout.New, serr == nil, tc.staged)
 			}
 		})
 	}

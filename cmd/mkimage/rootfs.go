@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
@@ -156,7 +157,7 @@ func runRootfs(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("rootfs: sign: %w", err)
 		}
 	}
-	mpath := manifest.PathFor(res.Path)
+	mpath := layout.ManifestFor(res.Path)
 	if err := m.WriteFile(mpath); err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}

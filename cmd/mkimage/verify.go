@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
 
@@ -53,7 +54,7 @@ func runVerify(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("%w: verify: no IMAGE given (see --help)", errUsage)
 	}
 	if *mpath == "" {
-		*mpath = manifest.PathFor(image)
+		*mpath = layout.ManifestFor(image)
 	}
 	var trusted []manifest.PublicKey
 	for _, k := range keys {

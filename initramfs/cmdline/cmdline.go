@@ -9,14 +9,14 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // Defaults, named so the init and its tests agree on them.
 const (
-	DefaultHostpart = "LABEL=hostpart"
-	DefaultImage    = "hn-root.img"
-	DefaultTries    = 3
-	DefaultInit     = "/sbin/init"
+	DefaultTries = 3
+	DefaultInit  = "/sbin/init"
 )
 
 // Config is what the init needs from the command line. Zero values of the
@@ -75,8 +75,8 @@ func Split(s string) []string {
 // the default in place and add a warning that names the key and the value.
 func Parse(cmdline string) (Config, []string) {
 	c := Config{
-		Hostpart: DefaultHostpart,
-		Image:    DefaultImage,
+		Hostpart: layout.HostpartSpec,
+		Image:    layout.Current,
 		Tries:    DefaultTries,
 		Init:     DefaultInit,
 		Args:     map[string]string{},
@@ -170,7 +170,7 @@ func Parse(cmdline string) (Config, []string) {
 		if validSpec(*hostpart) {
 			c.Hostpart = *hostpart
 		} else {
-			warn("hostpart %q is not LABEL=, UUID=, PARTLABEL= or /dev/...; using %s", *hostpart, DefaultHostpart)
+			warn("hostpart %q is not LABEL=, UUID=, PARTLABEL= or /dev/...; using %s", *hostpart, layout.HostpartSpec)
 		}
 	}
 
@@ -182,7 +182,7 @@ func Parse(cmdline string) (Config, []string) {
 		// the rotation derives hn-root-new.img etc. from a bare file name.
 		name := strings.TrimLeft(*image, "/")
 		if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
-			warn("image %q is not a file name on hostpart; using %s", *image, DefaultImage)
+			warn("image %q is not a file name on hostpart; using %s", *image, layout.Current)
 		} else {
 			c.Image = name
 		}

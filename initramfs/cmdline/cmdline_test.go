@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 func TestSplit(t *testing.T) {
@@ -27,7 +29,7 @@ func TestSplit(t *testing.T) {
 
 func TestParse(t *testing.T) {
 	def := func(f func(*Config)) Config {
-		c := Config{Hostpart: DefaultHostpart, Image: DefaultImage, Tries: DefaultTries, Init: DefaultInit}
+		c := Config{Hostpart: layout.HostpartSpec, Image: layout.Current, Tries: DefaultTries, Init: DefaultInit}
 		if f != nil {
 			f(&c)
 		}

@@ -19,14 +19,9 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/diskfs/go-diskfs/partition/mbr"
 
-	"github.com/hnboot/hnboot/initramfs/blkid"
+	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/layout"
 )
-
-// DefaultImage is the image file name the GRUB config must mention.
-const DefaultImage = "hn-root.img"
-
-// ESPLabel is the partition name and FAT label of the loader partition.
-const ESPLabel = "EFI-BOOT"
 
 // GrubConfigs are where GRUB looks for its config on EFI-BOOT, in order:
 // grub-install --boot-directory=/boot/loader puts it in /grub, a
@@ -108,7 +103,7 @@ func (r Report) String() string {
 // partition hostpartIndex is hostpart (0 if hostpart is the whole disk or
 // unknown), expecting the GRUB config to boot DefaultImage.
 func Check(disk string, hostpartIndex int) Report {
-	return CheckImage(disk, hostpartIndex, DefaultImage)
+	return CheckImage(disk, hostpartIndex, layout.Current)
 }
 
 // CheckImage is Check for an image name other than the default (hn.image=).
@@ -212,7 +207,7 @@ func chooseESP(parts []part, hostpartIndex int) *part {
 			if p.Index == hostpartIndex && hostpartIndex != 0 {
 				continue
 			}
-			if byName && p.Name == ESPLabel || !byName && p.FS.Type != "" && p.FS.Label == ESPLabel {
+			if byName && p.Name == layout.ESPLabel || !byName && p.FS.Type != "" && p.FS.Label == layout.ESPLabel {
 				return p
 			}
 		}
@@ -266,7 +261,7 @@ func judge(f facts, hostpartIndex int, image string) Report {
 		add(CodeESPNotFAT, "disk %s: EFI-BOOT (%s) holds %s, not FAT, and UEFI firmware reads only FAT; reformat with mkfs.vfat -F 32 -n EFI-BOOT %s and reinstall GRUB", disk, dev, what, dev)
 		return r
 	}
-	if esp.FS.Label != ESPLabel {
+	if esp.FS.Label != layout.ESPLabel {
 		add(CodeESPLabel, "disk %s: partition %d is named EFI-BOOT but its FAT label is %q, and /boot/loader is mounted by LABEL=EFI-BOOT; fix with: fatlabel %s EFI-BOOT", disk, esp.Index, esp.FS.Label, dev)
 	}
 	if f.ESPReadErr != nil {

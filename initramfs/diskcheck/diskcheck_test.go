@@ -26,8 +26,8 @@ const (
 	hostEnd   = diskSize/512 - 34 - 1 // leave room for the backup GPT
 )
 
-// layout describes a test disk.
-type layout struct {
+// testDisk describes a test disk.
+type testDisk struct {
 	mbr     bool            // MBR instead of GPT
 	noTable bool            // no partition table at all
 	espName string          // GPT name of partition 1
@@ -59,7 +59,7 @@ func with(m map[string]string, kv ...string) map[string]string {
 	return out
 }
 
-func makeDisk(t *testing.T, l layout) string {
+func makeDisk(t *testing.T, l testDisk) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	d, err := diskfs.Create(path, diskSize, diskfs.SectorSizeDefault)
@@ -125,33 +125,33 @@ func codes(r Report) []string {
 }
 
 func TestCheck(t *testing.T) {
-	good := layout{espName: "EFI-BOOT", fsType: filesystem.TypeFat32, label: "EFI-BOOT", files: goodGrub}
-	mod := func(f func(*layout)) layout { l := good; f(&l); return l }
+	good := testDisk{espName: "EFI-BOOT", fsType: filesystem.TypeFat32, label: "EFI-BOOT", files: goodGrub}
+	mod := func(f func(*testDisk)) testDisk { l := good; f(&l); return l }
 	tests := []struct {
 		name     string
-		l        layout
+		l        testDisk
 		hostpart int
 		want     []string
 		wantESP  int
 	}{
 		{"good", good, 2, nil, 1},
-		{"good fat16", mod(func(l *layout) { l.fsType = filesystem.TypeFat16 }), 2, nil, 1},
-		{"config in EFI/BOOT", mod(func(l *layout) {
+		{"good fat16", mod(func(l *testDisk) { l.fsType = filesystem.TypeFat16 }), 2, nil, 1},
+		{"config in EFI/BOOT", mod(func(l *testDisk) {
 			l.files = with(goodGrub, "/grub/grub.cfg", "", "/EFI/BOOT/grub.cfg", "loopback loop /hn-root.img")
 		}), 2, nil, 1},
-		{"found by FAT label only", mod(func(l *layout) { l.espName = "ESP" }), 2, nil, 1},
-		{"no EFI-BOOT", mod(func(l *layout) { l.espName = "boot"; l.label = "OTHER" }), 2, []string{CodeNoESP}, 0},
-		{"EFI-BOOT not FAT", mod(func(l *layout) { l.fsType = noFS }), 2, []string{CodeESPNotFAT}, 1},
-		{"no grub.cfg", mod(func(l *layout) { l.files = with(goodGrub, "/grub/grub.cfg", "") }), 2, []string{CodeNoGrubCfg}, 1},
-		{"grub.cfg without image", mod(func(l *layout) {
+		{"found by FAT label only", mod(func(l *testDisk) { l.espName = "ESP" }), 2, nil, 1},
+		{"no EFI-BOOT", mod(func(l *testDisk) { l.espName = "boot"; l.label = "OTHER" }), 2, []string{CodeNoESP}, 0},
+		{"EFI-BOOT not FAT", mod(func(l *testDisk) { l.fsType = noFS }), 2, []string{CodeESPNotFAT}, 1},
+		{"no grub.cfg", mod(func(l *testDisk) { l.files = with(goodGrub, "/grub/grub.cfg", "") }), 2, []string{CodeNoGrubCfg}, 1},
+		{"grub.cfg without image", mod(func(l *testDisk) {
 			l.files = with(goodGrub, "/grub/grub.cfg", "loopback loop /hn-root.img.part\nlinux /boot/vmlinuz\n")
 		}), 2, []string{CodeGrubNoImage}, 1},
-		{"no BOOTX64.EFI", mod(func(l *layout) { l.files = with(goodGrub, "/EFI/BOOT/BOOTX64.EFI", "") }), 2, []string{CodeNoEFILoader}, 1},
-		{"wrong FAT label", mod(func(l *layout) { l.label = "BOOT" }), 2, []string{CodeESPLabel}, 1},
-		{"wrong partition type", mod(func(l *layout) { l.espType = gpt.LinuxFilesystem }), 2, []string{CodeESPType}, 1},
+		{"no BOOTX64.EFI", mod(func(l *testDisk) { l.files = with(goodGrub, "/EFI/BOOT/BOOTX64.EFI", "") }), 2, []string{CodeNoEFILoader}, 1},
+		{"wrong FAT label", mod(func(l *testDisk) { l.label = "BOOT" }), 2, []string{CodeESPLabel}, 1},
+		{"wrong partition type", mod(func(l *testDisk) { l.espType = gpt.LinuxFilesystem }), 2, []string{CodeESPType}, 1},
 		{"hostpart not in table", good, 5, []string{CodeNoHostpart}, 1},
-		{"MBR disk", mod(func(l *layout) { l.mbr = true }), 2, []string{CodeMBR}, 1},
-		{"no partition table", layout{noTable: true}, 0, []string{CodeNoTable, CodeNoESP}, 0},
+		{"MBR disk", mod(func(l *testDisk) { l.mbr = true }), 2, []string{CodeMBR}, 1},
+		{"no partition table", testDisk{noTable: true}, 0, []string{CodeNoTable, CodeNoESP}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,7 +180,7 @@ func TestCheck(t *testing.T) {
 
 // The end-to-end test greps the console for these words.
 func TestMissingESPMessage(t *testing.T) {
-	r := Check(makeDisk(t, layout{espName: "boot", fsType: filesystem.TypeFat32, label: "X"}), 2)
+	r := Check(makeDisk(t, testDisk{espName: "boot", fsType: filesystem.TypeFat32, label: "X"}), 2)
 	s := r.String()
 	if !strings.Contains(s, "EFI-BOOT") || !strings.Contains(s, "missing") {
 		t.Errorf("Check(no EFI-BOOT).String() = %q, want it to contain EFI-BOOT and missing", s)
@@ -188,7 +188,7 @@ func TestMissingESPMessage(t *testing.T) {
 }
 
 func TestCheckImageName(t *testing.T) {
-	path := makeDisk(t, layout{espName: "EFI-BOOT", fsType: filesystem.TypeFat32, label: "EFI-BOOT", files: goodGrub})
+	path := makeDisk(t, testDisk{espName: "EFI-BOOT", fsType: filesystem.TypeFat32, label: "EFI-BOOT", files: goodGrub})
 	if r := CheckImage(path, 2, "other.img"); !r.Has(CodeGrubNoImage) || !strings.Contains(r.String(), "other.img") {
 		t.Errorf("CheckImage(other.img) = %q, want %s naming other.img", r, CodeGrubNoImage)
 	}
@@ -257,7 +257,7 @@ func TestCheckMkfsVfatESP(t *testing.T) {
 			t.Fatalf("%v: %v\n%s", cmd, err, out)
 		}
 	}
-	path := makeDisk(t, layout{espName: "EFI-BOOT", fsType: noFS})
+	path := makeDisk(t, testDisk{espName: "EFI-BOOT", fsType: noFS})
 	d, err := diskfs.Open(path)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // Mount points and the fstab block of the seed layout.
@@ -70,9 +72,9 @@ func Apply(root string, id Identity, hc HostConf) error {
 		a.write(clean, hc.Files[p], 0o644)
 	}
 
-	a.mkdir("/hostpart")
-	a.mkdir("/boot/loader")
-	a.symlink("/hostpart/data", "/data0")
+	a.mkdir(layout.HostpartMount)
+	a.mkdir(layout.LoaderMount)
+	a.symlink(layout.HostpartMount+"/"+layout.DataDir, layout.DataLink)
 	a.fstab()
 	return a.err()
 }
@@ -258,7 +260,7 @@ func Fstab(old string) string {
 			continue
 		}
 		if f := strings.Fields(l); len(f) >= 2 && !strings.HasPrefix(f[0], "#") &&
-			(path.Clean(f[1]) == "/boot/loader" || path.Clean(f[1]) == "/hostpart") {
+			(path.Clean(f[1]) == layout.LoaderMount || path.Clean(f[1]) == layout.HostpartMount) {
 			continue
 		}
 		out = append(out, l)

@@ -11,10 +11,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"path"
-	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/hnboot/hnboot/initramfs/cmdline"
@@ -288,47 +285,10 @@ func DefaultHostname(mac string) string {
 }
 
 // Defaults is the lowest layer: a hostname from the MAC of the primary
-// interface (see FirstEthernet) and DHCP. The interface stays unset so the
+// interface (see nic.FirstEthernet) and DHCP. The interface stays unset so the
 // network config matches any en* or eth* name the image's udev picks.
 func Defaults(mac string) HostConf {
 	return HostConf{Hostname: DefaultHostname(mac), IP: DHCP}
-}
-
-// FirstEthernet returns the name and MAC of the first ethernet interface
-// under sysClassNet (normally /sys/class/net) in name order: names en* or
-// eth*, or any other with ARP type 1 (ethernet) that is not virtual.
-func FirstEthernet(sysClassNet string) (name, mac string, err error) {
-	ents, err := os.ReadDir(sysClassNet)
-	if err != nil {
-		return "", "", fmt.Errorf("list interfaces: %w", err)
-	}
-	names := make([]string, 0, len(ents))
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	read := func(n, f string) string {
-		b, _ := os.ReadFile(filepath.Join(sysClassNet, n, f))
-		return strings.TrimSpace(string(b))
-	}
-	var fallback string
-	for _, n := range names {
-		if read(n, "type") != "1" || n == "lo" {
-			continue
-		}
-		if strings.HasPrefix(n, "en") || strings.HasPrefix(n, "eth") {
-			return n, read(n, "address"), nil
-		}
-		if fallback == "" {
-			if _, err := os.Stat(filepath.Join(sysClassNet, n, "device")); err == nil {
-				fallback = n // backed by hardware, just oddly named
-			}
-		}
-	}
-	if fallback != "" {
-		return fallback, read(fallback, "address"), nil
-	}
-	return "", "", fmt.Errorf("no ethernet interface in %s (seen: %s)", sysClassNet, strings.Join(names, " "))
 }
 
 // quoteShell single-quotes s for a POSIX shell.

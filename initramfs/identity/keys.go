@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hnboot/hnboot/internal/durable"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -115,7 +116,7 @@ func ensureMachineID(path string, rand io.Reader) (string, string, error) {
 	raw[6] = raw[6]&0x0F | 0x40
 	raw[8] = raw[8]&0x3F | 0x80
 	mid := hex.EncodeToString(raw)
-	if err := WriteFileAtomic(path, []byte(mid+"\n"), 0o444); err != nil {
+	if err := durable.WriteFile(path, []byte(mid+"\n"), 0o444); err != nil {
 		return "", "", fmt.Errorf("identity: %w", err)
 	}
 	return mid, note, nil
@@ -150,7 +151,7 @@ func ensureKey(path, typ string, rand io.Reader) (HostKey, string, error) {
 			return HostKey{}, "", fmt.Errorf("identity: marshal %s key: %w", typ, err)
 		}
 		b = pem.EncodeToMemory(blk)
-		if err := WriteFileAtomic(path, b, 0o600); err != nil {
+		if err := durable.WriteFile(path, b, 0o600); err != nil {
 			return HostKey{}, "", fmt.Errorf("identity: %w", err)
 		}
 	}
@@ -160,7 +161,7 @@ func ensureKey(path, typ string, rand io.Reader) (HostKey, string, error) {
 	}
 	line := ssh.MarshalAuthorizedKey(pub)
 	if old, err := os.ReadFile(path + ".pub"); err != nil || !bytes.Equal(old, line) {
-		if err := WriteFileAtomic(path+".pub", line, 0o644); err != nil {
+		if err := durable.WriteFile(path+".pub", line, 0o644); err != nil {
 			return HostKey{}, "", fmt.Errorf("identity: %w", err)
 		}
 	}
@@ -199,44 +200,4 @@ func setAside(path, why string) (string, error) {
 		return "", fmt.Errorf("identity: set aside %s: %w", path, err)
 	}
 	return fmt.Sprintf("%s is %s; moved to %s.corrupt and generated a new one", path, why, path), nil
-}
-
-// WriteFileAtomic writes data to path so that after a crash path holds
-// either the old or the new contents, never a mix: a temporary file in the
-// same directory is written, synced and renamed over path, and the
-// directory is synced so the rename itself survives power loss.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: chmod: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: close: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: rename: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write %s: open dir for fsync: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync dir: %w", path, err)
-	}
-	return nil
 }

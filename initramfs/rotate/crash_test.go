@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // The crash test enumerates starting states of hostpart, runs Run once
@@ -109,27 +111,27 @@ func (s startState) skip() string {
 }
 
 func (s startState) build() *memFS {
-	f := map[string]string{Current: imgCurrent, part: imgPart}
+	f := map[string]string{layout.Current: imgCurrent, part: imgPart}
 	if s.newImg != "" {
-		f[New] = s.newImg
+		f[layout.New] = s.newImg
 	}
 	if s.old {
-		f[Old] = imgOld
+		f[layout.Old] = imgOld
 	}
 	if s.broken {
-		f[Broken] = imgBroken
+		f[layout.Broken] = imgBroken
 	}
 	if s.rejected {
-		f[Rejected] = imgRejected
+		f[layout.Rejected] = imgRejected
 	}
 	if s.sysRevert {
-		f[RevertTrigger] = ""
+		f[layout.RevertTrigger] = ""
 	}
 	if s.trial != "" {
-		f[Trial] = s.trial
+		f[layout.Trial] = s.trial
 	}
 	if s.revertID == "applied" {
-		f[Reverts] = "r0\nr1\n"
+		f[layout.Reverts] = "r0\nr1\n"
 	}
 	if s.journal != "" {
 		j := journal{op: s.journal}
@@ -146,7 +148,7 @@ func (s startState) build() *memFS {
 				j.trial = "2"
 			}
 		}
-		f[Journal] = string(encodeJournal(j))
+		f[layout.Journal] = string(encodeJournal(j))
 	}
 	return newMemFS(f)
 }
@@ -213,22 +215,22 @@ func crashState(st *crashStats, s startState) {
 	// Images the policy may replace in this boot.
 	allowed := map[string]bool{}
 	if ures.Action == Promote || s.journal == opPromote {
-		allowed[start[Old]] = true
+		allowed[start[layout.Old]] = true
 	}
 	if ures.Action == Revert || s.journal == opRevert {
-		allowed[start[Broken]] = true
+		allowed[start[layout.Broken]] = true
 	}
 	if ures.Action == Reject {
-		allowed[start[Rejected]] = true
+		allowed[start[layout.Rejected]] = true
 	}
 	var images []string // start images that must survive
-	for _, name := range []string{Current, New, Old, Broken, Rejected} {
+	for _, name := range []string{layout.Current, layout.New, layout.Old, layout.Broken, layout.Rejected} {
 		if c, ok := start[name]; ok && !allowed[c] {
 			images = append(images, c)
 		}
 	}
 	imageSet := map[string]bool{}
-	for _, name := range []string{Current, New, Old, Broken, Rejected} {
+	for _, name := range []string{layout.Current, layout.New, layout.Old, layout.Broken, layout.Rejected} {
 		if c, ok := start[name]; ok {
 			imageSet[c] = true
 		}
@@ -237,9 +239,9 @@ func crashState(st *crashStats, s startState) {
 	invariant := func(ctx string) func(m *memFS, op string) {
 		return func(m *memFS, op string) {
 			snap := m.snapshot()
-			cur, ok := snap[Current]
+			cur, ok := snap[layout.Current]
 			if !ok || !imageSet[cur] {
-				st.fail("%v %s, after %q: %s = %q (present %v), want a complete image", s, ctx, op, Current, cur, ok)
+				st.fail("%v %s, after %q: %s = %q (present %v), want a complete image", s, ctx, op, layout.Current, cur, ok)
 			}
 			if snap[part] != imgPart {
 				st.fail("%v %s, after %q: %s = %q, want it untouched", s, ctx, op, part, snap[part])

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 func writeFiles(t testing.TB, dir string, files map[string]string) {
@@ -44,24 +46,24 @@ func readFiles(t testing.TB, dir string) map[string]string {
 
 func TestOSFSPromoteAndRevert(t *testing.T) {
 	dir := t.TempDir()
-	writeFiles(t, dir, map[string]string{Current: "A", New: "B", Old: "C", part: "P", "data/keep": "K"})
+	writeFiles(t, dir, map[string]string{layout.Current: "A", layout.New: "B", layout.Old: "C", part: "P", "data/keep": "K"})
 	fsys := OSFS(dir)
 
 	res, err := Run(fsys, Options{Log: func(s string) { t.Log(s) }})
 	if err != nil || res.Action != Promote || !res.Trial || res.TriesLeft != 2 {
 		t.Fatalf("Run(promote) = %s, %v; want promote, trial, 2 left", fmtResult(res), err)
 	}
-	want := map[string]string{Current: "B", Old: "A", Trial: "2\n", part: "P", "data/keep": "K"}
+	want := map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "2\n", part: "P", "data/keep": "K"}
 	if got := readFiles(t, dir); !maps.Equal(got, want) {
 		t.Fatalf("after promote: %s, want %s", fmtState(got), fmtState(want))
 	}
 
-	writeFiles(t, dir, map[string]string{RevertTrigger: ""})
+	writeFiles(t, dir, map[string]string{layout.RevertTrigger: ""})
 	res, err = Run(fsys, Options{RevertID: "fleet-7"})
 	if err != nil || res.Action != Revert || res.Trial {
 		t.Fatalf("Run(revert) = %s, %v; want revert, no trial", fmtResult(res), err)
 	}
-	want = map[string]string{Current: "A", Broken: "B", Reverts: "fleet-7\n", part: "P", "data/keep": "K"}
+	want = map[string]string{layout.Current: "A", layout.Broken: "B", layout.Reverts: "fleet-7\n", part: "P", "data/keep": "K"}
 	if got := readFiles(t, dir); !maps.Equal(got, want) {
 		t.Fatalf("after revert: %s, want %s", fmtState(got), fmtState(want))
 	}
@@ -76,10 +78,10 @@ func TestOSFSCrash(t *testing.T) {
 		opt   Options
 		want  map[string]string
 	}{
-		{"promote", map[string]string{Current: "A", New: "B", Old: "C"}, Options{},
-			map[string]string{Current: "B", Old: "A", Trial: "2\n"}},
-		{"revert", map[string]string{Current: "A", Old: "C", Broken: "D", Trial: "0\n", New: "B"}, Options{RevertID: "x"},
-			map[string]string{Current: "C", Broken: "A", New: "B", Reverts: "x\n"}},
+		{"promote", map[string]string{layout.Current: "A", layout.New: "B", layout.Old: "C"}, Options{},
+			map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "2\n"}},
+		{"revert", map[string]string{layout.Current: "A", layout.Old: "C", layout.Broken: "D", layout.Trial: "0\n", layout.New: "B"}, Options{RevertID: "x"},
+			map[string]string{layout.Current: "C", layout.Broken: "A", layout.New: "B", layout.Reverts: "x\n"}},
 	} {
 		dry := t.TempDir()
 		writeFiles(t, dry, tc.start)
@@ -98,8 +100,8 @@ func TestOSFSCrash(t *testing.T) {
 			if !errors.Is(err, ErrPowerCut) || cuts != 1 {
 				t.Fatalf("%s cut after %d: Run = %v with %d cuts, want ErrPowerCut and 1", tc.name, k, err, cuts)
 			}
-			if got := readFiles(t, dir); got[Current] == "" {
-				t.Fatalf("%s cut after %d: no %s: %s", tc.name, k, Current, fmtState(got))
+			if got := readFiles(t, dir); got[layout.Current] == "" {
+				t.Fatalf("%s cut after %d: no %s: %s", tc.name, k, layout.Current, fmtState(got))
 			}
 			if _, err := Run(OSFS(dir), tc.opt); err != nil {
 				t.Fatalf("%s cut after %d: recovery Run = %v", tc.name, k, err)
@@ -115,13 +117,13 @@ func TestOSFSCrash(t *testing.T) {
 func TestOSFSOps(t *testing.T) {
 	dir := t.TempDir()
 	fsys := OSFS(dir)
-	if err := fsys.WriteFile(Journal, []byte("promote\n")); err != nil {
-		t.Fatalf("WriteFile(%s) = %v (must create .hnboot/)", Journal, err)
+	if err := fsys.WriteFile(layout.Journal, []byte("promote\n")); err != nil {
+		t.Fatalf("WriteFile(%s) = %v (must create .hnboot/)", layout.Journal, err)
 	}
-	if b, err := fsys.ReadFile(Journal); err != nil || string(b) != "promote\n" {
-		t.Errorf("ReadFile(%s) = %q, %v", Journal, b, err)
+	if b, err := fsys.ReadFile(layout.Journal); err != nil || string(b) != "promote\n" {
+		t.Errorf("ReadFile(%s) = %q, %v", layout.Journal, b, err)
 	}
-	if ok, err := fsys.Exists(Journal + ".tmp"); ok || err != nil {
+	if ok, err := fsys.Exists(layout.Journal + ".tmp"); ok || err != nil {
 		t.Errorf("Exists(tmp) = %v, %v; want false, nil", ok, err)
 	}
 	if err := fsys.Remove("missing"); err != nil {
@@ -170,7 +172,7 @@ func BenchmarkRotate(b *testing.B) {
 	}{{"100MiB", 100 << 20, false}, {"20GiB-sparse", 20 << 30, true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			dir := b.TempDir()
-			for _, name := range []string{Current, New} {
+			for _, name := range []string{layout.Current, layout.New} {
 				f, err := os.Create(filepath.Join(dir, name))
 				if err != nil {
 					b.Fatal(err)
@@ -195,19 +197,19 @@ func BenchmarkRotate(b *testing.B) {
 				}
 				b.StopTimer()
 				// Put it back: current -> new, old -> current.
-				for _, step := range [][2]string{{Current, New}, {Old, Current}} {
+				for _, step := range [][2]string{{layout.Current, layout.New}, {layout.Old, layout.Current}} {
 					if err := os.Rename(filepath.Join(dir, step[0]), filepath.Join(dir, step[1])); err != nil {
 						b.Fatal(err)
 					}
 				}
-				if err := os.Remove(filepath.Join(dir, Trial)); err != nil {
+				if err := os.Remove(filepath.Join(dir, layout.Trial)); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
 			}
-			st, err := os.Stat(filepath.Join(dir, Current))
+			st, err := os.Stat(filepath.Join(dir, layout.Current))
 			if err != nil || st.Size() != bc.size {
-				b.Fatalf("%s after the runs: %v, %v; want size %d", Current, st, err, bc.size)
+				b.Fatalf("%s after the runs: %v, %v; want size %d", layout.Current, st, err, bc.size)
 			}
 		})
 	}

@@ -44,19 +44,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-)
 
-// Names on hostpart (DESIGN.md §2).
-const (
-	Current       = "hn-root.img"
-	New           = "hn-root-new.img"
-	Old           = "hn-root-old.img"
-	Broken        = "hn-root-broken.img"
-	RevertTrigger = "system-revert"
-	Trial         = "hn-root.trial"
-	Rejected      = "hn-root-new.img.rejected"
-	Journal       = ".hnboot/journal"
-	Reverts       = ".hnboot/reverts"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // DefaultTries is the number of trial boots of a freshly promoted image when
@@ -139,7 +128,7 @@ type Result struct {
 
 // ErrNoCurrent is returned (wrapped) by Run when hn-root.img is missing at
 // the start. Run changes nothing in that case.
-var ErrNoCurrent = errors.New("rotate: " + Current + " is missing")
+var ErrNoCurrent = errors.New("rotate: " + layout.Current + " is missing")
 
 // Journal operations.
 const (
@@ -246,7 +235,7 @@ func (r *runner) note(format string, args ...any) {
 }
 
 func (r *runner) run() error {
-	ok, err := r.fs.Exists(Current)
+	ok, err := r.fs.Exists(layout.Current)
 	if err != nil {
 		return err
 	}
@@ -279,7 +268,7 @@ func (r *runner) run() error {
 		return r.keepStaged()
 	}
 
-	staged, err := r.fs.Exists(New)
+	staged, err := r.fs.Exists(layout.New)
 	if err != nil {
 		return err
 	}
@@ -288,16 +277,16 @@ func (r *runner) run() error {
 			return err
 		}
 	} else {
-		r.logf("no %s staged", New)
+		r.logf("no %s staged", layout.New)
 	}
 	return r.countTry()
 }
 
 // keepStaged notes a staged image left alone by a revert boot. It only reads.
 func (r *runner) keepStaged() error {
-	staged, err := r.fs.Exists(New)
+	staged, err := r.fs.Exists(layout.New)
 	if err == nil && staged {
-		r.note("%s stays staged: a revert boot does not also promote", New)
+		r.note("%s stays staged: a revert boot does not also promote", layout.New)
 	}
 	return err
 }
@@ -305,11 +294,11 @@ func (r *runner) keepStaged() error {
 // replay finishes the rotation recorded in the journal. It reports whether
 // that was a revert (with or without an old image): then the boot is over.
 func (r *runner) replay() (reverted bool, err error) {
-	ok, err := r.fs.Exists(Journal)
+	ok, err := r.fs.Exists(layout.Journal)
 	if err != nil || !ok {
 		return false, err
 	}
-	data, err := r.fs.ReadFile(Journal)
+	data, err := r.fs.ReadFile(layout.Journal)
 	if err != nil {
 		return false, err
 	}
@@ -317,27 +306,27 @@ func (r *runner) replay() (reverted bool, err error) {
 	if perr != nil {
 		// WriteFile is atomic, so this is not a torn write of ours; the
 		// image files are consistent in every state, so drop it.
-		r.note("unreadable %s (%v) removed; deciding from the files alone", Journal, perr)
-		return false, r.remove(Journal, "unreadable journal")
+		r.note("unreadable %s (%v) removed; deciding from the files alone", layout.Journal, perr)
+		return false, r.remove(layout.Journal, "unreadable journal")
 	}
 	r.res.Replayed = true
 	switch j.op {
 	case opPromote:
-		r.note("finishing an interrupted promotion of %s (found %s)", New, Journal)
+		r.note("finishing an interrupted promotion of %s (found %s)", layout.New, layout.Journal)
 		if err := r.finishPromote(); err != nil {
 			return false, err
 		}
 		r.res.Action = Promote
 		return false, nil
 	case opRevert:
-		r.note("finishing an interrupted revert to %s (found %s)", Old, Journal)
+		r.note("finishing an interrupted revert to %s (found %s)", layout.Old, layout.Journal)
 		if err := r.finishRevert(j.id); err != nil {
 			return true, err
 		}
 		r.res.Action = Revert
 		return true, nil
 	default: // opRevertWithout
-		r.note("finishing an interrupted revert request without %s (found %s)", Old, Journal)
+		r.note("finishing an interrupted revert request without %s (found %s)", layout.Old, layout.Journal)
 		return true, r.finishRevertWithout(j)
 	}
 }
@@ -345,11 +334,11 @@ func (r *runner) replay() (reverted bool, err error) {
 // readTrial reads hn-root.trial. valid is false for content that is not an
 // integer.
 func (r *runner) readTrial() (exists bool, n int, valid bool, err error) {
-	exists, err = r.fs.Exists(Trial)
+	exists, err = r.fs.Exists(layout.Trial)
 	if err != nil || !exists {
 		return exists, 0, false, err
 	}
-	b, err := r.fs.ReadFile(Trial)
+	b, err := r.fs.ReadFile(layout.Trial)
 	if err != nil {
 		return true, 0, false, err
 	}
@@ -358,11 +347,11 @@ func (r *runner) readTrial() (exists bool, n int, valid bool, err error) {
 }
 
 func (r *runner) revertRecorded(id string) (bool, error) {
-	ok, err := r.fs.Exists(Reverts)
+	ok, err := r.fs.Exists(layout.Reverts)
 	if err != nil || !ok {
 		return false, err
 	}
-	b, err := r.fs.ReadFile(Reverts)
+	b, err := r.fs.ReadFile(layout.Reverts)
 	if err != nil {
 		return false, err
 	}
@@ -383,12 +372,12 @@ func (r *runner) recordRevert(id string) error {
 		return err
 	}
 	var b []byte
-	ok, err := r.fs.Exists(Reverts)
+	ok, err := r.fs.Exists(layout.Reverts)
 	if err != nil {
 		return err
 	}
 	if ok {
-		if b, err = r.fs.ReadFile(Reverts); err != nil {
+		if b, err = r.fs.ReadFile(layout.Reverts); err != nil {
 			return err
 		}
 		if len(b) > 0 && b[len(b)-1] != '\n' {
@@ -396,8 +385,8 @@ func (r *runner) recordRevert(id string) error {
 		}
 	}
 	b = append(b, id+"\n"...)
-	r.logf("recording hn.revert=%s as applied in %s", id, Reverts)
-	return r.fs.WriteFile(Reverts, b)
+	r.logf("recording hn.revert=%s as applied in %s", id, layout.Reverts)
+	return r.fs.WriteFile(layout.Reverts, b)
 }
 
 // revertReasons lists why this boot must revert, and the hn.revert ID to
@@ -419,12 +408,12 @@ func (r *runner) revertReasons() (reasons []string, id string, err error) {
 			}
 		}
 	}
-	ok, err := r.fs.Exists(RevertTrigger)
+	ok, err := r.fs.Exists(layout.RevertTrigger)
 	if err != nil {
 		return nil, "", err
 	}
 	if ok {
-		reasons = append(reasons, RevertTrigger+" present")
+		reasons = append(reasons, layout.RevertTrigger+" present")
 	}
 	exists, n, valid, err := r.readTrial()
 	if err != nil {
@@ -432,16 +421,16 @@ func (r *runner) revertReasons() (reasons []string, id string, err error) {
 	}
 	switch {
 	case exists && !valid:
-		reasons = append(reasons, Trial+" unreadable (counted as no tries left)")
+		reasons = append(reasons, layout.Trial+" unreadable (counted as no tries left)")
 	case exists && n <= 0:
-		reasons = append(reasons, Trial+" has no tries left")
+		reasons = append(reasons, layout.Trial+" has no tries left")
 	}
 	return reasons, id, nil
 }
 
 func (r *runner) writeJournal(j journal) error {
-	r.logf("writing intent record %s: %s", Journal, j.op)
-	return r.fs.WriteFile(Journal, encodeJournal(j))
+	r.logf("writing intent record %s: %s", layout.Journal, j.op)
+	return r.fs.WriteFile(layout.Journal, encodeJournal(j))
 }
 
 func (r *runner) remove(name, why string) error {
@@ -450,22 +439,22 @@ func (r *runner) remove(name, why string) error {
 }
 
 func (r *runner) revert(reasons, id string) error {
-	hasOld, err := r.fs.Exists(Old)
+	hasOld, err := r.fs.Exists(layout.Old)
 	if err != nil {
 		return err
 	}
 	if hasOld {
-		same, err := r.fs.SameFile(Old, Current)
+		same, err := r.fs.SameFile(layout.Old, layout.Current)
 		if err != nil {
 			return err
 		}
 		if same {
-			r.note("%s is the same file as %s: nothing to revert to", Old, Current)
+			r.note("%s is the same file as %s: nothing to revert to", layout.Old, layout.Current)
 			hasOld = false
 		}
 	}
 	if !hasOld {
-		r.note("revert requested (%s) but no %s: booting current %s", reasons, Old, Current)
+		r.note("revert requested (%s) but no %s: booting current %s", reasons, layout.Old, layout.Current)
 		j := journal{op: opRevertWithout, id: id}
 		exists, n, valid, err := r.readTrial()
 		if err != nil {
@@ -483,7 +472,7 @@ func (r *runner) revert(reasons, id string) error {
 		}
 		return r.finishRevertWithout(j)
 	}
-	r.note("reverting (%s): %s becomes %s, %s becomes %s", reasons, Current, Broken, Old, Current)
+	r.note("reverting (%s): %s becomes %s, %s becomes %s", reasons, layout.Current, layout.Broken, layout.Old, layout.Current)
 	if err := r.writeJournal(journal{op: opRevert, id: id}); err != nil {
 		return err
 	}
@@ -496,47 +485,47 @@ func (r *runner) revert(reasons, id string) error {
 
 // finishRevert runs the remaining steps of a journalled revert.
 func (r *runner) finishRevert(id string) error {
-	hasOld, err := r.fs.Exists(Old)
+	hasOld, err := r.fs.Exists(layout.Old)
 	if err != nil {
 		return err
 	}
 	if hasOld {
 		linked := false
-		ok, err := r.fs.Exists(Broken)
+		ok, err := r.fs.Exists(layout.Broken)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if linked, err = r.fs.SameFile(Broken, Current); err != nil {
+			if linked, err = r.fs.SameFile(layout.Broken, layout.Current); err != nil {
 				return err
 			}
 			if !linked {
-				if err := r.remove(Broken, "replaced by this revert"); err != nil {
+				if err := r.remove(layout.Broken, "replaced by this revert"); err != nil {
 					return err
 				}
 			}
 		}
 		if !linked {
-			r.logf("linking %s to %s", Current, Broken)
-			if err := r.fs.Link(Current, Broken); err != nil {
+			r.logf("linking %s to %s", layout.Current, layout.Broken)
+			if err := r.fs.Link(layout.Current, layout.Broken); err != nil {
 				return err
 			}
 		}
-		r.logf("renaming %s to %s", Old, Current)
-		if err := r.fs.Rename(Old, Current); err != nil {
+		r.logf("renaming %s to %s", layout.Old, layout.Current)
+		if err := r.fs.Rename(layout.Old, layout.Current); err != nil {
 			return err
 		}
 	}
-	if err := r.remove(Trial, "a reverted image is not on trial"); err != nil {
+	if err := r.remove(layout.Trial, "a reverted image is not on trial"); err != nil {
 		return err
 	}
-	if err := r.remove(RevertTrigger, "revert done"); err != nil {
+	if err := r.remove(layout.RevertTrigger, "revert done"); err != nil {
 		return err
 	}
 	if err := r.recordRevert(id); err != nil {
 		return err
 	}
-	return r.remove(Journal, "revert done")
+	return r.remove(layout.Journal, "revert done")
 }
 
 // finishRevertWithout clears the revert triggers when there is no old image.
@@ -546,51 +535,51 @@ func (r *runner) finishRevert(id string) error {
 // boot. An exhausted trial file is removed, as there is nothing to fall
 // back to.
 func (r *runner) finishRevertWithout(j journal) error {
-	if err := r.remove(RevertTrigger, "revert request handled"); err != nil {
+	if err := r.remove(layout.RevertTrigger, "revert request handled"); err != nil {
 		return err
 	}
 	switch j.trial {
 	case "":
 	case "-":
-		if err := r.remove(Trial, "no tries left and nothing to revert to"); err != nil {
+		if err := r.remove(layout.Trial, "no tries left and nothing to revert to"); err != nil {
 			return err
 		}
 	default:
 		n, _ := strconv.Atoi(j.trial) // checked by decodeJournal
 		r.res.Trial, r.res.TriesLeft = true, n
-		r.logf("trial boot of %s: %d tries left after this one", Current, n)
-		if err := r.fs.WriteFile(Trial, []byte(j.trial+"\n")); err != nil {
+		r.logf("trial boot of %s: %d tries left after this one", layout.Current, n)
+		if err := r.fs.WriteFile(layout.Trial, []byte(j.trial+"\n")); err != nil {
 			return err
 		}
 	}
 	if err := r.recordRevert(j.id); err != nil {
 		return err
 	}
-	return r.remove(Journal, "revert request handled")
+	return r.remove(layout.Journal, "revert request handled")
 }
 
 // stage verifies and promotes (or rejects) hn-root-new.img.
 func (r *runner) stage() error {
-	same, err := r.fs.SameFile(New, Current)
+	same, err := r.fs.SameFile(layout.New, layout.Current)
 	if err != nil {
 		return err
 	}
 	if same {
-		r.note("%s is the same file as %s: nothing to promote", New, Current)
-		return r.remove(New, "already current")
+		r.note("%s is the same file as %s: nothing to promote", layout.New, layout.Current)
+		return r.remove(layout.New, "already current")
 	}
 	if r.opt.Verify != nil {
-		r.logf("verifying %s", New)
-		if verr := r.opt.Verify(New); verr != nil {
-			r.note("%s rejected (%v): renamed to %s, booting current %s", New, verr, Rejected, Current)
-			if err := r.fs.Rename(New, Rejected); err != nil {
+		r.logf("verifying %s", layout.New)
+		if verr := r.opt.Verify(layout.New); verr != nil {
+			r.note("%s rejected (%v): renamed to %s, booting current %s", layout.New, verr, layout.Rejected, layout.Current)
+			if err := r.fs.Rename(layout.New, layout.Rejected); err != nil {
 				return err
 			}
 			r.res.Action = Reject
 			return nil
 		}
 	}
-	r.note("promoting %s: %s becomes %s, on trial for %d boots", New, Current, Old, r.tries)
+	r.note("promoting %s: %s becomes %s, on trial for %d boots", layout.New, layout.Current, layout.Old, r.tries)
 	if err := r.writeJournal(journal{op: opPromote}); err != nil {
 		return err
 	}
@@ -603,42 +592,42 @@ func (r *runner) stage() error {
 
 // finishPromote runs the remaining steps of a journalled promotion.
 func (r *runner) finishPromote() error {
-	staged, err := r.fs.Exists(New)
+	staged, err := r.fs.Exists(layout.New)
 	if err != nil {
 		return err
 	}
 	if staged {
 		linked := false
-		ok, err := r.fs.Exists(Old)
+		ok, err := r.fs.Exists(layout.Old)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if linked, err = r.fs.SameFile(Old, Current); err != nil {
+			if linked, err = r.fs.SameFile(layout.Old, layout.Current); err != nil {
 				return err
 			}
 			if !linked {
-				if err := r.remove(Old, "replaced by this promotion"); err != nil {
+				if err := r.remove(layout.Old, "replaced by this promotion"); err != nil {
 					return err
 				}
 			}
 		}
 		if !linked {
-			r.logf("linking %s to %s", Current, Old)
-			if err := r.fs.Link(Current, Old); err != nil {
+			r.logf("linking %s to %s", layout.Current, layout.Old)
+			if err := r.fs.Link(layout.Current, layout.Old); err != nil {
 				return err
 			}
 		}
-		r.logf("renaming %s to %s", New, Current)
-		if err := r.fs.Rename(New, Current); err != nil {
+		r.logf("renaming %s to %s", layout.New, layout.Current)
+		if err := r.fs.Rename(layout.New, layout.Current); err != nil {
 			return err
 		}
 	}
-	r.logf("writing %s: %d tries", Trial, r.tries)
-	if err := r.fs.WriteFile(Trial, []byte(strconv.Itoa(r.tries)+"\n")); err != nil {
+	r.logf("writing %s: %d tries", layout.Trial, r.tries)
+	if err := r.fs.WriteFile(layout.Trial, []byte(strconv.Itoa(r.tries)+"\n")); err != nil {
 		return err
 	}
-	return r.remove(Journal, "promotion done")
+	return r.remove(layout.Journal, "promotion done")
 }
 
 // countTry uses one try of a trial image. It is the last operation of Run.
@@ -648,16 +637,16 @@ func (r *runner) countTry() error {
 		return err
 	}
 	if !exists {
-		r.logf("no %s: %s is confirmed", Trial, Current)
+		r.logf("no %s: %s is confirmed", layout.Trial, layout.Current)
 		return nil
 	}
 	if !valid || n <= 0 {
 		// Unreachable: such a trial file triggers a revert above, which
 		// removes it. Leave it for the next boot rather than guess.
-		r.note("%s has no tries left after the revert checks; leaving it", Trial)
+		r.note("%s has no tries left after the revert checks; leaving it", layout.Trial)
 		return nil
 	}
 	r.res.Trial, r.res.TriesLeft = true, n-1
-	r.logf("trial boot of %s: %d tries left after this one", Current, n-1)
-	return r.fs.WriteFile(Trial, []byte(strconv.Itoa(n-1)+"\n"))
+	r.logf("trial boot of %s: %d tries left after this one", layout.Current, n-1)
+	return r.fs.WriteFile(layout.Trial, []byte(strconv.Itoa(n-1)+"\n"))
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 const part = "hn-root-new.img.part"
@@ -48,198 +50,198 @@ func TestRun(t *testing.T) {
 	}{
 		{
 			name:  "plain boot",
-			start: map[string]string{Current: "A", part: "P"},
+			start: map[string]string{layout.Current: "A", part: "P"},
 			want:  Result{Action: Boot},
-			end:   map[string]string{Current: "A", part: "P"},
+			end:   map[string]string{layout.Current: "A", part: "P"},
 		},
 		{
 			name:  "trial boot uses one try",
-			start: map[string]string{Current: "A", Trial: "2\n"},
+			start: map[string]string{layout.Current: "A", layout.Trial: "2\n"},
 			want:  Result{Action: Boot, Trial: true, TriesLeft: 1},
-			end:   map[string]string{Current: "A", Trial: "1\n"},
+			end:   map[string]string{layout.Current: "A", layout.Trial: "1\n"},
 		},
 		{
 			name:  "trial boot with the last try",
-			start: map[string]string{Current: "A", Old: "C", Trial: "1"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Trial: "1"},
 			want:  Result{Action: Boot, Trial: true, TriesLeft: 0},
-			end:   map[string]string{Current: "A", Old: "C", Trial: "0\n"},
+			end:   map[string]string{layout.Current: "A", layout.Old: "C", layout.Trial: "0\n"},
 		},
 		{
 			name:  "promote replaces the previous old",
-			start: map[string]string{Current: "A", New: "B", Old: "C", Broken: "D", part: "P"},
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Old: "C", layout.Broken: "D", part: "P"},
 			want:  Result{Action: Promote, Trial: true, TriesLeft: 2},
-			end:   map[string]string{Current: "B", Old: "A", Broken: "D", Trial: "2\n", part: "P"},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", layout.Broken: "D", layout.Trial: "2\n", part: "P"},
 		},
 		{
 			name:  "promote without previous old, hn.tries=5",
-			start: map[string]string{Current: "A", New: "B"},
+			start: map[string]string{layout.Current: "A", layout.New: "B"},
 			opt:   Options{Tries: 5},
 			want:  Result{Action: Promote, Trial: true, TriesLeft: 4},
-			end:   map[string]string{Current: "B", Old: "A", Trial: "4\n"},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "4\n"},
 		},
 		{
 			name:  "promote while current is on trial restarts the count",
-			start: map[string]string{Current: "A", New: "B", Trial: "1\n"},
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Trial: "1\n"},
 			want:  Result{Action: Promote, Trial: true, TriesLeft: 2},
-			end:   map[string]string{Current: "B", Old: "A", Trial: "2\n"},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "2\n"},
 		},
 		{
 			name:  "reject replaces the previous rejected",
-			start: map[string]string{Current: "A", New: "bad-B", Old: "C", Rejected: "E", Trial: "3\n"},
+			start: map[string]string{layout.Current: "A", layout.New: "bad-B", layout.Old: "C", layout.Rejected: "E", layout.Trial: "3\n"},
 			want:  Result{Action: Reject, Trial: true, TriesLeft: 2},
 			note:  "bad superblock",
-			end:   map[string]string{Current: "A", Old: "C", Rejected: "bad-B", Trial: "2\n"},
+			end:   map[string]string{layout.Current: "A", layout.Old: "C", layout.Rejected: "bad-B", layout.Trial: "2\n"},
 		},
 		{
 			name:  "system-revert",
-			start: map[string]string{Current: "A", Old: "C", Broken: "D", RevertTrigger: "", Trial: "2\n", part: "P"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Broken: "D", layout.RevertTrigger: "", layout.Trial: "2\n", part: "P"},
 			want:  Result{Action: Revert},
 			note:  "system-revert present",
-			end:   map[string]string{Current: "C", Broken: "A", part: "P"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", part: "P"},
 		},
 		{
 			name:  "trial exhausted reverts",
-			start: map[string]string{Current: "A", Old: "C", Trial: "0\n"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Trial: "0\n"},
 			want:  Result{Action: Revert},
 			note:  "no tries left",
-			end:   map[string]string{Current: "C", Broken: "A"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A"},
 		},
 		{
 			name:  "negative trial reverts",
-			start: map[string]string{Current: "A", Old: "C", Trial: "-1\n"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Trial: "-1\n"},
 			want:  Result{Action: Revert},
-			end:   map[string]string{Current: "C", Broken: "A"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A"},
 		},
 		{
 			name:  "garbage trial reverts",
-			start: map[string]string{Current: "A", Old: "C", Trial: "two"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Trial: "two"},
 			want:  Result{Action: Revert},
 			note:  "unreadable",
-			end:   map[string]string{Current: "C", Broken: "A"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A"},
 		},
 		{
 			name:  "hn.revert with a new ID reverts and records it",
-			start: map[string]string{Current: "A", Old: "C", Reverts: "r0\n"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Reverts: "r0\n"},
 			opt:   Options{RevertID: "r1"},
 			want:  Result{Action: Revert},
 			note:  "hn.revert=r1",
-			end:   map[string]string{Current: "C", Broken: "A", Reverts: "r0\nr1\n"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", layout.Reverts: "r0\nr1\n"},
 		},
 		{
 			name:  "hn.revert with an applied ID does nothing",
-			start: map[string]string{Current: "A", Old: "C", Reverts: "r0\nr1\n"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Reverts: "r0\nr1\n"},
 			opt:   Options{RevertID: "r1"},
 			want:  Result{Action: Boot},
-			end:   map[string]string{Current: "A", Old: "C", Reverts: "r0\nr1\n"},
+			end:   map[string]string{layout.Current: "A", layout.Old: "C", layout.Reverts: "r0\nr1\n"},
 		},
 		{
 			name:  "hn.revert with white space is ignored",
-			start: map[string]string{Current: "A", Old: "C"},
+			start: map[string]string{layout.Current: "A", layout.Old: "C"},
 			opt:   Options{RevertID: "r 1"},
 			want:  Result{Action: Boot},
 			note:  "ignoring hn.revert",
-			end:   map[string]string{Current: "A", Old: "C"},
+			end:   map[string]string{layout.Current: "A", layout.Old: "C"},
 		},
 		{
 			name:  "revert leaves a staged image staged",
-			start: map[string]string{Current: "A", Old: "C", New: "B", RevertTrigger: ""},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.New: "B", layout.RevertTrigger: ""},
 			want:  Result{Action: Revert},
 			note:  "stays staged",
-			end:   map[string]string{Current: "C", Broken: "A", New: "B"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", layout.New: "B"},
 		},
 		{
 			name:  "system-revert without old keeps current",
-			start: map[string]string{Current: "A", Broken: "D", RevertTrigger: ""},
+			start: map[string]string{layout.Current: "A", layout.Broken: "D", layout.RevertTrigger: ""},
 			want:  Result{Action: Boot},
 			note:  "revert requested (system-revert present) but no hn-root-old.img: booting current",
-			end:   map[string]string{Current: "A", Broken: "D"},
+			end:   map[string]string{layout.Current: "A", layout.Broken: "D"},
 		},
 		{
 			name:  "system-revert without old keeps a trial with tries",
-			start: map[string]string{Current: "A", RevertTrigger: "", Trial: "2\n"},
+			start: map[string]string{layout.Current: "A", layout.RevertTrigger: "", layout.Trial: "2\n"},
 			want:  Result{Action: Boot, Trial: true, TriesLeft: 1},
 			note:  "no hn-root-old.img",
-			end:   map[string]string{Current: "A", Trial: "1\n"},
+			end:   map[string]string{layout.Current: "A", layout.Trial: "1\n"},
 		},
 		{
 			name:  "exhausted trial without old removes the trial file",
-			start: map[string]string{Current: "A", Trial: "0\n"},
+			start: map[string]string{layout.Current: "A", layout.Trial: "0\n"},
 			want:  Result{Action: Boot},
 			note:  "no hn-root-old.img",
-			end:   map[string]string{Current: "A"},
+			end:   map[string]string{layout.Current: "A"},
 		},
 		{
 			name:  "hn.revert without old is recorded and does not promote",
-			start: map[string]string{Current: "A", New: "B"},
+			start: map[string]string{layout.Current: "A", layout.New: "B"},
 			opt:   Options{RevertID: "r1"},
 			want:  Result{Action: Boot},
 			note:  "stays staged",
-			end:   map[string]string{Current: "A", New: "B", Reverts: "r1\n"},
+			end:   map[string]string{layout.Current: "A", layout.New: "B", layout.Reverts: "r1\n"},
 		},
 		{
 			name:  "staged image that is the current file is dropped",
-			start: map[string]string{Current: "A"},
-			links: map[string]string{New: Current},
+			start: map[string]string{layout.Current: "A"},
+			links: map[string]string{layout.New: layout.Current},
 			want:  Result{Action: Boot},
 			note:  "same file",
-			end:   map[string]string{Current: "A"},
+			end:   map[string]string{layout.Current: "A"},
 		},
 		{
 			name:  "journal: promotion interrupted after the link",
-			start: map[string]string{Current: "A", New: "B", Journal: promoteJ},
-			links: map[string]string{Old: Current},
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Journal: promoteJ},
+			links: map[string]string{layout.Old: layout.Current},
 			want:  Result{Action: Promote, Replayed: true, Trial: true, TriesLeft: 2},
 			note:  "interrupted promotion",
-			end:   map[string]string{Current: "B", Old: "A", Trial: "2\n"},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "2\n"},
 		},
 		{
 			name:  "journal: promotion interrupted after the rename",
-			start: map[string]string{Current: "B", Old: "A", Trial: "1\n", Journal: promoteJ},
+			start: map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "1\n", layout.Journal: promoteJ},
 			want:  Result{Action: Promote, Replayed: true, Trial: true, TriesLeft: 2},
-			end:   map[string]string{Current: "B", Old: "A", Trial: "2\n"},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "2\n"},
 		},
 		{
 			name:  "journal: revert interrupted after the link keeps new staged",
-			start: map[string]string{Current: "A", Old: "C", New: "B", Broken: "D", RevertTrigger: "", Journal: revertJ},
-			links: map[string]string{Broken: Current},
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.New: "B", layout.Broken: "D", layout.RevertTrigger: "", layout.Journal: revertJ},
+			links: map[string]string{layout.Broken: layout.Current},
 			opt:   Options{RevertID: "r1"},
 			want:  Result{Action: Revert, Replayed: true},
 			note:  "stays staged",
-			end:   map[string]string{Current: "C", Broken: "A", New: "B", Reverts: "r1\n"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", layout.New: "B", layout.Reverts: "r1\n"},
 		},
 		{
 			name:  "journal: revert request without old finishes and counts the try once",
-			start: map[string]string{Current: "A", New: "B", Trial: "3\n", Journal: "revert-without-old\nid r1\ntrial 2\n"},
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Trial: "3\n", layout.Journal: "revert-without-old\nid r1\ntrial 2\n"},
 			opt:   Options{RevertID: "r1"},
 			want:  Result{Action: Boot, Replayed: true, Trial: true, TriesLeft: 2},
 			note:  "stays staged",
-			end:   map[string]string{Current: "A", New: "B", Trial: "2\n", Reverts: "r1\n"},
+			end:   map[string]string{layout.Current: "A", layout.New: "B", layout.Trial: "2\n", layout.Reverts: "r1\n"},
 		},
 		{
 			name:  "journal: a finished revert ends the boot, a new hn.revert waits",
-			start: map[string]string{Current: "C", Broken: "A", Journal: "revert\nid r1\n"},
+			start: map[string]string{layout.Current: "C", layout.Broken: "A", layout.Journal: "revert\nid r1\n"},
 			opt:   Options{RevertID: "r2"},
 			want:  Result{Action: Revert, Replayed: true},
-			end:   map[string]string{Current: "C", Broken: "A", Reverts: "r1\n"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", layout.Reverts: "r1\n"},
 		},
 		{
 			name:  "journal: finished promotion, then system-revert put there by a rescue system",
-			start: map[string]string{Current: "A", New: "B", Old: "C", Broken: "D", RevertTrigger: "", Journal: promoteJ},
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Old: "C", layout.Broken: "D", layout.RevertTrigger: "", layout.Journal: promoteJ},
 			want:  Result{Action: Revert, Replayed: true},
-			end:   map[string]string{Current: "A", Broken: "B"},
+			end:   map[string]string{layout.Current: "A", layout.Broken: "B"},
 		},
 		{
 			name:  "journal: unreadable journal is dropped",
-			start: map[string]string{Current: "A", Journal: "frobnicate\n"},
+			start: map[string]string{layout.Current: "A", layout.Journal: "frobnicate\n"},
 			want:  Result{Action: Boot},
 			note:  "unreadable",
-			end:   map[string]string{Current: "A"},
+			end:   map[string]string{layout.Current: "A"},
 		},
 		{
 			name:   "no current image",
-			start:  map[string]string{Old: "C", New: "B", RevertTrigger: ""},
+			start:  map[string]string{layout.Old: "C", layout.New: "B", layout.RevertTrigger: ""},
 			want:   Result{Action: Boot},
-			end:    map[string]string{Old: "C", New: "B", RevertTrigger: ""},
+			end:    map[string]string{layout.Old: "C", layout.New: "B", layout.RevertTrigger: ""},
 			endErr: ErrNoCurrent,
 		},
 	}
@@ -281,7 +283,7 @@ func TestRun(t *testing.T) {
 
 // TestTrialCountdown: Tries=3 gives three trial boots, the fourth reverts.
 func TestTrialCountdown(t *testing.T) {
-	m := newMemFS(map[string]string{Current: "A", New: "B"})
+	m := newMemFS(map[string]string{layout.Current: "A", layout.New: "B"})
 	want := []Result{
 		{Action: Promote, Trial: true, TriesLeft: 2},
 		{Action: Boot, Trial: true, TriesLeft: 1},
@@ -298,7 +300,7 @@ func TestTrialCountdown(t *testing.T) {
 			t.Errorf("boot %d: Run(...) = %s, want %s", i+1, fmtResult(got), fmtResult(w))
 		}
 	}
-	wantEnd := map[string]string{Current: "A", Broken: "B"}
+	wantEnd := map[string]string{layout.Current: "A", layout.Broken: "B"}
 	if s := m.snapshot(); !maps.Equal(s, wantEnd) {
 		t.Errorf("after countdown: %s, want %s", fmtState(s), fmtState(wantEnd))
 	}
@@ -320,7 +322,7 @@ func TestJournalRoundTrip(t *testing.T) {
 }
 
 func TestCrashAfter(t *testing.T) {
-	m := newMemFS(map[string]string{Current: "A"})
+	m := newMemFS(map[string]string{layout.Current: "A"})
 	cuts := 0
 	c := CrashAfter(m, 2, func() { cuts++ })
 	if err := c.WriteFile("x", []byte("1")); err != nil {
@@ -332,7 +334,7 @@ func TestCrashAfter(t *testing.T) {
 	if err := c.Remove("x"); err != nil {
 		t.Fatalf("op 2: %v", err)
 	}
-	if _, err := c.Exists(Current); !errors.Is(err, ErrPowerCut) {
+	if _, err := c.Exists(layout.Current); !errors.Is(err, ErrPowerCut) {
 		t.Errorf("read after 2 ops = %v, want ErrPowerCut", err)
 	}
 	if err := c.WriteFile("y", nil); !errors.Is(err, ErrPowerCut) {

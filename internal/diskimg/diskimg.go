@@ -27,16 +27,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/bootloader"
-	"github.com/hnboot/hnboot/initramfs/blkid"
+	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
 
 // Names and defaults of the layout (DESIGN.md §2).
 const (
-	EFIName        = "EFI-BOOT"
-	HostpartName   = "hostpart"
-	BIOSName       = "BIOS-BOOT"
 	DefaultEFISize = 128 * mib
 	BIOSBootSize   = mib // GRUB's i386-pc core.img (~200 KiB) fits easily
 
@@ -120,11 +118,11 @@ func LayoutBoot(size, efiSize int64, bios bool) ([]Partition, error) {
 	// End hostpart on a MiB boundary too (sgdisk warns otherwise).
 	hostEnd := (lastUsable+1)/alignSect*alignSect - 1
 	parts := []Partition{
-		{EFIName, efiStart * sectorSize, efiSize},
-		{HostpartName, hostStart * sectorSize, (hostEnd - hostStart + 1) * sectorSize},
+		{layout.ESPLabel, efiStart * sectorSize, efiSize},
+		{layout.HostpartLabel, hostStart * sectorSize, (hostEnd - hostStart + 1) * sectorSize},
 	}
 	if bios {
-		parts = append(parts, Partition{BIOSName, alignSect * sectorSize, BIOSBootSize})
+		parts = append(parts, Partition{layout.BIOSBootLabel, alignSect * sectorSize, BIOSBootSize})
 	}
 	return parts, nil
 }
@@ -168,9 +166,9 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	}
 
 	images := []struct{ flag, src, name string }{
-		{"--root", o.Root, "hn-root.img"},
-		{"--new", o.New, "hn-root-new.img"},
-		{"--old", o.Old, "hn-root-old.img"},
+		{"--root", o.Root, layout.Current},
+		{"--new", o.New, layout.New},
+		{"--old", o.Old, layout.Old},
 	}
 	var need int64
 	for _, im := range images {
@@ -214,12 +212,12 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	}()
 
 	log.Info("staging hostpart contents", "dir", staging)
-	for _, d := range []string{"data", ".hnboot"} {
+	for _, d := range []string{layout.DataDir, layout.StateDir} {
 		if err := os.MkdirAll(filepath.Join(staging, d), 0o755); err != nil {
 			return nil, fmt.Errorf("disk: staging: %w", err)
 		}
 	}
-	if err := os.Chmod(filepath.Join(staging, ".hnboot"), 0o700); err != nil {
+	if err := os.Chmod(filepath.Join(staging, layout.StateDir), 0o700); err != nil {
 		return nil, fmt.Errorf("disk: staging: %w", err)
 	}
 	for _, im := range images {
@@ -231,11 +229,11 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 			return nil, fmt.Errorf("disk: stage %s %s: %w", im.flag, im.src, err)
 		}
 		log.Info("staged image", "image", im.name, "from", im.src, "how", how)
-		if b, err := os.ReadFile(manifest.PathFor(im.src)); err == nil {
-			if err := os.WriteFile(filepath.Join(staging, manifest.PathFor(im.name)), b, 0o644); err != nil {
+		if b, err := os.ReadFile(layout.ManifestFor(im.src)); err == nil {
+			if err := os.WriteFile(filepath.Join(staging, layout.ManifestFor(im.name)), b, 0o644); err != nil {
 				return nil, fmt.Errorf("disk: stage the manifest of %s: %w", im.flag, err)
 			}
-			log.Info("staged manifest", "manifest", manifest.PathFor(im.name), "from", manifest.PathFor(im.src))
+			log.Info("staged manifest", "manifest", layout.ManifestFor(im.name), "from", layout.ManifestFor(im.src))
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
 		}
@@ -270,7 +268,7 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	start := time.Now()
 	// mke2fs keeps only the last -E: every extended option goes in one.
 	ext := "offset=" + strconv.FormatInt(parts[1].Offset, 10) + ",lazy_itable_init=1,lazy_journal_init=1"
-	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-L", HostpartName}
+	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-L", layout.HostpartLabel}
 	env := os.Environ()
 	if o.HasEpoch {
 		ext += ",hash_seed=" + strings.ToLower(guid(o, "hostpart hash"))
@@ -336,7 +334,7 @@ func writeGPTAndESP(p string, o Options, parts []Partition, log *slog.Logger) er
 	fs, err := d.CreateFilesystem(disk.FilesystemSpec{
 		Partition:    1,
 		FSType:       filesystem.TypeFat32,
-		VolumeLabel:  EFIName,
+		VolumeLabel:  layout.ESPLabel,
 		Reproducible: o.HasEpoch,
 	})
 	if err != nil {
@@ -378,7 +376,7 @@ func writeFile(fs filesystem.FileSystem, name string, data []byte) error {
 // goes onto hostpart with the image, and the init refuses to promote a
 // staged image whose manifest does not match it.
 func checkManifest(img string) error {
-	p := manifest.PathFor(img)
+	p := layout.ManifestFor(img)
 	m, err := manifest.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

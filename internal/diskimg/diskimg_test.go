@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/bootloader"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
@@ -124,7 +125,7 @@ func testBuild(t *testing.T, repro bool) {
 	want := []struct {
 		name string
 		typ  gpt.Type
-	}{{EFIName, gpt.EFISystemPartition}, {HostpartName, gpt.LinuxFilesystem}}
+	}{{layout.ESPLabel, gpt.EFISystemPartition}, {layout.HostpartLabel, gpt.LinuxFilesystem}}
 	var got []*gpt.Partition
 	for _, p := range table.Partitions {
 		if p.Type != gpt.Unused {
@@ -152,8 +153,8 @@ func testBuild(t *testing.T, repro bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l := strings.TrimSpace(fs.Label()); l != EFIName {
-		t.Errorf("FAT label = %q, want %q", l, EFIName)
+	if l := strings.TrimSpace(fs.Label()); l != layout.ESPLabel {
+		t.Errorf("FAT label = %q, want %q", l, layout.ESPLabel)
 	}
 	if o := run(t, "/sbin/sgdisk", "-v", out); !strings.Contains(o, "No problems found") {
 		t.Errorf("sgdisk -v %s = %s, want no problems", out, o)
@@ -183,8 +184,8 @@ func testBuild(t *testing.T, repro bool) {
 	if strings.Contains(ls, "hn-root-new.img") {
 		t.Errorf("hostpart has hn-root-new.img, want none (no --new)")
 	}
-	if l := run(t, "/sbin/e2label", host); strings.TrimSpace(l) != HostpartName {
-		t.Errorf("e2label hostpart = %q, want %q", l, HostpartName)
+	if l := run(t, "/sbin/e2label", host); strings.TrimSpace(l) != layout.HostpartLabel {
+		t.Errorf("e2label hostpart = %q, want %q", l, layout.HostpartLabel)
 	}
 	dumped := filepath.Join(dir, "dumped.img")
 	run(t, "/sbin/debugfs", "-R", "dump /hn-root.img "+dumped, host)
@@ -304,8 +305,8 @@ func TestLayoutBoot(t *testing.T) {
 		bios bool
 		want []Partition
 	}{
-		{false, []Partition{{EFIName, mib, 128 * mib}, {HostpartName, 129 * mib, 382 * mib}}},
-		{true, []Partition{{EFIName, 2 * mib, 128 * mib}, {HostpartName, 130 * mib, 381 * mib}, {BIOSName, mib, mib}}},
+		{false, []Partition{{layout.ESPLabel, mib, 128 * mib}, {layout.HostpartLabel, 129 * mib, 382 * mib}}},
+		{true, []Partition{{layout.ESPLabel, 2 * mib, 128 * mib}, {layout.HostpartLabel, 130 * mib, 381 * mib}, {layout.BIOSBootLabel, mib, mib}}},
 	} {
 		got, err := LayoutBoot(512*mib, 128*mib, tt.bios)
 		if err != nil || fmt.Sprint(got) != fmt.Sprint(tt.want) {
@@ -398,7 +399,7 @@ func TestBuildManifests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := m.WriteFile(manifest.PathFor(img)); err != nil {
+		if err := m.WriteFile(layout.ManifestFor(img)); err != nil {
 			t.Fatal(err)
 		}
 	}

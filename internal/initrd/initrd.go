@@ -6,7 +6,6 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"github.com/klauspost/compress/zstd"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -16,7 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/hnboot/hnboot/internal/kmodules"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // DefaultModules are loaded at boot by every hnboot initramfs, in this
@@ -35,10 +37,6 @@ var DefaultModules = []string{
 // init loads at boot, one name per line, in order.
 const ModulesListPath = "etc/hnboot-modules"
 
-// TrustedKeyPath is where the archive holds the public key staged images
-// must be signed with (initramfs/verify.go reads it as /etc/hnboot/trusted.pub).
-const TrustedKeyPath = "etc/hnboot/trusted.pub"
-
 // Options says what goes into an initramfs.
 type Options struct {
 	Out        string    // the archive to write (FILE.tmp, then renamed)
@@ -46,7 +44,7 @@ type Options struct {
 	Busybox    string    // a static busybox for /bin/busybox and /bin/sh; "" for none
 	ModulesDir string    // a lib/modules/<release> tree; "" for no modules
 	Modules    []string  // modules beyond DefaultModules
-	Trust      []byte    // an ed25519 public key (mkimage keygen) for TrustedKeyPath; nil for none
+	Trust      []byte    // an ed25519 public key (mkimage keygen) for layout.TrustedKeyInitramfs; nil for none
 	MTime      time.Time // time of every entry (SOURCE_DATE_EPOCH or the epoch)
 	Log        *slog.Logger
 }
@@ -199,7 +197,7 @@ func writeContents(a *Archive, o Options, initBin, busybox []byte, ix *kmodules.
 		return err
 	}
 	if o.Trust != nil {
-		if err := a.File(TrustedKeyPath, 0o644, o.Trust); err != nil {
+		if err := a.File(layout.TrustedKeyInitramfs, 0o644, o.Trust); err != nil {
 			return err
 		}
 	}

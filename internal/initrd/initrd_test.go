@@ -2,8 +2,6 @@ package initrd
 
 import (
 	"bytes"
-	"github.com/hnboot/hnboot/internal/testkernel"
-	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
 	"path"
@@ -11,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/testkernel"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/cavaliergopher/cpio"
 )

@@ -27,12 +27,6 @@ import (
 // Format is the value of the format field this package writes and reads.
 const Format = "hnboot-manifest-1"
 
-// Suffix is appended to an image's name to name its manifest.
-const Suffix = ".json"
-
-// PathFor returns the manifest path of an image: IMAGE.json.
-func PathFor(image string) string { return image + Suffix }
-
 const domain = "hnboot-manifest-v1\n"
 
 // Errors a verification can fail with (wrapped, with details).

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/testvm"
 )
 
@@ -95,10 +96,10 @@ func run(args []string, out io.Writer) error {
 	}
 	step("staging v2: its manifest as hn-root-new.img.json, then the image as hn-root-new.img (via .part)")
 	if err := testvm.WithHostpart(disk, func(hp string) error {
-		if err := copyFile(v2+".json", filepath.Join(hp, "hn-root-new.img.json")); err != nil {
+		if err := copyFile(v2+".json", filepath.Join(hp, layout.ManifestFor(layout.New))); err != nil {
 			return err
 		}
-		return copyFile(v2, filepath.Join(hp, "hn-root-new.img"))
+		return copyFile(v2, filepath.Join(hp, layout.New))
 	}); err != nil {
 		return err
 	}
@@ -107,7 +108,7 @@ func run(args []string, out io.Writer) error {
 	}
 	step("requesting a revert: touch /hostpart/system-revert")
 	if err := testvm.WithHostpart(disk, func(hp string) error {
-		return os.WriteFile(filepath.Join(hp, "system-revert"), nil, 0o644)
+		return os.WriteFile(filepath.Join(hp, layout.RevertTrigger), nil, 0o644)
 	}); err != nil {
 		return err
 	}
