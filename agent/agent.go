@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/supervisor"
@@ -45,7 +46,7 @@ type Agent struct {
 
 	mu        sync.Mutex
 	health    *Verdict
-	staging   *StagingStatus
+	staging   *checkin.Staging
 	busy      bool               // a staging goroutine runs
 	retry     map[string]retryAt // digest → when a failed download may be retried
 	rebooting bool
@@ -249,7 +250,7 @@ func (a *Agent) Tick(ctx context.Context) error {
 		changed = true
 	case dec.Refused != "":
 		a.mu.Lock()
-		a.staging = &StagingStatus{Digest: des.Image.Digest, Image: des.Image.Label(), State: "refused", Error: dec.Refused}
+		a.staging = &checkin.Staging{Digest: des.Image.Digest, Image: des.Image.Label(), State: "refused", Error: dec.Refused}
 		a.mu.Unlock()
 	case dec.Stage:
 		a.startStaging(ctx, des)
@@ -286,6 +287,9 @@ func (a *Agent) Tick(ctx context.Context) error {
 			rep.Pending = append(rep.Pending, "reboot at the next maintenance window, "+next.Format(time.RFC3339))
 		}
 	}
+	// Notes and errors carry text from elsewhere (a proxy's error page, a
+	// health command's output): fit them, or the server refuses it all.
+	rep.Tidy()
 	if err := a.Server.Checkin(ctx, rep); err != nil {
 		a.Log.Warn("agent: check-in failed", "err", err)
 	}
@@ -345,7 +349,7 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 		return
 	}
 	a.busy = true
-	a.staging = &StagingStatus{Digest: img.Digest, Image: img.Label(), State: "downloading", Total: img.Size}
+	a.staging = &checkin.Staging{Digest: img.Digest, Image: img.Label(), State: "downloading", Total: img.Size}
 	a.mu.Unlock()
 	url := a.Server.BlobURL(img)
 	a.Log.Info("agent: staging the assigned image", "image", img.Label(), "digest", img.Digest, "url", url)
@@ -387,50 +391,4 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 		a.mu.Unlock()
 		a.wake()
 	}()
-}
-
-func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decision, notes []string) Report {
-	cur := st.Slot(layout.SlotCurrent)
-	r := Report{
-		MAC: a.MAC, Hostname: a.Hostname, Source: "agent",
-		Booted: cur.Digest,
-		Trial:  st.Trial, TriesLeft: st.TriesLeft,
-		Kernel: a.System.Kernel(), UptimeSeconds: a.System.Uptime(),
-		Images: Slots{
-			Current: cur.Digest, Old: st.Slot(layout.SlotOld).Digest,
-			New: st.Slot(layout.SlotNew).Digest, Broken: st.Slot(layout.SlotBroken).Digest,
-		},
-		FailedDigests: failed.Digests(),
-		RebootPolicy:  a.Policy.String(),
-		Notes:         notes,
-	}
-	for _, d := range r.FailedDigests {
-		r.Failures = append(r.Failures, failed[d])
-	}
-	r.PublicKeys, r.Fingerprints = a.System.HostKeys()
-	if id := mem.lastApplied(); id != "" {
-		r.RevertApplied = id
-	}
-	if len(st.Boots) > 0 {
-		b := st.Boots[0]
-		r.LastBoot = &b
-	}
-	r.Pending = append(r.Pending, dec.Pending...)
-	a.mu.Lock()
-	if a.staging != nil {
-		s := *a.staging
-		r.Staging = &s
-	}
-	if a.health != nil {
-		h := *a.health
-		r.Health = &h
-	}
-	a.mu.Unlock()
-	if st.Trial && r.Health == nil {
-		r.Health = &Verdict{State: HealthPending, Reason: "health checks not started"}
-	}
-	if a.Services != nil {
-		r.Services = a.Services.Status()
-	}
-	return r
 }

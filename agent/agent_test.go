@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,28 +10,32 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
-	"github.com/hnboot/hnboot/pxe/checkin"
+	"github.com/hnboot/hnboot/supervisor"
 )
 
-// fakeFleet is the server side of the agent's wire format.
+// fakeFleet is the server side of the agent's wire format: it parses
+// every check-in as imaged does, so each one the tests send must pass.
 type fakeFleet struct {
 	*httptest.Server
 	mu       sync.Mutex
 	desired  Desired
-	checkins []Report
+	checkins []*checkin.Checkin
 	raw      [][]byte
 	blobs    map[string][]byte
+	t        *testing.T
 }
 
 func newFakeFleet(t *testing.T) *fakeFleet {
-	f := &fakeFleet{blobs: map[string][]byte{}}
+	f := &fakeFleet{t: t, blobs: map[string][]byte{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/hosts/{mac}/desired", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
@@ -39,8 +44,9 @@ func newFakeFleet(t *testing.T) *fakeFleet {
 	})
 	mux.HandleFunc("POST /api/checkin", func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		var rep Report
-		if err := json.Unmarshal(b, &rep); err != nil {
+		rep, err := checkin.Parse(bytes.NewReader(b))
+		if err != nil {
+			f.t.Errorf("imaged would refuse the agent's check-in: %v", err)
 			http.Error(w, err.Error(), 400)
 			return
 		}
@@ -71,7 +77,7 @@ func (f *fakeFleet) set(d Desired) {
 	f.mu.Unlock()
 }
 
-func (f *fakeFleet) last() Report {
+func (f *fakeFleet) last() *checkin.Checkin {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.checkins[len(f.checkins)-1]
@@ -196,30 +202,63 @@ func TestAgentReportsCorruptDownload(t *testing.T) {
 	}
 }
 
-// TestReportDecodesOnBothReceivers keeps the agent's check-in readable by
-// package fleet (ParseCheckin) and by the boot server's pxe/checkin.Report.
-func TestReportDecodesOnBothReceivers(t *testing.T) {
-	rep := Report{MAC: "52:54:00:12:34:56", Source: "agent", Booted: dA, Trial: true, TriesLeft: 2,
-		Images: Slots{Current: dA, Old: dB}, FailedDigests: []string{dC}, RevertApplied: "r1",
-		PublicKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOQHNaqvvRKVPrqv/6/ZLJ0cdbIvmgNgdqYn+bxdwrFJ"},
-		Staging:    &StagingStatus{Digest: dC, State: "failed", Error: "corrupt"}, Pending: []string{"reboot pending"}}
+// TestReportParses builds a report with every part the agent fills (and
+// text it does not control) and checks that imaged's parser takes it and
+// keeps what was sent.
+func TestReportParses(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc", "ssh"), 0o755)
+	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOQHNaqvvRKVPrqv/6/ZLJ0cdbIvmgNgdqYn+bxdwrFJ"
+	os.WriteFile(filepath.Join(root, "etc", "ssh", "ssh_host_ed25519_key.pub"), []byte(key+" root@web-07\n"), 0o644)
+	sup, err := supervisor.New([]supervisor.Service{{Name: "node-exporter", Command: "/bin/true"}}, supervisor.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 2, 12, 1, 3, 0, time.UTC)
+	a := &Agent{MAC: "52:54:00:12:34:56", Hostname: "web-07", System: System{Root: root}, Services: sup,
+		Policy: Policy{Mode: RebootWindow, Start: 120, End: 240}}
+	a.staging = &checkin.Staging{Digest: dC, Image: "C 3", State: "failed", Error: "corrupt: <html>\r\n\x1b[31m502</html>"}
+	a.health = &Verdict{State: HealthFailed, Reason: "unit db.service: failed", Last: []Observation{{Check: "unit db.service", Detail: strings.Repeat("output\n", 1000)}}}
+	st := hostpart.State{Trial: true, TriesLeft: 2,
+		Images: []hostpart.Image{{Slot: layout.SlotCurrent, Digest: dA}, {Slot: layout.SlotOld, Digest: dB}},
+		Boots:  []hostpart.Boot{{Time: t0, Image: layout.Current, Action: "promote", Trial: true, TriesLeft: 2, Warnings: 1, Problems: []string{"slow disk"}, Summary: "promoted"}}}
+	failed := Failed{dC: {Digest: dC, Time: t0, Reason: "reverted"}}
+	mem := memory{Reverts: []revertRecord{{ID: "r1", State: "applied"}}}
+	rep := a.report(st, failed, mem, Decision{Pending: []string{"reboot to apply"}}, []string{"cannot ask the server: 502 Bad Gateway\r\n<html>"})
+	rep.Tidy()
 	b, err := json.Marshal(rep)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := fleet.ParseCheckin(b)
+	got, err := checkin.Parse(bytes.NewReader(b))
 	if err != nil {
-		t.Fatalf("fleet.ParseCheckin(agent report) = %v", err)
+		t.Fatalf("checkin.Parse(agent report) = %v\n%s", err, b)
 	}
-	if c.Source != "agent" || c.Images.Current != dA || c.Images.Old != dB || c.RevertApplied != "r1" || len(c.FailedDigests) != 1 || len(c.Fingerprints) != 1 {
-		t.Errorf("fleet read %+v", c)
+	if len(got.Fingerprints) != 1 || !strings.HasPrefix(got.Fingerprints[0], "SHA256:") || got.SSHHostKeys[0] != key {
+		t.Errorf("parsed keys %v fingerprints %v, want %s and its fingerprint", got.SSHHostKeys, got.Fingerprints, key)
 	}
-	var pr checkin.Report
-	if err := json.Unmarshal(b, &pr); err != nil {
-		t.Fatalf("pxe/checkin.Report from agent report: %v", err)
+	// What the server stores is what the agent built.
+	if !reflect.DeepEqual(got, rep) {
+		t.Errorf("checkin.Parse(agent report) =\n%+v\nwant\n%+v", got, rep)
 	}
-	if pr.Source != "agent" || pr.Booted != dA || pr.RevertApplied != "r1" || len(pr.SSHHostKeys) != 1 {
-		t.Errorf("pxe/checkin read %+v", pr)
+	for _, c := range []struct {
+		what      string
+		got, want any
+	}{
+		{"source", got.Source, checkin.SourceAgent},
+		{"images.old", got.Images.Old, dB},
+		{"revert_applied", got.RevertApplied, "r1"},
+		{"failures", got.Failures, []checkin.Failure{{Digest: dC, Time: t0, Reason: "reverted"}}},
+		{"staging.state", got.Staging.State, "failed"},
+		{"health.state", got.Health.State, HealthFailed},
+		{"last_boot.problems", got.LastBoot.Problems, []string{"slow disk"}},
+		{"services", len(got.Services), 1},
+		{"reboot_policy", got.RebootPolicy, "window 02:00-04:00"},
+		{"pending", got.Pending, []string{"reboot to apply"}},
+	} {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("report %s = %v, want %v", c.what, c.got, c.want)
+		}
 	}
 }
 

@@ -11,55 +11,68 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/hostpart"
-	"github.com/hnboot/hnboot/pxe/checkin"
-	"github.com/hnboot/hnboot/supervisor"
+	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
-// Slots are the digests of the four image files: the check-in schema's
-// "images", shared with the init and the server.
-type Slots = checkin.Slots
-
-// StagingStatus is the agent's last or current staging.
-type StagingStatus struct {
-	Digest string `json:"digest"`
-	Image  string `json:"image,omitempty"` // name version
-	State  string `json:"state"`           // downloading, staged, failed, refused
-	Done   int64  `json:"done,omitempty"`
-	Total  int64  `json:"total,omitempty"`
-	Reused int64  `json:"reused,omitempty"` // bytes kept from an interrupted download
-	Error  string `json:"error,omitempty"`
+// report is this round's check-in. The wire shapes are package
+// checkin's; the agent's own types (and those of supervisor and hostpart)
+// convert to them directly, so a field added on one side and not the
+// other does not compile instead of silently vanishing from the report.
+func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decision, notes []string) *checkin.Checkin {
+	cur := st.Slot(layout.SlotCurrent)
+	r := &checkin.Checkin{
+		MAC: a.MAC, Hostname: a.Hostname, Source: checkin.SourceAgent,
+		Booted: cur.Digest,
+		Trial:  st.Trial, TriesLeft: st.TriesLeft,
+		Kernel: a.System.Kernel(), UptimeSeconds: a.System.Uptime(),
+		Images: checkin.Slots{
+			Current: cur.Digest, Old: st.Slot(layout.SlotOld).Digest,
+			New: st.Slot(layout.SlotNew).Digest, Broken: st.Slot(layout.SlotBroken).Digest,
+		},
+		FailedDigests: failed.Digests(),
+		RebootPolicy:  a.Policy.String(),
+		Notes:         notes,
+	}
+	for _, d := range r.FailedDigests {
+		r.Failures = append(r.Failures, checkin.Failure(failed[d]))
+	}
+	r.SSHHostKeys, r.Fingerprints = a.System.HostKeys()
+	if id := mem.lastApplied(); id != "" {
+		r.RevertApplied = id
+	}
+	if len(st.Boots) > 0 {
+		b := checkin.Boot(st.Boots[0])
+		r.LastBoot = &b
+	}
+	r.Pending = append(r.Pending, dec.Pending...)
+	a.mu.Lock()
+	if a.staging != nil {
+		s := *a.staging
+		r.Staging = &s
+	}
+	if a.health != nil {
+		r.Health = a.health.wire()
+	}
+	a.mu.Unlock()
+	if st.Trial && r.Health == nil {
+		r.Health = &checkin.Health{State: HealthPending, Reason: "health checks not started"}
+	}
+	if a.Services != nil {
+		for _, s := range a.Services.Status() {
+			r.Services = append(r.Services, checkin.Service(s))
+		}
+	}
+	return r
 }
 
-// Report is the agent's check-in, POSTed to /api/checkin. Its first fields
-// are fleet.Checkin's (and pxe/checkin.Report's, the same schema); the rest
-// are the agent's own, ignored by a server that does not know them.
-type Report struct {
-	MAC           string `json:"mac"`
-	Hostname      string `json:"hostname,omitempty"`
-	Source        string `json:"source"` // "agent"
-	Stage         string `json:"stage"`  // "agent"
-	Booted        string `json:"booted,omitempty"`
-	Trial         bool   `json:"trial,omitempty"`
-	TriesLeft     int    `json:"tries_left,omitempty"`
-	Kernel        string `json:"kernel,omitempty"`
-	UptimeSeconds int64  `json:"uptime_seconds,omitempty"`
-	RevertApplied string `json:"revert_applied,omitempty"`
-	RevertID      string `json:"revert_id,omitempty"`
-	Images        Slots  `json:"images"`
-
-	FailedDigests []string  `json:"failed_digests,omitempty"`
-	Failures      []Failure `json:"failures,omitempty"`
-	Fingerprints  []string  `json:"ssh_host_key_fingerprints,omitempty"`
-	PublicKeys    []string  `json:"ssh_host_keys,omitempty"` // authorized_keys format
-
-	Staging      *StagingStatus             `json:"staging,omitempty"`
-	Health       *Verdict                   `json:"health,omitempty"`
-	Pending      []string                   `json:"pending,omitempty"`
-	RebootPolicy string                     `json:"reboot_policy,omitempty"`
-	Rebooting    string                     `json:"rebooting,omitempty"` // why, when this is the last report before a reboot
-	LastBoot     *hostpart.Boot             `json:"last_boot,omitempty"`
-	Services     []supervisor.ServiceStatus `json:"services,omitempty"`
-	Notes        []string                   `json:"notes,omitempty"`
+// wire is v as the check-in carries it.
+func (v Verdict) wire() *checkin.Health {
+	h := &checkin.Health{State: v.State, Reason: v.Reason}
+	for _, o := range v.Last {
+		h.Last = append(h.Last, checkin.Observation(o))
+	}
+	return h
 }
 
 // System reads facts about the running system; Root is "/" outside tests.

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // Server is the fleet server as the agent needs it.
@@ -18,8 +20,8 @@ type Server interface {
 	// Desired returns what the host with that MAC should run;
 	// ErrUnknownHost when the server does not know it.
 	Desired(ctx context.Context, mac string) (Desired, error)
-	// Checkin sends a report.
-	Checkin(ctx context.Context, r Report) error
+	// Checkin sends a check-in.
+	Checkin(ctx context.Context, c *checkin.Checkin) error
 	// BlobURL is where the image with that digest is downloaded from.
 	BlobURL(img DesiredImage) string
 }
@@ -30,7 +32,7 @@ var ErrUnknownHost = errors.New("the server does not know this host")
 // HTTPServer talks to `imaged serve`:
 //
 //	GET  {base}/api/hosts/{mac}/desired   → Desired (JSON)
-//	POST {base}/api/checkin               ← Report (JSON), 2xx
+//	POST {base}/api/checkin               ← checkin.Checkin (JSON), 2xx
 //	GET  {base}/blobs/sha256:<hex>        image blobs, with Range
 type HTTPServer struct {
 	Base   string
@@ -82,8 +84,8 @@ func (s *HTTPServer) Desired(ctx context.Context, mac string) (Desired, error) {
 }
 
 // Checkin implements Server.
-func (s *HTTPServer) Checkin(ctx context.Context, r Report) error {
-	b, err := json.Marshal(r)
+func (s *HTTPServer) Checkin(ctx context.Context, c *checkin.Checkin) error {
+	b, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
