@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // tokenSet holds the admin tokens, hashed so every comparison takes the
@@ -97,7 +100,7 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	GET  /api/audit?n=100                 the audit log
 //	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
-//	POST /api/checkin                     a host's report (Checkin), open
+//	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
 //	GET  /metrics                         Prometheus text format
 func (f *Fleet) Handler() http.Handler {
@@ -176,13 +179,18 @@ func (f *Fleet) Handler() http.Handler {
 		io.WriteString(w, f.KnownHosts())
 	}))
 	mux.HandleFunc("POST /api/checkin", f.count(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCheckinBytes))
+		c, err := checkin.Parse(r.Body)
 		if err != nil {
-			writeErr(w, http.StatusRequestEntityTooLarge, err)
+			f.checkins["error"].Add(1)
+			code := http.StatusBadRequest
+			if errors.Is(err, checkin.ErrTooLarge) {
+				code = http.StatusRequestEntityTooLarge
+			}
+			writeErr(w, code, err)
 			return
 		}
-		if err := f.Checkin(body); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+		if err := f.Checkin(c); err != nil {
+			writeErr(w, http.StatusInternalServerError, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "recorded"})

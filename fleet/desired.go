@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"gopkg.in/yaml.v3"
 )
 
@@ -329,11 +330,6 @@ func (l *loader) strs(file string, n *yaml.Node, what string) []string {
 	return out
 }
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-
-// ValidDigest reports whether s is "sha256:" and 64 lowercase hex digits.
-func ValidDigest(s string) bool { return digestRE.MatchString(s) }
-
 func (l *loader) image(file string, n *yaml.Node) {
 	f := l.mapping(file, n, "name", "version", "digest", "path")
 	p := Pos{file, n.Line}
@@ -352,7 +348,7 @@ func (l *loader) image(file string, n *yaml.Node) {
 		l.errf(p, "image %s: version missing or contains '@' or spaces", img.Name)
 		return
 	}
-	if !ValidDigest(img.Digest) {
+	if !checkin.ValidDigest(img.Digest) {
 		dp := p
 		if f["digest"] != nil {
 			dp.Line = f["digest"].Line

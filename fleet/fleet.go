@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/pxe"
 	"github.com/hnboot/hnboot/supervisor"
 )
@@ -65,7 +66,7 @@ type Fleet struct {
 
 // Store keys.
 const (
-	keyObserved      = "observed/"       // + MAC → Checkin
+	keyObserved      = "observed/"       // + MAC → Observed
 	keyOverrideHost  = "override/host/"  // + MAC → Override
 	keyOverrideGroup = "override/group/" // + group → Override
 	keyRollout       = "rollout/"        // + name → APIRollout
@@ -176,12 +177,21 @@ func (f *Fleet) Images() []ImageRef { return f.snap.Load().images }
 func (f *Fleet) Desired() *Desired { return f.snap.Load().desired }
 
 // Record implements pxe.Recorder: it links the event into the MAC's boot
-// record in memory. "checkin" events are ignored here: check-ins enter
-// the ledger through HandleCheckin, which parses and links them. A boot that ends without a check-in is persisted in
-// the background (known MACs only), so Record never waits on the disk.
+// record in memory. Accepted "checkin" events are ignored here: check-ins
+// enter the ledger through Checkin, with the check-in linked; a refused
+// one (Err set) is counted and linked like any event, so `why` says why
+// the boot never checked in. A boot that ends without a check-in is
+// persisted in the background (known MACs only), so Record never waits on
+// the disk.
 func (f *Fleet) Record(ev Event) {
 	if ev.Kind == pxe.KindCheckin {
-		return // check-ins enter the ledger through HandleCheckin, parsed and linked
+		if ev.Err == "" {
+			return
+		}
+		f.checkins["error"].Add(1)
+		if ev.MAC == nil {
+			return
+		}
 	}
 	if ev.Time.IsZero() {
 		ev.Time = f.now()
@@ -235,41 +245,24 @@ func (f *Fleet) seedLedger() {
 	}
 }
 
-// HandleCheckin is a pxe.CheckinHandler: the boot server's /checkin calls
-// it with the MAC it attributed the request to. Errors are logged.
-func (f *Fleet) HandleCheckin(mac net.HardwareAddr, body []byte) {
-	if err := f.CheckinMAC(mac, body); err != nil {
-		f.log.Warn("fleet: check-in refused", "mac", mac, "err", err)
-	}
-}
-
-// Checkin stores a host's report (see Checkin for the JSON schema).
-func (f *Fleet) Checkin(body []byte) error { return f.CheckinMAC(nil, body) }
-
-// CheckinMAC is Checkin with the MAC the transport saw; it is used when the
-// body has none, and a body naming another MAC is refused.
-func (f *Fleet) CheckinMAC(mac net.HardwareAddr, body []byte) error {
-	c, err := f.parseCheckin(mac, body)
-	if err != nil {
-		f.checkins["error"].Add(1)
-		if mac != nil {
-			f.led.add(mac.String(), LedgerEvent{Time: f.now(), Kind: pxe.KindCheckin, Detail: "refused", Err: err.Error()}, nil)
-		}
-		return err
-	}
-	c.Time = f.now()
+// Checkin stores a host's check-in, parsed and validated at the HTTP edge
+// (checkin.Parse): POST /api/checkin here, the boot server's /checkin
+// (Checkin is its pxe.CheckinHandler). An init's check-in closes the boot
+// in the ledger; one that reports the pending revert ID clears it.
+func (f *Fleet) Checkin(c *checkin.Checkin) error {
+	obs := &Observed{Checkin: *c, Time: f.now()}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.store.Put(keyObserved+c.MAC, c); err != nil {
+	if err := f.store.Put(keyObserved+c.MAC, obs); err != nil {
 		f.checkins["error"].Add(1)
-		return err
+		return fmt.Errorf("store the check-in of %s: %w", c.MAC, err)
 	}
 	f.checkins["ok"].Add(1)
 	hw, _ := net.ParseMAC(c.MAC)
-	if c.Source == "init" {
+	if c.Source == checkin.SourceInit {
 		s := f.snap.Load()
-		ev := LedgerEvent{Time: c.Time, Kind: "checkin", Detail: c.Summary(s.imageName)}
-		b, prev := f.led.add(c.MAC, ev, c)
+		ev := LedgerEvent{Time: obs.Time, Kind: pxe.KindCheckin, Detail: summary(c, s.imageName)}
+		b, prev := f.led.add(c.MAC, ev, obs)
 		if s.desired.HostByMAC(hw) != nil {
 			if prev != nil {
 				f.persistBoot(*prev)
@@ -280,40 +273,12 @@ func (f *Fleet) CheckinMAC(mac net.HardwareAddr, body []byte) error {
 	var pr PendingRevert
 	if ok, _ := f.store.Get(keyRevert+c.MAC, &pr); ok && c.RevertApplied != "" && c.RevertApplied == pr.ID {
 		if err := f.store.Delete(keyRevert + c.MAC); err != nil {
-			return err
+			return fmt.Errorf("clear the pending revert of %s: %w", c.MAC, err)
 		}
 		f.auditLocked(AuditEntry{Who: "host:" + c.MAC, Action: "revert-applied", Target: c.MAC, Detail: "revert " + pr.ID + " applied by the host"})
 		f.rebuildLocked(nil)
 	}
 	return nil
-}
-
-func (f *Fleet) parseCheckin(mac net.HardwareAddr, body []byte) (*Checkin, error) {
-	c, err := ParseCheckin(patchMAC(body, mac))
-	if err != nil {
-		return nil, err
-	}
-	if mac != nil && c.MAC != mac.String() {
-		return nil, fmt.Errorf("checkin: body says mac %s but the request came for %s", c.MAC, mac)
-	}
-	return c, nil
-}
-
-// patchMAC lets a body without "mac" use the transport's MAC.
-func patchMAC(body []byte, mac net.HardwareAddr) []byte {
-	if mac == nil || strings.Contains(string(body), `"mac"`) {
-		return body
-	}
-	s := strings.TrimSpace(string(body))
-	if !strings.HasPrefix(s, "{") {
-		return body
-	}
-	rest := strings.TrimSpace(s[1:])
-	sep := ","
-	if strings.HasPrefix(rest, "}") {
-		sep = ""
-	}
-	return []byte(`{"mac":"` + mac.String() + `"` + sep + rest)
 }
 
 // Reload re-reads the YAML directory and the token file. An invalid
@@ -524,7 +489,7 @@ func (f *Fleet) Revert(who, remote string, t Target) ([]RevertResult, error) {
 	for _, h := range hosts {
 		mac := h.MAC.String()
 		r := RevertResult{Host: h.Hostname, MAC: mac, ID: newRevertID(now)}
-		var obs Checkin
+		var obs Observed
 		if ok, _ := f.store.Get(keyObserved+mac, &obs); !ok {
 			r.Note = "host never checked in: no old image known; assignment unchanged"
 		} else if obs.Images.Old == "" {
@@ -628,10 +593,10 @@ func (f *Fleet) Audit(n int) []AuditEntry {
 }
 
 // observed returns the last check-in of every MAC.
-func (f *Fleet) observed() map[string]*Checkin {
-	out := map[string]*Checkin{}
+func (f *Fleet) observed() map[string]*Observed {
+	out := map[string]*Observed{}
 	for _, k := range f.store.Keys(keyObserved) {
-		var c Checkin
+		var c Observed
 		if ok, err := f.store.Get(k, &c); ok && err == nil {
 			out[c.MAC] = &c
 		}

@@ -12,11 +12,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/pxe"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -330,31 +333,14 @@ func TestAssignPrecedence(t *testing.T) {
 	}
 }
 
-func TestCheckinParse(t *testing.T) {
-	pub, _, _ := ed25519.GenerateKey(nil)
-	spk, _ := ssh.NewPublicKey(pub)
-	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spk)))
-	for _, c := range []struct {
-		name, body, wantErr string
-	}{
-		{"minimal", `{"mac":"52:54:00:00:00:01"}`, ""},
-		{"with key", `{"mac":"52-54-00-00-00-01","ssh_host_keys":["` + key + ` root@x"]}`, ""},
-		{"no mac", `{"booted":"` + d12 + `"}`, "bad or missing mac"},
-		{"bad digest", `{"mac":"52:54:00:00:00:01","images":{"old":"sha256:xyz"}}`, `images.old "sha256:xyz"`},
-		{"bad key", `{"mac":"52:54:00:00:00:01","ssh_host_keys":["ssh-ed25519 nope"]}`, "ssh_host_keys[0]"},
-		{"bad source", `{"mac":"52:54:00:00:00:01","source":"cron"}`, `source "cron"`},
-		{"not json", `mac=1`, "checkin:"},
-	} {
-		ci, err := ParseCheckin([]byte(c.body))
-		switch {
-		case c.wantErr == "" && err != nil:
-			t.Errorf("ParseCheckin(%s) = %v, want nil", c.name, err)
-		case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
-			t.Errorf("ParseCheckin(%s) = %v, want an error containing %q", c.name, err, c.wantErr)
-		case c.name == "with key" && (ci.MAC != "52:54:00:00:00:01" || len(ci.Fingerprints) != 1 || ci.Fingerprints[0] != ssh.FingerprintSHA256(spk)):
-			t.Errorf("ParseCheckin(with key) = mac %s fingerprints %v, want canonical MAC and %s", ci.MAC, ci.Fingerprints, ssh.FingerprintSHA256(spk))
-		}
+// mustParse is a check-in as the HTTP edges hand it to Checkin.
+func mustParse(t *testing.T, body string) *checkin.Checkin {
+	t.Helper()
+	c, err := checkin.Parse(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("checkin.Parse(%s) = %v", body, err)
 	}
+	return c
 }
 
 func TestKnownHosts(t *testing.T) {
@@ -362,7 +348,7 @@ func TestKnownHosts(t *testing.T) {
 	pub, _, _ := ed25519.GenerateKey(nil)
 	spk, _ := ssh.NewPublicKey(pub)
 	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spk)))
-	if err := e.f.Checkin([]byte(`{"mac":"52:54:00:00:00:01","source":"agent","ssh_host_keys":["` + key + ` root@web-01"]}`)); err != nil {
+	if err := e.f.Checkin(mustParse(t, `{"mac":"52:54:00:00:00:01","source":"agent","ssh_host_keys":["`+key+` root@web-01"]}`)); err != nil {
 		t.Fatal(err)
 	}
 	code, b := e.call(t, "GET", "/api/known_hosts", aliceToken, nil)
@@ -371,24 +357,83 @@ func TestKnownHosts(t *testing.T) {
 	}
 }
 
-func TestHandleCheckinUsesTransportMAC(t *testing.T) {
+// The boot server records an accepted check-in event and then calls
+// Checkin, which links the check-in to the boot; a refused one (the
+// boot server could not parse it) is linked with its reason and counted.
+func TestCheckinLedger(t *testing.T) {
 	e := newEnv(t, false)
-	// As pxe's /checkin does: Record a "checkin" event, then HandleCheckin.
-	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:02"), Kind: "checkin", Detail: "source=init"})
-	e.f.HandleCheckin(mustMAC("52:54:00:00:00:02"), []byte(`{"booted":"`+d12+`","images":{"current":"`+d12+`"}}`))
-	if bs := e.f.led.Boots("52:54:00:00:00:02"); len(bs) != 1 || len(bs[0].Events) != 1 || bs[0].Checkin == nil {
-		t.Errorf("ledger of web-02 after Record(checkin)+HandleCheckin = %+v, want one boot with one linked check-in event", bs)
+	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:02"), Kind: pxe.KindCheckin, Detail: "source=init"})
+	if err := e.f.Checkin(mustParse(t, `{"mac":"52:54:00:00:00:02","booted":"`+d12+`","images":{"current":"`+d12+`"}}`)); err != nil {
+		t.Fatal(err)
 	}
-	e.f.HandleCheckin(mustMAC("52:54:00:00:00:03"), []byte(`{"mac":"52:54:00:00:00:01"}`)) // mismatch: refused
-	st := e.f.Status()
-	if st.Hosts[1].State != StateOK {
-		t.Errorf("web-02 state after a check-in without mac in the body = %s, want ok", st.Hosts[1].State)
+	if bs := e.f.led.Boots("52:54:00:00:00:02"); len(bs) != 1 || len(bs[0].Events) != 1 || bs[0].Checkin == nil || bs[0].Checkin.Booted != d12 {
+		t.Errorf("ledger of web-02 after Record(checkin)+Checkin = %+v, want one boot with one linked check-in event", bs)
 	}
-	if st.Hosts[0].LastCheckin != nil || st.Hosts[2].LastCheckin != nil {
-		t.Errorf("a check-in whose body names another MAC was stored, want it refused")
+	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:03"), Kind: pxe.KindCheckin, Detail: "refused", Err: "check-in from 52:54:00:00:00:03: booted: \"x\" is not sha256:<64 lowercase hex>"})
+	e.f.Record(Event{Kind: pxe.KindCheckin, Detail: "refused", Err: "check-in: mac: missing"}) // no MAC: counted only
+	if st := e.f.Status(); st.Hosts[1].State != StateOK || st.Hosts[2].LastCheckin != nil {
+		t.Errorf("states after one good and one refused check-in: web-02 %s, web-03 last %+v; want ok, none", st.Hosts[1].State, st.Hosts[2].LastCheckin)
 	}
-	if bs := e.f.led.Boots("52:54:00:00:00:03"); len(bs) != 1 || !strings.Contains(bs[0].Events[0].Err, "body says mac 52:54:00:00:00:01") {
+	if bs := e.f.led.Boots("52:54:00:00:00:03"); len(bs) != 1 || !strings.Contains(bs[0].Events[0].Err, "booted:") || bs[0].Checkin != nil {
 		t.Errorf("ledger of web-03 after a refused check-in = %+v, want the refusal with its reason", bs)
+	}
+	if m := string(e.f.Metrics()); !strings.Contains(m, `hnboot_checkins_total{result="error"} 2`+"\n") || !strings.Contains(m, `hnboot_checkins_total{result="ok"} 1`+"\n") {
+		t.Errorf("check-in metrics after 1 accepted and 2 refused:\n%s", m)
+	}
+}
+
+// What the init and the agent send (bodies marshalled by the code before
+// package checkin) reaches the store through both HTTP edges, the boot
+// server's /checkin and the fleet's /api/checkin, and comes back out of
+// the status API and a reopened store as parsed.
+func TestCheckinStoredAsSent(t *testing.T) {
+	e := newEnv(t, true)
+	h := pxe.NewHTTPHandler(pxe.HTTPConfig{}, e.f, pxe.NewExtractor(t.TempDir()), nil, e.f, e.f.Checkin, e.f.Handler(), slog.New(slog.DiscardHandler), nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, tc := range []struct {
+		file, path string
+		code       int
+	}{
+		{"old-init.json", "/checkin", http.StatusNoContent},
+		{"old-agent.json", "/api/checkin", http.StatusOK},
+	} {
+		body, err := os.ReadFile(filepath.Join("..", "internal", "checkin", "testdata", tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := mustParse(t, string(body))
+		resp, err := http.Post(srv.URL+tc.path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Fatalf("POST %s (%s) = %s, want %d", tc.path, tc.file, resp.Status, tc.code)
+		}
+		got := e.f.observed()[want.MAC]
+		if got == nil || !reflect.DeepEqual(got.Checkin, *want) || got.Time.IsZero() {
+			t.Fatalf("stored after POST %s (%s) =\n%+v\nwant\n%+v", tc.path, tc.file, got, want)
+		}
+		var st Status
+		if code, b := e.call(t, "GET", "/api/status", "", nil); code != 200 || json.Unmarshal(b, &st) != nil || len(st.Unknown) != 1 {
+			t.Fatalf("GET /api/status = %d %s, want one unknown check-in", code, b)
+		}
+		if got := st.Unknown[0].Checkin; !reflect.DeepEqual(got, *want) {
+			t.Errorf("GET /api/status after POST %s (%s): check-in =\n%+v\nwant\n%+v", tc.path, tc.file, got, *want)
+		}
+	}
+	// The init's check-in closed its boot in the ledger.
+	why, err := e.f.Why("52:54:00:12:34:56", 0)
+	if err != nil || len(why.Boots) != 1 || why.Boots[0].Checkin == nil || why.Boots[0].Checkin.Action != "promote" {
+		t.Errorf("Why(init host) = %+v, %v; want one boot closed by the init's check-in", why.Boots, err)
+	}
+	want := e.f.observed()["52:54:00:12:34:56"]
+	srv.Close()
+	e.f.Close()
+	e.open(t, true)
+	if got := e.f.observed()["52:54:00:12:34:56"]; !reflect.DeepEqual(got.Checkin, want.Checkin) || !got.Time.Equal(want.Time) {
+		t.Errorf("after reopening the store: %+v, want %+v", got, want)
 	}
 }
 
@@ -419,7 +464,7 @@ var sampleRE = regexp.MustCompile(`^([a-z_:][a-z0-9_:]*)(\{[a-z_]+="(?:[^"\\]|\\
 
 func TestMetricsFormat(t *testing.T) {
 	e := newEnv(t, false)
-	e.f.Checkin([]byte(`{"mac":"52:54:00:00:00:01","images":{"current":"` + d12 + `"}}`))
+	e.f.Checkin(mustParse(t, `{"mac":"52:54:00:00:00:01","images":{"current":"`+d12+`"}}`))
 	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:01"), Kind: "dhcp"})
 	e.call(t, "GET", "/api/status", "", nil) // a 401
 	code, b := e.call(t, "GET", "/metrics", aliceToken, nil)
@@ -470,18 +515,18 @@ func TestHostState(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		revert *PendingRevert
-		ci     *Checkin
+		ci     *checkin.Checkin
 		want   string
 	}{
-		{"revert pending", &PendingRevert{ID: "r"}, &Checkin{Images: Slots{Current: d12}}, StateRevertPending},
+		{"revert pending", &PendingRevert{ID: "r"}, &checkin.Checkin{Images: checkin.Slots{Current: d12}}, StateRevertPending},
 		{"never seen", nil, nil, StateNeverSeen},
-		{"desired is broken here", nil, &Checkin{Images: Slots{Current: d13, Broken: d12}}, StateFailed},
-		{"desired failed before", nil, &Checkin{Images: Slots{Current: d13}, FailedDigests: []string{d12}}, StateFailed},
-		{"trial", nil, &Checkin{Trial: true, Images: Slots{Current: d12}}, StateTrial},
-		{"ok", nil, &Checkin{Images: Slots{Current: d12}}, StateOK},
-		{"ok from booted", nil, &Checkin{Booted: d12}, StateOK},
-		{"staged", nil, &Checkin{Images: Slots{Current: d13, New: d12}}, StateStaged},
-		{"outdated", nil, &Checkin{Images: Slots{Current: d13}}, StateOutdated},
+		{"desired is broken here", nil, &checkin.Checkin{Images: checkin.Slots{Current: d13, Broken: d12}}, StateFailed},
+		{"desired failed before", nil, &checkin.Checkin{Images: checkin.Slots{Current: d13}, FailedDigests: []string{d12}}, StateFailed},
+		{"trial", nil, &checkin.Checkin{Trial: true, Images: checkin.Slots{Current: d12}}, StateTrial},
+		{"ok", nil, &checkin.Checkin{Images: checkin.Slots{Current: d12}}, StateOK},
+		{"ok from booted", nil, &checkin.Checkin{Booted: d12}, StateOK},
+		{"staged", nil, &checkin.Checkin{Images: checkin.Slots{Current: d13, New: d12}}, StateStaged},
+		{"outdated", nil, &checkin.Checkin{Images: checkin.Slots{Current: d13}}, StateOutdated},
 	} {
 		if got := hostState(d12, c.revert, c.ci); got != c.want {
 			t.Errorf("hostState(%s) = %s, want %s", c.name, got, c.want)

@@ -14,7 +14,7 @@ type Boot struct {
 	Start   time.Time     `json:"start"`
 	Events  []LedgerEvent `json:"events"`
 	Dropped int           `json:"dropped,omitempty"` // events beyond the per-boot cap
-	Checkin *Checkin      `json:"checkin,omitempty"` // the init's report, when it came
+	Checkin *Observed     `json:"checkin,omitempty"` // the init's check-in, when it came
 }
 
 // LedgerEvent is an Event as kept in the ledger and sent by the API.
@@ -89,7 +89,7 @@ func (l *Ledger) Add(mac net.HardwareAddr, ev LedgerEvent) {
 // add links ev; ci, if not nil, is the check-in that closes the boot.
 // It returns a copy of the boot record ev went into and, when ev opened a
 // new record, a copy of the previous one if it ended without a check-in.
-func (l *Ledger) add(mac string, ev LedgerEvent, ci *Checkin) (Boot, *Boot) {
+func (l *Ledger) add(mac string, ev LedgerEvent, ci *Observed) (Boot, *Boot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.counts[ev.Kind]++

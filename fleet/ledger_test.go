@@ -4,12 +4,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 func TestStartsBoot(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 12, 0, 0, 0, time.UTC)
 	open := &Boot{Start: t0}
-	done := &Boot{Start: t0, Checkin: &Checkin{}}
+	done := &Boot{Start: t0, Checkin: &Observed{}}
 	for _, c := range []struct {
 		name string
 		cur  *Boot
@@ -40,7 +42,7 @@ func TestLedgerLinksOneBoot(t *testing.T) {
 	l.add(mac, LedgerEvent{Time: at(1), Kind: "tftp", Detail: "ipxe.efi"}, nil)
 	l.add(mac, LedgerEvent{Time: at(4), Kind: "dhcp", Detail: "iPXE: script URL"}, nil)
 	l.add(mac, LedgerEvent{Time: at(5), Kind: "http", Detail: "script"}, nil)
-	l.add(mac, LedgerEvent{Time: at(30), Kind: "checkin"}, &Checkin{MAC: mac, Booted: d12})
+	l.add(mac, LedgerEvent{Time: at(30), Kind: "checkin"}, &Observed{Checkin: checkin.Checkin{MAC: mac, Booted: d12}})
 	_, prev := l.add(mac, LedgerEvent{Time: at(600), Kind: "dhcp"}, nil) // next boot
 	boots := l.Boots(mac)
 	if len(boots) != 2 {
@@ -106,7 +108,7 @@ func TestRenderWhyPlainWords(t *testing.T) {
 	}
 	r = WhyReport{MAC: "52:54:00:00:00:01", Known: true, Hostname: "web-01", Group: "web", State: StateOK,
 		Desired: ImageInfo{Ref: "base@1.2", Digest: d12}, DesiredSource: "group web",
-		Boots: []Boot{{Start: t0, Checkin: &Checkin{}, Events: []LedgerEvent{
+		Boots: []Boot{{Start: t0, Checkin: &Observed{}, Events: []LedgerEvent{
 			{Time: t0, Kind: "dhcp", Detail: "offered ipxe.efi (UEFI x86-64, option 93=7)"},
 			{Time: t0.Add(time.Second), Kind: "tftp", Detail: "ipxe.efi", Err: "timeout"},
 		}}}}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -39,7 +40,7 @@ type HostStatus struct {
 	Current       ImageInfo      `json:"current"`
 	State         string         `json:"state"`
 	RevertPending *PendingRevert `json:"revert_pending,omitempty"`
-	LastCheckin   *Checkin       `json:"last_checkin,omitempty"`
+	LastCheckin   *Observed      `json:"last_checkin,omitempty"`
 }
 
 // Status is the whole fleet.
@@ -50,7 +51,7 @@ type Status struct {
 	LastGoodReload time.Time                  `json:"last_good_reload"`
 	Warnings       []string                   `json:"warnings,omitempty"`
 	Hosts          []HostStatus               `json:"hosts"`
-	Unknown        []Checkin                  `json:"unknown_checkins,omitempty"` // check-ins from MACs not in the YAML
+	Unknown        []Observed                 `json:"unknown_checkins,omitempty"` // check-ins from MACs not in the YAML
 	Rollouts       []rolloutView              `json:"rollouts,omitempty"`
 	Services       []supervisor.ServiceStatus `json:"services,omitempty"`
 }
@@ -63,8 +64,8 @@ func (s *snapshot) info(digest string) ImageInfo {
 	return ii
 }
 
-// hostState is the state rule, pure.
-func hostState(desired string, revert *PendingRevert, c *Checkin) string {
+// hostState is the state rule, pure; c is the last check-in, nil if none.
+func hostState(desired string, revert *PendingRevert, c *checkin.Checkin) string {
 	switch {
 	case revert != nil:
 		return StateRevertPending
@@ -73,10 +74,7 @@ func hostState(desired string, revert *PendingRevert, c *Checkin) string {
 	case desired != "" && (c.Images.Broken == desired || slices.Contains(c.FailedDigests, desired)):
 		return StateFailed
 	}
-	cur := c.Images.Current
-	if cur == "" {
-		cur = c.Booted
-	}
+	cur := running(c)
 	switch {
 	case cur == desired && c.Trial:
 		return StateTrial
@@ -103,16 +101,13 @@ func (f *Fleet) Status() Status {
 		if rh.image != nil {
 			hs.Desired = ImageInfo{Ref: rh.image.Ref(), Digest: rh.image.Digest}
 		}
-		if c := obs[mac]; c != nil {
-			hs.LastCheckin = c
-			cur := c.Images.Current
-			if cur == "" {
-				cur = c.Booted
-			}
-			hs.Current = s.info(cur)
+		var last *checkin.Checkin
+		if o := obs[mac]; o != nil {
+			hs.LastCheckin, last = o, &o.Checkin
+			hs.Current = s.info(running(last))
 			delete(obs, mac)
 		}
-		hs.State = hostState(hs.Desired.Digest, rh.revert, hs.LastCheckin)
+		hs.State = hostState(hs.Desired.Digest, rh.revert, last)
 		st.Hosts = append(st.Hosts, hs)
 	}
 	for _, c := range obs {
@@ -167,12 +162,9 @@ func (f *Fleet) DesiredFor(mac net.HardwareAddr) (DesiredHost, bool) {
 	if rh.revert != nil {
 		dh.Revert = rh.revert.ID
 	}
-	var c Checkin
+	var c Observed
 	if ok, _ := f.store.Get(keyObserved+dh.MAC, &c); ok {
-		cur := c.Images.Current
-		if cur == "" {
-			cur = c.Booted
-		}
+		cur := running(&c.Checkin)
 		for _, d := range c.FailedDigests {
 			if d != cur {
 				dh.FailedDigests = append(dh.FailedDigests, d)
@@ -216,19 +208,15 @@ func (f *Fleet) Why(who string, n int) (WhyReport, error) {
 			r.Desired = ImageInfo{Ref: rh.image.Ref(), Digest: rh.image.Digest}
 		}
 	}
-	var c Checkin
+	var c Observed
 	ok, _ := f.store.Get(keyObserved+r.MAC, &c)
 	if ok {
-		cur := c.Images.Current
-		if cur == "" {
-			cur = c.Booted
-		}
-		r.Current = s.info(cur)
+		r.Current = s.info(running(&c.Checkin))
 	}
 	if r.Known {
-		var cp *Checkin
+		var cp *checkin.Checkin
 		if ok {
-			cp = &c
+			cp = &c.Checkin
 		}
 		r.State = hostState(r.Desired.Digest, r.RevertPending, cp)
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // HostBoot is what one host should boot.
@@ -81,10 +83,10 @@ func (rs Recorders) Record(e Event) {
 	}
 }
 
-// CheckinHandler receives the body of each POST /checkin (JSON, at most
-// MaxCheckinBytes) with the MAC the server attributed it to. The fleet
-// package stores it as observed state. It runs on the request path.
-type CheckinHandler func(mac net.HardwareAddr, body []byte)
+// CheckinHandler receives each check-in POSTed to /checkin, parsed and
+// validated (checkin.ParseFor). The fleet package stores it as observed
+// state; an error (it could not) answers 500. It runs on the request path.
+type CheckinHandler func(c *checkin.Checkin) error
 
 // StaticDirectory is a Directory backed by a map, plus an optional default
 // for unknown MACs (used with --allow-unknown). It is safe for concurrent

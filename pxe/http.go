@@ -1,7 +1,6 @@
 package pxe
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,12 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
-	"github.com/hnboot/hnboot/pxe/checkin"
 )
-
-// MaxCheckinBytes bounds a check-in body.
-const MaxCheckinBytes = 64 << 10
 
 // HTTPConfig is what the HTTP handlers need.
 type HTTPConfig struct {
@@ -34,7 +30,7 @@ type HTTPConfig struct {
 //	GET  /blobs/{digest}             the image file itself (Range, ETag)
 //	GET  /blobs/{digest}.json        its manifest (IMAGE.json beside the image), 404 if none
 //	GET  /ipxe/{file}                iPXE binaries (UEFI HTTP boot)
-//	POST /checkin                    a host's report (checkin.Report JSON)
+//	POST /checkin                    a host's check-in (checkin.Checkin JSON)
 //
 // Every request becomes an Event.
 type HTTPHandler struct {
@@ -276,54 +272,60 @@ func (h *HTTPHandler) ipxe(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", mod, rd)
 }
 
+// postCheckin parses the check-in once, here at the edge, and hands the
+// typed value on. A body without a MAC is attributed to the client's
+// address in the ARP table (see checkin.ParseFor).
 func (h *HTTPHandler) postCheckin(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxCheckinBytes))
+	transport := h.mac(remoteIP(r))
+	c, err := checkin.ParseFor(r.Body, transport)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			fail(w, http.StatusRequestEntityTooLarge, "check-in too large")
-			return
+		mac := transport
+		var ce *checkin.Error
+		if errors.As(err, &ce) && ce.MAC != "" {
+			mac, _ = net.ParseMAC(ce.MAC)
 		}
-		fail(w, http.StatusBadRequest, "read body: "+err.Error())
+		if sw, ok := w.(*statusWriter); ok {
+			sw.mac = mac
+		}
+		h.rec.Record(Event{Time: time.Now(), MAC: mac, Kind: KindCheckin, Detail: "refused", Err: err.Error()})
+		code := http.StatusBadRequest
+		if errors.Is(err, checkin.ErrTooLarge) {
+			code = http.StatusRequestEntityTooLarge
+		}
+		fail(w, code, err.Error())
 		return
 	}
-	var rep checkin.Report
-	if err := json.Unmarshal(body, &rep); err != nil {
-		fail(w, http.StatusBadRequest, "bad check-in JSON: "+err.Error())
-		return
-	}
-	mac, err := ParseMAC(rep.MAC)
-	if err != nil {
-		if mac = h.mac(remoteIP(r)); mac == nil {
-			fail(w, http.StatusBadRequest, "check-in without a valid mac")
-			return
-		}
-	}
+	mac, _ := net.ParseMAC(c.MAC)
 	if sw, ok := w.(*statusWriter); ok {
 		sw.mac = mac
 	}
-	h.rec.Record(Event{Time: time.Now(), MAC: mac, Kind: KindCheckin, Detail: CheckinSummary(rep)})
+	h.rec.Record(Event{Time: time.Now(), MAC: mac, Kind: KindCheckin, Detail: CheckinSummary(c)})
 	if h.checkin != nil {
-		h.checkin(mac, body)
+		if err := h.checkin(c); err != nil {
+			h.log.Error("check-in not stored", "mac", c.MAC, "err", err)
+			fail(w, http.StatusInternalServerError, "check-in not stored: "+err.Error())
+			return
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// CheckinSummary is a one-line account of a report for logs and the ledger.
-func CheckinSummary(rep checkin.Report) string {
-	d := rep.Booted
+// CheckinSummary is a one-line account of a check-in for logs and the
+// ledger.
+func CheckinSummary(c *checkin.Checkin) string {
+	d := c.Booted
 	if d == "" {
-		d = "unknown head=" + rep.BootedImage.Head
+		d = "unknown head=" + c.BootedImage.Head
 	}
-	s := fmt.Sprintf("source=%s booted=%s action=%s kernel=%s", rep.Source, d, rep.Action, rep.Kernel)
-	if rep.Hostname != "" {
-		s += " hostname=" + rep.Hostname
+	s := fmt.Sprintf("source=%s booted=%s action=%s kernel=%s", c.Source, d, c.Action, c.Kernel)
+	if c.Hostname != "" {
+		s += " hostname=" + c.Hostname
 	}
-	if rep.RevertApplied != "" {
-		s += " revert_applied=" + rep.RevertApplied
+	if c.RevertApplied != "" {
+		s += " revert_applied=" + c.RevertApplied
 	}
-	if len(rep.Fingerprints) > 0 {
-		s += " ssh=" + rep.Fingerprints[0]
+	if len(c.Fingerprints) > 0 {
+		s += " ssh=" + c.Fingerprints[0]
 	}
 	return oneLine(s)
 }

@@ -3,7 +3,7 @@ package pxe
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,8 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // testImage builds a root image of type fs ("ext4" or "squashfs") with
@@ -39,7 +42,13 @@ func testImage(t *testing.T, fs string) ImageRef {
 	return ImageRef{Name: "root", Version: fs, Digest: "sha256:" + hex.EncodeToString(sum[:]), Path: img}
 }
 
-func testHandler(t *testing.T, allowUnknown bool, imgs ...ImageRef) (*HTTPHandler, *eventLog, *[]string) {
+func testHandler(t *testing.T, allowUnknown bool, imgs ...ImageRef) (*HTTPHandler, *eventLog, *[]*checkin.Checkin) {
+	return testHandlerMAC(t, allowUnknown, nil, nil, imgs...)
+}
+
+// testHandlerMAC is testHandler with the transport's MAC lookup and the
+// check-in hook's error (both may be nil).
+func testHandlerMAC(t *testing.T, allowUnknown bool, mac func(net.IP) net.HardwareAddr, hookErr error, imgs ...ImageRef) (*HTTPHandler, *eventLog, *[]*checkin.Checkin) {
 	t.Helper()
 	dir := NewStaticDirectory()
 	for i, im := range imgs {
@@ -53,10 +62,10 @@ func testHandler(t *testing.T, allowUnknown bool, imgs ...ImageRef) (*HTTPHandle
 	}
 	t.Cleanup(func() { fr.Close() })
 	rec := &eventLog{}
-	var checkins []string
+	var checkins []*checkin.Checkin
 	h := NewHTTPHandler(HTTPConfig{Base: "http://10.0.0.1:8080", Cmdline: "console=ttyS0", AllowUnknown: allowUnknown},
-		dir, NewExtractor(t.TempDir()), fr, rec, func(mac net.HardwareAddr, body []byte) { checkins = append(checkins, mac.String()+" "+string(body)) },
-		nil, slog.Default(), nil)
+		dir, NewExtractor(t.TempDir()), fr, rec, func(c *checkin.Checkin) error { checkins = append(checkins, c); return hookErr },
+		nil, slog.New(slog.DiscardHandler), mac)
 	return h, rec, &checkins
 }
 
@@ -172,28 +181,36 @@ func TestHTTPRefusesTraversal(t *testing.T) {
 
 func TestHTTPCheckin(t *testing.T) {
 	h, rec, checkins := testHandler(t, false)
-	body := `{"mac":"52:54:00:00:00:07","source":"init","booted":"sha256:` + strings.Repeat("c", 64) + `","action":"promote","kernel":"6.1.0"}`
+	booted := "sha256:" + strings.Repeat("c", 64)
+	body := `{"mac":"52-54-00-00-00-07","source":"init","booted":"` + booted + `","action":"promote","kernel":"6.1.0"}`
 	w := get(t, h, "POST", "/checkin", map[string]string{"Content-Type": "application/json"}, body)
 	if w.Code != http.StatusNoContent {
 		t.Fatalf("POST /checkin: %d %s", w.Code, w.Body)
 	}
-	if len(*checkins) != 1 || !strings.HasPrefix((*checkins)[0], "52:54:00:00:00:07 {") {
-		t.Errorf("hook got %q", *checkins)
+	want := &checkin.Checkin{MAC: "52:54:00:00:00:07", Source: "init", Booted: booted, Action: "promote", Kernel: "6.1.0"}
+	if len(*checkins) != 1 || !reflect.DeepEqual((*checkins)[0], want) {
+		t.Errorf("hook got %+v, want [%+v]", *checkins, want)
 	}
 	e := rec.find(KindCheckin, "action=promote")
 	if e == nil || e.MAC.String() != "52:54:00:00:00:07" || !strings.Contains(e.Detail, "booted=sha256:cccc") {
 		t.Errorf("check-in event = %+v", e)
 	}
-	for name, tc := range map[string]struct {
-		body string
-		code int
+	for _, tc := range []struct {
+		name, body string
+		code       int
+		err        string // in the refusal event
 	}{
-		"not JSON":  {"{", 400},
-		"no MAC":    {`{"source":"init"}`, 400},
-		"too large": {`{"mac":"52:54:00:00:00:07","notes":["` + strings.Repeat("x", MaxCheckinBytes) + `"]}`, 413},
+		{"not JSON", "{", 400, "check-in: body:"},
+		{"no MAC", `{"source":"init"}`, 400, "check-in: mac: missing"},
+		{"bad digest", `{"mac":"52:54:00:00:00:07","booted":"sha256:cc"}`, 400, "check-in from 52:54:00:00:00:07: booted:"},
+		{"hostile kernel", `{"mac":"52:54:00:00:00:07","kernel":"\u001b[2J"}`, 400, "kernel:"},
+		{"too large", `{"mac":"52:54:00:00:00:07","notes":["` + strings.Repeat("x", checkin.MaxBytes) + `"]}`, 413, "body over"},
 	} {
 		if w := get(t, h, "POST", "/checkin", nil, tc.body); w.Code != tc.code {
-			t.Errorf("%s: %d, want %d", name, w.Code, tc.code)
+			t.Errorf("POST /checkin %s: %d, want %d", tc.name, w.Code, tc.code)
+		}
+		if e := rec.find(KindCheckin, tc.err); e == nil || e.Detail != "refused" || !strings.Contains(e.Err, tc.err) {
+			t.Errorf("POST /checkin %s: refusal event %+v, want one with an error containing %q", tc.name, e, tc.err)
 		}
 	}
 	if len(*checkins) != 1 {
@@ -202,7 +219,20 @@ func TestHTTPCheckin(t *testing.T) {
 	if w := get(t, h, "GET", "/checkin", nil, ""); w.Code != http.StatusMethodNotAllowed {
 		t.Errorf("GET /checkin: %d, want 405", w.Code)
 	}
-	_ = io.Discard
+}
+
+// A body without a MAC is the client's by its address; a hook that cannot
+// store the check-in answers 500, so the init logs it as refused.
+func TestHTTPCheckinTransportMAC(t *testing.T) {
+	arp := func(net.IP) net.HardwareAddr { return net.HardwareAddr{0x52, 0x54, 0, 0, 0, 0x09} }
+	h, _, checkins := testHandlerMAC(t, false, arp, nil)
+	if w := get(t, h, "POST", "/checkin", nil, `{"source":"init"}`); w.Code != http.StatusNoContent || len(*checkins) != 1 || (*checkins)[0].MAC != "52:54:00:00:00:09" {
+		t.Errorf("POST /checkin without mac = %d, hook %+v; want 204 and the ARP MAC", w.Code, *checkins)
+	}
+	h, _, _ = testHandlerMAC(t, false, arp, errors.New("disk full"))
+	if w := get(t, h, "POST", "/checkin", nil, `{"mac":"52:54:00:00:00:01"}`); w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), "disk full") {
+		t.Errorf("POST /checkin with a failing hook = %d %q, want 500 with the reason", w.Code, w.Body)
+	}
 }
 
 func TestHTTPBlobManifest(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 const testToken = "ops-0123456789abcdef"
@@ -44,7 +45,11 @@ func TestFleetCLI(t *testing.T) {
 	url, tok, f := fleetServer(t)
 	const d12 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 	const d13 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
-	if err := f.Checkin([]byte(`{"mac":"52:54:00:00:00:10","booted":"` + d13 + `","trial":true,"tries_left":2,"images":{"current":"` + d13 + `","old":"` + d12 + `"}}`)); err != nil {
+	c, err := checkin.Parse(strings.NewReader(`{"mac":"52:54:00:00:00:10","booted":"` + d13 + `","trial":true,"tries_left":2,"images":{"current":"` + d13 + `","old":"` + d12 + `"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Checkin(c); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

@@ -190,7 +190,7 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		}
 		cfg.Directory = fl
 		cfg.Recorder = pxe.Recorders{fl, logRec}
-		cfg.Checkin = fl.HandleCheckin
+		cfg.Checkin = fl.Checkin
 		cfg.Extra = fl.Handler()
 		return cfg, func() { fl.Close() }, func(ctx context.Context) { fl.Run(ctx) }, nil
 	}
