@@ -24,10 +24,10 @@ import (
 
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/nic"
-	"github.com/hnboot/hnboot/pxe/checkin"
 )
 
 // checkinBudget is the longest the check-in may hold the boot; hn.checkin=
@@ -41,7 +41,7 @@ const digestCache = "digests"
 
 // checkin reports this boot to imaged (hn.server=URL): it brings up the
 // boot NIC (BOOTIF= or the first Ethernet) with DHCP unless it already has
-// an address, and posts a checkin.Report. It never fails the boot and
+// an address, and posts a checkin.Checkin. It never fails the boot and
 // never holds it longer than the budget.
 func (b *boot) checkin(res rotate.Result) {
 	if b.cfg.Server == "" {
@@ -67,8 +67,8 @@ func (b *boot) checkin(res rotate.Result) {
 	defer cancel()
 
 	// Gather the report while the network comes up.
-	repc := make(chan checkin.Report, 1)
-	go func() { repc <- b.checkinReport(ctx, res) }()
+	repc := make(chan *checkin.Checkin, 1)
+	go func() { repc <- b.checkinReport(ctx, hostpartDir, res) }()
 
 	ifname, mac, err := bootNIC(b.cfg.Args["BOOTIF"])
 	if err != nil {
@@ -79,7 +79,7 @@ func (b *boot) checkin(res rotate.Result) {
 		b.log.Warn("check-in skipped: network not configured (boot continues)", "interface", ifname, "err", err, "took", time.Since(start).Round(time.Millisecond))
 		return
 	}
-	var rep checkin.Report
+	var rep *checkin.Checkin
 	select {
 	case rep = <-repc:
 	case <-ctx.Done():
@@ -87,6 +87,7 @@ func (b *boot) checkin(res rotate.Result) {
 		return
 	}
 	rep.MAC = mac
+	rep.Tidy() // rotation notes name files and errors: fit them, or the server refuses it all
 	body, _ := json.Marshal(rep)
 	url := strings.TrimRight(b.cfg.Server, "/") + "/checkin"
 	code, err := postJSON(ctx, url, body)
@@ -166,11 +167,12 @@ func hasIPv4(addrs []net.Addr) bool {
 	return false
 }
 
-// checkinReport gathers everything but the MAC.
-func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Report {
-	rep := checkin.Report{
+// checkinReport gathers everything but the MAC; dir is the mounted
+// hostpart.
+func (b *boot) checkinReport(ctx context.Context, dir string, res rotate.Result) *checkin.Checkin {
+	rep := &checkin.Checkin{
 		Hostname:  b.cfg.Hostname,
-		Source:    "init",
+		Source:    checkin.SourceInit,
 		Action:    res.Action.String(),
 		Trial:     res.Trial,
 		TriesLeft: res.TriesLeft,
@@ -183,12 +185,12 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 	if up, err := os.ReadFile("/proc/uptime"); err == nil {
 		if f := strings.Fields(string(up)); len(f) > 0 {
 			v, _ := strconv.ParseFloat(f[0], 64)
-			rep.Uptime = int64(v)
+			rep.UptimeSeconds = int64(v)
 		}
 	}
-	state := filepath.Join(hostpartDir, layout.StateDir)
+	state := filepath.Join(dir, layout.StateDir)
 	if id := b.cfg.RevertID; id != "" {
-		if data, err := os.ReadFile(filepath.Join(hostpartDir, layout.Reverts)); err == nil {
+		if data, err := os.ReadFile(filepath.Join(dir, layout.Reverts)); err == nil {
 			for _, l := range strings.Split(string(data), "\n") {
 				if strings.TrimSpace(l) == id {
 					rep.RevertApplied = id
@@ -198,14 +200,14 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 	}
 	// The identity is generated once and kept; instantiate() loads the
 	// same keys later.
-	if id, err := identity.Ensure(filepath.Join(hostpartDir, layout.IdentityDir), nil); err == nil {
+	if id, err := identity.Ensure(filepath.Join(dir, layout.IdentityDir), nil); err == nil {
 		for _, k := range id.HostKeys {
 			rep.SSHHostKeys = append(rep.SSHHostKeys, strings.TrimSpace(string(k.Public)))
 			rep.Fingerprints = append(rep.Fingerprints, k.Fingerprint)
 		}
 	}
 	cache := loadDigests(filepath.Join(state, digestCache))
-	img, digest := imageDigest(ctx, filepath.Join(hostpartDir, b.cfg.Image), cache)
+	img, digest := imageDigest(ctx, filepath.Join(dir, b.cfg.Image), cache)
 	img.File = b.cfg.Image
 	rep.BootedImage, rep.Booted = img, digest
 	if img.Source == "computed" {
@@ -213,7 +215,7 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 	}
 	// The other slots are never hashed at boot: cache or manifest only.
 	for slot, name := range map[*string]string{&rep.Images.Old: layout.Old, &rep.Images.New: layout.New, &rep.Images.Broken: layout.Broken} {
-		*slot = knownDigest(filepath.Join(hostpartDir, name), cache)
+		*slot = knownDigest(filepath.Join(dir, name), cache)
 	}
 	rep.Images.Current = digest
 	return rep

@@ -1,17 +1,74 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/hnboot/hnboot/pxe/checkin"
+	"github.com/hnboot/hnboot/initramfs/cmdline"
+	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/layout"
 )
+
+// TestCheckinReportParses builds the init's check-in over a hostpart with
+// a promoted image, an old one known by its manifest and a generated
+// identity, and checks that imaged's parser takes it as it was built.
+func TestCheckinReportParses(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, layout.StateDir), 0o755)
+	cur := []byte(strings.Repeat("current image ", 1000))
+	os.WriteFile(filepath.Join(dir, layout.Current), cur, 0o644)
+	old := []byte("old image")
+	os.WriteFile(filepath.Join(dir, layout.Old), old, 0o644)
+	oldSum := sha256.Sum256(old)
+	m := fmt.Sprintf(`{"format":"hnboot-manifest-1","name":"A","version":"1","sha256":%q,"size":%d,"fs":"ext4","kernel_release":"","build_time":"2023-11-14T22:13:20Z"}`, hex.EncodeToString(oldSum[:]), len(old))
+	os.WriteFile(filepath.Join(dir, layout.ManifestFor(layout.Old)), []byte(m), 0o644)
+	os.WriteFile(filepath.Join(dir, layout.Reverts), []byte("r0\nr1\n"), 0o644)
+
+	b := &boot{cfg: cmdline.Config{Hostname: "hn-525400123456", Image: layout.Current, RevertID: "r1"}}
+	res := rotate.Result{Action: rotate.Promote, Trial: true, TriesLeft: 2, Notes: []string{"promoted " + layout.New + "\r\n\x1b[0m"}}
+	rep := b.checkinReport(context.Background(), dir, res)
+	rep.MAC = "52:54:00:12:34:56"
+	rep.Tidy()
+	body, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := checkin.Parse(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("checkin.Parse(init report) = %v\n%s", err, body)
+	}
+	if !reflect.DeepEqual(got, rep) {
+		t.Errorf("checkin.Parse(init report) =\n%+v\nwant\n%+v", got, rep)
+	}
+	curSum := sha256.Sum256(cur)
+	for _, c := range []struct {
+		what      string
+		got, want any
+	}{
+		{"source", got.Source, checkin.SourceInit},
+		{"action", got.Action, "promote"},
+		{"booted", got.Booted, "sha256:" + hex.EncodeToString(curSum[:])},
+		{"booted_image.source", got.BootedImage.Source, "computed"},
+		{"images.old", got.Images.Old, "sha256:" + hex.EncodeToString(oldSum[:])},
+		{"revert_applied", got.RevertApplied, "r1"},
+		{"ssh keys", len(got.SSHHostKeys) > 0 && len(got.SSHHostKeys) == len(got.Fingerprints), true},
+		{"notes", got.Notes, []string{"promoted " + layout.New + "\n\uFFFD[0m"}},
+	} {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("init report %s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+}
 
 func TestImageDigestComputedThenCached(t *testing.T) {
 	dir := t.TempDir()
