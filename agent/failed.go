@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 )
@@ -20,12 +21,8 @@ import (
 // was reverted or rejected, "sha256:<hex> <RFC 3339 time> <reason>".
 // An operator may edit it; `imaged stage --force` bypasses it.
 
-// Failure is one remembered digest.
-type Failure struct {
-	Digest string    `json:"digest"`
-	Time   time.Time `json:"time"`
-	Reason string    `json:"reason"`
-}
+// Failure is one remembered digest, as the check-in reports it.
+type Failure = checkin.Failure
 
 // Failed is the set of digests this host refuses to stage again.
 type Failed map[string]Failure

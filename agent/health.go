@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // Checks are the declared health checks of a trial boot. The trial is
@@ -57,12 +59,9 @@ func (c *Checks) defaults() {
 // Empty reports whether nothing is declared.
 func (c Checks) Empty() bool { return len(c.Units) == 0 && len(c.Commands) == 0 && !c.System }
 
-// Observation is one check's result in one round.
-type Observation struct {
-	Check  string `json:"check"` // "unit sshd.service", "command db-ping", "system"
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail,omitempty"`
-}
+// Observation is one check's result in one round, as the check-in
+// reports it.
+type Observation = checkin.Observation
 
 // Health states.
 const (
@@ -71,12 +70,8 @@ const (
 	HealthFailed  = "failed"
 )
 
-// Verdict is the outcome of the checks so far.
-type Verdict struct {
-	State  string        `json:"state"`
-	Reason string        `json:"reason,omitempty"`
-	Last   []Observation `json:"last,omitempty"`
-}
+// Verdict is the outcome of the checks so far, as the check-in reports it.
+type Verdict = checkin.Health
 
 // Judge turns rounds of observations into a verdict. It is pure: the
 // caller supplies the time of each round.

@@ -15,10 +15,8 @@ import (
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
-// report is this round's check-in. The wire shapes are package
-// checkin's; the agent's own types (and those of supervisor and hostpart)
-// convert to them directly, so a field added on one side and not the
-// other does not compile instead of silently vanishing from the report.
+// report is this round's check-in. Failure, Verdict, hostpart.Boot and
+// supervisor.ServiceStatus are the check-in's own types.
 func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decision, notes []string) *checkin.Checkin {
 	cur := st.Slot(layout.SlotCurrent)
 	r := &checkin.Checkin{
@@ -35,14 +33,14 @@ func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decisio
 		Notes:         notes,
 	}
 	for _, d := range r.FailedDigests {
-		r.Failures = append(r.Failures, checkin.Failure(failed[d]))
+		r.Failures = append(r.Failures, failed[d])
 	}
 	r.SSHHostKeys, r.Fingerprints = a.System.HostKeys()
 	if id := mem.lastApplied(); id != "" {
 		r.RevertApplied = id
 	}
 	if len(st.Boots) > 0 {
-		b := checkin.Boot(st.Boots[0])
+		b := st.Boots[0]
 		r.LastBoot = &b
 	}
 	r.Pending = append(r.Pending, dec.Pending...)
@@ -52,27 +50,17 @@ func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decisio
 		r.Staging = &s
 	}
 	if a.health != nil {
-		r.Health = a.health.wire()
+		h := *a.health
+		r.Health = &h
 	}
 	a.mu.Unlock()
 	if st.Trial && r.Health == nil {
-		r.Health = &checkin.Health{State: HealthPending, Reason: "health checks not started"}
+		r.Health = &Verdict{State: HealthPending, Reason: "health checks not started"}
 	}
 	if a.Services != nil {
-		for _, s := range a.Services.Status() {
-			r.Services = append(r.Services, checkin.Service(s))
-		}
+		r.Services = a.Services.Status()
 	}
 	return r
-}
-
-// wire is v as the check-in carries it.
-func (v Verdict) wire() *checkin.Health {
-	h := &checkin.Health{State: v.State, Reason: v.Reason}
-	for _, o := range v.Last {
-		h.Last = append(h.Last, checkin.Observation(o))
-	}
-	return h
 }
 
 // System reads facts about the running system; Root is "/" outside tests.

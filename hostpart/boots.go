@@ -6,25 +6,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
-// Boot summarizes one boot's init log (.hnboot/boots/boot.N.log).
-type Boot struct {
-	N         int       `json:"n"` // 0 is the last boot
-	Time      time.Time `json:"time"`
-	Image     string    `json:"image,omitempty"`  // the file switched to, or "rescue"
-	Action    string    `json:"action,omitempty"` // boot, promote, revert, reject
-	Trial     bool      `json:"trial,omitempty"`
-	TriesLeft int       `json:"tries_left,omitempty"`
-	Warnings  int       `json:"warnings"`
-	Errors    int       `json:"errors"`
-	// Problems are the first warning and error messages, without prefix.
-	Problems []string `json:"problems,omitempty"`
-	Summary  string   `json:"summary"` // one line
-}
+// Boot summarizes one boot's init log (.hnboot/boots/boot.N.log). The
+// agent reports the last one in its check-in, so the type is the
+// check-in's, defined once in package checkin.
+type Boot = checkin.Boot
 
 const maxProblems = 5
 
@@ -62,10 +52,10 @@ func ParseBootLog(log string) Boot {
 		switch {
 		case strings.HasPrefix(msg, "ERROR: "):
 			b.Errors++
-			b.problem(strings.TrimPrefix(msg, "ERROR: "))
+			addProblem(&b, strings.TrimPrefix(msg, "ERROR: "))
 		case strings.HasPrefix(msg, "WARNING: "):
 			b.Warnings++
-			b.problem(strings.TrimPrefix(msg, "WARNING: "))
+			addProblem(&b, strings.TrimPrefix(msg, "WARNING: "))
 		}
 		kv := fields(msg)
 		switch {
@@ -98,7 +88,7 @@ func ParseBootLog(log string) Boot {
 	return b
 }
 
-func (b *Boot) problem(msg string) {
+func addProblem(b *Boot, msg string) {
 	if len(b.Problems) < maxProblems {
 		if len(msg) > 200 {
 			msg = msg[:200] + "…"

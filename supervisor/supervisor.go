@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // States of a service.
@@ -24,19 +26,10 @@ const (
 	StateStopped  = "stopped"  // stopped by the supervisor
 )
 
-// ServiceStatus is one service's state, for status APIs and metrics.
-type ServiceStatus struct {
-	Name      string    `json:"name"`
-	State     string    `json:"state"`
-	PID       int       `json:"pid,omitempty"`
-	Starts    int       `json:"starts"`
-	Restarts  int       `json:"restarts"`
-	LastStart time.Time `json:"last_start,omitzero"`
-	LastExit  string    `json:"last_exit,omitempty"` // "exit status 1", "signal: killed", "start: ..."
-	ExitTime  time.Time `json:"exit_time,omitzero"`
-	NextStart time.Time `json:"next_start,omitzero"` // in back-off
-	LogFile   string    `json:"log_file,omitempty"`
-}
+// ServiceStatus is one service's state, for status APIs and metrics. The
+// agent reports it in its check-in, so the type is the check-in's,
+// defined once in package checkin.
+type ServiceStatus = checkin.Service
 
 // Options configure a Supervisor.
 type Options struct {

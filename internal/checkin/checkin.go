@@ -5,9 +5,12 @@
 // arrive from the network and are not trusted.
 //
 // The init imports this package, so it depends on the standard library and
-// golang.org/x/crypto/ssh (already in the init for host keys) only; shapes
-// the agent takes from other packages (supervisor, hostpart) are defined
-// again here as wire types and converted by the agent.
+// golang.org/x/crypto/ssh (already in the init for host keys) only. The
+// shapes the agent reports from its own and other packages are defined
+// here, once, and those packages name them (hostpart.Boot,
+// supervisor.ServiceStatus, agent.Failure, agent.Verdict and
+// agent.Observation are aliases), so the init does not pull them in and
+// the schema has no second copy to drift.
 package checkin
 
 import "time"
@@ -112,7 +115,8 @@ type Image struct {
 // HashLimit is the largest image the init hashes during boot.
 const HashLimit = 256 << 20
 
-// Failure is an image the host will not stage again, and why.
+// Failure is an image the host will not stage again, and why
+// (agent.Failure).
 type Failure struct {
 	Digest string    `json:"digest"`
 	Time   time.Time `json:"time"`
@@ -130,21 +134,23 @@ type Staging struct {
 	Error  string `json:"error,omitempty"`
 }
 
-// Health is the agent's verdict on a boot so far.
+// Health is the agent's verdict on a boot so far (agent.Verdict).
 type Health struct {
 	State  string        `json:"state"` // pending, passed, failed
 	Reason string        `json:"reason,omitempty"`
 	Last   []Observation `json:"last,omitempty"`
 }
 
-// Observation is one health check's result in one round.
+// Observation is one health check's result in one round
+// (agent.Observation).
 type Observation struct {
 	Check  string `json:"check"` // "unit sshd.service", "command db-ping", "system"
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail,omitempty"`
 }
 
-// Boot is the summary of one init log in hostpart/.hnboot/boots.
+// Boot is the summary of one init log in hostpart/.hnboot/boots
+// (hostpart.Boot, which parses it).
 type Boot struct {
 	N         int       `json:"n"` // 0 is the last boot
 	Time      time.Time `json:"time"`
@@ -158,7 +164,8 @@ type Boot struct {
 	Summary   string    `json:"summary"`            // one line
 }
 
-// Service is one local service the agent supervises.
+// Service is one local service the agent supervises
+// (supervisor.ServiceStatus).
 type Service struct {
 	Name      string    `json:"name"`
 	State     string    `json:"state"`
