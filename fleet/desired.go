@@ -36,6 +36,10 @@ type Desired struct {
 	imageByRef map[string]*Image
 	hostByMAC  map[string]*Host // key: canonical MAC string
 	hostByName map[string]*Host
+
+	// imageWarnings are set by the digest check (declared images whose
+	// file is missing); the snapshot shows them in status.
+	imageWarnings []string
 }
 
 // Pos is where something was declared.
@@ -53,6 +57,8 @@ type Image struct {
 	Digest  string `json:"digest"`
 	Path    string `json:"path"`
 	Pos     Pos    `json:"-"`
+
+	digestPos Pos // the digest: line, named when the file does not match
 }
 
 // Ref is how the YAML files and the API name an image: "name@version".
@@ -344,6 +350,10 @@ func (l *loader) image(file string, n *yaml.Node) {
 		Path:    l.str(file, f["path"], "path"),
 		Pos:     p,
 	}
+	img.digestPos = p
+	if dn := f["digest"]; dn != nil {
+		img.digestPos.Line = dn.Line
+	}
 	if img.Name == "" || strings.ContainsAny(img.Name, "@ \t") {
 		l.errf(p, "image: name missing or contains '@' or spaces")
 		return
@@ -353,11 +363,7 @@ func (l *loader) image(file string, n *yaml.Node) {
 		return
 	}
 	if !ValidDigest(img.Digest) {
-		dp := p
-		if f["digest"] != nil {
-			dp.Line = f["digest"].Line
-		}
-		l.errf(dp, "image %s: bad digest %q: want sha256: and 64 lowercase hex digits", img.Ref(), img.Digest)
+		l.errf(img.digestPos, "image %s: bad digest %q: want sha256: and 64 lowercase hex digits", img.Ref(), img.Digest)
 	}
 	if img.Path == "" {
 		l.errf(p, "image %s: path missing", img.Ref())
