@@ -362,7 +362,14 @@ func (l *loader) image(file string, n *yaml.Node) {
 		l.errf(p, "image %s: version missing or contains '@' or spaces", img.Name)
 		return
 	}
-	if !ValidDigest(img.Digest) {
+	switch {
+	case ValidDigest(img.Digest):
+	case ValidDigest("sha256:" + img.Digest):
+		// What mkimage prints and IMAGE.json's sha256 field hold.
+		l.errf(img.digestPos, "image %s: digest %q lacks its prefix: write digest: sha256:%s", img.Ref(), img.Digest, img.Digest)
+	case img.Digest == "":
+		l.errf(img.digestPos, "image %s: digest missing: want sha256: and the 64 hex digits of the file's sha256 (mkimage rootfs prints it; or sha256sum FILE)", img.Ref())
+	default:
 		l.errf(img.digestPos, "image %s: bad digest %q: want sha256: and 64 lowercase hex digits", img.Ref(), img.Digest)
 	}
 	if img.Path == "" {
