@@ -53,10 +53,10 @@ func readTokens(path string) (*tokenSet, error) {
 		if fs := strings.Fields(s); len(fs) == 2 {
 			name, tok = fs[0], fs[1]
 		} else if len(fs) > 2 {
-			return nil, fmt.Errorf("fleet: %s:%d: want NAME TOKEN or TOKEN", path, line)
+			return nil, fmt.Errorf("fleet: %s:%d: want NAME TOKEN or TOKEN (a # comment takes a line of its own)", path, line)
 		}
 		if len(tok) < minTokenLen {
-			return nil, fmt.Errorf("fleet: %s:%d: token of %s is shorter than %d characters", path, line, name, minTokenLen)
+			return nil, fmt.Errorf("fleet: %s:%d: token of %s is shorter than %d characters: make one with openssl rand -hex 16", path, line, name, minTokenLen)
 		}
 		ts.names = append(ts.names, name)
 		ts.sums = append(ts.sums, sha256.Sum256([]byte(tok)))
@@ -225,7 +225,7 @@ func (f *Fleet) admin(h authed) http.HandlerFunc {
 	return f.count(func(w http.ResponseWriter, r *http.Request) {
 		who, ok := f.authenticate(r)
 		if !ok {
-			unauthorized(w)
+			f.unauthorized(w)
 			return
 		}
 		h(w, r, who)
@@ -237,7 +237,7 @@ func (f *Fleet) read(h authed) http.HandlerFunc {
 	return f.count(func(w http.ResponseWriter, r *http.Request) {
 		who, ok := f.authenticate(r)
 		if !ok && !f.opts.OpenReads {
-			unauthorized(w)
+			f.unauthorized(w)
 			return
 		}
 		h(w, r, who)
@@ -253,9 +253,14 @@ func (f *Fleet) authenticate(r *http.Request) (string, bool) {
 	return f.tokens.Load().match(strings.TrimSpace(tok))
 }
 
-func unauthorized(w http.ResponseWriter) {
+func (f *Fleet) unauthorized(w http.ResponseWriter) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="hnboot"`)
-	writeErr(w, http.StatusUnauthorized, fmt.Errorf("missing or wrong bearer token"))
+	err := errors.New("missing or wrong bearer token")
+	if len(f.tokens.Load().names) == 0 {
+		// Not the client's fault: no token could be right.
+		err = errors.New("this server has no admin tokens: start imaged serve with --tokens FILE (\"NAME TOKEN\" lines)")
+	}
+	writeErr(w, http.StatusUnauthorized, err)
 }
 
 type codeWriter struct {

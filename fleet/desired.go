@@ -37,6 +37,10 @@ type Desired struct {
 	imageByRef map[string]*Image
 	hostByMAC  map[string]*Host // key: canonical MAC string
 	hostByName map[string]*Host
+
+	// imageWarnings are set by the digest check (declared images whose
+	// file is missing); the snapshot shows them in status.
+	imageWarnings []string
 }
 
 // Pos is where something was declared.
@@ -54,6 +58,8 @@ type Image struct {
 	Digest  string `json:"digest"`
 	Path    string `json:"path"`
 	Pos     Pos    `json:"-"`
+
+	digestPos Pos // the digest: line, named when the file does not match
 }
 
 // Ref is how the YAML files and the API name an image: "name@version".
@@ -340,6 +346,10 @@ func (l *loader) image(file string, n *yaml.Node) {
 		Path:    l.str(file, f["path"], "path"),
 		Pos:     p,
 	}
+	img.digestPos = p
+	if dn := f["digest"]; dn != nil {
+		img.digestPos.Line = dn.Line
+	}
 	if img.Name == "" || strings.ContainsAny(img.Name, "@ \t") {
 		l.errf(p, "image: name missing or contains '@' or spaces")
 		return
@@ -348,12 +358,15 @@ func (l *loader) image(file string, n *yaml.Node) {
 		l.errf(p, "image %s: version missing or contains '@' or spaces", img.Name)
 		return
 	}
-	if !checkin.ValidDigest(img.Digest) {
-		dp := p
-		if f["digest"] != nil {
-			dp.Line = f["digest"].Line
-		}
-		l.errf(dp, "image %s: bad digest %q: want sha256: and 64 lowercase hex digits", img.Ref(), img.Digest)
+	switch {
+	case checkin.ValidDigest(img.Digest):
+	case checkin.ValidDigest("sha256:" + img.Digest):
+		// What mkimage prints and IMAGE.json's sha256 field hold.
+		l.errf(img.digestPos, "image %s: digest %q lacks its prefix: write digest: sha256:%s", img.Ref(), img.Digest, img.Digest)
+	case img.Digest == "":
+		l.errf(img.digestPos, "image %s: digest missing: want sha256: and the 64 hex digits of the file's sha256 (mkimage rootfs prints it; or sha256sum FILE)", img.Ref())
+	default:
+		l.errf(img.digestPos, "image %s: bad digest %q: want sha256: and 64 lowercase hex digits", img.Ref(), img.Digest)
 	}
 	if img.Path == "" {
 		l.errf(p, "image %s: path missing", img.Ref())

@@ -56,6 +56,12 @@ type Fleet struct {
 	reloadOK  time.Time
 	reloads   map[string]uint64 // "ok", "error"
 	dirSig    string
+	sigPaths  []string // the image files dirSig covers
+	newSig    string   // a changed signature seen at the last poll
+
+	// reloadMu serializes reloads without holding mu while images are
+	// hashed, which can take minutes.
+	reloadMu sync.Mutex
 
 	checkins  map[string]*atomic.Uint64 // "ok", "error"
 	apiCodes  sync.Map                  // int → *atomic.Uint64
@@ -110,8 +116,9 @@ type AuditEntry struct {
 	Remote string    `json:"remote,omitempty"`
 }
 
-// New loads the desired state (it must be valid), opens the store and
-// builds the first snapshot.
+// New loads the desired state (it must be valid, and every image file
+// that exists must match its digest), opens the store and builds the
+// first snapshot.
 func New(opts Options) (*Fleet, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -142,7 +149,12 @@ func New(opts Options) (*Fleet, error) {
 		done:      make(chan struct{}),
 	}
 	f.tokens.Store(toks)
-	f.dirSig = f.signature()
+	f.sigPaths = imagePaths(d)
+	f.dirSig = f.signature(f.sigPaths)
+	if err := f.checkImages(d); err != nil {
+		st.Close()
+		return nil, err
+	}
 	f.reloadOK = f.now()
 	f.seedLedger()
 	f.mu.Lock()
@@ -281,19 +293,37 @@ func (f *Fleet) Checkin(c *checkin.Checkin) error {
 	return nil
 }
 
-// Reload re-reads the YAML directory and the token file. An invalid
-// directory keeps the last good state; the error is returned, logged and
-// shown by status and metrics.
+// Reload re-reads the YAML directory and the token file, and checks the
+// images' digests against their files. An invalid directory, or an image
+// file that does not match, keeps the last good state; the error is
+// returned, logged and shown by status and metrics. While images are
+// hashed the last good state is served and check-ins and admin calls
+// go on.
 func (f *Fleet) Reload() error {
+	f.reloadMu.Lock()
+	defer f.reloadMu.Unlock()
+	conf := confSignature(f.opts.Dir, f.opts.TokenFile)
+	d, err := Load(f.opts.Dir)
+	f.mu.Lock()
+	if err == nil {
+		f.sigPaths = imagePaths(d)
+	}
+	// Taken before hashing: a file that changes meanwhile differs at the
+	// next poll and is checked again.
+	f.dirSig = conf + imageSignature(f.sigPaths)
+	f.newSig = ""
+	f.mu.Unlock()
+	if err == nil {
+		err = f.checkImages(d)
+	}
+	var toks *tokenSet
+	if err == nil {
+		toks, err = readTokens(f.opts.TokenFile)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.dirSig = f.signature()
-	d, err := Load(f.opts.Dir)
 	if err == nil {
-		var toks *tokenSet
-		if toks, err = readTokens(f.opts.TokenFile); err == nil {
-			f.tokens.Store(toks)
-		}
+		f.tokens.Store(toks)
 	}
 	if err != nil {
 		f.reloads["error"]++
@@ -335,15 +365,34 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 }
 
+// changed reports a change once it has held for one poll interval: a
+// file still being written (an image being copied in takes minutes) is
+// not read, and hashed, at every poll.
 func (f *Fleet) changed() bool {
-	sig := f.signature()
+	f.mu.Lock()
+	paths := f.sigPaths
+	f.mu.Unlock()
+	sig := f.signature(paths)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return sig != f.dirSig
+	if sig == f.dirSig {
+		f.newSig = ""
+		return false
+	}
+	if sig != f.newSig {
+		f.newSig = sig
+		return false
+	}
+	return true
 }
 
-func (f *Fleet) signature() string {
-	return dirSignature(f.opts.Dir) + "token " + tokenSignature(f.opts.TokenFile)
+// signature covers the YAML files, the token file and the image files.
+func (f *Fleet) signature(imagePaths []string) string {
+	return confSignature(f.opts.Dir, f.opts.TokenFile) + imageSignature(imagePaths)
+}
+
+func confSignature(dir, tokenFile string) string {
+	return dirSignature(dir) + "token " + tokenSignature(tokenFile) + "\n"
 }
 
 // dirSignature is names, sizes and mtimes of the YAML files (and of the

@@ -184,6 +184,7 @@ func build(d *Desired, in buildInput) *snapshot {
 			s.warnings = append(s.warnings, "override for group "+g+": group no longer declared; ignored")
 		}
 	}
+	s.warnings = append(s.warnings, d.imageWarnings...)
 	sort.Strings(s.warnings)
 	return s
 }

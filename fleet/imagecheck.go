@@ -1,0 +1,215 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
+)
+
+// keyImageDigest + absolute path → fileDigest. The cache lives in the
+// observed-state store, so a restart does not rehash either.
+const keyImageDigest = "imagedigest/"
+
+// fileDigest is a cached digest and the identity of the file it was
+// computed from. The change time is part of the identity because
+// `cp -p` over an existing image keeps inode, size and mtime.
+type fileDigest struct {
+	Dev    uint64 `json:"dev"`
+	Ino    uint64 `json:"ino"`
+	Size   int64  `json:"size"`
+	MTime  int64  `json:"mtime_ns"`
+	CTime  int64  `json:"ctime_ns"`
+	Digest string `json:"digest"`
+}
+
+func identity(fi fs.FileInfo) fileDigest {
+	id := fileDigest{Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.Dev, id.Ino = uint64(st.Dev), st.Ino
+		id.CTime = st.Ctim.Nano()
+	}
+	return id
+}
+
+func (a fileDigest) sameFile(b fileDigest) bool {
+	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.MTime == b.MTime && a.CTime == b.CTime
+}
+
+// Large images log their progress: 10 GiB take 7-10 s on a machine with
+// SHA extensions, minutes on a slow disk.
+const (
+	progressSize  = 1 << 30
+	progressEvery = 10 * time.Second
+)
+
+// hashFile is sha256 of a file as "sha256:<hex>"; progress (may be nil) is
+// called with the bytes read so far. A variable so tests can count and
+// hold hashing.
+var hashFile = func(path string, progress func(done int64)) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	var w io.Writer = h
+	if progress != nil {
+		w = &progressWriter{w: h, fn: progress}
+	}
+	if _, err := io.CopyBuffer(w, f, make([]byte, 1<<20)); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+type progressWriter struct {
+	w    io.Writer
+	n    int64
+	fn   func(int64)
+	last time.Time
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.n += int64(n)
+	if now := time.Now(); now.Sub(p.last) >= progressEvery {
+		if !p.last.IsZero() {
+			p.fn(p.n)
+		}
+		p.last = now
+	}
+	return n, err
+}
+
+// checkImages checks every declared image's digest against its file,
+// hashing only files not in the cache. It takes no lock of the Fleet: the
+// boot server keeps answering from the last good snapshot, and check-ins
+// and admin calls go on, while a large image is hashed.
+//
+// A mismatch, or a file that is there but cannot be read, is a problem at
+// the image's digest line. A missing file is a warning: the image may be
+// served by another server, or not copied yet, and the agent can fetch it
+// from a URL of its own.
+func (f *Fleet) checkImages(d *Desired) error {
+	type result struct {
+		digest  string
+		missing bool
+		err     error
+	}
+	seen := map[string]result{}
+	var problems, warnings []string
+	for _, img := range d.Images {
+		r, ok := seen[img.Path]
+		if !ok {
+			r.digest, r.err = f.imageDigest(img)
+			r.missing = errors.Is(r.err, fs.ErrNotExist)
+			seen[img.Path] = r
+		}
+		switch {
+		case r.missing:
+			warnings = append(warnings, fmt.Sprintf("image %s (%s): %s does not exist on this server: hosts assigned it cannot PXE-boot it or download it from here", img.Ref(), img.Pos, img.Path))
+		case r.err != nil:
+			problems = append(problems, fmt.Sprintf("%s: image %s: %v", img.digestPos, img.Ref(), r.err))
+		case r.digest != img.Digest:
+			problems = append(problems, fmt.Sprintf("%s: image %s: %s has digest %s, not the declared %s: "+
+				"if the file is the image you mean, set digest: %s; otherwise put back the file built for the declared digest (see its IMAGE.json)",
+				img.digestPos, img.Ref(), img.Path, r.digest, img.Digest, r.digest))
+		}
+	}
+	d.imageWarnings = warnings
+	if len(problems) > 0 {
+		return &ValidationError{Problems: problems}
+	}
+	// Forget files no longer declared, only now: a failed reload keeps
+	// serving the last good state, whose files stay cached.
+	for _, k := range f.store.Keys(keyImageDigest) {
+		if _, ok := seen[strings.TrimPrefix(k, keyImageDigest)]; !ok {
+			f.store.Delete(k)
+		}
+	}
+	return nil
+}
+
+// imageDigest returns the digest of img's file, from the cache when the
+// file is unchanged since it was last hashed.
+func (f *Fleet) imageDigest(img *Image) (string, error) {
+	fi, err := os.Stat(img.Path)
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file: point path: at the image file", img.Path)
+	}
+	id := identity(fi)
+	key := keyImageDigest + img.Path
+	var cached fileDigest
+	if ok, err := f.store.Get(key, &cached); ok && err == nil && cached.sameFile(id) && checkin.ValidDigest(cached.Digest) {
+		return cached.Digest, nil
+	}
+	log := f.log.With("image", img.Ref(), "path", img.Path, "size", fi.Size())
+	var progress func(int64)
+	level := slog.LevelDebug
+	if fi.Size() >= progressSize {
+		level = slog.LevelInfo
+		log.Info("fleet: hashing image; the last good state is served meanwhile")
+		progress = func(done int64) {
+			log.Info("fleet: hashing image", "done", fmt.Sprintf("%d%%", done*100/fi.Size()))
+		}
+	}
+	start := time.Now()
+	digest, err := hashFile(img.Path, progress)
+	if err != nil {
+		return "", fmt.Errorf("cannot hash %s: %w", img.Path, err)
+	}
+	el := time.Since(start)
+	log.Log(context.Background(), level, "fleet: hashed image", "digest", digest, "took", el.Round(time.Millisecond),
+		"MB/s", int(float64(fi.Size())/1e6/max(el.Seconds(), 1e-3)))
+	after, err := os.Stat(img.Path)
+	if err != nil {
+		return "", err
+	}
+	if !identity(after).sameFile(id) {
+		return "", fmt.Errorf("%s changed while it was being hashed (still being copied?); it is checked again at the next reload once it stops changing", img.Path)
+	}
+	id.Digest = digest
+	if err := f.store.Put(key, id); err != nil {
+		// Not fatal: the digest is right, only the next reload hashes again.
+		log.Warn("fleet: cannot cache the image digest", "err", err)
+	}
+	return digest, nil
+}
+
+// imageSignature is the identity of every image file, so a reload follows
+// an image that is replaced or finishes copying, not only YAML changes.
+func imageSignature(paths []string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			fmt.Fprintf(&b, "image %s none\n", p)
+			continue
+		}
+		id := identity(fi)
+		fmt.Fprintf(&b, "image %s %d %d %d %d %d\n", p, id.Dev, id.Ino, id.Size, id.MTime, id.CTime)
+	}
+	return b.String()
+}
+
+func imagePaths(d *Desired) []string {
+	var out []string
+	for _, img := range d.Images {
+		out = append(out, img.Path)
+	}
+	return out
+}
