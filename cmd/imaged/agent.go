@@ -32,7 +32,7 @@ func runAgent(ctx context.Context, name string, args []string, std cli.IO) error
 	hp := fs.String("hostpart", "", "hostpart directory (default: the /hostpart mount)")
 	mac := fs.String("mac", "", "this host's MAC (default: the config's, else the first Ethernet NIC)")
 	reboot := fs.String("reboot", "", "reboot policy, overrides the config: never, immediate, or window [DAYS] HH:MM-HH:MM")
-	once := fs.Bool("once", false, "one round (check in, act, report), then exit")
+	once := fs.Bool("once", false, "one round (check in, act, report), then exit; a download it starts is finished first, and its failure is exit status 1")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func runAgent(ctx context.Context, name string, args []string, std cli.IO) error
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *once {
-		return a.Tick(ctx)
+		return a.Once(ctx)
 	}
 	return a.Run(ctx)
 }
