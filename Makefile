@@ -23,11 +23,13 @@ FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
 
 all: build
 
+# All three binaries are static (no libc needed on a minimal or non-Debian
+# image); internal/buildtest checks it.
 build:
 	@mkdir -p $(BIN)
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/hninit ./initramfs
-	$(GO) build -trimpath -o $(BIN)/mkimage ./cmd/mkimage
-	$(GO) build -trimpath -o $(BIN)/imaged ./cmd/imaged
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -o $(BIN)/mkimage ./cmd/mkimage
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -o $(BIN)/imaged ./cmd/imaged
 
 # The Debian packages and test kernels the tests, the demo and the benchmarks
 # need; installs only what is missing.
