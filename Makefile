@@ -1,5 +1,13 @@
-# hnboot. `make demo` and `make test` are the two commands the README starts with.
-GO        ?= go
+# hnboot. `make demo` and `make test` are the two commands the README starts with;
+# each installs what is missing first (deps: scripts/deps.sh, a no-op in about 20 ms
+# when everything is there).
+ifndef GO
+GO := $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+endif
+# Tests that build with `go` find the same one.
+ifneq ($(findstring /,$(GO)),)
+export PATH := $(dir $(GO)):$(PATH)
+endif
 BIN       := bin
 GOFLAGS_STATIC := CGO_ENABLED=0 GOAMD64=v1
 KERNEL_DIR ?= $(or $(HNBOOT_KERNEL_DIR),$(or $(HNBOOT_CACHE),/var/cache/hnboot)/kernel)
@@ -15,17 +23,21 @@ FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
 
 all: build
 
+# All three binaries are static (no libc needed on a minimal or non-Debian
+# image); internal/buildtest checks it.
 build:
 	@mkdir -p $(BIN)
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/hninit ./initramfs
-	$(GO) build -trimpath -o $(BIN)/mkimage ./cmd/mkimage
-	$(GO) build -trimpath -o $(BIN)/imaged ./cmd/imaged
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -o $(BIN)/mkimage ./cmd/mkimage
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -o $(BIN)/imaged ./cmd/imaged
 
+# The Debian packages and test kernels the tests, the demo and the benchmarks
+# need; installs only what is missing.
 deps:
 	scripts/deps.sh
 
 # Everything: vet, unit tests, the QEMU end-to-end tests, a short fuzz run.
-test: build
+test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
@@ -40,15 +52,15 @@ fuzz:
 unit:
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v /testvm)
 
-e2e: build
+e2e: deps build
 	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./testvm/
 
 # Builds images, boots a host in QEMU, then shows an update and a revert.
-demo: build
+demo: deps build
 	$(GO) run ./testvm/demo
 
 # Speed tables, each side by side with the reference tool.
-bench: build
+bench: deps build
 	$(GO) run ./testvm/bench
 	$(GO) run ./testvm/benchrootfs
 	$(GO) run ./testvm/benchpxe

@@ -48,6 +48,7 @@ type Agent struct {
 	health    *Verdict
 	staging   *checkin.Staging
 	busy      bool               // a staging goroutine runs
+	staged    chan error         // receives the outcome of the staging goroutine, when one runs
 	retry     map[string]retryAt // digest → when a failed download may be retried
 	rebooting bool
 }
@@ -128,6 +129,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			// A download in progress stops at ctx and keeps its .part
+			// (fsynced) for the next start to resume: wait for that.
+			a.waitStaging()
 			return nil
 		case <-t.C:
 		case <-a.kick:
@@ -184,9 +188,64 @@ func MarkGood(dir string) error {
 	return err
 }
 
+// Once is `imaged agent --once`: one round that finishes what it starts.
+// When the round starts staging an image, Once waits for the download,
+// then reports its outcome to the server (and reboots if the policy
+// allows) in a second round that starts nothing new. It returns an error
+// when the round or the staging failed; a staging interrupted by ctx
+// keeps its .part, which the next round resumes.
+func (a *Agent) Once(ctx context.Context) error {
+	a.init()
+	if err := a.tick(ctx, true); err != nil {
+		return err
+	}
+	started, serr := a.waitStaging()
+	if !started {
+		return nil
+	}
+	switch {
+	case serr != nil && ctx.Err() != nil:
+		return fmt.Errorf("agent: staging interrupted (%s is kept; the next round resumes it): %w", layout.NewPart, serr)
+	case ctx.Err() != nil:
+		return nil // staged just in time; the next round reports it
+	}
+	if err := a.tick(ctx, false); err != nil {
+		return err
+	}
+	if serr != nil && !errors.Is(serr, ErrRefused) {
+		return fmt.Errorf("agent: staging failed: %w", serr)
+	}
+	return nil
+}
+
+// waitStaging waits for the staging goroutine, if one runs, and returns
+// its error.
+func (a *Agent) waitStaging() (started bool, err error) {
+	a.mu.Lock()
+	ch := a.staged
+	a.mu.Unlock()
+	if ch == nil {
+		return false, nil
+	}
+	err = <-ch
+	a.mu.Lock()
+	if a.staged == ch {
+		a.staged = nil
+	}
+	a.mu.Unlock()
+	return true, err
+}
+
 // Tick is one round: read hostpart, update the failure memory, ask the
-// server, act, report, and reboot if the policy allows.
+// server, act, report, and reboot if the policy allows. A staging it
+// starts goes on in the background (Once waits for it).
 func (a *Agent) Tick(ctx context.Context) error {
+	return a.tick(ctx, true)
+}
+
+// tick is Tick; with stage false it starts no staging (Once's report
+// round).
+func (a *Agent) tick(ctx context.Context, stage bool) error {
 	a.init()
 	st, err := hostpart.Read(a.Dir, hostpart.ReadOptions{Hash: true, Boots: 1})
 	if err != nil {
@@ -252,7 +311,7 @@ func (a *Agent) Tick(ctx context.Context) error {
 		a.mu.Lock()
 		a.staging = &checkin.Staging{Digest: des.Image.Digest, Image: des.Image.Label(), State: "refused", Error: dec.Refused}
 		a.mu.Unlock()
-	case dec.Stage:
+	case dec.Stage && stage:
 		a.startStaging(ctx, des)
 	}
 	if err := mem.save(a.Dir); err != nil {
@@ -350,6 +409,8 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 	}
 	a.busy = true
 	a.staging = &checkin.Staging{Digest: img.Digest, Image: img.Label(), State: "downloading", Total: img.Size}
+	done := make(chan error, 1)
+	a.staged = done
 	a.mu.Unlock()
 	url := a.Server.BlobURL(img)
 	a.Log.Info("agent: staging the assigned image", "image", img.Label(), "digest", img.Digest, "url", url)
@@ -389,6 +450,7 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 		}
 		a.busy = false
 		a.mu.Unlock()
+		done <- err
 		a.wake()
 	}()
 }

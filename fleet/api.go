@@ -92,10 +92,11 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 // /api/hosts/{mac}/desired) are open: hosts hold no admin token.
 //
 //	GET  /api/status                      fleet status (Status)
-//	POST /api/assign    {"host"|"group", "image": "name@version" | ""}
+//	POST /api/assign    {"host"|"group"|"target", "image": "name@version" | ""} → {"result", "target"}
 //	GET  /api/rollouts                    rollouts with their members
 //	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}
-//	POST /api/revert    {"host"|"group"}  → [RevertResult]
+//	POST /api/revert    {"host"|"group"|"target"}  → [RevertResult]
+//	                    ("target": a host name, MAC or group, whichever exists)
 //	POST /api/reload                      re-read the YAML directory and the token file
 //	GET  /api/audit?n=100                 the audit log
 //	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
@@ -116,11 +117,12 @@ func (f *Fleet) Handler() http.Handler {
 		if !readJSON(w, r, &req) {
 			return
 		}
-		if err := f.Assign(who, r.RemoteAddr, req.Target, req.Image); err != nil {
+		t, err := f.Assign(who, r.RemoteAddr, req.Target, req.Image)
+		if err != nil {
 			writeErr(w, http.StatusBadRequest, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"result": "assigned"})
+		writeJSON(w, http.StatusOK, map[string]string{"result": "assigned", "target": t.String()})
 	}))
 	mux.HandleFunc("GET /api/rollouts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
 		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)

@@ -429,10 +429,32 @@ func newRevertID(now time.Time) string {
 }
 
 // Target names what an admin action applies to: one host (hostname or
-// MAC) or one group.
+// MAC) or one group, or a Name that is resolved to either (see resolve).
 type Target struct {
 	Host  string `json:"host,omitempty"`
 	Group string `json:"group,omitempty"`
+	Name  string `json:"target,omitempty"`
+}
+
+// resolve turns a Name into a Host or a Group: a host (by hostname or
+// MAC) or a group, whichever exists; a name that is both is ambiguous.
+func (t Target) resolve(d *Desired) (Target, error) {
+	if t.Name == "" {
+		return t, nil
+	}
+	if t.Host != "" || t.Group != "" {
+		return t, fmt.Errorf("name the target once: %q, or host/group", t.Name)
+	}
+	h, g := d.FindHost(t.Name), d.Groups[t.Name]
+	switch {
+	case h != nil && g != nil:
+		return t, fmt.Errorf("%q is both a host and a group in %s: say which (imaged fleet: --host %s or --group %s)", t.Name, d.Dir, t.Name, t.Name)
+	case h != nil:
+		return Target{Host: t.Name}, nil
+	case g != nil:
+		return Target{Group: t.Name}, nil
+	}
+	return t, fmt.Errorf("unknown host or group %q (not in the hosts or groups of %s)", t.Name, d.Dir)
 }
 
 func (t Target) String() string {
@@ -470,16 +492,20 @@ func (t Target) hosts(d *Desired) ([]*Host, error) {
 
 // Assign sets (or, with image "", clears) an override for a host or a
 // group. Assigning a group clears the host overrides of its members.
-func (f *Fleet) Assign(who, remote string, t Target, image string) error {
+func (f *Fleet) Assign(who, remote string, t Target, image string) (Target, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d := f.snap.Load().desired
+	t, err := t.resolve(d)
+	if err != nil {
+		return t, err
+	}
 	hosts, err := t.hosts(d)
 	if err != nil {
-		return err
+		return t, err
 	}
 	if image != "" && d.Image(image) == nil {
-		return fmt.Errorf("unknown image %q (declare it in %s first)", image, d.Dir)
+		return t, fmt.Errorf("unknown image %q (declare it in %s first)", image, d.Dir)
 	}
 	ov := Override{Image: image, By: who, Time: f.now()}
 	var key string
@@ -489,7 +515,7 @@ func (f *Fleet) Assign(who, remote string, t Target, image string) error {
 		key = keyOverrideGroup + t.Group
 		for _, h := range hosts {
 			if err := f.store.Delete(keyOverrideHost + h.MAC.String()); err != nil {
-				return err
+				return t, err
 			}
 		}
 	}
@@ -499,7 +525,7 @@ func (f *Fleet) Assign(who, remote string, t Target, image string) error {
 		err = f.store.Put(key, ov)
 	}
 	if err != nil {
-		return err
+		return t, err
 	}
 	detail := "image " + image
 	if image == "" {
@@ -507,7 +533,7 @@ func (f *Fleet) Assign(who, remote string, t Target, image string) error {
 	}
 	f.auditLocked(AuditEntry{Who: who, Remote: remote, Action: "assign", Target: t.String(), Detail: detail})
 	f.rebuildLocked(nil)
-	return nil
+	return t, nil
 }
 
 // RevertResult tells what a revert did for one host.
@@ -529,6 +555,10 @@ func (f *Fleet) Revert(who, remote string, t Target) ([]RevertResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.snap.Load()
+	t, err := t.resolve(s.desired)
+	if err != nil {
+		return nil, err
+	}
 	hosts, err := t.hosts(s.desired)
 	if err != nil {
 		return nil, err

@@ -343,6 +343,46 @@ func mustParse(t *testing.T, body string) *checkin.Checkin {
 	return c
 }
 
+// A TARGET is a host (name or MAC) or a group, whichever exists; a name
+// that is both is refused.
+func TestAssignTarget(t *testing.T) {
+	e := newEnv(t, false)
+	hosts, err := os.ReadFile(filepath.Join(e.dir, "hosts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(e.dir, "hosts.yaml"), string(hosts)+"  - mac: 52:54:00:00:00:20\n    hostname: db\n    group: db\n")
+	if err := e.f.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		target     string
+		code       int
+		wantTarget string // the reply's "target", or a substring of its error
+	}{
+		{"web", 200, "group web"},
+		{"web-01", 200, "host web-01"},
+		{"52:54:00:00:00:02", 200, "host 52:54:00:00:00:02"},
+		{"db", 400, `"db" is both a host and a group`},
+		{"nope", 400, `unknown host or group "nope"`},
+	} {
+		code, b := e.call(t, "POST", "/api/assign", bobToken, map[string]string{"target": tc.target, "image": "base@1.2"})
+		var reply struct{ Target, Error string }
+		json.Unmarshal(b, &reply)
+		if code != tc.code || !strings.Contains(reply.Target+reply.Error, tc.wantTarget) {
+			t.Errorf("POST /api/assign target %q = %d %s, want %d and %q", tc.target, code, b, tc.code, tc.wantTarget)
+		}
+		// A revert resolves its target by the same rule.
+		code, b = e.call(t, "POST", "/api/revert", bobToken, map[string]string{"target": tc.target})
+		if code != tc.code {
+			t.Errorf("POST /api/revert target %q = %d %s, want %d", tc.target, code, b, tc.code)
+		}
+	}
+	if hb, _ := e.f.Lookup(mustMAC("52:54:00:00:00:03")); hb.Image.Digest != d12 {
+		t.Errorf("after assigning group web base@1.2, web-03 boots %s, want %s", short(hb.Image.Digest), short(d12))
+	}
+}
+
 func TestKnownHosts(t *testing.T) {
 	e := newEnv(t, false)
 	pub, _, _ := ed25519.GenerateKey(nil)

@@ -234,7 +234,7 @@ func TestReloadServesWhileHashing(t *testing.T) {
 		if err == nil {
 			resp.Body.Close()
 		}
-		if err := f.Assign("test", "", Target{Host: "web-01"}, "base@2"); err != nil {
+		if _, err := f.Assign("test", "", Target{Host: "web-01"}, "base@2"); err != nil {
 			t.Errorf("Assign while hashing = %v", err)
 		}
 	}()

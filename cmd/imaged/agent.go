@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,11 +11,12 @@ import (
 
 	"github.com/hnboot/hnboot/agent"
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/nic"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
-const agentUsage = `usage: imaged agent [--server URL] [--config FILE] [--hostpart DIR] [--mac MAC] [--once]
+const agentUsage = `Usage: imaged agent [--server URL] [--config FILE] [--hostpart DIR] [--mac MAC] [--reboot POLICY] [--once]
 
 Runs on each host: checks in with the fleet server at start and every
 interval, stages the image the server assigns as hn-root-new.img, confirms
@@ -27,20 +25,18 @@ reboots according to the reboot policy, and supervises local services.
 Configuration: ` + agent.DefaultConfigFile + ` (YAML; see package agent).
 `
 
-func runAgent(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("imaged agent", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, agentUsage); fs.PrintDefaults() }
+func runAgent(ctx context.Context, name string, args []string, std cli.IO) error {
+	fs := cli.NewFlagSet(name, agentUsage, std)
 	server := fs.String("server", "", "fleet server URL, e.g. http://imaged:8080 (overrides the config's server)")
 	config := fs.String("config", agent.DefaultConfigFile, "configuration file")
 	hp := fs.String("hostpart", "", "hostpart directory (default: the /hostpart mount)")
 	mac := fs.String("mac", "", "this host's MAC (default: the config's, else the first Ethernet NIC)")
 	reboot := fs.String("reboot", "", "reboot policy, overrides the config: never, immediate, or window [DAYS] HH:MM-HH:MM")
-	once := fs.Bool("once", false, "one round (check in, act, report), then exit")
+	once := fs.Bool("once", false, "one round (check in, act, report), then exit; a download it starts is finished first, and its failure is exit status 1")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+		return err
+	}
+	if err := fs.WantArgs(0, 0, ""); err != nil {
 		return err
 	}
 	cfg, err := agent.LoadConfig(*config)
@@ -89,7 +85,7 @@ func runAgent(args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("agent: public_key/trusted_keys in %s: %w", *config, err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := slog.New(slog.NewTextHandler(std.Stderr, nil))
 	hostname, _ := os.Hostname()
 	a := &agent.Agent{
 		Dir: dir, Server: &agent.HTTPServer{Base: cfg.Server, Token: token},
@@ -105,10 +101,10 @@ func runAgent(args []string, stdout io.Writer) error {
 		}
 		a.Services = sv
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *once {
-		return a.Tick(ctx)
+		return a.Once(ctx)
 	}
 	return a.Run(ctx)
 }

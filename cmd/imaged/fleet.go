@@ -2,9 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,26 +14,102 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/internal/cli"
 )
 
-const fleetUsage = `usage: imaged fleet COMMAND [flags]
+var fleetGroup = &cli.Group{
+	Doc: `imaged fleet is the admin client of imaged serve's API. Every command takes
+--server URL ($IMAGED_SERVER), --token-file FILE ($IMAGED_TOKEN_FILE: the
+first token of a tokens file, or a file holding just the token) and --json
+(print the API's JSON).`,
+	Commands: []cli.Command{
+		{Name: "status", Short: "hosts: desired against observed image, state, last check-in", Run: fleetStatus},
+		{Name: "assign", Short: "assign an image to a host or group (TARGET IMAGE), or clear it", Run: fleetAssign},
+		{Name: "revert", Short: "the big red button: revert a host or group on its next boot", Run: fleetRevert},
+		{Name: "rollout", Short: "list rollouts, or create, advance or delete one", Run: fleetRollout},
+		{Name: "why", Short: "the server's last decisions for a host, in words", Run: fleetWhy},
+		{Name: "known-hosts", Short: "ssh_known_hosts from the hosts' reported keys", Run: fleetKnownHosts},
+		{Name: "audit", Short: "the admin audit log", Run: fleetAudit},
+	},
+}
 
-The admin API client of imaged serve.
+// targetRule is how a positional TARGET is resolved, for the usage texts.
+const targetRule = `TARGET is a host name, a MAC or a group name. The server resolves it: a
+host (by name or MAC) or a group, whichever exists; a name that is both a
+host and a group is refused as ambiguous (say --host or --group).`
 
-Commands:
-  status                                  hosts: desired against observed image, state
-  assign  (--host H | --group G) IMAGE    assign name@version ("" or --clear: back to the YAML)
-  revert  (--host H | --group G)          the big red button: revert on next boot / via the agent
-  rollout                                 list rollouts
-  rollout --name N --image I [--group G] [--hosts a,b] --percent P [--delete]
-  why     HOST|MAC [--boots N]            the server's last decisions for a host, in words
-  known-hosts                             ssh_known_hosts from the hosts' reported keys
-  audit   [--n N]                         the admin audit log
+const fleetStatusUsage = `Usage: imaged fleet status [--server URL] [--token-file FILE] [--json]
 
-Flags (any command):
-  --server URL       imaged serve's HTTP address ($IMAGED_SERVER)
-  --token-file FILE  bearer token, first token of the file ($IMAGED_TOKEN_FILE)
-  --json             print the API's JSON
+Lists every host of the fleet: its MAC and group, the image it should run
+(desired) and the one it runs (current), its state (ok, trial, staged,
+outdated, failed, revert-pending, never-seen) and its last check-in; then
+check-ins from unknown MACs and the supervised services.
+
+Example:
+  imaged fleet status --server http://imaged:8080 --token-file ~/.hnboot-token
+`
+
+const fleetAssignUsage = `Usage: imaged fleet assign [flags] TARGET IMAGE
+       imaged fleet assign [flags] (--host H | --group G) IMAGE
+       imaged fleet assign [flags] TARGET --clear
+
+Assigns IMAGE (name@version, declared in the fleet's images file) to a
+host or a group, over what the YAML files say, until cleared; --clear
+(or IMAGE "") goes back to the YAML assignment. Assigning a group clears
+the host assignments of its members.
+
+` + targetRule + `
+
+Examples:
+  imaged fleet assign --server http://imaged:8080 web base@1.3      # group web
+  imaged fleet assign --server http://imaged:8080 web-07 base@1.3   # one host
+  imaged fleet assign --server http://imaged:8080 --host web-07 --clear
+`
+
+const fleetRevertUsage = `Usage: imaged fleet revert [flags] TARGET
+       imaged fleet revert [flags] (--host H | --group G)
+
+Reverts each host of TARGET: PXE-booting hosts get hn.revert=ID on their
+next boot, hosts running the agent are told at their next check-in; a host
+whose old image is known is also assigned it, so it is not updated again.
+
+` + targetRule + `
+
+Example:
+  imaged fleet revert --server http://imaged:8080 web-07
+`
+
+const fleetRolloutUsage = `Usage: imaged fleet rollout [flags]
+       imaged fleet rollout [flags] --name N --image I [--group G] [--hosts a,b] --percent P
+       imaged fleet rollout [flags] --name N --delete
+
+Without --name, lists the rollouts (from the YAML and the API) with their
+members. With --name, creates or advances an API rollout: the listed hosts
+plus P percent of the group get image I; --delete removes it.
+
+Example:
+  imaged fleet rollout --server http://imaged:8080 --name canary --image base@1.3 --group web --percent 10
+`
+
+const fleetWhyUsage = `Usage: imaged fleet why [flags] HOST|MAC [--boots N]
+
+Explains in plain words what the server decided for the host's last boots
+and check-ins: which image it should run and why (host, group, channel,
+rollout, override), what it booted, reverts.
+
+Example:
+  imaged fleet why --server http://imaged:8080 52:54:00:12:34:56
+`
+
+const fleetKnownHostsUsage = `Usage: imaged fleet known-hosts [--server URL] [--token-file FILE]
+
+Prints an ssh_known_hosts file built from the SSH host keys the hosts
+reported, for ~/.ssh/known_hosts or /etc/ssh/ssh_known_hosts.
+`
+
+const fleetAuditUsage = `Usage: imaged fleet audit [flags] [--n N]
+
+Prints the last N admin actions (who, what, on which target).
 `
 
 type fleetClient struct {
@@ -42,189 +117,270 @@ type fleetClient struct {
 	http          *http.Client
 }
 
-// parseAnywhere parses flags before and after positional arguments.
-func parseAnywhere(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
+// fleetCmd is one fleet subcommand: its flags, with the common ones.
+type fleetCmd struct {
+	*cli.FlagSet
+	server, tokenFile *string
+	asJSON            *bool
+	std               cli.IO
+	c                 *fleetClient
 }
 
-func runFleet(args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, fleetUsage)
-		return nil
+func newFleetCmd(name, usage string, std cli.IO, json bool) *fleetCmd {
+	fs := cli.NewFlagSet(name, usage, std)
+	c := &fleetCmd{FlagSet: fs, std: std, asJSON: new(bool)}
+	c.server = fs.String("server", os.Getenv("IMAGED_SERVER"), "imaged serve's HTTP address `URL`, e.g. http://imaged:8080 ($IMAGED_SERVER)")
+	c.tokenFile = fs.String("token-file", os.Getenv("IMAGED_TOKEN_FILE"), "bearer token: a `FILE` holding it, or a tokens file (its first token) ($IMAGED_TOKEN_FILE)")
+	if json {
+		c.asJSON = fs.Bool("json", false, "print the API's JSON")
 	}
-	cmd := args[0]
-	fs := flag.NewFlagSet("fleet "+cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	server := fs.String("server", os.Getenv("IMAGED_SERVER"), "")
-	tokenFile := fs.String("token-file", os.Getenv("IMAGED_TOKEN_FILE"), "")
-	asJSON := fs.Bool("json", false, "")
-	host := fs.String("host", "", "")
-	group := fs.String("group", "", "")
-	clear := fs.Bool("clear", false, "")
-	name := fs.String("name", "", "")
-	image := fs.String("image", "", "")
-	hosts := fs.String("hosts", "", "")
-	percent := fs.Int("percent", 0, "")
-	del := fs.Bool("delete", false, "")
-	boots := fs.Int("boots", 3, "")
-	n := fs.Int("n", 50, "")
-	pos, err := parseAnywhere(fs, args[1:])
-	if err != nil {
-		return fmt.Errorf("fleet %s: %v\n%s", cmd, err, fleetUsage)
-	}
-	if *server == "" {
-		return errors.New("fleet: --server URL (or $IMAGED_SERVER) is required")
-	}
-	c := &fleetClient{server: strings.TrimRight(*server, "/"), http: &http.Client{Timeout: 30 * time.Second}}
-	if *tokenFile != "" {
-		if c.token, err = readFirstToken(*tokenFile); err != nil {
-			return err
-		}
-	}
-	raw := func(method, path string, body any) error {
-		b, err := c.do(method, path, body)
-		if err == nil {
-			_, err = stdout.Write(b)
-		}
+	return c
+}
+
+// parse parses args, wants between min and max positional arguments,
+// and connects.
+func (c *fleetCmd) parse(args []string, min, max int, what string) error {
+	if err := c.Parse(args); err != nil {
 		return err
 	}
-	switch cmd {
-	case "status":
-		if *asJSON {
-			return raw("GET", "/api/status", nil)
-		}
-		var st fleet.Status
-		if err := c.get("/api/status", &st); err != nil {
-			return err
-		}
-		printStatus(stdout, st)
-	case "assign":
-		img := ""
-		if len(pos) == 1 {
-			img = pos[0]
-		} else if *image != "" {
-			img = *image
-		} else if !*clear {
-			return errors.New("fleet assign: name the image (name@version), or --clear")
-		}
-		body := map[string]string{"host": *host, "group": *group, "image": img}
-		if *asJSON {
-			return raw("POST", "/api/assign", body)
-		}
-		if _, err := c.do("POST", "/api/assign", body); err != nil {
-			return err
-		}
-		target := "host " + *host
-		if *group != "" {
-			target = "group " + *group
-		}
-		if img == "" {
-			fmt.Fprintf(stdout, "%s: override cleared; the YAML assignment applies\n", target)
-		} else {
-			fmt.Fprintf(stdout, "%s: assigned %s\n", target, img)
-		}
-	case "revert":
-		body := map[string]string{"host": *host, "group": *group}
-		if len(pos) == 1 && *host == "" && *group == "" {
-			body["host"] = pos[0]
-		}
-		if *asJSON {
-			return raw("POST", "/api/revert", body)
-		}
-		b, err := c.do("POST", "/api/revert", body)
+	if err := c.WantArgs(min, max, what); err != nil {
+		return err
+	}
+	if *c.server == "" {
+		return c.Usagef("--server URL (or $IMAGED_SERVER) is required")
+	}
+	c.c = &fleetClient{server: strings.TrimRight(*c.server, "/"), http: &http.Client{Timeout: 30 * time.Second}}
+	if *c.tokenFile != "" {
+		tok, err := readFirstToken(*c.tokenFile)
 		if err != nil {
 			return err
 		}
-		var res []fleet.RevertResult
-		if err := json.Unmarshal(b, &res); err != nil {
-			return fmt.Errorf("fleet revert: %w", err)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "HOST\tMAC\tREVERT ID\tASSIGNED NOW\tNOTE")
-		for _, r := range res {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Host, r.MAC, r.ID, dash(r.PinnedTo), r.Note)
-		}
-		tw.Flush()
-		fmt.Fprintln(stdout, "PXE-booting hosts get hn.revert=ID on their next boot; running hosts are told through their agent.")
-	case "rollout":
-		if *name == "" {
-			if *asJSON {
-				return raw("GET", "/api/rollouts", nil)
-			}
-			var ros []struct {
-				fleet.Rollout
-				Origin  string   `json:"origin"`
-				Members []string `json:"members"`
-			}
-			if err := c.get("/api/rollouts", &ros); err != nil {
-				return err
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ROLLOUT\tIMAGE\tGROUP\tPERCENT\tORIGIN\tMEMBERS")
-			for _, r := range ros {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%s\n", r.Name, r.Image, dash(r.Group), r.Percent, r.Origin, strings.Join(r.Members, ","))
-			}
-			return tw.Flush()
-		}
-		body := map[string]any{"name": *name, "image": *image, "group": *group, "percent": *percent, "delete": *del}
-		if *hosts != "" {
-			body["hosts"] = strings.Split(*hosts, ",")
-		}
-		if *asJSON {
-			return raw("POST", "/api/rollout", body)
-		}
-		if _, err := c.do("POST", "/api/rollout", body); err != nil {
-			return err
-		}
-		if *del {
-			fmt.Fprintf(stdout, "rollout %s deleted\n", *name)
-		} else {
-			fmt.Fprintf(stdout, "rollout %s: %s at %d%%\n", *name, *image, *percent)
-		}
-	case "why":
-		if len(pos) != 1 {
-			return errors.New("fleet why: name one host (hostname or MAC)")
-		}
-		path := "/api/hosts/" + url.PathEscape(pos[0]) + "/why?boots=" + fmt.Sprint(*boots)
-		if *asJSON {
-			return raw("GET", path, nil)
-		}
-		var rep fleet.WhyReport
-		if err := c.get(path, &rep); err != nil {
-			return err
-		}
-		io.WriteString(stdout, fleet.RenderWhy(rep, time.Local))
-	case "known-hosts":
-		return raw("GET", "/api/known_hosts", nil)
-	case "audit":
-		if *asJSON {
-			return raw("GET", fmt.Sprintf("/api/audit?n=%d", *n), nil)
-		}
-		var es []fleet.AuditEntry
-		if err := c.get(fmt.Sprintf("/api/audit?n=%d", *n), &es); err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "TIME\tWHO\tACTION\tTARGET\tDETAIL")
-		for _, e := range es {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.Who, e.Action, e.Target, e.Detail)
-		}
-		return tw.Flush()
-	default:
-		return fmt.Errorf("fleet: unknown command %q\n%s", cmd, fleetUsage)
+		c.c.token = tok
 	}
 	return nil
+}
+
+// raw prints the API's reply as it is.
+func (c *fleetCmd) raw(method, path string, body any) error {
+	b, err := c.c.do(method, path, body)
+	if err == nil {
+		_, err = c.std.Stdout.Write(b)
+	}
+	return err
+}
+
+func fleetStatus(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetStatusUsage, std, true)
+	if err := c.parse(args, 0, 0, ""); err != nil {
+		return err
+	}
+	if *c.asJSON {
+		return c.raw("GET", "/api/status", nil)
+	}
+	var st fleet.Status
+	if err := c.c.get("/api/status", &st); err != nil {
+		return err
+	}
+	printStatus(std.Stdout, st)
+	return nil
+}
+
+// target is --host, --group or the positional TARGET (resolved by the
+// server).
+func (c *fleetCmd) targetFlags() (host, group *string) {
+	return c.String("host", "", "the target is this `HOST` (name or MAC)"), c.String("group", "", "the target is this `GROUP`")
+}
+
+func fleetAssign(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetAssignUsage, std, true)
+	host, group := c.targetFlags()
+	clear := c.Bool("clear", false, "clear the assignment: the YAML files apply again")
+	image := c.String("image", "", "the image, `name@version` (instead of the IMAGE argument)")
+	if err := c.parse(args, 0, 2, "TARGET IMAGE"); err != nil {
+		return err
+	}
+	var target fleet.Target
+	pos := c.Args()
+	switch {
+	case *host != "" && *group != "":
+		return c.Usagef("name a host or a group, not both")
+	case *host != "" || *group != "":
+		target = fleet.Target{Host: *host, Group: *group}
+	case len(pos) == 0:
+		return c.Usagef("name the target and the image: TARGET IMAGE (or --host H / --group G IMAGE)")
+	default:
+		target = fleet.Target{Name: pos[0]}
+		pos = pos[1:]
+	}
+	img := *image
+	switch {
+	case len(pos) > 1:
+		return c.Usagef("too many arguments: %q (with --host or --group, only IMAGE)", strings.Join(pos, " "))
+	case len(pos) == 1 && img != "":
+		return c.Usagef("the image is given twice: %q and --image %q", pos[0], img)
+	case len(pos) == 1:
+		img = pos[0]
+	}
+	if img != "" && *clear {
+		return c.Usagef("give an image or --clear, not both")
+	}
+	if img == "" && !*clear {
+		return c.Usagef("name the image (name@version), or --clear")
+	}
+	body := map[string]string{"host": target.Host, "group": target.Group, "target": target.Name, "image": img}
+	if *c.asJSON {
+		return c.raw("POST", "/api/assign", body)
+	}
+	b, err := c.c.do("POST", "/api/assign", body)
+	if err != nil {
+		return err
+	}
+	var res struct {
+		Target string `json:"target"`
+	}
+	json.Unmarshal(b, &res)
+	if res.Target == "" {
+		res.Target = target.String()
+	}
+	if img == "" {
+		fmt.Fprintf(std.Stdout, "%s: override cleared; the YAML assignment applies\n", res.Target)
+	} else {
+		fmt.Fprintf(std.Stdout, "%s: assigned %s\n", res.Target, img)
+	}
+	return nil
+}
+
+func fleetRevert(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetRevertUsage, std, true)
+	host, group := c.targetFlags()
+	if err := c.parse(args, 0, 1, "TARGET"); err != nil {
+		return err
+	}
+	body := map[string]string{"host": *host, "group": *group}
+	switch {
+	case *host != "" && *group != "":
+		return c.Usagef("name a host or a group, not both")
+	case (*host != "" || *group != "") && c.NArg() > 0:
+		return c.Usagef("the target is given twice: %q and --host/--group", c.Arg(0))
+	case *host == "" && *group == "" && c.NArg() == 0:
+		return c.Usagef("name the TARGET (or --host H / --group G)")
+	case c.NArg() == 1:
+		body["target"] = c.Arg(0)
+	}
+	if *c.asJSON {
+		return c.raw("POST", "/api/revert", body)
+	}
+	b, err := c.c.do("POST", "/api/revert", body)
+	if err != nil {
+		return err
+	}
+	var res []fleet.RevertResult
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("fleet revert: %w", err)
+	}
+	tw := tabwriter.NewWriter(std.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tMAC\tREVERT ID\tASSIGNED NOW\tNOTE")
+	for _, r := range res {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Host, r.MAC, r.ID, dash(r.PinnedTo), r.Note)
+	}
+	tw.Flush()
+	fmt.Fprintln(std.Stdout, "PXE-booting hosts get hn.revert=ID on their next boot; running hosts are told through their agent.")
+	return nil
+}
+
+func fleetRollout(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetRolloutUsage, std, true)
+	rname := c.String("name", "", "the rollout to create, advance or delete (none: list)")
+	image := c.String("image", "", "the rollout's image, name@version")
+	group := c.String("group", "", "the group it rolls out to")
+	hosts := c.String("hosts", "", "comma-separated hosts that get the image first")
+	percent := c.Int("percent", 0, "percent of the group (beyond --hosts) that gets the image")
+	del := c.Bool("delete", false, "delete the rollout")
+	if err := c.parse(args, 0, 0, ""); err != nil {
+		return err
+	}
+	if *rname == "" {
+		if *c.asJSON {
+			return c.raw("GET", "/api/rollouts", nil)
+		}
+		var ros []struct {
+			fleet.Rollout
+			Origin  string   `json:"origin"`
+			Members []string `json:"members"`
+		}
+		if err := c.c.get("/api/rollouts", &ros); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(std.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROLLOUT\tIMAGE\tGROUP\tPERCENT\tORIGIN\tMEMBERS")
+		for _, r := range ros {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%s\n", r.Name, r.Image, dash(r.Group), r.Percent, r.Origin, strings.Join(r.Members, ","))
+		}
+		return tw.Flush()
+	}
+	body := map[string]any{"name": *rname, "image": *image, "group": *group, "percent": *percent, "delete": *del}
+	if *hosts != "" {
+		body["hosts"] = strings.Split(*hosts, ",")
+	}
+	if *c.asJSON {
+		return c.raw("POST", "/api/rollout", body)
+	}
+	if _, err := c.c.do("POST", "/api/rollout", body); err != nil {
+		return err
+	}
+	if *del {
+		fmt.Fprintf(std.Stdout, "rollout %s deleted\n", *rname)
+	} else {
+		fmt.Fprintf(std.Stdout, "rollout %s: %s at %d%%\n", *rname, *image, *percent)
+	}
+	return nil
+}
+
+func fleetWhy(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetWhyUsage, std, true)
+	boots := c.Int("boots", 3, "how many of the last boots to explain")
+	if err := c.parse(args, 1, 1, "HOST or MAC"); err != nil {
+		return err
+	}
+	path := "/api/hosts/" + url.PathEscape(c.Arg(0)) + "/why?boots=" + fmt.Sprint(*boots)
+	if *c.asJSON {
+		return c.raw("GET", path, nil)
+	}
+	var rep fleet.WhyReport
+	if err := c.c.get(path, &rep); err != nil {
+		return err
+	}
+	_, err := io.WriteString(std.Stdout, fleet.RenderWhy(rep, time.Local))
+	return err
+}
+
+func fleetKnownHosts(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetKnownHostsUsage, std, false)
+	if err := c.parse(args, 0, 0, ""); err != nil {
+		return err
+	}
+	return c.raw("GET", "/api/known_hosts", nil)
+}
+
+func fleetAudit(_ context.Context, name string, args []string, std cli.IO) error {
+	c := newFleetCmd(name, fleetAuditUsage, std, true)
+	n := c.Int("n", 50, "how many entries, newest last")
+	if err := c.parse(args, 0, 0, ""); err != nil {
+		return err
+	}
+	if *c.asJSON {
+		return c.raw("GET", fmt.Sprintf("/api/audit?n=%d", *n), nil)
+	}
+	var es []fleet.AuditEntry
+	if err := c.c.get(fmt.Sprintf("/api/audit?n=%d", *n), &es); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(std.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tWHO\tACTION\tTARGET\tDETAIL")
+	for _, e := range es {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.Who, e.Action, e.Target, e.Detail)
+	}
+	return tw.Flush()
 }
 
 func dash(s string) string {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -56,24 +55,26 @@ func TestFleetCLI(t *testing.T) {
 		args []string
 		want []string // substrings of the output, or of the error with "error: "
 	}{
-		{[]string{"status"}, []string{"error: fleet: GET /api/status: 401 Unauthorized: missing or wrong bearer token"}},
+		{[]string{"status"}, []string{"error: imaged: fleet: GET /api/status: 401 Unauthorized: missing or wrong bearer token"}},
 		{[]string{"status", "--token-file", tok}, []string{"HOST", "db-01   52:54:00:00:00:10  db     base@1.3  base@1.3  trial (2 tries left)", "web-02", "never-seen"}},
 		{[]string{"assign", "--host", "web-01", "base@1.3", "--token-file", tok}, []string{"host web-01: assigned base@1.3"}},
-		{[]string{"assign", "--host", "web-01", "base@7", "--token-file", tok}, []string{`error: fleet: POST /api/assign: 400 Bad Request: unknown image "base@7"`}},
+		{[]string{"assign", "web", "base@1.2", "--token-file", tok}, []string{"group web: assigned base@1.2"}},
+		{[]string{"assign", "--token-file", tok, "52:54:00:00:00:02", "base@1.3"}, []string{"host 52:54:00:00:00:02: assigned base@1.3"}},
+		{[]string{"assign", "web-02", "--clear", "--token-file", tok}, []string{"host web-02: override cleared"}},
+		{[]string{"assign", "nope", "base@1.3", "--token-file", tok}, []string{`unknown host or group "nope"`}},
+		{[]string{"assign", "--host", "web-01", "base@7", "--token-file", tok}, []string{`error: imaged: fleet: POST /api/assign: 400 Bad Request: unknown image "base@7"`}},
 		{[]string{"revert", "db-01", "--token-file", tok}, []string{"db-01  52:54:00:00:00:10  r", "base@1.2", "hn.revert=ID"}},
 		{[]string{"rollout", "--name", "c", "--image", "base@1.3", "--group", "web", "--percent", "50", "--token-file", tok}, []string{"rollout c: base@1.3 at 50%"}},
 		{[]string{"rollout", "--token-file", tok}, []string{"ROLLOUT", "c ", "50%", "api", "canary-1.3"}},
 		{[]string{"why", "db-01", "--token-file", tok}, []string{"db-01 (52:54:00:00:00:10, group db): state revert-pending", "should run base@1.2"}},
 		{[]string{"known-hosts", "--token-file", tok}, []string{"# ssh_known_hosts from hnboot check-ins"}},
 		{[]string{"audit", "--token-file", tok}, []string{"ops", "assign", "revert", "rollout"}},
-		{[]string{"bogus", "--token-file", tok}, []string{`error: fleet: unknown command "bogus"`}},
+		{[]string{"bogus", "--token-file", tok}, []string{`error: imaged fleet: unknown command "bogus"`}},
 	} {
-		var out bytes.Buffer
 		args := append([]string{"fleet", c.args[0], "--server", url}, c.args[1:]...)
-		err := run(args, nil, &out)
-		got := out.String()
-		if err != nil {
-			got = "error: " + err.Error()
+		got, stderr, code := imaged(args...)
+		if code != 0 {
+			got = "error: " + stderr
 		}
 		for _, w := range c.want {
 			if !strings.Contains(got, w) {
@@ -81,12 +82,12 @@ func TestFleetCLI(t *testing.T) {
 			}
 		}
 	}
-	var out bytes.Buffer
-	if err := run([]string{"fleet", "status", "--json", "--server", url, "--token-file", tok}, nil, &out); err != nil {
-		t.Fatal(err)
+	out, stderr, code := imaged("fleet", "status", "--json", "--server", url, "--token-file", tok)
+	if code != 0 {
+		t.Fatal(stderr)
 	}
 	var st fleet.Status
-	if err := json.Unmarshal(out.Bytes(), &st); err != nil || len(st.Hosts) != 5 {
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Hosts) != 5 {
 		t.Errorf("imaged fleet status --json = %v, %d hosts, want JSON with 5 hosts", err, len(st.Hosts))
 	}
 }

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,72 +17,116 @@ import (
 
 	"github.com/hnboot/hnboot/agent"
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
-const hostUsage = `usage: imaged status [--json] [--hostpart DIR]
-       imaged stage [--force] [--digest sha256:HEX] [--key KEY.pub] [--name N --version V] [--hostpart DIR] FILE|URL
-       imaged revert [--hostpart DIR]
-       imaged mark-good [--hostpart DIR]
-
-Operator commands on an hnboot host (as root). They work on the hostpart
-mounted at /hostpart (or --hostpart DIR) and refuse to run without one.
+const hostpartNote = `
+They work on the hostpart mounted at /hostpart (or --hostpart DIR) and
+refuse to run without one; run them as root on an hnboot host.
 `
 
-func runHost(cmd string, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("imaged "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, hostUsage); fs.PrintDefaults() }
+const statusUsage = `Usage: imaged status [--json] [--hostpart DIR]
+
+Shows the image slots on this host's hostpart (current, old, new, broken,
+a rejected staged image), each with its image name, digest and size, the
+trial state, what the next boot will do, images remembered as failed and
+the last boots.
+` + hostpartNote
+
+const stageUsage = `Usage: imaged stage [--force] [--digest sha256:HEX] [--key KEY.pub]... [--name N --version V] [--hostpart DIR] FILE|URL
+
+Copies or downloads an image to hn-root-new.img.part (resuming an earlier
+interrupted download of the same digest), checks its sha256, fsyncs it and
+renames it to hn-root-new.img; the next boot promotes it on trial. Its
+manifest (FILE.json, URL.json) goes first as hn-root-new.img.json when the
+source has one; with a trusted key (--key, hostpart's .hnboot/trusted.pub)
+it is required and its signature checked before anything is downloaded.
+An image this host reverted or rejected before is refused unless --force.
+
+Examples:
+  imaged stage web.img
+  imaged stage --key fleet.key.pub http://imaged:8080/blobs/sha256:...
+` + hostpartNote
+
+const revertUsage = `Usage: imaged revert [--hostpart DIR]
+
+Writes system-revert: at the next boot hn-root.img becomes
+hn-root-broken.img and hn-root-old.img becomes current. Reboot to apply;
+remove /hostpart/system-revert to cancel.
+` + hostpartNote
+
+const markGoodUsage = `Usage: imaged mark-good [--hostpart DIR]
+
+Confirms the current trial boot: removes hn-root.trial, so the init no
+longer counts tries down and reverts. imaged agent does this by itself
+once its health checks pass.
+` + hostpartNote
+
+// hostFlags parses a host command's flags and positional arguments
+// (nargs of them) and finds its hostpart.
+func hostFlags(fs *cli.FlagSet, args []string, nargs int, what string) (string, error) {
 	hp := fs.String("hostpart", "", "hostpart directory (default: the /hostpart mount)")
-	jsonOut := new(bool)
-	force := new(bool)
-	digest, name, version := new(string), new(string), new(string)
-	var keys []string
-	switch cmd {
-	case "status":
-		jsonOut = fs.Bool("json", false, "print JSON for scripts")
-	case "stage":
-		force = fs.Bool("force", false, "stage even an image this host remembers as failed")
-		digest = fs.String("digest", "", "expected sha256:<hex>; the download is refused if it differs (taken from a /blobs/sha256:... URL)")
-		name = fs.String("name", "", "image name, shown by imaged status")
-		version = fs.String("version", "", "image version, shown by imaged status")
-		fs.Func("key", "trusted public key (KEY.pub; repeatable): require FILE.json or URL.json signed by it (hostpart's .hnboot/trusted.pub is always trusted)", func(s string) error {
-			keys = append(keys, s)
-			return nil
-		})
-	}
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return "", err
 	}
-	want := 0
-	if cmd == "stage" {
-		want = 1
-	}
-	if fs.NArg() != want {
-		return fmt.Errorf("%s: wrong number of arguments\n%s", cmd, hostUsage)
+	if err := fs.WantArgs(nargs, nargs, what); err != nil {
+		return "", err
 	}
 	dir, err := hostpart.Locator{Dir: *hp}.Locate()
 	if err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
+		return "", fmt.Errorf("%s: %w", fs.Name(), err)
 	}
-	switch cmd {
-	case "status":
-		return hostStatus(dir, *jsonOut, stdout)
-	case "stage":
-		k, err := agent.ReadKeys(keys...)
-		if err != nil {
-			return fmt.Errorf("stage: --key: %w", err)
-		}
-		return hostStage(dir, fs.Arg(0), *digest, *name, *version, *force, k, stdout)
-	case "revert":
-		return hostRevert(dir, stdout)
-	default:
-		return hostMarkGood(dir, stdout)
+	return dir, nil
+}
+
+func runStatus(_ context.Context, name string, args []string, std cli.IO) error {
+	fs := cli.NewFlagSet(name, statusUsage, std)
+	jsonOut := fs.Bool("json", false, "print JSON for scripts")
+	dir, err := hostFlags(fs, args, 0, "")
+	if err != nil {
+		return err
 	}
+	return hostStatus(dir, *jsonOut, std.Stdout)
+}
+
+func runStage(ctx context.Context, name string, args []string, std cli.IO) error {
+	fs := cli.NewFlagSet(name, stageUsage, std)
+	force := fs.Bool("force", false, "stage even an image this host remembers as failed")
+	digest := fs.String("digest", "", "expected `sha256:HEX`; the download is refused if it differs (taken from a /blobs/sha256:... URL)")
+	iname := fs.String("name", "", "image name, shown by imaged status")
+	version := fs.String("version", "", "image version, shown by imaged status")
+	var keys []string
+	fs.Func("key", "trusted public key `KEY.pub` (repeatable): require FILE.json or URL.json signed by it (hostpart's .hnboot/trusted.pub is always trusted)", func(s string) error {
+		keys = append(keys, s)
+		return nil
+	})
+	dir, err := hostFlags(fs, args, 1, "FILE or URL")
+	if err != nil {
+		return err
+	}
+	k, err := agent.ReadKeys(keys...)
+	if err != nil {
+		return fmt.Errorf("stage: --key: %w", err)
+	}
+	return hostStage(ctx, dir, fs.Arg(0), *digest, *iname, *version, *force, k, std.Stdout)
+}
+
+func runRevert(_ context.Context, name string, args []string, std cli.IO) error {
+	dir, err := hostFlags(cli.NewFlagSet(name, revertUsage, std), args, 0, "")
+	if err != nil {
+		return err
+	}
+	return hostRevert(dir, std.Stdout)
+}
+
+func runMarkGood(_ context.Context, name string, args []string, std cli.IO) error {
+	dir, err := hostFlags(cli.NewFlagSet(name, markGoodUsage, std), args, 0, "")
+	if err != nil {
+		return err
+	}
+	return hostMarkGood(dir, std.Stdout)
 }
 
 // Status is `imaged status --json`.
@@ -183,7 +225,7 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 
 var blobRE = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
 
-func hostStage(dir, src, digest, name, version string, force bool, keys agent.Keys, stdout io.Writer) error {
+func hostStage(ctx context.Context, dir, src, digest, name, version string, force bool, keys agent.Keys, stdout io.Writer) error {
 	var source agent.Source
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
 		source = agent.HTTPSource{URL: src}
@@ -193,7 +235,7 @@ func hostStage(dir, src, digest, name, version string, force bool, keys agent.Ke
 	} else {
 		source = agent.FileSource{Path: src}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	req := agent.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force, Keys: keys}
 	bar := isTerminal(stdout)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"os"
@@ -49,14 +48,13 @@ func TestHostCommands(t *testing.T) {
 				os.WriteFile(src, []byte("new image"), 0o644)
 				args = append(args, src)
 			}
-			var out bytes.Buffer
-			err := run(args, nil, &out)
-			if (err != nil) != (tc.errHas != "") || (err != nil && !strings.Contains(err.Error(), tc.errHas)) {
-				t.Fatalf("imaged %v = %v, want error containing %q", tc.args, err, tc.errHas)
+			out, stderr, code := imaged(args...)
+			if (code != 0) != (tc.errHas != "") || !strings.Contains(stderr, tc.errHas) {
+				t.Fatalf("imaged %v = status %d, %q; want an error containing %q", tc.args, code, stderr, tc.errHas)
 			}
 			for _, s := range tc.outHas {
-				if !strings.Contains(out.String(), s) {
-					t.Errorf("imaged %v output lacks %q:\n%s", tc.args, s, out.String())
+				if !strings.Contains(out, s) {
+					t.Errorf("imaged %v output lacks %q:\n%s", tc.args, s, out)
 				}
 			}
 			for name, want := range tc.present {
@@ -71,13 +69,13 @@ func TestHostCommands(t *testing.T) {
 
 func TestStatusJSON(t *testing.T) {
 	dir := hostDir(t, map[string]string{layout.Current: "b", layout.Old: "a"})
-	var out bytes.Buffer
-	if err := run([]string{"status", "--json", "--hostpart", dir}, nil, &out); err != nil {
-		t.Fatal(err)
+	out, stderr, code := imaged("status", "--json", "--hostpart", dir)
+	if code != 0 {
+		t.Fatal(stderr)
 	}
 	var s Status
-	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
-		t.Fatalf("status --json is not JSON: %v\n%s", err, out.String())
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
 	}
 	if len(s.Images) != 4 || !s.Images[0].Present || !strings.HasPrefix(s.Images[0].Digest, "sha256:") || !s.Images[1].Present {
 		t.Errorf("status --json images = %+v", s.Images)
@@ -85,9 +83,9 @@ func TestStatusJSON(t *testing.T) {
 }
 
 func TestHostCommandsNeedHostpart(t *testing.T) {
-	err := run([]string{"status", "--hostpart", filepath.Join(t.TempDir(), "missing")}, nil, new(bytes.Buffer))
-	if err == nil || !strings.Contains(err.Error(), "--hostpart") {
-		t.Errorf("status with a missing --hostpart = %v, want an error naming it", err)
+	_, stderr, code := imaged("status", "--hostpart", filepath.Join(t.TempDir(), "missing"))
+	if code != 1 || !strings.Contains(stderr, "--hostpart") {
+		t.Errorf("status with a missing --hostpart = status %d, %q; want 1 and an error naming it", code, stderr)
 	}
 }
 
@@ -123,13 +121,12 @@ func TestStageKey(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := hostDir(t, map[string]string{layout.Current: "b"})
-			var out bytes.Buffer
-			err := run(append([]string{"stage", "--hostpart", dir}, tc.args...), nil, &out)
-			if (err != nil) != (tc.errHas != "") || (err != nil && !strings.Contains(err.Error(), tc.errHas)) {
-				t.Fatalf("imaged stage %v = %v, want error containing %q", tc.args, err, tc.errHas)
+			out, stderr, code := imaged(append([]string{"stage", "--hostpart", dir}, tc.args...)...)
+			if (code != 0) != (tc.errHas != "") || !strings.Contains(stderr, tc.errHas) {
+				t.Fatalf("imaged stage %v = status %d, %q; want an error containing %q", tc.args, code, stderr, tc.errHas)
 			}
-			if !strings.Contains(out.String(), tc.outHas) {
-				t.Errorf("imaged stage %v output lacks %q:\n%s", tc.args, tc.outHas, out.String())
+			if !strings.Contains(out, tc.outHas) {
+				t.Errorf("imaged stage %v output lacks %q:\n%s", tc.args, tc.outHas, out)
 			}
 			if _, serr := os.Stat(filepath.Join(dir, layout.New)); (serr == nil) != tc.staged {
 				t.Errorf("imaged stage %v: %s staged = %v, want %v", tc.args, layout.New, serr == nil, tc.staged)

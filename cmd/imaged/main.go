@@ -1,49 +1,32 @@
 // Command imaged is hnboot's fleet daemon: `imaged serve` (PXE/TFTP/HTTP
-// image server and supervisor) and `imaged agent` (on each host), plus the
-// operator's commands on a host. The init issue ships only its skeleton;
-// every subcommand says plainly that it is not there yet instead of
-// pretending to work.
+// image server, fleet state, admin API and service supervisor), `imaged
+// agent` (on each host), the operator's commands on a host (status, stage,
+// revert, mark-good) and `imaged fleet`, the admin client of imaged serve.
 package main
 
 import (
-	"fmt"
+	"context"
 	"io"
 	"os"
+
+	"github.com/hnboot/hnboot/internal/cli"
 )
 
-func main() {
-	if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "imaged:", err)
-		os.Exit(1)
-	}
+func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return cli.Main(context.Background(), "imaged", program, args, stdin, stdout, stderr)
 }
 
-const usage = `usage: imaged COMMAND [flags]
-
-Commands:
-  serve      PXE/TFTP/HTTP image server and fleet service supervisor
-  agent      host agent: stage updates, confirm good boots, report
-  status     the image slots on this host's hostpart
-  stage      stage an image as hn-root-new.img
-  revert     drop system-revert
-  mark-good  confirm the current trial boot
-  fleet      admin client of imaged serve: status, assign, revert, rollout, why, known-hosts
-`
-
-func run(args []string, stdin io.Reader, stdout io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		return nil
-	}
-	switch args[0] {
-	case "fleet":
-		return runFleet(args[1:], stdout)
-	case "serve":
-		return runServe(args[1:], stdout)
-	case "agent":
-		return runAgent(args[1:], stdout)
-	case "status", "stage", "revert", "mark-good":
-		return runHost(args[0], args[1:], stdout)
-	}
-	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+var program = &cli.Group{
+	Doc: "imaged is hnboot's fleet daemon: the boot server, the host agent, and the\noperator's commands on a host and on the fleet.",
+	Commands: []cli.Command{
+		{Name: "serve", Short: "PXE/TFTP/HTTP image server, fleet state, admin API, service supervisor", Run: runServe},
+		{Name: "agent", Short: "on each host: stage updates, confirm good boots, report, apply reverts", Run: runAgent},
+		{Name: "status", Short: "the image slots on this host's hostpart", Run: runStatus},
+		{Name: "stage", Short: "stage an image (file or URL) as hn-root-new.img", Run: runStage},
+		{Name: "revert", Short: "drop system-revert: the next boot goes back to hn-root-old.img", Run: runRevert},
+		{Name: "mark-good", Short: "confirm the current trial boot", Run: runMarkGood},
+		{Name: "fleet", Short: "admin client of imaged serve: status, assign, revert, rollout, why, ...", Group: fleetGroup},
+	},
 }

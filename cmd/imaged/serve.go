@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,11 +18,12 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/pxe"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
-const serveUsage = `usage: imaged serve --interface IF [flags]
+const serveUsage = `Usage: imaged serve --interface IF [flags]
 
 Serves the network boot on one interface: DHCP (proxyDHCP by default, or a
 full server with --dhcp-mode full), TFTP of the iPXE binaries, and HTTP for
@@ -39,8 +39,6 @@ Examples:
   imaged serve --interface br0 --dhcp-mode full --pool 10.0.0.100-10.0.0.200 \
       --router 10.0.0.1 --host 52:54:00:00:00:01,web-1,web.img --lease 52:54:00:00:00:01=10.0.0.11
   imaged serve --interface br0 --state /etc/hnboot/fleet --tokens /etc/hnboot/tokens
-
-Flags:
 `
 
 // multiFlag collects a repeatable flag.
@@ -64,11 +62,9 @@ type serveFlags struct {
 	logLevel                                                       string
 }
 
-func runServe(args []string, stdout io.Writer) error {
+func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	var f serveFlags
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, serveUsage); fs.PrintDefaults() }
+	fs := cli.NewFlagSet(name, serveUsage, std)
 	fs.StringVar(&f.iface, "interface", "", "boot interface; DHCP binds to it only")
 	fs.StringVar(&f.serverIP, "server-ip", "", "this server's address for clients (default: the interface's first IPv4)")
 	fs.StringVar(&f.httpAddr, "http", ":8080", "HTTP listen address")
@@ -99,13 +95,10 @@ func runServe(args []string, stdout io.Writer) error {
 	fs.StringVar(&f.serviceLogs, "service-logs", "/var/log/hnboot/services", "where supervised services' output is kept")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also logs ignored DHCP requests)")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("serve: unexpected argument %q (see imaged serve --help)", fs.Arg(0))
+	if err := fs.WantArgs(0, 0, ""); err != nil {
+		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {

@@ -3,8 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/cli"
 
 	"github.com/hnboot/hnboot/bootloader"
 	"github.com/hnboot/hnboot/internal/diskimg"
@@ -42,8 +43,9 @@ Examples:
   mkimage disk --root new.img --old prev.img --out /var/tmp/host.raw --size 3T --efi-size 256M
 `
 
-func runDisk(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("disk", diskHelp, stdout, stderr)
+func runDisk(ctx context.Context, name string, args []string, std cli.IO) error {
+	stdout, stderr := std.Stdout, std.Stderr
+	fs := cli.NewFlagSet(name, diskHelp, std)
 	root := fs.String("root", "", "root image, becomes hn-root.img (required)")
 	newImg := fs.String("new", "", "staged image, becomes hn-root-new.img")
 	oldImg := fs.String("old", "", "previous image, becomes hn-root-old.img")
@@ -55,23 +57,23 @@ func runDisk(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	bootMode := fs.String("boot", string(bootloader.BootBoth), "install GRUB for: both, uefi, bios or none")
 	console := fs.String("console", bootloader.DefaultConsole, "kernel console= in the GRUB entries")
 	timeout := fs.Int("timeout", bootloader.DefaultTimeout, "GRUB menu timeout in seconds (0: boot at once)")
-	if err := parse(fs, args, stdout); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *root == "" || *out == "" || *size == "" {
-		return fmt.Errorf("%w: disk: --root, --out and --size are required (see --help)", errUsage)
+		return fs.Usagef("--root, --out and --size are required")
 	}
 	n, err := parseSize(*size)
 	if err != nil {
-		return fmt.Errorf("%w: disk: --size: %v", errUsage, err)
+		return fs.Usagef("--size: %v", err)
 	}
 	e, err := parseSize(*efiSize)
 	if err != nil {
-		return fmt.Errorf("%w: disk: --efi-size: %v", errUsage, err)
+		return fs.Usagef("--efi-size: %v", err)
 	}
 	bm, err := bootloader.ParseBoot(*bootMode)
 	if err != nil {
-		return fmt.Errorf("%w: disk: --boot: %v", errUsage, err)
+		return fs.Usagef("--boot: %v", err)
 	}
 	gto := *timeout
 	if gto == 0 {

@@ -3,11 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/cli"
 
 	"github.com/hnboot/hnboot/internal/initrd"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -39,7 +40,8 @@ Examples:
   mkimage initramfs --kernel-modules DIR --out initramfs --busybox ""   # no rescue shell
 `
 
-func runInitramfs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runInitramfs(ctx context.Context, name string, args []string, std cli.IO) error {
+	stdout, stderr := std.Stdout, std.Stderr
 	defBusybox := ""
 	if st, err := os.Stat("/bin/busybox"); err == nil && st.Mode().IsRegular() {
 		defBusybox = "/bin/busybox"
@@ -48,18 +50,18 @@ func runInitramfs(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if exe, err := os.Executable(); err == nil {
 		defInit = filepath.Join(filepath.Dir(exe), "hninit")
 	}
-	fs := newFlags("initramfs", initramfsHelp, stdout, stderr)
+	fs := cli.NewFlagSet(name, initramfsHelp, std)
 	kdir := fs.String("kernel-modules", "", "lib/modules/RELEASE directory to take modules from (required)")
 	out := fs.String("out", "", "archive to write (required)")
 	initPath := fs.String("init", defInit, "the init binary (static), installed as /init")
 	busybox := fs.String("busybox", defBusybox, "static busybox for /bin/busybox and /bin/sh; \"\" for none")
 	modules := fs.String("modules", "", "comma-separated modules to add to the default set")
 	trust := fs.String("trust", "", "public key (mkimage keygen) installed as /etc/hnboot/trusted.pub: staged images must then be signed by it")
-	if err := parse(fs, args, stdout); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *kdir == "" || *out == "" {
-		return fmt.Errorf("%w: initramfs: --kernel-modules and --out are required (see --help)", errUsage)
+		return fs.Usagef("--kernel-modules and --out are required")
 	}
 	if _, err := os.Stat(*initPath); err != nil {
 		return fmt.Errorf("initramfs: --init %s: %w (build hninit next to mkimage, or give --init PATH)", *initPath, err)

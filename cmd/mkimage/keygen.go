@@ -4,7 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
+
+	"github.com/hnboot/hnboot/internal/cli"
 
 	"github.com/hnboot/hnboot/internal/manifest"
 )
@@ -22,14 +23,15 @@ Examples:
   mkimage verify --key fleet.key.pub web.img
 `
 
-func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("keygen", keygenHelp, stdout, stderr)
+func runKeygen(_ context.Context, name string, args []string, std cli.IO) error {
+	stdout := std.Stdout
+	fs := cli.NewFlagSet(name, keygenHelp, std)
 	out := fs.String("out", "", "private key file to write; the public key is FILE.pub (required)")
-	if err := parse(fs, args, stdout); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		return fmt.Errorf("%w: keygen: --out is required (see --help)", errUsage)
+		return fs.Usagef("--out is required")
 	}
 	k, err := manifest.GenerateKey(rand.Reader)
 	if err != nil {

@@ -16,8 +16,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,120 +26,41 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/cli"
 )
 
 // Version is set at link time with -ldflags "-X main.Version=...".
 var Version = ""
 
-func main() {
-	err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	os.Exit(exitCode(err, os.Stderr))
-}
+func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
 
-// errUsage marks an error in how mkimage was called (exit status 2).
-var errUsage = errors.New("usage")
-
-func exitCode(err error, stderr io.Writer) int {
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "mkimage: %v\n", err)
-		return 2
-	default:
-		fmt.Fprintf(stderr, "mkimage: %v\n", err)
-		return 1
-	}
-}
-
-const usage = `mkimage builds hnboot root images, initramfs archives and bootable disks.
-
-Usage:
-  mkimage rootfs    --from DIR|TARBALL --out FILE [--fs ext4|squashfs] [--name N] [--version V]
-                    [--sign-key KEY] [--keep PATH]... [--size SIZE]
-  mkimage keygen    --out KEY
-  mkimage verify    [--key KEY.pub] IMAGE
-  mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
-                    [--trust KEY.pub]
-  mkimage disk      --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M]
-                    [--boot both|uefi|bios|none]
-  mkimage version
-
-Run "mkimage COMMAND --help" for the flags and examples of a command.
-SOURCE_DATE_EPOCH (seconds since 1970) makes every output reproducible.
-`
-
-type command struct {
-	name string
-	run  func(ctx context.Context, args []string, stdout, stderr io.Writer) error
-}
-
-var commands = []command{
-	{"rootfs", runRootfs},
-	{"initramfs", runInitramfs},
-	{"disk", runDisk},
-	{"keygen", runKeygen},
-	{"verify", runVerify},
-	{"version", runVersion},
-}
-
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("%w: no command given", errUsage)
-	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	}
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	for _, c := range commands {
-		if c.name == args[0] {
-			err := c.run(ctx, args[1:], stdout, stderr)
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return err
-		}
-	}
-	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	return cli.Main(ctx, "mkimage", program, args, stdin, stdout, stderr)
 }
 
-// newFlags returns a FlagSet whose --help prints help (with examples) to
-// stdout and whose errors go to stderr.
-func newFlags(name, help string, stdout, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("mkimage "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), help)
-		fmt.Fprintln(fs.Output(), "\nFlags:")
-		fs.PrintDefaults()
-	}
-	return fs
+var program = &cli.Group{
+	Doc: `mkimage builds hnboot root images, initramfs archives and bootable disks,
+unprivileged.`,
+	Commands: []cli.Command{
+		{Name: "rootfs", Short: "a root image (ext4 or squashfs) and its manifest, from a directory or tarball", Run: runRootfs},
+		{Name: "initramfs", Short: "a zstd initramfs: the hnboot init, busybox, a kernel's modules", Run: runInitramfs},
+		{Name: "disk", Short: "a sparse, bootable GPT disk: EFI-BOOT with GRUB, hostpart with the images", Run: runDisk},
+		{Name: "keygen", Short: "an ed25519 key pair for signing manifests", Run: runKeygen},
+		{Name: "verify", Short: "check an image against its manifest (and signature)", Run: runVerify},
+		{Name: "version", Short: "print mkimage's version", Run: runVersion},
+	},
+	Footer: "SOURCE_DATE_EPOCH (seconds since 1970) makes every output reproducible.",
 }
 
-// parse parses args; --help prints to stdout and returns flag.ErrHelp.
-func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	for _, a := range args {
-		if a == "--" {
-			break
-		}
-		if a == "-h" || a == "-help" || a == "--help" {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return flag.ErrHelp
-		}
-	}
+// parseNoArgs parses a command that takes only flags.
+func parseNoArgs(fs *cli.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
+		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: %s: unexpected argument %q (see --help)", errUsage, fs.Name(), fs.Arg(0))
-	}
-	return nil
+	return fs.WantArgs(0, 0, "")
 }
 
 func newLogger(stderr io.Writer) *slog.Logger {
@@ -211,9 +130,9 @@ func human(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("version", "Usage: mkimage version\n\nPrints mkimage's version and the Go version it was built with.\n", stdout, stderr)
-	if err := parse(fs, args, stdout); err != nil {
+func runVersion(_ context.Context, name string, args []string, std cli.IO) error {
+	fs := cli.NewFlagSet(name, "Usage: mkimage version\n\nPrints mkimage's version and the Go version it was built with.\n", std)
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	v := Version
@@ -232,7 +151,7 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	if v == "" || v == "(devel)" {
 		v = "devel"
 	}
-	fmt.Fprintf(stdout, "mkimage %s %s\n", v, goVersion)
+	fmt.Fprintf(std.Stdout, "mkimage %s %s\n", v, goVersion)
 	return nil
 }
 

@@ -2,11 +2,12 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hnboot/hnboot/internal/cli/clitest"
 )
 
 func TestParseSize(t *testing.T) {
@@ -33,37 +34,51 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-func TestHelpAndUsage(t *testing.T) {
+func runMkimage(args []string, stdout, stderr *bytes.Buffer) int {
+	return run(args, nil, stdout, stderr)
+}
+
+// Every command and subcommand: --help and -h on stdout with status 0,
+// an unknown flag on stderr with status 2.
+func TestHelp(t *testing.T) {
+	clitest.CheckHelp(t, "mkimage", program, runMkimage, []string{
+		"mkimage",
+		"mkimage rootfs",
+		"mkimage initramfs",
+		"mkimage disk",
+		"mkimage keygen",
+		"mkimage verify",
+		"mkimage version",
+	})
+}
+
+// Wrong calls exit 2 with the reason on stderr and nothing on stdout.
+func TestUsageErrors(t *testing.T) {
 	for _, tt := range []struct {
-		args       []string
-		wantErr    error
-		wantStdout string
+		args   []string
+		code   int
+		errHas string
 	}{
-		{[]string{"--help"}, nil, "mkimage rootfs"},
-		{[]string{"rootfs", "--help"}, nil, "Examples:"},
-		{[]string{"initramfs", "--help"}, nil, "--kernel-modules"},
-		{[]string{"disk", "--help"}, nil, "--hostpart-fs"},
-		{[]string{"version", "--help"}, nil, "Usage: mkimage version"},
-		{[]string{"version"}, nil, "mkimage "},
-		{nil, errUsage, ""},
-		{[]string{"frobnicate"}, errUsage, ""},
-		{[]string{"rootfs"}, errUsage, ""},
-		{[]string{"rootfs", "--from", "x", "--out", "y", "--size", "huge"}, errUsage, ""},
-		{[]string{"initramfs", "--out", "x"}, errUsage, ""},
-		{[]string{"disk", "--root", "x", "--out", "y"}, errUsage, ""},
-		{[]string{"disk", "--bogus"}, errUsage, ""},
-		{[]string{"rootfs", "extra"}, errUsage, ""},
+		{nil, 2, "no command given"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"rootfs"}, 2, "--from and --out are required"},
+		{[]string{"rootfs", "--from", "x", "--out", "y", "--size", "huge"}, 2, "--size"},
+		{[]string{"initramfs", "--out", "x"}, 2, "--kernel-modules and --out are required"},
+		{[]string{"disk", "--root", "x", "--out", "y"}, 2, "--root, --out and --size are required"},
+		{[]string{"rootfs", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"verify"}, 2, "missing IMAGE"},
+		{[]string{"verify", "a.img", "b.img"}, 2, "too many arguments"},
+		{[]string{"verify", "missing.img", "--key", "missing.pub"}, 1, "missing.pub"},
+		{[]string{"version"}, 0, ""},
+		{[]string{"help", "version"}, 0, ""},
 	} {
 		var stdout, stderr bytes.Buffer
-		err := run(tt.args, nil, &stdout, &stderr)
-		if !errors.Is(err, tt.wantErr) {
-			t.Errorf("run(%q) = %v, want %v", tt.args, err, tt.wantErr)
+		code := run(tt.args, nil, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stderr.String(), tt.errHas) {
+			t.Errorf("mkimage %q = status %d, stderr %q; want %d and %q", tt.args, code, stderr.String(), tt.code, tt.errHas)
 		}
-		if !strings.Contains(stdout.String(), tt.wantStdout) {
-			t.Errorf("run(%q) stdout = %q, want it to contain %q", tt.args, stdout.String(), tt.wantStdout)
-		}
-		if code := exitCode(err, &bytes.Buffer{}); (tt.wantErr == nil) != (code == 0) {
-			t.Errorf("exitCode(run(%q)) = %d", tt.args, code)
+		if code == 2 && (stdout.Len() > 0 || !strings.Contains(stderr.String(), "--help")) {
+			t.Errorf("mkimage %q: stdout %q, stderr %q; want nothing on stdout and a pointer to --help on stderr", tt.args, stdout.String(), stderr.String())
 		}
 	}
 }
@@ -71,9 +86,9 @@ func TestHelpAndUsage(t *testing.T) {
 func TestInitramfsMissingInit(t *testing.T) {
 	dir := t.TempDir()
 	var stdout, stderr bytes.Buffer
-	err := run([]string{"initramfs", "--kernel-modules", dir, "--out", filepath.Join(dir, "i"), "--init", filepath.Join(dir, "hninit")}, nil, &stdout, &stderr)
-	if err == nil || !strings.Contains(err.Error(), "--init") {
-		t.Errorf("run(initramfs without init) = %v, want an error naming --init", err)
+	code := run([]string{"initramfs", "--kernel-modules", dir, "--out", filepath.Join(dir, "i"), "--init", filepath.Join(dir, "hninit")}, nil, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "--init") {
+		t.Errorf("mkimage initramfs without init = status %d, %q; want 1 and an error naming --init", code, stderr.String())
 	}
 }
 
@@ -89,8 +104,8 @@ func TestRootfsCommand(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 	out := filepath.Join(dir, "hn-root.img")
 	var stdout, stderr bytes.Buffer
-	if err := run([]string{"rootfs", "--from", src, "--out", out, "--size", "32M"}, nil, &stdout, &stderr); err != nil {
-		t.Fatalf("run(rootfs) = %v\n%s", err, stderr.String())
+	if code := run([]string{"rootfs", "--from", src, "--out", out, "--size", "32M"}, nil, &stdout, &stderr); code != 0 {
+		t.Fatalf("mkimage rootfs = status %d\n%s", code, stderr.String())
 	}
 	if st, err := os.Stat(out); err != nil || st.Size() != 32<<20 {
 		t.Errorf("rootfs image %s: %v, want 32 MiB", out, err)
@@ -100,7 +115,8 @@ func TestRootfsCommand(t *testing.T) {
 	}
 
 	t.Setenv("SOURCE_DATE_EPOCH", "yesterday")
-	if err := run([]string{"rootfs", "--from", src, "--out", out}, nil, &stdout, &stderr); err == nil || !strings.Contains(err.Error(), "SOURCE_DATE_EPOCH") {
-		t.Errorf("run(rootfs) with a bad SOURCE_DATE_EPOCH = %v, want an error naming it", err)
+	stderr.Reset()
+	if code := run([]string{"rootfs", "--from", src, "--out", out}, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "SOURCE_DATE_EPOCH") {
+		t.Errorf("mkimage rootfs with a bad SOURCE_DATE_EPOCH = status %d, %q; want 1 and an error naming it", code, stderr.String())
 	}
 }

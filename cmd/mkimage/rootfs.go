@@ -3,11 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/cli"
 
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -69,13 +70,14 @@ func defaultInit() string {
 	return "hninit"
 }
 
-func runRootfs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runRootfs(ctx context.Context, cmdName string, args []string, std cli.IO) error {
+	stdout, stderr := std.Stdout, std.Stderr
 	defBusybox := ""
 	if st, err := os.Stat("/bin/busybox"); err == nil && st.Mode().IsRegular() {
 		defBusybox = "/bin/busybox"
 	}
 	help := strings.Replace(rootfsHelp, "GENERAL_RULES", strings.Join(rootfs.GeneralRules()[1:], "\n  "), 1)
-	fs := newFlags("rootfs", help, stdout, stderr)
+	fs := cli.NewFlagSet(cmdName, help, std)
 	from := fs.String("from", "", "directory or tarball to put in the image (required)")
 	out := fs.String("out", "", "image file to write (required); the manifest is FILE.json")
 	fsType := fs.String("fs", rootfs.Ext4, "filesystem: ext4 or squashfs")
@@ -91,11 +93,11 @@ func runRootfs(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	modules := fs.String("modules", "", "comma-separated modules to add to /boot/initramfs's default set")
 	trust := fs.String("trust", "", "public key (mkimage keygen) to install in /boot/initramfs as /etc/hnboot/trusted.pub")
 	noBoot := fs.Bool("no-boot-files", false, "do not add /boot/vmlinuz and /boot/initramfs even when the tree ships a kernel")
-	if err := parse(fs, args, stdout); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *from == "" || *out == "" {
-		return fmt.Errorf("%w: rootfs: --from and --out are required (see --help)", errUsage)
+		return fs.Usagef("--from and --out are required")
 	}
 	o := rootfs.Options{From: *from, Out: *out, FS: *fsType, Label: *label, Keep: keep, Log: newLogger(stderr)}
 	o.Boot = rootfs.BootOptions{Disabled: *noBoot, Init: *initPath, Busybox: *busybox}
@@ -107,7 +109,7 @@ func runRootfs(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *size != "" {
 		n, err := parseSize(*size)
 		if err != nil {
-			return fmt.Errorf("%w: rootfs: --size: %v", errUsage, err)
+			return fs.Usagef("--size: %v", err)
 		}
 		o.Size = n
 	}

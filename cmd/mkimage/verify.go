@@ -3,7 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
+
+	"github.com/hnboot/hnboot/internal/cli"
 
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -21,38 +22,19 @@ Examples:
   mkimage verify --manifest web.json /hostpart/hn-root-new.img
 `
 
-func runVerify(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("verify", verifyHelp, stdout, stderr)
+func runVerify(_ context.Context, name string, args []string, std cli.IO) error {
+	stdout := std.Stdout
+	fs := cli.NewFlagSet(name, verifyHelp, std)
 	var keys multiFlag
 	fs.Var(&keys, "key", "trusted public key (mkimage keygen); repeatable; with any, a signature is required")
 	mpath := fs.String("manifest", "", "manifest file (default IMAGE.json)")
-	// The image is the one positional argument; flags may come after it.
-	var image string
-	var rest []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			rest = append(rest, args[i+1:]...)
-			i = len(args)
-		case len(a) > 1 && a[0] == '-':
-			rest = append(rest, a)
-			if (a == "--key" || a == "-key" || a == "--manifest" || a == "-manifest") && i+1 < len(args) {
-				rest = append(rest, args[i+1])
-				i++
-			}
-		case image == "":
-			image = a
-		default:
-			return fmt.Errorf("%w: verify: more than one image given (%s, %s)", errUsage, image, a)
-		}
-	}
-	if err := parse(fs, rest, stdout); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if image == "" {
-		return fmt.Errorf("%w: verify: no IMAGE given (see --help)", errUsage)
+	if err := fs.WantArgs(1, 1, "IMAGE"); err != nil {
+		return err
 	}
+	image := fs.Arg(0)
 	if *mpath == "" {
 		*mpath = layout.ManifestFor(image)
 	}
