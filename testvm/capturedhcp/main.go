@@ -555,9 +555,11 @@ guest sent, byte for byte, as read from the server's socket. KIND is
 ` + "`firmware`" + ` (option 60 PXEClient, no iPXE user class: plain firmware PXE),
 ` + "`ipxe`" + ` (user class iPXE), ` + "`undionly`" + ` (iPXE's undionly.kpxe after the chain)
 or ` + "`httpclient`" + ` (UEFI HTTP boot); TYPE is the DHCP message type; PORT is
-4011 when it went to the PXE boot server port. Every packet was answered
+4011 when it went to the PXE boot server port. The packets were answered
 by pxe.Reply (full mode, pool 10.77.0.100-150 on 10.77.0.1, or proxy
-mode beside dnsmasq on 10.77.0.2), so later packets follow real answers.
+mode beside dnsmasq on 10.77.0.2), so later packets follow real answers;
+ovmf-httpboot's PXE packets were left unanswered and seabios-undionly's
+ROM answered as plain PXE, as their sections below say.
 The guests' MACs are 52:54:00:c0:00:0N. pxe's tests replay them (with the
 MAC rewritten to a known or an unknown host) and FuzzDHCPReply starts
 from them. Made again, as root, by ` + "`go run ./testvm/capturedhcp [-scenario NAME]`" + `,
