@@ -14,8 +14,10 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
-// Seeds live in testdata/fuzz/<FuzzName>/ (real DISCOVERs from BIOS, UEFI
-// and iPXE clients, traversal attempts); `go test` runs them as tests.
+// Seeds live in testdata/fuzz/<FuzzName>/; `go test` runs them as tests.
+// FuzzDHCPReply's are hand-made packets (BIOS, UEFI, HTTP boot, iPXE, no
+// architecture, malformed) and, as capture-*, the packets of real clients
+// in testdata/captures (TestFuzzSeedsAreCaptures keeps them equal).
 
 // FuzzDHCPReply: any packet bytes -> no panic, and proxy replies never
 // hand out an address.

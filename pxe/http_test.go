@@ -87,16 +87,11 @@ func TestHTTPScript(t *testing.T) {
 	if w.Code != 200 {
 		t.Fatalf("GET script: %d %s", w.Code, w.Body)
 	}
-	s := w.Body.String()
-	for _, want := range []string{
-		"#!ipxe\n",
-		"kernel http://10.0.0.1:8080/images/" + im.Digest + "/vmlinuz initrd=initramfs hn.server=http://10.0.0.1:8080 BOOTIF=01-52-54-00-00-00-01 hn.hostname=h1 console=ttyS0 hn.revert=r1",
-		"initrd --name initramfs http://10.0.0.1:8080/images/" + im.Digest + "/initramfs",
-		"boot",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("script lacks %q:\n%s", want, s)
-		}
+	// The whole script as served, with the server's --cmdline and the
+	// host's own arguments.
+	golden(t, "ipxe/http-script.ipxe", w.Body.Bytes())
+	if got := w.Header().Get("Content-Type"); !strings.HasPrefix(got, "text/plain") {
+		t.Errorf("Content-Type = %q, want text/plain", got)
 	}
 	if e := rec.find(KindHTTP, "GET /boot/52-54-00-00-00-01.ipxe 200"); e == nil || e.MAC.String() != "52:54:00:00:00:01" {
 		t.Errorf("script fetch not recorded with its MAC: %+v", rec.ev)
