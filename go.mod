@@ -14,7 +14,11 @@ require (
 	golang.org/x/sys v0.50.0
 )
 
-require github.com/google/renameio/v2 v2.0.2 // indirect
+require (
+	github.com/dustin/go-humanize v1.0.1 // indirect
+	github.com/google/renameio/v2 v2.0.2 // indirect
+	github.com/therootcompany/xz v1.0.1 // indirect
+)
 
 require (
 	github.com/anchore/go-lzo v0.1.0 // indirect
