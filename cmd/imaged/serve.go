@@ -137,7 +137,12 @@ func runServe(args []string, stdout io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if runBG != nil {
-		go runBG(ctx)
+		// SIGHUP reloads the fleet directory. Registered before serving:
+		// an unhandled SIGHUP would end the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go runBG(ctx, hup)
 	}
 	supDone := make(chan struct{})
 	if sup != nil {
@@ -152,8 +157,10 @@ func runServe(args []string, stdout io.Writer) error {
 }
 
 // serveConfig turns flags into a pxe.Config: fleet mode with --state,
-// static mode otherwise.
-func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context), error) {
+// static mode otherwise. In fleet mode it also returns what runs beside
+// the server: the fleet's watch of its directory, and a reload on each
+// value of hup.
+func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context, <-chan os.Signal), error) {
 	cfg := pxe.Config{
 		Interface: f.iface, HTTPAddr: f.httpAddr, HTTPBase: f.httpBase,
 		TFTPRoot: f.tftpRoot, IPXEDir: f.ipxeDir, TFTPAddr: f.tftpAddr, CacheDir: f.cache,
@@ -192,7 +199,18 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		cfg.Recorder = pxe.Recorders{fl, logRec}
 		cfg.Checkin = fl.HandleCheckin
 		cfg.Extra = fl.Handler()
-		return cfg, func() { fl.Close() }, func(ctx context.Context) { fl.Run(ctx) }, nil
+		runBG := func(ctx context.Context, hup <-chan os.Signal) {
+			go fl.Run(ctx)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					fl.Reload() // logs its own error and keeps the last good state
+				}
+			}
+		}
+		return cfg, func() { fl.Close() }, runBG, nil
 	}
 
 	dir := pxe.NewStaticDirectory()
