@@ -30,8 +30,19 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	h := newConsoleHandler(stdout, false)
 	b := &boot{h: h, log: slog.New(h), stdin: stdin, stdout: stdout}
+	routeStdLog(b.log)
 	b.main() // never returns
 	return nil
+}
+
+// routeStdLog makes the standard logger, which u-root's dhclient,
+// switch_root and kexec write to, log debug records of l: their lines
+// become hninit: lines, shown with hn.debug and kept out of the console
+// otherwise. The init owns the process's logging and sets it once here,
+// so no library call has to swap the logger around its own calls.
+func routeStdLog(l *slog.Logger) {
+	slog.SetLogLoggerLevel(slog.LevelDebug)
+	slog.SetDefault(l)
 }
 
 const usage = `hninit: hnboot's initramfs /init (runs as PID 1).
