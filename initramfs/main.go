@@ -1,9 +1,11 @@
 // Command init is hnboot's /init: PID 1 of the initramfs. It mounts the
 // kernel filesystems, loads the modules it needs, finds the hostpart
 // partition, checks the disk layout, rotates or reverts the root images
-// (crash-safely), loop-mounts hn-root.img read-only under a tmpfs overlay,
-// writes this host's identity into it and switches root. DESIGN.md §3 is the
-// contract; every step logs a `hninit:` line.
+// (crash-safely), checks in with imaged when it knows one, loop-mounts
+// hn-root.img read-only, kexecs into the image's own kernel when that
+// differs from the running one, writes this host's identity into a tmpfs
+// overlay of the image and switches root. DESIGN.md §3 is the contract;
+// every step logs a `hninit:` line.
 package main
 
 import (

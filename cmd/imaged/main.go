@@ -1,8 +1,7 @@
 // Command imaged is hnboot's fleet daemon: `imaged serve` (PXE/TFTP/HTTP
 // image server and supervisor) and `imaged agent` (on each host), plus the
-// operator's commands on a host. The init issue ships only its skeleton;
-// every subcommand says plainly that it is not there yet instead of
-// pretending to work.
+// operator's commands on a host (status, stage, revert, mark-good) and
+// the admin client of imaged serve (fleet).
 package main
 
 import (

@@ -32,7 +32,9 @@ image blobs by digest and host check-ins. SIGTERM or SIGINT stops it
 gracefully.
 
 Which image a host boots comes from the fleet directory (--state DIR) or,
-without one, from --image and --host.
+without one, from --image and --host. The fleet directory and the token
+file are reloaded when they change and on SIGHUP; a directory that does
+not load keeps the last good state.
 
 Examples:
   imaged serve --interface br0 --image hn-root.img --allow-unknown
