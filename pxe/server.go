@@ -216,12 +216,6 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// HTTPBase is the URL hosts reach the server at.
-func (s *Server) HTTPBase() string { return s.cfg.HTTPBase }
-
-// Handler is the HTTP side, for tests.
-func (s *Server) Handler() http.Handler { return s.h }
-
 func (s *Server) closeAll() {
 	if s.dhcp != nil {
 		s.dhcp.close()

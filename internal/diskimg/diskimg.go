@@ -83,14 +83,10 @@ type Result struct {
 	Allocated  int64 // bytes the sparse file takes on disk
 }
 
-// Layout computes the two partitions of a disk of size bytes: EFI-BOOT at
+// LayoutBoot computes the partitions of a disk of size bytes: EFI-BOOT at
 // 1 MiB, hostpart from the next MiB boundary to the last usable sector.
-func Layout(size, efiSize int64) ([]Partition, error) {
-	return LayoutBoot(size, efiSize, false)
-}
-
-// LayoutBoot is Layout, with bios a third partition, BIOS-BOOT (GPT type
-// EF02, 1 MiB), comes first on the disk at 1 MiB and EFI-BOOT follows it.
+// With bios a third partition, BIOS-BOOT (GPT type EF02, 1 MiB), comes
+// first on the disk at 1 MiB and EFI-BOOT follows it.
 // The GPT numbers stay EFI-BOOT 1 and hostpart 2 (as in the seed's
 // "hd0,gpt2"), BIOS-BOOT is 3; the result lists them in that order.
 func LayoutBoot(size, efiSize int64, bios bool) ([]Partition, error) {

@@ -37,22 +37,22 @@ func TestLayout(t *testing.T) {
 		{size: 130 * mib, efi: 128 * mib, wantErrContain: "no room"},
 		{size: 512 * mib, efi: 16 * mib, wantErrContain: "too small"},
 	} {
-		parts, err := Layout(tt.size, tt.efi)
+		parts, err := LayoutBoot(tt.size, tt.efi, false)
 		if tt.wantErrContain != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErrContain) {
-				t.Errorf("Layout(%d, %d) = %v, want error containing %q", tt.size, tt.efi, err, tt.wantErrContain)
+				t.Errorf("LayoutBoot(%d, %d, false) = %v, want error containing %q", tt.size, tt.efi, err, tt.wantErrContain)
 			}
 			continue
 		}
 		if err != nil {
-			t.Errorf("Layout(%d, %d) = %v", tt.size, tt.efi, err)
+			t.Errorf("LayoutBoot(%d, %d, false) = %v", tt.size, tt.efi, err)
 			continue
 		}
 		if parts[0].Offset != mib || parts[0].Size != tt.efi {
-			t.Errorf("Layout(%d, %d)[0] = %+v, want offset 1 MiB, size %d", tt.size, tt.efi, parts[0], tt.efi)
+			t.Errorf("LayoutBoot(%d, %d, false)[0] = %+v, want offset 1 MiB, size %d", tt.size, tt.efi, parts[0], tt.efi)
 		}
 		if parts[1].Offset != tt.wantHostOff || parts[1].Size != tt.wantHostSize {
-			t.Errorf("Layout(%d, %d)[1] = %+v, want offset %d size %d", tt.size, tt.efi, parts[1], tt.wantHostOff, tt.wantHostSize)
+			t.Errorf("LayoutBoot(%d, %d, false)[1] = %+v, want offset %d size %d", tt.size, tt.efi, parts[1], tt.wantHostOff, tt.wantHostSize)
 		}
 	}
 }
