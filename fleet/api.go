@@ -103,7 +103,7 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
 //	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
-//	GET  /metrics                         Prometheus text format
+//	GET  /metrics                         Prometheus metrics (fleet, Go runtime, process)
 func (f *Fleet) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/status", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
@@ -210,9 +210,9 @@ func (f *Fleet) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, dh)
 	}))
+	metrics := f.metricsHandler()
 	mux.HandleFunc("GET /metrics", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		w.Write(f.Metrics())
+		metrics.ServeHTTP(w, r)
 	}))
 	mux.HandleFunc("/api/", f.count(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -579,10 +578,4 @@ func (l *loader) imageHint() string {
 		refs = append(refs[:5], "...")
 	}
 	return " (known: " + strings.Join(refs, ", ") + ")"
-}
-
-// IsValidation reports whether err is a *ValidationError.
-func IsValidation(err error) bool {
-	var v *ValidationError
-	return errors.As(err, &v)
 }

@@ -14,12 +14,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
@@ -339,25 +337,22 @@ func (f *Fleet) Reload() error {
 	return nil
 }
 
-// Run reloads on SIGHUP and when a file in the directory (or the token
-// file) changes, until ctx ends.
+// Run reloads when a file in the directory (or the token file) changes,
+// checking every PollInterval, until ctx ends. Reloading on a signal is
+// the caller's: signals are the process's, not a library's (imaged serve
+// calls Reload on SIGHUP).
 func (f *Fleet) Run(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var tick <-chan time.Time
-	if f.opts.PollInterval > 0 {
-		t := time.NewTicker(f.opts.PollInterval)
-		defer t.Stop()
-		tick = t.C
+	if f.opts.PollInterval <= 0 {
+		<-ctx.Done()
+		return nil
 	}
+	t := time.NewTicker(f.opts.PollInterval)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-hup:
-			f.Reload()
-		case <-tick:
+		case <-t.C:
 			if f.changed() {
 				f.Reload()
 			}

@@ -13,13 +13,16 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/pxe"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -120,8 +123,17 @@ func TestReloadKeepsLastGood(t *testing.T) {
 	if st := e.f.Status(); !strings.Contains(st.ConfigError, "colour") {
 		t.Errorf("Status().ConfigError = %q, want the reload error", st.ConfigError)
 	}
-	if m := string(e.f.Metrics()); !strings.Contains(m, "hnboot_fleet_config_valid 0\n") || !strings.Contains(m, `hnboot_fleet_config_reloads_total{result="error"} 1`) {
-		t.Errorf("metrics after a failed reload lack config_valid 0 and one error reload:\n%s", m)
+	want := `
+# HELP hnboot_fleet_config_reloads_total Reloads of the fleet directory, by result.
+# TYPE hnboot_fleet_config_reloads_total counter
+hnboot_fleet_config_reloads_total{result="error"} 1
+hnboot_fleet_config_reloads_total{result="ok"} 0
+# HELP hnboot_fleet_config_valid 1 if the fleet directory as it is now on disk loaded; 0 if the last reload failed and the last good state is served.
+# TYPE hnboot_fleet_config_valid gauge
+hnboot_fleet_config_valid 0
+`
+	if err := testutil.CollectAndCompare(collector{e.f}, strings.NewReader(want), "hnboot_fleet_config_valid", "hnboot_fleet_config_reloads_total"); err != nil {
+		t.Errorf("metrics after a failed reload: %v", err)
 	}
 	writeFile(t, hosts, strings.Replace(string(orig), "hostname: web-02\n    group: web", "hostname: web-02\n    group: web\n    image: base@1.3", 1))
 	if err := e.f.Reload(); err != nil {
@@ -417,7 +429,8 @@ func TestCheckinLedger(t *testing.T) {
 	if bs := e.f.led.Boots("52:54:00:00:00:03"); len(bs) != 1 || !strings.Contains(bs[0].Events[0].Err, "booted:") || bs[0].Checkin != nil {
 		t.Errorf("ledger of web-03 after a refused check-in = %+v, want the refusal with its reason", bs)
 	}
-	if m := string(e.f.Metrics()); !strings.Contains(m, `hnboot_checkins_total{result="error"} 2`+"\n") || !strings.Contains(m, `hnboot_checkins_total{result="ok"} 1`+"\n") {
+	_, mb := e.call(t, "GET", "/metrics", aliceToken, nil)
+	if m := string(mb); !strings.Contains(m, `hnboot_checkins_total{result="error"} 2`+"\n") || !strings.Contains(m, `hnboot_checkins_total{result="ok"} 1`+"\n") {
 		t.Errorf("check-in metrics after 1 accepted and 2 refused:\n%s", m)
 	}
 }
@@ -500,55 +513,80 @@ func TestRecordAndWhy(t *testing.T) {
 	}
 }
 
-var sampleRE = regexp.MustCompile(`^([a-z_:][a-z0-9_:]*)(\{[a-z_]+="(?:[^"\\]|\\.)*"(?:,[a-z_]+="(?:[^"\\]|\\.)*")*\})? -?[0-9][0-9.e+-]*$`)
-
-func TestMetricsFormat(t *testing.T) {
+// TestMetrics scrapes GET /metrics as Prometheus would and parses it: the
+// fleet's families with their values, and the Go runtime's, the process's
+// and promhttp's own beside them.
+func TestMetrics(t *testing.T) {
 	e := newEnv(t, false)
 	e.f.Checkin(mustParse(t, `{"mac":"52:54:00:00:00:01","images":{"current":"`+d12+`"}}`))
 	e.f.Record(Event{MAC: mustMAC("52:54:00:00:00:01"), Kind: "dhcp"})
 	e.call(t, "GET", "/api/status", "", nil) // a 401
+	if code, _ := e.call(t, "GET", "/metrics", "", nil); code != http.StatusUnauthorized {
+		t.Errorf("GET /metrics without a token = %d, want 401", code)
+	}
 	code, b := e.call(t, "GET", "/metrics", aliceToken, nil)
-	if code != 200 {
+	if code != http.StatusOK {
 		t.Fatalf("GET /metrics = %d", code)
 	}
-	typed := map[string]bool{}
-	helped := map[string]bool{}
-	for i, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		switch {
-		case strings.HasPrefix(line, "# HELP "):
-			helped[strings.Fields(line)[2]] = true
-		case strings.HasPrefix(line, "# TYPE "):
-			f := strings.Fields(line)
-			if len(f) != 4 || (f[3] != "gauge" && f[3] != "counter") {
-				t.Errorf("metrics line %d = %q, want # TYPE name gauge|counter", i+1, line)
-			}
-			typed[f[2]] = true
-		default:
-			m := sampleRE.FindStringSubmatch(line)
-			if m == nil {
-				t.Errorf("metrics line %d = %q, want a sample in the text format", i+1, line)
-				continue
-			}
-			if !typed[m[1]] || !helped[m[1]] {
-				t.Errorf("metrics line %d: sample %s before its HELP and TYPE", i+1, m[1])
-			}
-		}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("GET /metrics is not the Prometheus text format: %v\n%s", err, b)
 	}
-	for _, want := range []string{
-		`hnboot_fleet_hosts{state="ok"} 1`,
-		`hnboot_fleet_hosts{state="never-seen"} 4`,
-		`hnboot_boot_events_total{kind="dhcp"} 1`,
-		`hnboot_checkins_total{result="ok"} 1`,
-		`hnboot_api_requests_total{code="401"} 1`,
-		"hnboot_fleet_config_valid 1",
+	for _, tt := range []struct {
+		name   string
+		typ    dto.MetricType
+		labels map[string]string
+		want   float64
+	}{
+		{"hnboot_fleet_hosts", dto.MetricType_GAUGE, map[string]string{"state": "ok"}, 1},
+		{"hnboot_fleet_hosts", dto.MetricType_GAUGE, map[string]string{"state": "never-seen"}, 4},
+		{"hnboot_fleet_hosts", dto.MetricType_GAUGE, map[string]string{"state": "failed"}, 0},
+		{"hnboot_fleet_images", dto.MetricType_GAUGE, nil, float64(len(e.f.Images()))},
+		{"hnboot_fleet_config_valid", dto.MetricType_GAUGE, nil, 1},
+		{"hnboot_fleet_config_reloads_total", dto.MetricType_COUNTER, map[string]string{"result": "ok"}, 0}, // the first load is not a reload
+		{"hnboot_boot_events_total", dto.MetricType_COUNTER, map[string]string{"kind": "dhcp"}, 1},
+		{"hnboot_boot_events_total", dto.MetricType_COUNTER, map[string]string{"kind": "tftp"}, 0},
+		{"hnboot_checkins_total", dto.MetricType_COUNTER, map[string]string{"result": "ok"}, 1},
+		{"hnboot_checkins_total", dto.MetricType_COUNTER, map[string]string{"result": "error"}, 0},
+		{"hnboot_api_requests_total", dto.MetricType_COUNTER, map[string]string{"code": "401"}, 2},
 	} {
-		if !strings.Contains(string(b), want+"\n") {
-			t.Errorf("metrics lack %q:\n%s", want, b)
+		got, ok := sample(fams, tt.name, tt.typ, tt.labels)
+		if !ok || got != tt.want {
+			t.Errorf("%s%v = %v (found: %v), want %v of type %v", tt.name, tt.labels, got, ok, tt.want, tt.typ)
 		}
 	}
-	if got := escapeLabel("a\"b\\c\nd"); got != `a\"b\\c\nd` {
-		t.Errorf(`escapeLabel("a\"b\\c\nd") = %s, want a\"b\\c\nd`, got)
+	for _, name := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "process_cpu_seconds_total", "process_resident_memory_bytes", "promhttp_metric_handler_errors_total"} {
+		if fams[name] == nil {
+			t.Errorf("GET /metrics lacks %s", name)
+		}
 	}
+}
+
+// sample finds the value of the sample of family name with exactly labels.
+func sample(fams map[string]*dto.MetricFamily, name string, typ dto.MetricType, labels map[string]string) (float64, bool) {
+	mf := fams[name]
+	if mf == nil || mf.GetType() != typ {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		if len(m.GetLabel()) != len(labels) {
+			continue
+		}
+		for _, l := range m.GetLabel() {
+			if labels[l.GetName()] != l.GetValue() {
+				continue next
+			}
+		}
+		switch typ {
+		case dto.MetricType_GAUGE:
+			return m.GetGauge().GetValue(), true
+		case dto.MetricType_COUNTER:
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
 }
 
 func TestHostState(t *testing.T) {

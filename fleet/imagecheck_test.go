@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -106,7 +107,7 @@ func TestImageDigestMismatch(t *testing.T) {
 			e := newImageFleet(t)
 			c.edit(e, t)
 			want := strings.ReplaceAll(c.want, "%dir", e.dir)
-			if _, err := e.open(t); err == nil || !IsValidation(err) || !strings.Contains(err.Error(), want) {
+			if _, err := e.open(t); err == nil || !errors.As(err, new(*ValidationError)) || !strings.Contains(err.Error(), want) {
 				t.Fatalf("New = %v, want a validation error containing\n%s", err, want)
 			}
 

@@ -1,38 +1,124 @@
 package fleet
 
 import (
-	"fmt"
-	"sort"
+	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metricsWriter writes the Prometheus text exposition format (0.0.4).
-type metricsWriter struct{ b strings.Builder }
+// The fleet's metrics are derived at scrape time from what Status, the
+// ledger and the fleet's counters already hold, so a collector computes
+// them on Collect instead of keeping a second copy of the state in
+// gauges that could drift from it.
+var (
+	descHosts = prometheus.NewDesc("hnboot_fleet_hosts",
+		"Hosts in the desired state, by state (desired image against the last check-in).", []string{"state"}, nil)
+	descUnknown = prometheus.NewDesc("hnboot_fleet_unknown_checkins",
+		"MACs that checked in but are not in the hosts files.", nil, nil)
+	descRevertsPending = prometheus.NewDesc("hnboot_fleet_reverts_pending",
+		"Hosts being sent hn.revert until they report it applied.", nil, nil)
+	descImages = prometheus.NewDesc("hnboot_fleet_images",
+		"Images declared in the fleet directory.", nil, nil)
+	descConfigValid = prometheus.NewDesc("hnboot_fleet_config_valid",
+		"1 if the fleet directory as it is now on disk loaded; 0 if the last reload failed and the last good state is served.", nil, nil)
+	descLastGoodReload = prometheus.NewDesc("hnboot_fleet_config_last_good_reload_timestamp_seconds",
+		"When the fleet directory last loaded without error.", nil, nil)
+	descReloads = prometheus.NewDesc("hnboot_fleet_config_reloads_total",
+		"Reloads of the fleet directory, by result.", []string{"result"}, nil)
+	descWarnings = prometheus.NewDesc("hnboot_fleet_warnings",
+		"Overrides or rollouts that no longer match the fleet directory.", nil, nil)
+	descBootEvents = prometheus.NewDesc("hnboot_boot_events_total",
+		"Boot ledger events, by kind.", []string{"kind"}, nil)
+	descCheckins = prometheus.NewDesc("hnboot_checkins_total",
+		"Host check-ins, by result.", []string{"result"}, nil)
+	descAPIRequests = prometheus.NewDesc("hnboot_api_requests_total",
+		"Admin API responses, by HTTP status code.", []string{"code"}, nil)
+	descServiceUp = prometheus.NewDesc("hnboot_service_up",
+		"1 if the supervised service is running.", []string{"service"}, nil)
+	descServiceRestarts = prometheus.NewDesc("hnboot_service_restarts_total",
+		"Restarts of a supervised service.", []string{"service"}, nil)
+)
 
-func (m *metricsWriter) family(name, typ, help string) {
-	fmt.Fprintf(&m.b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-}
+// hostStates are always exported, at 0 when no host is in them, so a
+// dashboard's series exist before the first host gets there.
+var hostStates = []string{StateOK, StateTrial, StateStaged, StateOutdated, StateFailed, StateNeverSeen, StateRevertPending}
 
-// sample writes one sample; labels are name, value pairs.
-func (m *metricsWriter) sample(name string, v float64, labels ...string) {
-	m.b.WriteString(name)
-	if len(labels) > 0 {
-		m.b.WriteByte('{')
-		for i := 0; i+1 < len(labels); i += 2 {
-			if i > 0 {
-				m.b.WriteByte(',')
-			}
-			m.b.WriteString(labels[i] + `="` + escapeLabel(labels[i+1]) + `"`)
-		}
-		m.b.WriteByte('}')
+// bootEventKinds likewise.
+var bootEventKinds = []string{"dhcp", "dhcp-ignored", "tftp", "http", "checkin"}
+
+// collector is the fleet's prometheus.Collector.
+type collector struct{ f *Fleet }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHosts, descUnknown, descRevertsPending, descImages,
+		descConfigValid, descLastGoodReload, descReloads, descWarnings, descBootEvents,
+		descCheckins, descAPIRequests, descServiceUp, descServiceRestarts} {
+		ch <- d
 	}
-	m.b.WriteString(" " + strconv.FormatFloat(v, 'g', -1, 64) + "\n")
 }
 
-func escapeLabel(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	f := c.f
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	st := f.Status()
+
+	byState := map[string]int{}
+	pending := 0
+	for _, h := range st.Hosts {
+		byState[h.State]++
+		if h.RevertPending != nil {
+			pending++
+		}
+	}
+	for _, s := range hostStates {
+		gauge(descHosts, float64(byState[s]), s)
+		delete(byState, s)
+	}
+	for s, n := range byState { // a state this list does not know yet
+		gauge(descHosts, float64(n), s)
+	}
+	gauge(descUnknown, float64(len(st.Unknown)))
+	gauge(descRevertsPending, float64(pending))
+	gauge(descImages, float64(len(f.Images())))
+
+	f.mu.Lock()
+	reloadsOK, reloadsErr := f.reloads["ok"], f.reloads["error"]
+	f.mu.Unlock()
+	gauge(descConfigValid, b2f(st.ConfigError == ""))
+	gauge(descLastGoodReload, float64(st.LastGoodReload.Unix()))
+	counter(descReloads, reloadsOK, "ok")
+	counter(descReloads, reloadsErr, "error")
+	gauge(descWarnings, float64(len(st.Warnings)))
+
+	counts := f.led.Counts()
+	for _, k := range bootEventKinds {
+		counter(descBootEvents, counts[k], k)
+		delete(counts, k)
+	}
+	for k, n := range counts {
+		counter(descBootEvents, n, k)
+	}
+	counter(descCheckins, f.checkins["ok"].Load(), "ok")
+	counter(descCheckins, f.checkins["error"].Load(), "error")
+
+	f.apiCodes.Range(func(k, v any) bool {
+		counter(descAPIRequests, v.(*atomic.Uint64).Load(), strconv.Itoa(k.(int)))
+		return true
+	})
+
+	for _, s := range st.Services {
+		gauge(descServiceUp, b2f(s.State == "running"), s.Name)
+		counter(descServiceRestarts, uint64(s.Restarts), s.Name)
+	}
 }
 
 func b2f(b bool) float64 {
@@ -42,89 +128,22 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// Metrics renders the fleet's metrics.
-func (f *Fleet) Metrics() []byte {
-	st := f.Status()
-	m := &metricsWriter{}
-
-	byState := map[string]int{}
-	for _, s := range []string{StateOK, StateTrial, StateStaged, StateOutdated, StateFailed, StateNeverSeen, StateRevertPending} {
-		byState[s] = 0
-	}
-	pending := 0
-	for _, h := range st.Hosts {
-		byState[h.State]++
-		if h.RevertPending != nil {
-			pending++
-		}
-	}
-	m.family("hnboot_fleet_hosts", "gauge", "Hosts in the desired state, by state (desired image against the last check-in).")
-	for _, s := range sortedKeys(byState) {
-		m.sample("hnboot_fleet_hosts", float64(byState[s]), "state", s)
-	}
-	m.family("hnboot_fleet_unknown_checkins", "gauge", "MACs that checked in but are not in the hosts files.")
-	m.sample("hnboot_fleet_unknown_checkins", float64(len(st.Unknown)))
-	m.family("hnboot_fleet_reverts_pending", "gauge", "Hosts being sent hn.revert until they report it applied.")
-	m.sample("hnboot_fleet_reverts_pending", float64(pending))
-	m.family("hnboot_fleet_images", "gauge", "Images declared in the fleet directory.")
-	m.sample("hnboot_fleet_images", float64(len(f.Images())))
-
-	f.mu.Lock()
-	reloads := map[string]uint64{"ok": f.reloads["ok"], "error": f.reloads["error"]}
-	f.mu.Unlock()
-	m.family("hnboot_fleet_config_valid", "gauge", "1 if the fleet directory as it is now on disk loaded; 0 if the last reload failed and the last good state is served.")
-	m.sample("hnboot_fleet_config_valid", b2f(st.ConfigError == ""))
-	m.family("hnboot_fleet_config_last_good_reload_timestamp_seconds", "gauge", "When the fleet directory last loaded without error.")
-	m.sample("hnboot_fleet_config_last_good_reload_timestamp_seconds", float64(st.LastGoodReload.Unix()))
-	m.family("hnboot_fleet_config_reloads_total", "counter", "Reloads of the fleet directory, by result.")
-	for _, r := range sortedKeys(reloads) {
-		m.sample("hnboot_fleet_config_reloads_total", float64(reloads[r]), "result", r)
-	}
-	m.family("hnboot_fleet_warnings", "gauge", "Overrides or rollouts that no longer match the fleet directory.")
-	m.sample("hnboot_fleet_warnings", float64(len(st.Warnings)))
-
-	m.family("hnboot_boot_events_total", "counter", "Boot ledger events, by kind.")
-	counts := f.led.Counts()
-	for _, k := range []string{"dhcp", "dhcp-ignored", "tftp", "http", "checkin"} {
-		if _, ok := counts[k]; !ok {
-			counts[k] = 0
-		}
-	}
-	for _, k := range sortedKeys(counts) {
-		m.sample("hnboot_boot_events_total", float64(counts[k]), "kind", k)
-	}
-	m.family("hnboot_checkins_total", "counter", "Host check-ins, by result.")
-	m.sample("hnboot_checkins_total", float64(f.checkins["error"].Load()), "result", "error")
-	m.sample("hnboot_checkins_total", float64(f.checkins["ok"].Load()), "result", "ok")
-
-	codes := map[string]uint64{}
-	f.apiCodes.Range(func(k, v any) bool {
-		codes[strconv.Itoa(k.(int))] = v.(*atomic.Uint64).Load()
-		return true
-	})
-	m.family("hnboot_api_requests_total", "counter", "Admin API responses, by HTTP status code.")
-	for _, c := range sortedKeys(codes) {
-		m.sample("hnboot_api_requests_total", float64(codes[c]), "code", c)
-	}
-
-	if len(st.Services) > 0 {
-		m.family("hnboot_service_up", "gauge", "1 if the supervised service is running.")
-		for _, s := range st.Services {
-			m.sample("hnboot_service_up", b2f(s.State == "running"), "service", s.Name)
-		}
-		m.family("hnboot_service_restarts_total", "counter", "Restarts of a supervised service.")
-		for _, s := range st.Services {
-			m.sample("hnboot_service_restarts_total", float64(s.Restarts), "service", s.Name)
-		}
-	}
-	return []byte(m.b.String())
+// registry is the fleet's own registry (not prometheus.DefaultRegisterer,
+// which is process-wide state a library must not touch): the fleet's
+// metrics and those of the Go runtime and the process it runs in.
+func (f *Fleet) registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collector{f},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return reg
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
+// metricsHandler serves the registry in the format the scraper asks for
+// (text by default).
+func (f *Fleet) metricsHandler() http.Handler {
+	reg := f.registry()
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	stdlog "log"
 	"net"
 	"os"
 	"path/filepath"
@@ -139,9 +138,8 @@ func netUp(ctx context.Context, ifname string) error {
 	if err != nil {
 		return err
 	}
-	// dhclient logs through the standard logger; keep the console to hninit lines.
-	stdlog.SetOutput(io.Discard)
-	defer stdlog.SetOutput(os.Stderr)
+	// dhclient logs through the standard logger: main made that the
+	// init's debug log (routeStdLog).
 	results := dhclient.SendRequests(ctx, []netlink.Link{link}, true, false,
 		dhclient.Config{Timeout: 2 * time.Second, Retries: 3}, time.Until(deadline))
 	var last error = errors.New("no DHCP answer")

@@ -3,19 +3,17 @@ package main
 // DESIGN.md §3 step 5: if the image being booted ships a kernel whose
 // release differs from the running one, kexec into the image's kernel and
 // initramfs, once, so kernel and modules always match the root. The pure
-// part (reading a bzImage's release, the decision, the new command line)
+// part (the image kernel's release, the decision, the new command line)
 // is separate from the syscalls; kexec_test.go tests it.
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/u-root/u-root/pkg/boot/bzimage"
 	"github.com/u-root/u-root/pkg/boot/kexec"
 	"golang.org/x/sys/unix"
 
@@ -34,48 +32,6 @@ const (
 	imageKernel = "boot/vmlinuz"
 	imageInitrd = "boot/initramfs"
 )
-
-// bzImage setup header (Documentation/arch/x86/boot.rst).
-const (
-	bzBootFlag      = 0x1fe // 0xaa55
-	bzHeaderMagic   = 0x202 // "HdrS"
-	bzVersion       = 0x206 // boot protocol version
-	bzKernelVersion = 0x20e // pointer to the version string, minus 0x200
-)
-
-// KernelRelease reads the release ("6.1.0-55-amd64") from an x86 bzImage:
-// the setup header's kernel_version field points (plus 0x200) to a string
-// that starts with the release, as uname -r prints it.
-func KernelRelease(r io.ReaderAt) (string, error) {
-	hdr := make([]byte, 0x210)
-	if _, err := r.ReadAt(hdr, 0); err != nil {
-		return "", fmt.Errorf("read bzImage header: %w", err)
-	}
-	if binary.LittleEndian.Uint16(hdr[bzBootFlag:]) != 0xaa55 || string(hdr[bzHeaderMagic:bzHeaderMagic+4]) != "HdrS" {
-		return "", errors.New("not an x86 bzImage (no boot flag 0xaa55 and HdrS setup header)")
-	}
-	if v := binary.LittleEndian.Uint16(hdr[bzVersion:]); v < 0x0200 {
-		return "", fmt.Errorf("bzImage boot protocol %#x has no kernel version field", v)
-	}
-	ptr := binary.LittleEndian.Uint16(hdr[bzKernelVersion:])
-	if ptr == 0 {
-		return "", errors.New("bzImage has no kernel version string")
-	}
-	s := make([]byte, 256)
-	n, err := r.ReadAt(s, int64(ptr)+0x200)
-	if n == 0 && err != nil {
-		return "", fmt.Errorf("read bzImage version string at %#x: %w", int(ptr)+0x200, err)
-	}
-	s = s[:n]
-	if i := bytes.IndexByte(s, 0); i >= 0 {
-		s = s[:i]
-	}
-	f := strings.Fields(string(s))
-	if len(f) == 0 {
-		return "", errors.New("bzImage kernel version string is empty")
-	}
-	return f[0], nil
-}
 
 // kexecDecision says whether to kexec into an image's kernel. args is the
 // parsed command line, running the running kernel's release, image the
@@ -154,7 +110,9 @@ func (b *boot) maybeKexec(name string) {
 	}
 }
 
-// imageRelease reads the release of the image's kernel at path.
+// imageRelease reads the release ("6.1.0-55-amd64", as uname -r prints
+// it) of the image's kernel at path: the first word of the version string
+// that the bzImage setup header points to.
 func imageRelease(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -164,9 +122,13 @@ func imageRelease(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	rel, err := KernelRelease(f)
+	v, err := bzimage.KVer(f)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
+		return "", fmt.Errorf("%s: not an x86 bzImage with a version string: %w", path, err)
+	}
+	rel, _, _ := strings.Cut(strings.TrimSpace(v), " ")
+	if rel == "" {
+		return "", fmt.Errorf("%s: the bzImage's version string is empty", path)
 	}
 	return rel, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,61 +11,55 @@ import (
 	"github.com/hnboot/hnboot/internal/testkernel"
 )
 
-// bzImage makes the first bytes of an x86 bzImage whose version string is
-// ver (at 0x200 + ptr).
-func bzImage(ver string, ptr uint16) []byte {
-	b := make([]byte, 0x200+int(ptr)+len(ver)+1+100)
-	binary.LittleEndian.PutUint16(b[bzBootFlag:], 0xaa55)
-	copy(b[bzHeaderMagic:], "HdrS")
-	binary.LittleEndian.PutUint16(b[bzVersion:], 0x020f)
-	binary.LittleEndian.PutUint16(b[bzKernelVersion:], ptr)
-	copy(b[0x200+int(ptr):], ver)
-	return b
-}
-
-func TestKernelRelease(t *testing.T) {
-	noMagic := bzImage("6.1.0-55-amd64", 0x3000)
-	copy(noMagic[bzHeaderMagic:], "XXXX")
-	oldProto := bzImage("6.1.0-55-amd64", 0x3000)
-	binary.LittleEndian.PutUint16(oldProto[bzVersion:], 0x0100)
+// TestImageRelease reads releases out of the real test kernel (scripts/
+// deps.sh fetches it), a truncated copy of it, and files that are not
+// kernels.
+func TestImageRelease(t *testing.T) {
+	k := testkernel.Must(t)
+	kernel, err := os.ReadFile(k.Vmlinuz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	for _, tt := range []struct {
 		name    string
-		img     []byte
+		path    string
 		want    string
 		wantErr string
 	}{
-		{"debian", bzImage("6.1.0-55-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-1", 0x3020), "6.1.0-55-amd64", ""},
-		{"bare", bzImage("6.12.9", 0x100), "6.12.9", ""},
-		{"no magic", noMagic, "", "not an x86 bzImage"},
-		{"old protocol", oldProto, "", "boot protocol"},
-		{"no pointer", bzImage("x", 0), "", "no kernel version string"},
-		{"empty string", bzImage("", 0x100), "", "empty"},
-		{"short", []byte("MZ"), "", "read bzImage header"},
+		{"test kernel", k.Vmlinuz, k.Release, ""},
+		// The setup header is there, the version string it points to is not.
+		{"truncated", file("truncated", kernel[:1024]), "", "not an x86 bzImage"},
+		{"not a kernel", file("initramfs", bytes.Repeat([]byte{0x28, 0xb5, 0x2f, 0xfd}, 256)), "", "not an x86 bzImage"},
+		{"short", file("short", []byte("MZ")), "", "not an x86 bzImage"},
+		{"missing", filepath.Join(dir, "nope"), "", "image has no /boot/vmlinuz"},
 	} {
-		got, err := KernelRelease(bytes.NewReader(tt.img))
+		got, err := imageRelease(tt.path)
 		if got != tt.want || (tt.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
-			t.Errorf("KernelRelease(%s) = %q, %v; want %q, error containing %q", tt.name, got, err, tt.want, tt.wantErr)
+			t.Errorf("imageRelease(%s) = %q, %v; want %q, error containing %q", tt.name, got, err, tt.want, tt.wantErr)
 		}
 	}
 }
 
-// TestKernelReleaseTestKernel reads the real test kernels (scripts/deps.sh
-// fetches both): the release in the bzImage header is the one in the
-// package's file name.
-func TestKernelReleaseTestKernel(t *testing.T) {
+// TestImageReleaseTestKernels reads every test kernel (scripts/deps.sh
+// fetches two, for the kexec test): the release in the bzImage header is
+// the one in the package's file name.
+func TestImageReleaseTestKernels(t *testing.T) {
 	m, _ := filepath.Glob(filepath.Join(testkernel.CacheDir(), "kernel*", "boot", "vmlinuz-*"))
 	if len(m) == 0 {
 		t.Fatalf("no test kernel under %s: %s", testkernel.CacheDir(), testkernel.Hint)
 	}
 	for _, p := range m {
-		f, err := os.Open(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := KernelRelease(f)
-		f.Close()
+		got, err := imageRelease(p)
 		if want := strings.TrimPrefix(filepath.Base(p), "vmlinuz-"); got != want || err != nil {
-			t.Errorf("KernelRelease(%s) = %q, %v; want %q", p, got, err, want)
+			t.Errorf("imageRelease(%s) = %q, %v; want %q", p, got, err, want)
 		}
 	}
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"log"
 	"log/slog"
+	"os"
 	"regexp"
 	"testing"
 )
@@ -34,5 +36,30 @@ func TestConsoleHandler(t *testing.T) {
 		if got, want := len(h.Lines()), bytes.Count(buf.Bytes(), []byte("\n")); got != want {
 			t.Errorf("Lines() kept %d lines, console has %d", got, want)
 		}
+	}
+}
+
+// TestRouteStdLog: u-root's packages log with the standard logger; after
+// routeStdLog those lines are the init's debug records, so they show only
+// with hn.debug, and as hninit: lines.
+func TestRouteStdLog(t *testing.T) {
+	orig := slog.Default()
+	t.Cleanup(func() {
+		slog.SetDefault(orig)
+		slog.SetLogLoggerLevel(slog.LevelInfo)
+		log.SetOutput(os.Stderr)
+		log.SetFlags(log.LstdFlags)
+	})
+	var buf bytes.Buffer
+	h := newConsoleHandler(&buf, false)
+	routeStdLog(slog.New(h))
+	log.Printf("Attempting to get DHCPv4 lease on %s", "eth0")
+	if buf.Len() != 0 {
+		t.Errorf("standard logger without hn.debug wrote %q, want nothing", buf.String())
+	}
+	h.debug = true
+	log.Printf("switch_root: moving mounts")
+	if got := buf.String(); !regexp.MustCompile(`^hninit: \[ *[0-9.]+\] switch_root: moving mounts\n$`).MatchString(got) {
+		t.Errorf("standard logger with hn.debug wrote %q, want one hninit: line", got)
 	}
 }

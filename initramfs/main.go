@@ -1,9 +1,11 @@
 // Command init is hnboot's /init: PID 1 of the initramfs. It mounts the
 // kernel filesystems, loads the modules it needs, finds the hostpart
 // partition, checks the disk layout, rotates or reverts the root images
-// (crash-safely), loop-mounts hn-root.img read-only under a tmpfs overlay,
-// writes this host's identity into it and switches root. DESIGN.md §3 is the
-// contract; every step logs a `hninit:` line.
+// (crash-safely), checks in with imaged when it knows one, loop-mounts
+// hn-root.img read-only, kexecs into the image's own kernel when that
+// differs from the running one, writes this host's identity into a tmpfs
+// overlay of the image and switches root. DESIGN.md §3 is the contract;
+// every step logs a `hninit:` line.
 package main
 
 import (
@@ -30,8 +32,19 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	h := newConsoleHandler(stdout, false)
 	b := &boot{h: h, log: slog.New(h), stdin: stdin, stdout: stdout}
+	routeStdLog(b.log)
 	b.main() // never returns
 	return nil
+}
+
+// routeStdLog makes the standard logger, which u-root's dhclient,
+// switch_root and kexec write to, log debug records of l: their lines
+// become hninit: lines, shown with hn.debug and kept out of the console
+// otherwise. The init owns the process's logging and sets it once here,
+// so no library call has to swap the logger around its own calls.
+func routeStdLog(l *slog.Logger) {
+	slog.SetLogLoggerLevel(slog.LevelDebug)
+	slog.SetDefault(l)
 }
 
 const usage = `hninit: hnboot's initramfs /init (runs as PID 1).

@@ -15,6 +15,8 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
+
+	"github.com/hnboot/hnboot/internal/durable"
 )
 
 // Boot files pulled out of an image's /boot, and the names the image may
@@ -170,29 +172,26 @@ func pickBootFile(ents []fs.DirEntry, patterns []string) string {
 	return ""
 }
 
+// copyOut copies src out of the image to dst durably: the cache is
+// trusted on the next start (a file under its final name is served as is),
+// so a crash must not leave a truncated kernel there.
 func copyOut(fsys filesystem.FileSystem, src, dst string) error {
 	in, err := fsys.OpenFile(src, os.O_RDONLY)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".extract-*")
+	out, err := durable.Create(dst, 0o644)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, in)
-	if err == nil && n == 0 {
-		err = errors.New("empty file")
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	defer out.Cleanup()
+	n, err := io.Copy(out, in)
 	if err != nil {
-		return err
+		return fmt.Errorf("copy to %s: %w", dst, err)
 	}
-	return os.Rename(tmp.Name(), dst)
+	if n == 0 {
+		return errors.New("empty file")
+	}
+	return out.Commit()
 }

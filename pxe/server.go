@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/durable"
 )
 
 // Config is a whole boot server.
@@ -83,11 +85,8 @@ func CopyIPXE(src, dst string) error {
 			}
 			return fmt.Errorf("iPXE binaries: %w (apt-get install ipxe)", err)
 		}
-		tmp := filepath.Join(dst, "."+name+".tmp")
-		if err := os.WriteFile(tmp, data, 0o644); err != nil {
-			return fmt.Errorf("tftp root: %w", err)
-		}
-		if err := os.Rename(tmp, filepath.Join(dst, name)); err != nil {
+		// Atomic, so a TFTP client never reads a half-copied binary.
+		if err := durable.WriteFile(filepath.Join(dst, name), data, 0o644); err != nil {
 			return fmt.Errorf("tftp root: %w", err)
 		}
 	}
@@ -216,12 +215,6 @@ func New(cfg Config) (*Server, error) {
 	ok = true
 	return s, nil
 }
-
-// HTTPBase is the URL hosts reach the server at.
-func (s *Server) HTTPBase() string { return s.cfg.HTTPBase }
-
-// Handler is the HTTP side, for tests.
-func (s *Server) Handler() http.Handler { return s.h }
 
 func (s *Server) closeAll() {
 	if s.dhcp != nil {

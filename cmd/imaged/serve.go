@@ -32,7 +32,9 @@ image blobs by digest and host check-ins. SIGTERM or SIGINT stops it
 gracefully.
 
 Which image a host boots comes from the fleet directory (--state DIR) or,
-without one, from --image and --host.
+without one, from --image and --host. The fleet directory and the token
+file are reloaded when they change and on SIGHUP; a directory that does
+not load keeps the last good state.
 
 Examples:
   imaged serve --interface br0 --image hn-root.img --allow-unknown
@@ -130,7 +132,12 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if runBG != nil {
-		go runBG(ctx)
+		// SIGHUP reloads the fleet directory. Registered before serving:
+		// an unhandled SIGHUP would end the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go runBG(ctx, hup)
 	}
 	supDone := make(chan struct{})
 	if sup != nil {
@@ -145,8 +152,10 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 }
 
 // serveConfig turns flags into a pxe.Config: fleet mode with --state,
-// static mode otherwise.
-func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context), error) {
+// static mode otherwise. In fleet mode it also returns what runs beside
+// the server: the fleet's watch of its directory, and a reload on each
+// value of hup.
+func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context, <-chan os.Signal), error) {
 	cfg := pxe.Config{
 		Interface: f.iface, HTTPAddr: f.httpAddr, HTTPBase: f.httpBase,
 		TFTPRoot: f.tftpRoot, IPXEDir: f.ipxeDir, TFTPAddr: f.tftpAddr, CacheDir: f.cache,
@@ -185,7 +194,18 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		cfg.Recorder = pxe.Recorders{fl, logRec}
 		cfg.Checkin = fl.Checkin
 		cfg.Extra = fl.Handler()
-		return cfg, func() { fl.Close() }, func(ctx context.Context) { fl.Run(ctx) }, nil
+		runBG := func(ctx context.Context, hup <-chan os.Signal) {
+			go fl.Run(ctx)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					fl.Reload() // logs its own error and keeps the last good state
+				}
+			}
+		}
+		return cfg, func() { fl.Close() }, runBG, nil
 	}
 
 	dir := pxe.NewStaticDirectory()

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -76,5 +77,65 @@ func TestServeSupervisesServices(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "supervisor: started") {
 		t.Errorf("serve log does not show the service starting:\n%s", out.String())
+	}
+}
+
+// syncBuffer is the child's output, read while the child writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestServeReloadsOnSIGHUP: the command, not the fleet library, owns the
+// process's signals; a SIGHUP reloads the fleet directory and does not end
+// the server.
+func TestServeReloadsOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "fleet")
+	if err := os.CopyFS(state, os.DirFS("../../fleet/testdata/example")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "serve", "--server-ip", "127.0.0.1", "--dhcp-mode", "off", "--tftp", "off",
+		"--http", "127.0.0.1:0", "--state", state, "--observed", filepath.Join(dir, "fleet.db"), "--cache", filepath.Join(dir, "cache"))
+	cmd.Env = append(os.Environ(), "IMAGED_TEST_MAIN=1")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor := func(what, s string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), s); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("imaged serve: %s: no %q in its log within 20 s\n%s", what, s, out.String())
+			}
+		}
+	}
+	waitFor("start", "msg=serving") // logged once the signal handlers are set
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitFor("SIGHUP", "fleet: reloaded")
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("imaged serve exit after SIGHUP, SIGTERM = %v, want clean\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("imaged serve did not stop within 30 s of SIGTERM\n%s", out.String())
 	}
 }

@@ -33,10 +33,10 @@ BIOS), uefi (no BIOS-BOOT partition, EFI-BOOT at 1 MiB), bios, or none
 Debian's grub-efi-amd64-bin and grub-pc-bin; nothing is loop-mounted.
 GRUB's configuration loop-mounts hn-root.img from hostpart and boots its
 /boot/vmlinuz and /boot/initramfs; more entries boot hn-root-old.img and
-a rescue shell (hn.init=/bin/sh). The disk is written to
-DISK.tmp and renamed when complete; images are hard-linked (or copied,
-holes kept) into a staging directory DISK.staging beside it. Disks over
-2 TB work (3T takes seconds and little real space).
+a rescue shell (hn.init=/bin/sh). The disk is written to a temporary
+file beside DISK (.DISK<random>) and renamed when complete; images are
+hard-linked (or copied, holes kept) into a staging directory DISK.staging
+beside it. Disks over 2 TB work (3T takes seconds and little real space).
 
 Examples:
   mkimage disk --root hn-root.img --out disk.raw --size 4G

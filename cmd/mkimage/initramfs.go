@@ -30,7 +30,8 @@ come from each module's .modinfo, soft dependencies included). The default
 modules are storage (virtio, SCSI, AHCI, NVMe), filesystems (ext4, vfat,
 btrfs, xfs, squashfs, overlay, loop) and network (virtio_net, e1000,
 e1000e); --modules adds more. Module files are stored with '-' in their
-names turned into '_' (u-root's loader finds them that way). Output is written to FILE.tmp, then renamed.
+names turned into '_' (u-root's loader finds them that way). Output is
+written to a temporary file beside FILE, fsynced, then renamed.
 Entry times are SOURCE_DATE_EPOCH, or 0.
 
 Examples:

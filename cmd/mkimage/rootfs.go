@@ -24,7 +24,8 @@ root privileges, loop devices or mounts. Owners (numeric uid/gid), modes,
 setuid bits, hard links, symlinks, device nodes, FIFOs, sparse files and
 extended attributes (security.capability) are kept as the source has them,
 also when not run as root: a tarball is never unpacked as such, only file
-contents are staged. The image is written to FILE.tmp and renamed to FILE.
+contents are staged. The image is written to a temporary file beside FILE
+(.FILE<random>), fsynced and renamed to FILE.
 
   ext4      (default) mkfs.ext4 of an empty filesystem filled by one debugfs
             batch; label hn-root; size 1.3 times the tree plus 16 MiB unless

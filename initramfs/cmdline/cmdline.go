@@ -23,7 +23,7 @@ const (
 // optional fields mean "not given".
 type Config struct {
 	Hostpart  string   // block device spec of the host partition: LABEL=, UUID=, PARTLABEL= or /dev/...
-	Image     string   // file name of the current image on hostpart
+	Image     string   // file name on hostpart of the image to boot first (hn.image=, real_root=); rotation does not use it
 	Tries     int      // boots a freshly promoted image gets before it is reverted
 	Server    string   // imaged URL (hn.server=)
 	RevertID  string   // hn.revert=ID: fleet-wide revert, applied once per ID
@@ -178,8 +178,10 @@ func Parse(cmdline string) (Config, []string) {
 		image = aliasImage
 	}
 	if image != nil {
-		// real_root=/hn-root.img names the file relative to hostpart's root;
-		// the rotation derives hn-root-new.img etc. from a bare file name.
+		// real_root=/hn-root.img names the file relative to hostpart's
+		// root; the init opens it there, so only a bare file name will do.
+		// It names only the image booted first: the rotation works on the
+		// fixed slot names of internal/layout whatever this says.
 		name := strings.TrimLeft(*image, "/")
 		if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
 			warn("image %q is not a file name on hostpart; using %s", *image, layout.Current)

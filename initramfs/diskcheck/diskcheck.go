@@ -52,31 +52,11 @@ type Problem struct {
 	Msg   string
 }
 
-// Report is the outcome of Check.
+// Report is the outcome of CheckImage.
 type Report struct {
 	Disk     string
 	ESP      int // partition number of EFI-BOOT, 0 when not found
 	Problems []Problem
-}
-
-// Fatal reports whether any problem is fatal.
-func (r Report) Fatal() bool {
-	for _, p := range r.Problems {
-		if p.Fatal {
-			return true
-		}
-	}
-	return false
-}
-
-// Has reports whether a problem with the given code was found.
-func (r Report) Has(code string) bool {
-	for _, p := range r.Problems {
-		if p.Code == code {
-			return true
-		}
-	}
-	return false
 }
 
 // String gives one line per problem, ready for the console.
@@ -99,14 +79,10 @@ func (r Report) String() string {
 	return b.String()
 }
 
-// Check inspects disk (a whole-disk device or an image file) whose
+// CheckImage inspects disk (a whole-disk device or an image file) whose
 // partition hostpartIndex is hostpart (0 if hostpart is the whole disk or
-// unknown), expecting the GRUB config to boot DefaultImage.
-func Check(disk string, hostpartIndex int) Report {
-	return CheckImage(disk, hostpartIndex, layout.Current)
-}
-
-// CheckImage is Check for an image name other than the default (hn.image=).
+// unknown), expecting the GRUB config to boot image (hn.image=, normally
+// layout.Current).
 func CheckImage(disk string, hostpartIndex int, image string) Report {
 	return judge(gather(disk, hostpartIndex), hostpartIndex, image)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/diskfs/go-diskfs/partition/mbr"
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 const (
@@ -156,23 +157,23 @@ func TestCheck(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := makeDisk(t, tt.l)
-			r := Check(path, tt.hostpart)
+			r := CheckImage(path, tt.hostpart, layout.Current)
 			if got := codes(r); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("Check(%s).Problems = %q, want codes %q\n%s", tt.name, got, tt.want, r)
+				t.Errorf("CheckImage(%s).Problems = %q, want codes %q\n%s", tt.name, got, tt.want, r)
 			}
 			if r.ESP != tt.wantESP {
-				t.Errorf("Check(%s).ESP = %d, want %d", tt.name, r.ESP, tt.wantESP)
+				t.Errorf("CheckImage(%s).ESP = %d, want %d", tt.name, r.ESP, tt.wantESP)
 			}
-			if r.Fatal() {
-				t.Errorf("Check(%s).Fatal() = true, want false: disk problems are never fatal here", tt.name)
+			if fatal(r) {
+				t.Errorf("CheckImage(%s).Fatal() = true, want false: disk problems are never fatal here", tt.name)
 			}
 			for _, p := range r.Problems {
 				if !strings.Contains(p.Msg, path) {
-					t.Errorf("Check(%s) message %q does not name the disk %s", tt.name, p.Msg, path)
+					t.Errorf("CheckImage(%s) message %q does not name the disk %s", tt.name, p.Msg, path)
 				}
 			}
 			if len(tt.want) == 0 && !strings.HasSuffix(r.String(), ": ok") {
-				t.Errorf("Check(%s).String() = %q, want it to end in ': ok'", tt.name, r)
+				t.Errorf("CheckImage(%s).String() = %q, want it to end in ': ok'", tt.name, r)
 			}
 		})
 	}
@@ -180,25 +181,25 @@ func TestCheck(t *testing.T) {
 
 // The end-to-end test greps the console for these words.
 func TestMissingESPMessage(t *testing.T) {
-	r := Check(makeDisk(t, testDisk{espName: "boot", fsType: filesystem.TypeFat32, label: "X"}), 2)
+	r := CheckImage(makeDisk(t, testDisk{espName: "boot", fsType: filesystem.TypeFat32, label: "X"}), 2, layout.Current)
 	s := r.String()
 	if !strings.Contains(s, "EFI-BOOT") || !strings.Contains(s, "missing") {
-		t.Errorf("Check(no EFI-BOOT).String() = %q, want it to contain EFI-BOOT and missing", s)
+		t.Errorf("CheckImage(no EFI-BOOT).String() = %q, want it to contain EFI-BOOT and missing", s)
 	}
 }
 
 func TestCheckImageName(t *testing.T) {
 	path := makeDisk(t, testDisk{espName: "EFI-BOOT", fsType: filesystem.TypeFat32, label: "EFI-BOOT", files: goodGrub})
-	if r := CheckImage(path, 2, "other.img"); !r.Has(CodeGrubNoImage) || !strings.Contains(r.String(), "other.img") {
+	if r := CheckImage(path, 2, "other.img"); !has(r, CodeGrubNoImage) || !strings.Contains(r.String(), "other.img") {
 		t.Errorf("CheckImage(other.img) = %q, want %s naming other.img", r, CodeGrubNoImage)
 	}
 }
 
 func TestCheckUnreadable(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope")
-	r := Check(missing, 2)
-	if !r.Has(CodeUnreadable) || !strings.Contains(r.String(), missing) {
-		t.Errorf("Check(missing) = %q, want %s naming %s", r, CodeUnreadable, missing)
+	r := CheckImage(missing, 2, layout.Current)
+	if !has(r, CodeUnreadable) || !strings.Contains(r.String(), missing) {
+		t.Errorf("CheckImage(missing) = %q, want %s naming %s", r, CodeUnreadable, missing)
 	}
 }
 
@@ -268,7 +269,27 @@ func TestCheckMkfsVfatESP(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
-	if r := Check(path, 2); len(r.Problems) != 0 || r.ESP != 1 {
-		t.Errorf("Check(mkfs.vfat ESP) = %q (ESP %d), want ok with ESP 1", r, r.ESP)
+	if r := CheckImage(path, 2, layout.Current); len(r.Problems) != 0 || r.ESP != 1 {
+		t.Errorf("CheckImage(mkfs.vfat ESP) = %q (ESP %d), want ok with ESP 1", r, r.ESP)
 	}
+}
+
+// fatal reports whether any problem in r is fatal.
+func fatal(r Report) bool {
+	for _, p := range r.Problems {
+		if p.Fatal {
+			return true
+		}
+	}
+	return false
+}
+
+// has reports whether r has a problem with code.
+func has(r Report, code string) bool {
+	for _, p := range r.Problems {
+		if p.Code == code {
+			return true
+		}
+	}
+	return false
 }

@@ -102,37 +102,37 @@ func (a *applier) mkdir(p string) {
 	}
 }
 
-// write replaces p with a new file (tmp + rename, so a symlink at p is
-// replaced rather than followed, and a reader never sees half a file).
-// No fsync: the root's upper layer is tmpfs.
+// write replaces p with a new file: whatever the image has at p (a file,
+// or a symlink, which is removed rather than followed) goes first.
+//
+// A plain write, not internal/durable: the upper layer of the root is a
+// tmpfs made fresh at every boot, so there is nothing for an fsync to
+// make durable, and nothing reads the root until switch_root, so no
+// reader can see half a file. Writing through os.Root (which durable,
+// taking paths, cannot) is what keeps the image's symlinks from leading
+// the write out of the root.
 func (a *applier) write(p, content string, mode os.FileMode) {
 	name := rel(p)
 	if err := a.r.MkdirAll(path.Dir(name), 0o755); err != nil {
 		a.fail(fmt.Errorf("write %s: mkdir: %w", p, err))
 		return
 	}
-	tmp := path.Join(path.Dir(name), ".hnboot-tmp-"+path.Base(name))
-	_ = a.r.Remove(tmp)
-	f, err := a.r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
+	if err := a.r.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 		a.fail(fmt.Errorf("write %s: %w", p, err))
 		return
 	}
-	_, werr := f.WriteString(content)
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		_ = a.r.Remove(tmp)
+	f, err := a.r.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
 		a.fail(fmt.Errorf("write %s: %w", p, err))
 		return
 	}
 	// OpenFile's mode is filtered by the umask; private keys must be
 	// exactly 0600 and public files readable by all.
-	if err := a.r.Chmod(tmp, mode); err != nil {
-		a.fail(fmt.Errorf("write %s: chmod: %w", p, err))
-	}
-	if err := a.r.Rename(tmp, name); err != nil {
-		_ = a.r.Remove(tmp)
-		a.fail(fmt.Errorf("write %s: rename: %w", p, err))
+	cherr := f.Chmod(mode)
+	_, werr := f.WriteString(content)
+	cerr := f.Close()
+	if err := errors.Join(cherr, werr, cerr); err != nil {
+		a.fail(fmt.Errorf("write %s: %w", p, err))
 	}
 }
 

@@ -92,15 +92,6 @@ func cString(b []byte) string {
 	return string(b)
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // ext2/3/4: superblock at 1024 (struct ext4_super_block in the kernel).
 func probeExt(r io.ReaderAt) (Info, bool, error) {
 	sb, ok, err := readAt(r, 1024, 1024)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/hnboot/hnboot/bootloader"
 	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
@@ -48,7 +49,7 @@ var GrubConfigPaths = []string{"/grub/grub.cfg", "/EFI/BOOT/grub.cfg"}
 
 // Options says what disk to build.
 type Options struct {
-	Out        string // the disk image (Out.tmp, then renamed)
+	Out        string // the disk image (a temporary file beside it until complete)
 	Size       int64  // disk size in bytes
 	EFISize    int64  // EFI-BOOT partition size; default 128 MiB
 	Root       string // becomes hn-root.img
@@ -82,14 +83,10 @@ type Result struct {
 	Allocated  int64 // bytes the sparse file takes on disk
 }
 
-// Layout computes the two partitions of a disk of size bytes: EFI-BOOT at
+// LayoutBoot computes the partitions of a disk of size bytes: EFI-BOOT at
 // 1 MiB, hostpart from the next MiB boundary to the last usable sector.
-func Layout(size, efiSize int64) ([]Partition, error) {
-	return LayoutBoot(size, efiSize, false)
-}
-
-// LayoutBoot is Layout, with bios a third partition, BIOS-BOOT (GPT type
-// EF02, 1 MiB), comes first on the disk at 1 MiB and EFI-BOOT follows it.
+// With bios a third partition, BIOS-BOOT (GPT type EF02, 1 MiB), comes
+// first on the disk at 1 MiB and EFI-BOOT follows it.
 // The GPT numbers stay EFI-BOOT 1 and hostpart 2 (as in the seed's
 // "hd0,gpt2"), BIOS-BOOT is 3; the result lists them in that order.
 func LayoutBoot(size, efiSize int64, bios bool) ([]Partition, error) {
@@ -199,17 +196,11 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, fmt.Errorf("disk: hostpart would be %d MiB, the images need at least %d MiB: give a larger --size", parts[1].Size/mib, min/mib)
 	}
 
-	tmp := o.Out + ".tmp"
 	staging := o.Out + ".staging"
 	if err := os.RemoveAll(staging); err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
 	defer os.RemoveAll(staging)
-	defer func() {
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
 
 	log.Info("staging hostpart contents", "dir", staging)
 	for _, d := range []string{layout.DataDir, layout.StateDir} {
@@ -239,17 +230,20 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 
-	log.Info("creating sparse disk", "out", tmp, "size", o.Size)
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	// Every step below (go-diskfs, the FAT fix, GRUB's BIOS core,
+	// mkfs.ext4 -E offset=) writes into durable's temporary file beside
+	// Out by its path, in place: the inode durable fsyncs at Commit is the
+	// one they wrote, and nothing appears under Out until the disk is
+	// complete.
+	f, err := durable.Create(o.Out, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
+	defer f.Cleanup()
+	tmp := f.Name()
+	log.Info("creating sparse disk", "out", tmp, "size", o.Size)
 	if err := f.Truncate(o.Size); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("disk: size %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("disk: %w", err)
 	}
 
 	if err := writeGPTAndESP(tmp, o, parts, log); err != nil {
@@ -283,16 +277,7 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	log.Info("hostpart done", "took", time.Since(start).Round(time.Millisecond))
 
-	fi, err := os.OpenFile(tmp, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("disk: %w", err)
-	}
-	err = fi.Sync()
-	fi.Close()
-	if err != nil {
-		return nil, fmt.Errorf("disk: sync %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, o.Out); err != nil {
+	if err := f.Commit(); err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
 	var st unix.Stat_t

@@ -37,22 +37,22 @@ func TestLayout(t *testing.T) {
 		{size: 130 * mib, efi: 128 * mib, wantErrContain: "no room"},
 		{size: 512 * mib, efi: 16 * mib, wantErrContain: "too small"},
 	} {
-		parts, err := Layout(tt.size, tt.efi)
+		parts, err := LayoutBoot(tt.size, tt.efi, false)
 		if tt.wantErrContain != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErrContain) {
-				t.Errorf("Layout(%d, %d) = %v, want error containing %q", tt.size, tt.efi, err, tt.wantErrContain)
+				t.Errorf("LayoutBoot(%d, %d, false) = %v, want error containing %q", tt.size, tt.efi, err, tt.wantErrContain)
 			}
 			continue
 		}
 		if err != nil {
-			t.Errorf("Layout(%d, %d) = %v", tt.size, tt.efi, err)
+			t.Errorf("LayoutBoot(%d, %d, false) = %v", tt.size, tt.efi, err)
 			continue
 		}
 		if parts[0].Offset != mib || parts[0].Size != tt.efi {
-			t.Errorf("Layout(%d, %d)[0] = %+v, want offset 1 MiB, size %d", tt.size, tt.efi, parts[0], tt.efi)
+			t.Errorf("LayoutBoot(%d, %d, false)[0] = %+v, want offset 1 MiB, size %d", tt.size, tt.efi, parts[0], tt.efi)
 		}
 		if parts[1].Offset != tt.wantHostOff || parts[1].Size != tt.wantHostSize {
-			t.Errorf("Layout(%d, %d)[1] = %+v, want offset %d size %d", tt.size, tt.efi, parts[1], tt.wantHostOff, tt.wantHostSize)
+			t.Errorf("LayoutBoot(%d, %d, false)[1] = %+v, want offset %d size %d", tt.size, tt.efi, parts[1], tt.wantHostOff, tt.wantHostSize)
 		}
 	}
 }
@@ -102,10 +102,11 @@ func testBuild(t *testing.T, repro bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{out + ".tmp", out + ".staging"} {
-		if _, err := os.Stat(p); err == nil {
-			t.Errorf("Build left %s behind", p)
-		}
+	if _, err := os.Stat(out + ".staging"); err == nil {
+		t.Errorf("Build left %s.staging behind", out)
+	}
+	if tmps := temporaries(t, out); len(tmps) > 0 {
+		t.Errorf("Build left %v behind", tmps)
 	}
 
 	// GPT, read back with go-diskfs.
@@ -291,10 +292,13 @@ func TestBuildErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Build(%s) = %v, want an error containing %q", tt.name, err, tt.want)
 			}
-			for _, p := range []string{tt.o.Out, tt.o.Out + ".tmp", tt.o.Out + ".staging"} {
+			for _, p := range []string{tt.o.Out, tt.o.Out + ".staging"} {
 				if _, err := os.Stat(p); err == nil {
 					t.Errorf("Build(%s) left %s behind", tt.name, p)
 				}
+			}
+			if tmps := temporaries(t, tt.o.Out); len(tmps) > 0 {
+				t.Errorf("Build(%s) left %v behind", tt.name, tmps)
 			}
 		})
 	}
@@ -431,4 +435,15 @@ func TestBuildManifests(t *testing.T) {
 			t.Errorf("hostpart %s = %q, want the bytes of %s", c.name, b, c.from)
 		}
 	}
+}
+
+// temporaries lists what Build's atomic writer (durable's temporary file,
+// .NAME<random> beside out) left behind.
+func temporaries(t *testing.T, out string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/kmodules"
 	"github.com/hnboot/hnboot/internal/layout"
 )
@@ -39,7 +40,7 @@ const ModulesListPath = "etc/hnboot-modules"
 
 // Options says what goes into an initramfs.
 type Options struct {
-	Out        string    // the archive to write (FILE.tmp, then renamed)
+	Out        string    // the archive to write (a temporary file beside it until complete)
 	Init       string    // the init binary, becomes /init
 	Busybox    string    // a static busybox for /bin/busybox and /bin/sh; "" for none
 	ModulesDir string    // a lib/modules/<release> tree; "" for no modules
@@ -121,17 +122,11 @@ func Build(o Options) (res *Result, err error) {
 		res.Modules = len(set.Modules)
 	}
 
-	tmp := o.Out + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := durable.Create(o.Out, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer f.Cleanup()
 	bw := bufio.NewWriterSize(f, 1<<20)
 	cc := &counter{w: bw}
 	// zstd rather than gzip: at its best level the archive is ~15% smaller,
@@ -145,24 +140,18 @@ func Build(o Options) (res *Result, err error) {
 	a := NewArchive(uc, o.MTime)
 
 	if err := writeContents(a, o, initBin, busybox, ix, set, res); err != nil {
-		return nil, fmt.Errorf("initramfs %s: %w", tmp, err)
+		return nil, fmt.Errorf("initramfs %s: %w", o.Out, err)
 	}
 	if err := a.Close(); err != nil {
-		return nil, fmt.Errorf("initramfs %s: %w", tmp, err)
+		return nil, fmt.Errorf("initramfs %s: %w", o.Out, err)
 	}
 	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("initramfs %s: zstd: %w", tmp, err)
+		return nil, fmt.Errorf("initramfs %s: zstd: %w", o.Out, err)
 	}
 	if err := bw.Flush(); err != nil {
-		return nil, fmt.Errorf("initramfs: write %s: %w", tmp, err)
+		return nil, fmt.Errorf("initramfs: write %s: %w", o.Out, err)
 	}
-	if err := f.Sync(); err != nil {
-		return nil, fmt.Errorf("initramfs: sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("initramfs: close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, o.Out); err != nil {
+	if err := f.Commit(); err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
 	res.Compressed, res.Uncompressed = cc.n, uc.n

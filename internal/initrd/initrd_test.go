@@ -223,8 +223,8 @@ func TestBuildErrors(t *testing.T) {
 			if _, err := os.Stat(tt.o.Out); err == nil {
 				t.Errorf("Build(%s) left %s behind", tt.name, tt.o.Out)
 			}
-			if _, err := os.Stat(tt.o.Out + ".tmp"); err == nil {
-				t.Errorf("Build(%s) left %s.tmp behind", tt.name, tt.o.Out)
+			if tmps := temporaries(t, tt.o.Out); len(tmps) > 0 {
+				t.Errorf("Build(%s) left %v behind", tt.name, tmps)
 			}
 		})
 	}
@@ -237,4 +237,15 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// temporaries lists what Build's atomic writer (durable's temporary file,
+// .NAME<random> beside out) left behind.
+func temporaries(t *testing.T, out string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -193,9 +193,6 @@ func (ix *Index) readBuiltin() error {
 	return nil
 }
 
-// Builtin reports whether name is built into the kernel.
-func (ix *Index) Builtin(name string) bool { return ix.builtin[normalize(name)] }
-
 // Resolve finds the module a name stands for: a module name, or else an
 // alias (such as crypto-crc32c). It returns nil and builtin=true when the
 // name or alias is built into the kernel, and ErrNotFound when nothing
@@ -378,10 +375,6 @@ func (s *Set) LoadOrder(name string) []*Module {
 	}
 	return out
 }
-
-// DirectDeps returns the names of the direct dependencies of name, hard
-// and soft, as used in the closure.
-func (s *Set) DirectDeps(name string) []string { return s.edges[normalize(name)] }
 
 // WriteModulesDep writes modules.dep for the set in depmod's format, with
 // the modules' ArchivePath: one line per module, "path: dep dep ...", with the full dependency closure

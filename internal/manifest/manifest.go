@@ -22,6 +22,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/durable"
 )
 
 // Format is the value of the format field this package writes and reads.
@@ -190,14 +192,10 @@ func (m *Manifest) Marshal() []byte {
 	return append(b, '\n')
 }
 
-// WriteFile writes the manifest to path (path.tmp, then renamed).
+// WriteFile writes the manifest to path, atomically and durably: a
+// manifest beside an image is what the init checks the image against.
 func (m *Manifest) WriteFile(path string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, m.Marshal(), 0o644); err != nil {
-		return fmt.Errorf("write manifest: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := durable.WriteFile(path, m.Marshal(), 0o644); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	return nil

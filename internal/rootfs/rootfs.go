@@ -21,6 +21,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/durable"
 )
 
 // DefaultLabel is the filesystem label of root images.
@@ -41,7 +43,7 @@ const (
 type Options struct {
 	From       string   // the source: a directory, or a .tar, .tar.gz/.tgz, .tar.zst tarball
 	Dir        string   // the source directory, when From is empty (older name of From)
-	Out        string   // the image to write (Out.tmp, then renamed)
+	Out        string   // the image to write (a temporary file beside it until complete)
 	FS         string   // Ext4 (default) or Squashfs
 	Size       int64    // ext4 image size in bytes; 0 computes it from the tree
 	Label      string   // ext4 label; default DefaultLabel
@@ -183,12 +185,16 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	log.Info("tree ready", "entries", res.Entries, "content_bytes", res.TreeBytes, "took", time.Since(start).Round(time.Millisecond))
 	start = time.Now()
 
-	tmp := o.Out + ".tmp"
-	defer func() {
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
+	// The tools write the image by path into durable's temporary file
+	// beside Out (mkfs.ext4, debugfs and tar2sqfs all open it in place, so
+	// the inode durable fsyncs is the one they wrote); Commit renames it
+	// over Out: nothing appears under Out until the image is complete.
+	out, err := durable.Create(o.Out, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs: %w", err)
+	}
+	defer out.Cleanup()
+	tmp := out.Name()
 	switch o.FS {
 	case Ext4:
 		size := o.Size
@@ -220,18 +226,15 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	log.Info("image written", "fs", o.FS, "took", time.Since(start).Round(time.Millisecond))
 	start = time.Now()
-	if err := syncFile(tmp); err != nil {
-		return nil, fmt.Errorf("rootfs: %w", err)
-	}
-	log.Info("image synced", "took", time.Since(start).Round(time.Millisecond))
-	fi, err := os.Stat(tmp)
+	fi, err := out.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
 	res.Size = fi.Size()
-	if err := os.Rename(tmp, o.Out); err != nil {
+	if err := out.Commit(); err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
+	log.Info("image synced", "took", time.Since(start).Round(time.Millisecond))
 	return res, nil
 }
 
@@ -268,16 +271,4 @@ func (t *Tree) Digest() [32]byte {
 	var d [32]byte
 	copy(d[:], h.Sum(nil))
 	return d
-}
-
-func syncFile(p string) error {
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", p, err)
-	}
-	return f.Close()
 }

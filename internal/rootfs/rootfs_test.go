@@ -94,8 +94,8 @@ func TestBuildReproducible(t *testing.T) {
 					t.Fatal(err)
 				}
 				imgs = append(imgs, b)
-				if _, err := os.Stat(out + ".tmp"); err == nil {
-					t.Errorf("Build left %s.tmp behind", out)
+				if tmps := temporaries(t, out); len(tmps) > 0 {
+					t.Errorf("Build left %v behind", tmps)
 				}
 			}
 			for i := 1; i < len(imgs); i++ {
@@ -177,12 +177,24 @@ func TestBuildErrors(t *testing.T) {
 				t.Errorf("Build(%s) = %v, want an error containing %q", tt.name, err, tt.want)
 			}
 			if tt.o.Out != "" {
-				for _, p := range []string{tt.o.Out, tt.o.Out + ".tmp"} {
-					if _, err := os.Stat(p); err == nil {
-						t.Errorf("Build(%s) left %s behind", tt.name, p)
-					}
+				if _, err := os.Stat(tt.o.Out); err == nil {
+					t.Errorf("Build(%s) left %s behind", tt.name, tt.o.Out)
+				}
+				if tmps := temporaries(t, tt.o.Out); len(tmps) > 0 {
+					t.Errorf("Build(%s) left %v behind", tt.name, tmps)
 				}
 			}
 		})
 	}
+}
+
+// temporaries lists what Build's atomic writer (durable's temporary file,
+// .NAME<random> beside out) left behind.
+func temporaries(t *testing.T, out string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

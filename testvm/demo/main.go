@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/testvm"
 )
@@ -94,7 +95,7 @@ func run(args []string, out io.Writer) error {
 	if err := boot("boot 1: first boot of v1"); err != nil {
 		return err
 	}
-	step("staging v2: its manifest as hn-root-new.img.json, then the image as hn-root-new.img (via .part)")
+	step("staging v2: its manifest as hn-root-new.img.json, then the image as hn-root-new.img (a temporary name, fsynced, renamed)")
 	if err := testvm.WithHostpart(disk, func(hp string) error {
 		if err := copyFile(v2+".json", filepath.Join(hp, layout.ManifestFor(layout.New))); err != nil {
 			return err
@@ -157,26 +158,21 @@ func imageName(path string) (string, error) {
 	return testvm.ReadImageFile(path, "etc/hn-image")
 }
 
+// copyFile stages src as dst the way an updater must: under a temporary
+// name, fsynced, then renamed, so the init never sees half an image.
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	o, err := os.Create(dst + ".part")
+	o, err := durable.Create(dst, 0o644)
 	if err != nil {
 		return err
 	}
+	defer o.Cleanup()
 	if _, err := io.Copy(o, in); err != nil {
-		o.Close()
-		return err
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
-	if err := o.Sync(); err != nil {
-		o.Close()
-		return err
-	}
-	if err := o.Close(); err != nil {
-		return err
-	}
-	return os.Rename(dst+".part", dst)
+	return o.Commit()
 }
