@@ -23,6 +23,7 @@ import (
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/stage"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -36,7 +37,7 @@ type Agent struct {
 	Policy   Policy
 	Prober   Prober       // nil: SystemProber
 	Reboot   func() error // nil: SystemReboot(Config.RebootCommand)
-	Keys     Keys         // staged images must have a manifest signed by one (see Request.Keys)
+	Keys     stage.Keys   // staged images must have a manifest signed by one (see Request.Keys)
 	System   System
 	Log      *slog.Logger
 	Services *supervisor.Supervisor // may be nil
@@ -178,7 +179,7 @@ func MarkGood(dir string) error {
 	if err != nil {
 		return err
 	}
-	failed, err := LoadFailed(dir)
+	failed, err := stage.LoadFailed(dir)
 	if err != nil {
 		return err
 	}
@@ -212,7 +213,7 @@ func (a *Agent) Once(ctx context.Context) error {
 	if err := a.tick(ctx, false); err != nil {
 		return err
 	}
-	if serr != nil && !errors.Is(serr, ErrRefused) {
+	if serr != nil && !errors.Is(serr, stage.ErrRefused) {
 		return fmt.Errorf("agent: staging failed: %w", serr)
 	}
 	return nil
@@ -243,15 +244,15 @@ func (a *Agent) Tick(ctx context.Context) error {
 	return a.tick(ctx, true)
 }
 
-// tick is Tick; with stage false it starts no staging (Once's report
+// tick is Tick; with startStaging false it starts no staging (Once's report
 // round).
-func (a *Agent) tick(ctx context.Context, stage bool) error {
+func (a *Agent) tick(ctx context.Context, startStaging bool) error {
 	a.init()
 	st, err := hostpart.Read(a.Dir, hostpart.ReadOptions{Hash: true, Boots: 1})
 	if err != nil {
 		return err
 	}
-	failed, err := LoadFailed(a.Dir)
+	failed, err := stage.LoadFailed(a.Dir)
 	if err != nil {
 		return err
 	}
@@ -272,7 +273,7 @@ func (a *Agent) tick(ctx context.Context, stage bool) error {
 		des = Desired{}
 	}
 	for _, d := range des.FailedDigests {
-		if added, _ := failed.Add(a.Dir, Failure{Digest: d, Time: time.Now(), Reason: "reported failed by the server"}); added {
+		if added, _ := failed.Add(a.Dir, stage.Failure{Digest: d, Time: time.Now(), Reason: "reported failed by the server"}); added {
 			a.Log.Warn("agent: server reports an image as failed on this host", "digest", d)
 		}
 	}
@@ -303,7 +304,7 @@ func (a *Agent) tick(ctx context.Context, stage bool) error {
 		mem.Reverts = append(mem.Reverts, revertRecord{ID: dec.NoOld, State: "applied", Time: time.Now(), Note: "no old image"})
 	case dec.Unstage:
 		a.Log.Info("agent: the server wants the current image; removing the staged "+layout.New, "digest", obs.New)
-		if err := Unstage(a.Dir); err != nil {
+		if err := stage.Unstage(a.Dir); err != nil {
 			return err
 		}
 		changed = true
@@ -311,7 +312,7 @@ func (a *Agent) tick(ctx context.Context, stage bool) error {
 		a.mu.Lock()
 		a.staging = &checkin.Staging{Digest: des.Image.Digest, Image: des.Image.Label(), State: "refused", Error: dec.Refused}
 		a.mu.Unlock()
-	case dec.Stage && stage:
+	case dec.Stage && startStaging:
 		a.startStaging(ctx, des)
 	}
 	if err := mem.save(a.Dir); err != nil {
@@ -366,7 +367,7 @@ func (a *Agent) tick(ctx context.Context, stage bool) error {
 
 // remember adds the broken image and a rejected staged image to the
 // failure memory, once per file (an operator may clear the entry).
-func (a *Agent) remember(st hostpart.State, failed Failed, mem *memory) []string {
+func (a *Agent) remember(st hostpart.State, failed stage.Failed, mem *memory) []string {
 	var notes []string
 	add := func(im hostpart.Image, reason string, seen *string) {
 		if !im.Present || im.Digest == "" {
@@ -377,7 +378,7 @@ func (a *Agent) remember(st hostpart.State, failed Failed, mem *memory) []string
 			return
 		}
 		*seen = id
-		if added, err := failed.Add(a.Dir, Failure{Digest: im.Digest, Time: time.Now(), Reason: reason}); err != nil {
+		if added, err := failed.Add(a.Dir, stage.Failure{Digest: im.Digest, Time: time.Now(), Reason: reason}); err != nil {
 			notes = append(notes, "cannot record a failed image: "+err.Error())
 		} else if added {
 			a.Log.Warn("agent: remembering a failed image; it will not be staged again unless forced", "digest", im.Digest, "reason", reason)
@@ -415,9 +416,9 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 	url := a.Server.BlobURL(img)
 	a.Log.Info("agent: staging the assigned image", "image", img.Label(), "digest", img.Digest, "url", url)
 	go func() {
-		res, err := Stage(ctx, a.Dir, Request{
-			Source: HTTPSource{URL: url}, Digest: img.Digest, Size: img.Size,
-			Name: img.Name, Version: img.Version, Force: des.Force, Keys: a.Keys, Log: a.Log,
+		res, err := stage.Stage(ctx, a.Dir, stage.Request{
+			Source: stage.HTTPSource{URL: url, Client: NetGetter{}}, Digest: img.Digest, Size: img.Size,
+			Name: img.Name, Version: img.Version, Force: des.Force, Keys: a.Keys, Log: a.Log, HashSlots: true,
 			Progress: func(done, total int64) {
 				a.mu.Lock()
 				a.staging.Done, a.staging.Total = done, total
@@ -429,14 +430,14 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 		s.Reused = res.Reused
 		if err != nil {
 			s.State, s.Error = "failed", err.Error()
-			if errors.Is(err, ErrRefused) {
+			if errors.Is(err, stage.ErrRefused) {
 				s.State = "refused"
 			}
 			r := a.retry[img.Digest]
 			r.n++
 			backoff := a.Config.Interval << min(r.n-1, 6)
-			var de *DigestError
-			var me *ManifestError
+			var de *stage.DigestError
+			var me *stage.ManifestError
 			if !errors.As(err, &de) && !errors.As(err, &me) {
 				backoff = a.Config.Interval // a cut connection: resume at the next round
 			}

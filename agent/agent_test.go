@@ -19,6 +19,7 @@ import (
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/stage"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -222,7 +223,7 @@ func TestReportParses(t *testing.T) {
 	st := hostpart.State{Trial: true, TriesLeft: 2,
 		Images: []hostpart.Image{{Slot: layout.SlotCurrent, Digest: dA}, {Slot: layout.SlotOld, Digest: dB}},
 		Boots:  []hostpart.Boot{{Time: t0, Image: layout.Current, Action: "promote", Trial: true, TriesLeft: 2, Warnings: 1, Problems: []string{"slow disk"}, Summary: "promoted"}}}
-	failed := Failed{dC: {Digest: dC, Time: t0, Reason: "reverted"}}
+	failed := stage.Failed{dC: {Digest: dC, Time: t0, Reason: "reverted"}}
 	mem := memory{Reverts: []revertRecord{{ID: "r1", State: "applied"}}}
 	rep := a.report(st, failed, mem, Decision{Pending: []string{"reboot to apply"}}, []string{"cannot ask the server: 502 Bad Gateway\r\n<html>"})
 	rep.Tidy()
@@ -271,14 +272,14 @@ func TestAgentStagesManifest(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		manifest []byte // nil: none on the server
-		keys     Keys
+		keys     stage.Keys
 		state    string // staging state reported
 		errHas   string
 	}{
 		{"signed", signedManifest(t, imgB, k), keysOf(k), "staged", ""},
 		{"unsigned with key", signedManifest(t, imgB, nil), keysOf(k), "failed", "not signed"},
 		{"none with key", nil, keysOf(k), "failed", "signed manifest is required"},
-		{"none without key", nil, Keys{}, "staged", ""},
+		{"none without key", nil, stage.Keys{}, "staged", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/stage"
 )
 
 const (
@@ -13,13 +15,13 @@ const (
 )
 
 func TestPlan(t *testing.T) {
-	failedB := Failed{dB: {Digest: dB, Reason: "reverted"}}
+	failedB := stage.Failed{dB: {Digest: dB, Reason: "reverted"}}
 	none := func(string) bool { return false }
 	for _, tc := range []struct {
 		name   string
 		obs    Observed
 		des    Desired
-		failed Failed
+		failed stage.Failed
 		want   Decision // compared on the action fields
 	}{
 		{"up to date", Observed{Current: dA}, Desired{Image: DesiredImage{Digest: dA}}, nil, Decision{Uptodate: true}},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/stage"
 )
 
 // DesiredImage is the image the server wants the host to run.
@@ -57,7 +58,7 @@ type Decision struct {
 
 // Plan decides, from what the host has and what the server wants, what to
 // do. applied tells whether a revert ID was already applied (or written).
-func Plan(obs Observed, des Desired, failed Failed, applied func(id string) bool) Decision {
+func Plan(obs Observed, des Desired, failed stage.Failed, applied func(id string) bool) Decision {
 	var d Decision
 	if des.Revert != "" && !applied(des.Revert) {
 		if obs.Old == "" {

@@ -13,11 +13,12 @@ import (
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/stage"
 )
 
-// report is this round's check-in. Failure, Verdict, hostpart.Boot and
+// report is this round's check-in. stage.Failure, Verdict, hostpart.Boot and
 // supervisor.ServiceStatus are the check-in's own types.
-func (a *Agent) report(st hostpart.State, failed Failed, mem memory, dec Decision, notes []string) *checkin.Checkin {
+func (a *Agent) report(st hostpart.State, failed stage.Failed, mem memory, dec Decision, notes []string) *checkin.Checkin {
 	cur := st.Slot(layout.SlotCurrent)
 	r := &checkin.Checkin{
 		MAC: a.MAC, Hostname: a.Hostname, Source: checkin.SourceAgent,

@@ -13,6 +13,7 @@ import (
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/nic"
+	"github.com/hnboot/hnboot/internal/stage"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -81,7 +82,7 @@ func runAgent(ctx context.Context, name string, args []string, std cli.IO) error
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	keys, err := agent.ReadKeys(append([]string{cfg.PublicKey}, cfg.TrustedKeys...)...)
+	keys, err := stage.ReadKeys(append([]string{cfg.PublicKey}, cfg.TrustedKeys...)...)
 	if err != nil {
 		return fmt.Errorf("agent: public_key/trusted_keys in %s: %w", *config, err)
 	}

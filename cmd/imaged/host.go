@@ -20,6 +20,7 @@ import (
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/stage"
 )
 
 const hostpartNote = `
@@ -106,7 +107,7 @@ func runStage(ctx context.Context, name string, args []string, std cli.IO) error
 	if err != nil {
 		return err
 	}
-	k, err := agent.ReadKeys(keys...)
+	k, err := stage.ReadKeys(keys...)
 	if err != nil {
 		return fmt.Errorf("stage: --key: %w", err)
 	}
@@ -132,7 +133,7 @@ func runMarkGood(_ context.Context, name string, args []string, std cli.IO) erro
 // Status is `imaged status --json`.
 type Status struct {
 	hostpart.State
-	Failed  []agent.Failure `json:"failed,omitempty"`
+	Failed  []stage.Failure `json:"failed,omitempty"`
 	Pending []string        `json:"pending"`
 }
 
@@ -142,7 +143,7 @@ func readStatus(dir string) (Status, error) {
 		return Status{}, err
 	}
 	s := Status{State: st, Pending: []string{}}
-	failed, err := agent.LoadFailed(dir)
+	failed, err := stage.LoadFailed(dir)
 	if err != nil {
 		return s, err
 	}
@@ -162,7 +163,7 @@ func readStatus(dir string) (Status, error) {
 		s.Pending = append(s.Pending, fmt.Sprintf("revert at the next boot: %s has no tries left", layout.Trial))
 	}
 	for _, p := range st.Parts {
-		s.Pending = append(s.Pending, fmt.Sprintf("download in progress or interrupted: %s (%s so far)", p.File, agent.SizeString(p.Size)))
+		s.Pending = append(s.Pending, fmt.Sprintf("download in progress or interrupted: %s (%s so far)", p.File, stage.SizeString(p.Size)))
 	}
 	return s, nil
 }
@@ -193,7 +194,7 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 		if im.Name != "" {
 			label = strings.TrimSpace(im.Name + " " + im.Version)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\tsha256:%s\t%s\n", im.Slot, im.File, label, hostpart.Short(im.Digest), agent.SizeString(im.Size))
+		fmt.Fprintf(tw, "%s\t%s\t%s\tsha256:%s\t%s\n", im.Slot, im.File, label, hostpart.Short(im.Digest), stage.SizeString(im.Size))
 	}
 	tw.Flush()
 	fmt.Fprintln(stdout)
@@ -225,25 +226,25 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 
 var blobRE = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
 
-func hostStage(ctx context.Context, dir, src, digest, name, version string, force bool, keys agent.Keys, stdout io.Writer) error {
-	var source agent.Source
+func hostStage(ctx context.Context, dir, src, digest, name, version string, force bool, keys stage.Keys, stdout io.Writer) error {
+	var source stage.Source
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
-		source = agent.HTTPSource{URL: src}
+		source = stage.HTTPSource{URL: src, Client: agent.NetGetter{}}
 		if m := blobRE.FindStringSubmatch(src); m != nil && digest == "" {
 			digest = m[1]
 		}
 	} else {
-		source = agent.FileSource{Path: src}
+		source = stage.FileSource{Path: src}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	req := agent.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force, Keys: keys}
+	req := stage.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force, Keys: keys, HashSlots: true}
 	bar := isTerminal(stdout)
 	if bar {
 		req.Progress = func(done, total int64) { progress(stdout, done, total) }
 	}
 	start := time.Now()
-	res, err := agent.Stage(ctx, dir, req)
+	res, err := stage.Stage(ctx, dir, req)
 	if bar {
 		fmt.Fprintln(stdout)
 	}
@@ -258,9 +259,9 @@ func hostStage(ctx context.Context, dir, src, digest, name, version string, forc
 		fmt.Fprintf(stdout, "%s is already staged as %s\n", hostpart.Short(res.Digest), layout.New)
 		return nil
 	}
-	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", layout.New, res.Digest, agent.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", layout.New, res.Digest, stage.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
 	if res.Reused > 0 {
-		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", agent.SizeString(res.Reused))
+		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", stage.SizeString(res.Reused))
 	}
 	if res.Manifest != "" {
 		fmt.Fprintf(stdout, "\nwith its manifest %s (%s)", layout.ManifestFor(layout.New), res.Manifest)
@@ -272,11 +273,11 @@ func hostStage(ctx context.Context, dir, src, digest, name, version string, forc
 func progress(w io.Writer, done, total int64) {
 	const width = 30
 	if total <= 0 {
-		fmt.Fprintf(w, "\r%s", agent.SizeString(done))
+		fmt.Fprintf(w, "\r%s", stage.SizeString(done))
 		return
 	}
 	n := int(done * width / total)
-	fmt.Fprintf(w, "\r[%s%s] %3d%% %s / %s ", strings.Repeat("#", n), strings.Repeat(" ", width-n), done*100/total, agent.SizeString(done), agent.SizeString(total))
+	fmt.Fprintf(w, "\r[%s%s] %3d%% %s / %s ", strings.Repeat("#", n), strings.Repeat(" ", width-n), done*100/total, stage.SizeString(done), stage.SizeString(total))
 }
 
 func isTerminal(w io.Writer) bool {

@@ -1,4 +1,4 @@
-package agent
+package stage
 
 import (
 	"bytes"
@@ -212,20 +212,74 @@ func TestStageNoSpace(t *testing.T) {
 	}
 }
 
-func TestParseContentRange(t *testing.T) {
+func exists(dir, name string) bool {
+	_, err := os.Stat(filepath.Join(dir, name))
+	return err == nil
+}
+
+// The init stages without hashing the images already on hostpart
+// (HashSlots false): the digest of hn-root.img comes from the digest
+// cache or its manifest; unknown, the image is downloaded.
+func TestStageSlotDigestsWithoutHashing(t *testing.T) {
+	data, digest := testImage(t, 5000)
+	src := filepath.Join(t.TempDir(), "img")
+	os.WriteFile(src, data, 0o644)
 	for _, tc := range []struct {
-		in                string
-		start, end, total int64
-		ok                bool
+		name      string
+		manifest  bool // hn-root.img.json describes it
+		hashSlots bool
+		want      string // Result.Already
 	}{
-		{"bytes 10-19/100", 10, 19, 100, true},
-		{"bytes */100", -1, -1, 100, true},
-		{"bytes 0-9/*", 0, 9, -1, true},
-		{"items 0-9/10", 0, 0, 0, false},
+		{"known by its manifest", true, false, layout.SlotCurrent},
+		{"unknown, not hashed", false, false, ""},
+		{"unknown, hashed (agent)", false, true, layout.SlotCurrent},
 	} {
-		s, e, tot, ok := parseContentRange(tc.in)
-		if s != tc.start || e != tc.end || tot != tc.total || ok != tc.ok {
-			t.Errorf("parseContentRange(%q) = %d, %d, %d, %v; want %d, %d, %d, %v", tc.in, s, e, tot, ok, tc.start, tc.end, tc.total, tc.ok)
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, layout.Current), data, 0o644)
+			if tc.manifest {
+				os.WriteFile(filepath.Join(dir, layout.ManifestFor(layout.Current)), signedManifest(t, data, nil), 0o644)
+			}
+			res, err := Stage(context.Background(), dir, Request{Source: FileSource{src}, Digest: digest, Reserve: 1, HashSlots: tc.hashSlots})
+			if err != nil || res.Already != tc.want {
+				t.Fatalf("Stage = %+v, %v; want Already %q", res, err, tc.want)
+			}
+			if staged := exists(dir, layout.New); staged != (tc.want == "") {
+				t.Errorf("%s staged = %v, want %v", layout.New, staged, tc.want == "")
+			}
+		})
+	}
+}
+
+// Another target: the image named File in another directory (a
+// diskless host's RAM, a recovery), with its manifest beside it.
+func TestStageFile(t *testing.T) {
+	data, digest := testImage(t, 300000)
+	srv := newBlobServer(t, data)
+	srv.manifest = signedManifest(t, data, nil)
+	dir := t.TempDir()
+	var last, calls int64
+	res, err := Stage(context.Background(), dir, Request{
+		Source: HTTPSource{URL: srv.URL + "/blobs/" + digest}, Digest: digest, Reserve: 1, File: layout.Current,
+		Progress: func(done, total int64) {
+			if done < last || total != int64(len(data)) {
+				t.Errorf("progress(%d, %d) after %d", done, total, last)
+			}
+			last, calls = done, calls+1
+		},
+	})
+	if err != nil || res.Digest != digest {
+		t.Fatalf("Stage(File %s) = %+v, %v", layout.Current, res, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, layout.Current)); !bytes.Equal(got, data) || !exists(dir, layout.ManifestFor(layout.Current)) || exists(dir, layout.New) {
+		t.Errorf("after Stage(File %s): image equal %v, manifest %v, %s %v", layout.Current, bytes.Equal(got, data), exists(dir, layout.ManifestFor(layout.Current)), layout.New, exists(dir, layout.New))
+	}
+	if last != int64(len(data)) || calls == 0 {
+		t.Errorf("progress ended at %d after %d calls, want %d", last, calls, len(data))
+	}
+	for _, bad := range []string{"../x", "/abs", "hn-root.img.part"} {
+		if _, err := Stage(context.Background(), dir, Request{Source: FileSource{"x"}, File: bad}); err == nil {
+			t.Errorf("Stage(File %q) = nil error", bad)
 		}
 	}
 }

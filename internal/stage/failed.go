@@ -1,4 +1,4 @@
-package agent
+package stage
 
 import (
 	"bufio"
@@ -17,9 +17,11 @@ import (
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
-// FailedFile is the failure memory on hostpart: one line per digest that
-// was reverted or rejected, "sha256:<hex> <RFC 3339 time> <reason>".
-// An operator may edit it; `imaged stage --force` bypasses it.
+// The failure memory is layout.FailedDigests on hostpart: one line per
+// digest that was reverted or rejected, "sha256:<hex> <RFC 3339 time>
+// <reason>". The agent adds the images it finds reverted or rejected, the
+// init a download that did not match its digest. An operator may edit
+// it; `imaged stage --force` bypasses it.
 
 // Failure is one remembered digest, as the check-in reports it.
 type Failure = checkin.Failure
@@ -92,7 +94,7 @@ func (f Failed) Remove(dir, digest string) (bool, error) {
 
 func (f Failed) save(dir string) error {
 	var b strings.Builder
-	b.WriteString("# digests this host will not stage again (imaged stage --force overrides); written by imaged agent\n")
+	b.WriteString("# digests this host will not stage again (imaged stage --force overrides); written by imaged agent and the init\n")
 	for _, d := range f.Digests() {
 		fl := f[d]
 		reason := strings.Join(strings.Fields(fl.Reason), " ")

@@ -1,4 +1,4 @@
-package agent
+package stage
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,22 +57,14 @@ func (s HTTPSource) ManifestName() string { return s.URL + layout.ManifestSuffix
 
 // Manifest implements ManifestSource: GET URL.json; 404 is ErrNoManifest.
 func (s HTTPSource) Manifest(ctx context.Context) ([]byte, error) {
-	c := s.Client
-	if c == nil {
-		c = defaultClient
-	}
 	u := s.ManifestName()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.Do(req)
+	resp, err := s.client().Get(ctx, u, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
-	case http.StatusOK:
+	case 200:
 		b, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
 		if err != nil {
 			return nil, fmt.Errorf("GET %s: %w", u, err)
@@ -82,7 +73,7 @@ func (s HTTPSource) Manifest(ctx context.Context) ([]byte, error) {
 			return nil, fmt.Errorf("GET %s: larger than %d bytes, not a manifest", u, maxManifest)
 		}
 		return b, nil
-	case http.StatusNotFound, http.StatusGone:
+	case 404, 410:
 		return nil, fmt.Errorf("GET %s: %s: %w", u, resp.Status, ErrNoManifest)
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -203,7 +194,7 @@ func fetchManifest(ctx context.Context, req Request, keys Keys) (*manifest.Manif
 	}
 	if err := m.CheckSignature(keys.Keys); err != nil {
 		return nil, nil, merr(fmt.Errorf("%w (trusted: %s)", err, keys),
-			signHint+" and a trusted key, or trust its public key (agent trusted_keys:, imaged stage --key)")
+			signHint+" and a trusted key, or trust its public key (agent trusted_keys:, imaged stage --key, mkimage initramfs --trust)")
 	}
 	if req.Digest != "" && "sha256:"+m.SHA256 != req.Digest {
 		return nil, nil, merr(fmt.Errorf("%w: it describes sha256:%s, the image asked for is %s", manifest.ErrDigest, m.SHA256, req.Digest),

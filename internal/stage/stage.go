@@ -1,4 +1,23 @@
-package agent
+// Package stage downloads or copies an image onto hostpart as
+// hn-root-new.img, crash-safely: the agent (in the running system), `imaged
+// stage` and the init at boot (the assigned image) all stage through it,
+// so resume, verification and the failure memory behave the same
+// everywhere.
+//
+// A staging fetches the image's manifest first and, with trusted keys,
+// refuses it before any byte of the image moves unless it is signed by one
+// of them; it checks free space, writes hn-root-new.img.part (resuming,
+// with an HTTP Range request, a download of the same digest that an
+// earlier run or boot left), hashes while writing, fsyncs, writes the
+// manifest durably and only then renames the part into place, with the
+// directory fsynced. hn-root-new.img is never partial, and never without
+// the manifest it was checked against.
+//
+// The package is part of the init: it uses no net/http (internal/httpget
+// is its HTTP client; the agent plugs net/http in through Getter) and it
+// never hashes an image already on hostpart unless asked (HashSlots):
+// digests come from the digest cache and the manifests.
+package stage
 
 import (
 	"context"
@@ -7,13 +26,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,20 +40,12 @@ import (
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/manifest"
 )
 
 // DefaultReserve is the free space staging leaves on hostpart for the
 // init's journal, logs and host data.
 const DefaultReserve = 64 << 20
-
-// Source is where an image comes from.
-type Source interface {
-	// Open returns the image from byte offset on. start is where the
-	// stream really begins (0 when the source cannot resume), total the
-	// image's size (-1 when unknown).
-	Open(ctx context.Context, offset int64) (rc io.ReadCloser, start, total int64, err error)
-	String() string
-}
 
 // Request is one staging.
 type Request struct {
@@ -47,10 +58,24 @@ type Request struct {
 	// Keys, with hostpart's .hnboot/trusted.pub, are the keys the image's
 	// manifest must be signed with. With none, a manifest is staged when
 	// the source has one (and must match the image), but not required.
-	Keys     Keys
-	Progress func(done, total int64) // may be nil
-	Reserve  int64                   // free space to leave; 0 means DefaultReserve
+	Keys Keys
+	// Progress is called with the bytes done (including those resumed)
+	// and the total (-1 when unknown) at most every 200 ms and at the end;
+	// may be nil.
+	Progress func(done, total int64)
+	Reserve  int64 // free space to leave; 0 means DefaultReserve
 	Log      *slog.Logger
+	// HashSlots computes the digests of hn-root.img and hn-root-new.img
+	// when neither the digest cache nor a manifest knows them, so an image
+	// already there is not downloaded again. A multi-GiB read: the agent
+	// and imaged stage do it, the init at boot does not.
+	HashSlots bool
+	// File is the name the image gets in dir, relative to it; default
+	// hn-root-new.img (staged, promoted by the next rotation). The part
+	// file is File.part and the manifest File.json. Another target (an
+	// image in RAM for a diskless host, a replacement during recovery)
+	// stages through the same code.
+	File string
 }
 
 // Result says what Stage did.
@@ -59,12 +84,14 @@ type Result struct {
 	Size       int64  `json:"size"`
 	Reused     int64  `json:"reused"`     // bytes of an earlier interrupted download kept
 	Downloaded int64  `json:"downloaded"` // bytes received this time
-	// Manifest says what was staged as hn-root-new.img.json: "signed,
-	// key ID", "unsigned", ... or "" (the source has none).
+	// Manifest says what was staged beside the image: "signed, key ID",
+	// "unsigned", ... or "" (the source has none).
 	Manifest string `json:"manifest,omitempty"`
 	// Already is "current" or "new" when nothing was done because the
 	// image already is in that slot.
 	Already string `json:"already,omitempty"`
+	// Took is the time from connecting to the rename (or the failure).
+	Took time.Duration `json:"took,omitempty"`
 }
 
 // ErrRefused is returned (wrapped) for a digest in the failure memory.
@@ -78,32 +105,44 @@ var ErrBusy = errors.New("another imaged is staging on this hostpart")
 
 // DigestError is a download whose content is not the image asked for.
 type DigestError struct {
-	Want, Got, Source string
-	Size              int64
+	Want, Got, Source, Part string
+	Size                    int64
 }
 
 func (e *DigestError) Error() string {
-	return fmt.Sprintf("download from %s is corrupt: sha256 of its %d bytes is %s, want %s; removed %s, nothing staged", e.Source, e.Size, e.Got, e.Want, layout.NewPart)
+	return fmt.Sprintf("download from %s is corrupt: sha256 of its %d bytes is %s, want %s; removed %s, nothing staged", e.Source, e.Size, e.Got, e.Want, e.Part)
+}
+
+// Permanent reports whether err means that staging the same image from
+// the same source again will fail the same way (a corrupt download, a
+// manifest that is missing, unsigned or wrong, a refused digest), as
+// opposed to an interruption that the next try resumes.
+func Permanent(err error) bool {
+	var de *DigestError
+	var me *ManifestError
+	return errors.As(err, &de) || errors.As(err, &me) || errors.Is(err, ErrRefused)
 }
 
 type staging struct {
 	Digest string `json:"digest"`
 	Source string `json:"source"`
+	File   string `json:"file,omitempty"` // empty: hn-root-new.img
 }
 
-// Stage downloads or copies an image into hn-root-new.img.part (resuming a
-// download of the same digest left by an interrupted run), verifies its
-// sha256, fsyncs it and renames it to hn-root-new.img, with the directory
-// fsynced. hn-root-new.img is never partial: it appears complete or not at
-// all.
+// Stage downloads or copies an image into File.part (resuming a download
+// of the same digest left by an interrupted run), verifies its sha256,
+// fsyncs it and renames it to File (hn-root-new.img), with the directory
+// fsynced. File is never partial: it appears complete or not at all.
 //
 // The source's manifest (ManifestSource; URL.json, FILE.json) is fetched
 // first and, with trusted keys (req.Keys, .hnboot/trusted.pub), required
 // and its signature checked before anything is downloaded. It must name
-// the image's sha256 and size, and is written as hn-root-new.img.json
-// (durably) before the image is renamed into place, so the init never
-// sees a staged image without it.
+// the image's sha256 and size, and is written as File.json (durably)
+// before the image is renamed into place, so the init never sees a staged
+// image without it. The digest goes into the digest cache, so the
+// rotation that promotes the image does not hash it again.
 func Stage(ctx context.Context, dir string, req Request) (Result, error) {
+	start := time.Now()
 	log := req.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -111,7 +150,16 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	if req.Reserve == 0 {
 		req.Reserve = DefaultReserve
 	}
+	file := req.File
+	if file == "" {
+		file = layout.New
+	}
+	if !filepath.IsLocal(file) || strings.HasSuffix(file, layout.PartSuffix) {
+		return Result{}, fmt.Errorf("stage: %q is not a file name inside %s", file, dir)
+	}
+	partName := file + layout.PartSuffix
 	res := Result{Digest: req.Digest}
+	defer func() { res.Took = time.Since(start) }()
 	if req.Digest != "" && !hostpart.ValidDigest(req.Digest) {
 		return res, fmt.Errorf("stage: digest %q is not sha256:<64 hex>", req.Digest)
 	}
@@ -119,19 +167,20 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	st, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: true})
+	st, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: req.HashSlots})
 	if err != nil {
 		return res, err
 	}
+	current, staged := SlotDigest(dir, st.Slot(layout.SlotCurrent)), SlotDigest(dir, st.Slot(layout.SlotNew))
 	if req.Digest != "" {
 		if err := checkRefused(failed, req.Digest, req.Force); err != nil {
 			return res, err
 		}
-		if st.Slot(layout.SlotCurrent).Digest == req.Digest {
+		if file == layout.New && current == req.Digest {
 			res.Already = layout.SlotCurrent
 			return res, nil
 		}
-		if st.Slot(layout.SlotNew).Digest == req.Digest {
+		if file == layout.New && staged == req.Digest {
 			res.Already = layout.SlotNew
 			return res, nil
 		}
@@ -152,11 +201,11 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	}
 
 	fsys := durable.Root(dir)
-	partPath := filepath.Join(dir, layout.NewPart)
+	partPath := filepath.Join(dir, partName)
 	var have int64
 	if req.Digest != "" {
 		var rec staging
-		if b, err := os.ReadFile(filepath.Join(dir, layout.Staging)); err == nil && json.Unmarshal(b, &rec) == nil && rec.Digest == req.Digest {
+		if b, err := os.ReadFile(filepath.Join(dir, layout.Staging)); err == nil && json.Unmarshal(b, &rec) == nil && rec.Digest == req.Digest && rec.File == req.File {
 			if fi, err := os.Stat(partPath); err == nil {
 				have = fi.Size()
 			}
@@ -170,7 +219,7 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 			return res, err
 		}
 	}
-	rec, _ := json.Marshal(staging{Digest: req.Digest, Source: req.Source.String()})
+	rec, _ := json.Marshal(staging{Digest: req.Digest, Source: req.Source.String(), File: req.File})
 	if err := fsys.WriteFile(layout.Staging, rec); err != nil {
 		return res, err
 	}
@@ -191,17 +240,17 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 			return res, fmt.Errorf("stage: read back %s: %v (read %d of %d bytes)", partPath, err, n, have)
 		}
 	}
-	rc, start, total, err := req.Source.Open(ctx, have)
+	rc, from, total, err := req.Source.Open(ctx, have)
 	if err != nil {
 		return res, fmt.Errorf("stage: %w", err)
 	}
 	defer rc.Close()
-	if start != have {
+	if from != have {
 		log.Info("stage: source cannot resume; starting over", "source", req.Source.String(), "had", have)
 		have, h = 0, sha256.New()
 	}
 	if _, err := part.Seek(have, io.SeekStart); err != nil {
-		return res, err
+		return res, fmt.Errorf("stage: seek %s: %w", partPath, err)
 	}
 	if err := part.Truncate(have); err != nil {
 		return res, fmt.Errorf("stage: truncate %s: %w", partPath, err)
@@ -218,28 +267,28 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 			return res, err
 		}
 	}
-	n, err := copyProgress(ctx, part, io.TeeReader(rc, h), have, total, req.Progress)
+	n, err := copyHashing(ctx, part, rc, h, have, total, req.Progress)
 	res.Downloaded = n
 	done := have + n
 	if err != nil {
 		// Keep what arrived, durably, for the next run to resume from.
 		part.Sync()
-		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, sizeStr(total), layout.NewPart, err)
+		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, sizeStr(total), partName, err)
 	}
 	if total >= 0 && done != total {
 		part.Sync()
-		return res, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, layout.NewPart)
+		return res, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, partName)
 	}
 	res.Size = done
 	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	discard := func() {
 		part.Close()
-		fsys.Remove(layout.NewPart)
+		fsys.Remove(partName)
 		fsys.Remove(layout.Staging)
 	}
 	if req.Digest != "" && got != req.Digest {
 		discard()
-		return res, &DigestError{Want: req.Digest, Got: got, Source: req.Source.String(), Size: done}
+		return res, &DigestError{Want: req.Digest, Got: got, Source: req.Source.String(), Part: partName, Size: done}
 	}
 	res.Digest = got
 	if req.Digest == "" {
@@ -247,7 +296,7 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 			discard()
 			return res, err
 		}
-		if st.Slot(layout.SlotCurrent).Digest == got {
+		if file == layout.New && current == got {
 			discard()
 			res.Already = layout.SlotCurrent
 			return res, nil
@@ -260,7 +309,7 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 		}
 		if err := checkManifest(man, name, got, done); err != nil {
 			discard()
-			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", hostpart.Short(got), req.Source, err, layout.NewPart)
+			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", hostpart.Short(got), req.Source, err, partName)
 		}
 		switch {
 		case len(keys.Keys) > 0:
@@ -280,29 +329,44 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	// An earlier staged image goes first, so no manifest ever sits beside
 	// an image it does not describe; then the manifest (or a stale one
 	// goes), so the init never sees the new image without it.
-	if err := fsys.Remove(layout.New); err != nil {
+	if err := fsys.Remove(file); err != nil {
 		return res, fmt.Errorf("stage: replace the staged image: %w", err)
 	}
 	if manBytes != nil {
-		err = fsys.WriteFile(layout.ManifestFor(layout.New), manBytes)
+		err = fsys.WriteFile(layout.ManifestFor(file), manBytes)
 	} else {
-		err = fsys.Remove(layout.ManifestFor(layout.New))
+		err = fsys.Remove(layout.ManifestFor(file))
 	}
 	if err != nil {
-		return res, fmt.Errorf("stage: %s: %w", layout.ManifestFor(layout.New), err)
+		return res, fmt.Errorf("stage: %s: %w", layout.ManifestFor(file), err)
 	}
-	if err := fsys.Rename(layout.NewPart, layout.New); err != nil {
+	if err := fsys.Rename(partName, file); err != nil {
 		return res, fmt.Errorf("stage: %w", err)
 	}
 	fsys.Remove(layout.Staging)
-	if err := hostpart.Remember(dir, layout.New, got); err != nil {
+	if err := hostpart.Remember(dir, file, got); err != nil {
 		log.Warn("stage: cannot cache the digest", "err", err)
 	}
 	if err := hostpart.WriteMeta(dir, hostpart.Meta{Digest: got, Name: req.Name, Version: req.Version, Source: req.Source.String(), Staged: time.Now()}); err != nil {
 		log.Warn("stage: cannot record image metadata", "err", err)
 	}
-	log.Info("stage: staged", "file", layout.New, "digest", got, "size", done, "reused", have, "downloaded", n, "manifest", res.Manifest)
+	log.Info("stage: staged", "file", file, "digest", got, "size", done, "reused", have, "downloaded", n, "manifest", res.Manifest)
 	return res, nil
+}
+
+// SlotDigest is the digest of an image on hostpart without hashing it:
+// the digest cache's (im.Digest, from hostpart.Read), else the manifest
+// beside the image when its size matches (the init checked that manifest
+// against the image when it promoted it). "" when neither knows.
+func SlotDigest(dir string, im hostpart.Image) string {
+	if im.Digest != "" || !im.Present {
+		return im.Digest
+	}
+	m, err := manifest.ReadFile(filepath.Join(dir, layout.ManifestFor(im.File)))
+	if err != nil || m.Size != im.Size || len(m.SHA256) != 64 {
+		return ""
+	}
+	return "sha256:" + m.SHA256
 }
 
 func checkRefused(failed Failed, digest string, force bool) error {
@@ -376,38 +440,88 @@ func sizeStr(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// SizeString is sizeStr for the operator commands.
+// SizeString prints bytes in binary units ("1.5 GiB"), for messages.
 func SizeString(n int64) string { return sizeStr(n) }
 
-func copyProgress(ctx context.Context, w io.Writer, r io.Reader, base, total int64, progress func(done, total int64)) (int64, error) {
-	buf := make([]byte, 1<<20)
+// copyHashing copies r to w and into h. Reading the network, hashing and
+// writing the disk run side by side on 1 MiB buffers (the next buffer is
+// read while the last one is hashed and written), so on a host with more
+// than one CPU the download runs at the speed of its slowest part, not of
+// their sum.
+func copyHashing(ctx context.Context, w io.Writer, r io.Reader, h hash.Hash, base, total int64, progress func(done, total int64)) (int64, error) {
+	const bufSize, nbuf = 1 << 20, 4
+	type chunk struct {
+		b   []byte
+		err error
+	}
+	free := make(chan []byte, nbuf)
+	for i := 0; i < nbuf; i++ {
+		free <- make([]byte, bufSize)
+	}
+	full := make(chan chunk, nbuf)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(full)
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			// One read: what arrived is written at once, so a stalled or
+			// dying server leaves every byte it sent in the part file.
+			n, err := r.Read(buf)
+			if err == nil && ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			select {
+			case full <- chunk{buf[:n], err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	var n int64
 	last := time.Time{}
-	for {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		m, rerr := r.Read(buf)
-		if m > 0 {
-			if _, err := w.Write(buf[:m]); err != nil {
+	for c := range full {
+		if len(c.b) > 0 {
+			var err error
+			if len(c.b) >= 256<<10 {
+				var wg sync.WaitGroup
+				wg.Add(1)
+				go func() { h.Write(c.b); wg.Done() }()
+				_, err = w.Write(c.b)
+				wg.Wait()
+			} else {
+				h.Write(c.b)
+				_, err = w.Write(c.b)
+			}
+			if err != nil {
 				return n, err
 			}
-			n += int64(m)
+			n += int64(len(c.b))
 			if progress != nil && time.Since(last) > 200*time.Millisecond {
 				progress(base+n, total)
 				last = time.Now()
 			}
 		}
-		if rerr == io.EOF {
+		free <- c.b[:cap(c.b)]
+		if c.err == io.EOF {
 			if progress != nil {
 				progress(base+n, total)
 			}
 			return n, nil
 		}
-		if rerr != nil {
-			return n, rerr
+		if c.err != nil {
+			return n, c.err
 		}
 	}
+	return n, ctx.Err()
 }
 
 func lock(dir string) (func(), error) {
@@ -424,128 +538,4 @@ func lock(dir string) (func(), error) {
 		return nil, fmt.Errorf("%w (%s is locked); wait for it to finish", ErrBusy, p)
 	}
 	return func() { f.Close() }, nil
-}
-
-// HTTPSource fetches an image over HTTP, resuming with Range requests.
-type HTTPSource struct {
-	URL    string
-	Client *http.Client // nil: a client with connect and header timeouts
-}
-
-func (s HTTPSource) String() string { return s.URL }
-
-var defaultClient = &http.Client{Transport: &http.Transport{
-	Proxy:                 http.ProxyFromEnvironment,
-	ResponseHeaderTimeout: 30 * time.Second,
-	IdleConnTimeout:       90 * time.Second,
-}}
-
-// Open implements Source.
-func (s HTTPSource) Open(ctx context.Context, offset int64) (io.ReadCloser, int64, int64, error) {
-	c := s.Client
-	if c == nil {
-		c = defaultClient
-	}
-	get := func(offset int64) (*http.Response, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL, nil)
-		if err != nil {
-			return nil, err
-		}
-		if offset > 0 {
-			req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-		}
-		return c.Do(req)
-	}
-	resp, err := get(offset)
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	switch resp.StatusCode {
-	case http.StatusOK:
-		return resp.Body, 0, resp.ContentLength, nil
-	case http.StatusPartialContent:
-		start, _, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if !ok {
-			resp.Body.Close()
-			return nil, 0, 0, fmt.Errorf("GET %s: 206 with bad Content-Range %q", s.URL, resp.Header.Get("Content-Range"))
-		}
-		return resp.Body, start, total, nil
-	case http.StatusRequestedRangeNotSatisfiable:
-		resp.Body.Close()
-		if _, _, total, ok := parseContentRange(resp.Header.Get("Content-Range")); ok && total == offset {
-			return io.NopCloser(strings.NewReader("")), offset, total, nil // we had it all
-		}
-		if resp, err = get(0); err != nil {
-			return nil, 0, 0, err
-		}
-		if resp.StatusCode == http.StatusOK {
-			return resp.Body, 0, resp.ContentLength, nil
-		}
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	return nil, 0, 0, fmt.Errorf("GET %s: %s: %s", s.URL, resp.Status, strings.TrimSpace(string(body)))
-}
-
-// parseContentRange parses "bytes a-b/total" and "bytes */total" (start -1).
-func parseContentRange(v string) (start, end, total int64, ok bool) {
-	rest, found := strings.CutPrefix(v, "bytes ")
-	if !found {
-		return 0, 0, 0, false
-	}
-	rng, tot, found := strings.Cut(rest, "/")
-	if !found {
-		return 0, 0, 0, false
-	}
-	total = -1
-	if tot != "*" {
-		t, err := strconv.ParseInt(tot, 10, 64)
-		if err != nil {
-			return 0, 0, 0, false
-		}
-		total = t
-	}
-	if rng == "*" {
-		return -1, -1, total, true
-	}
-	a, b, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, 0, false
-	}
-	s, err1 := strconv.ParseInt(a, 10, 64)
-	e, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, 0, 0, false
-	}
-	return s, e, total, true
-}
-
-// FileSource copies an image from a local file.
-type FileSource struct{ Path string }
-
-func (s FileSource) String() string { return s.Path }
-
-// Open implements Source.
-func (s FileSource) Open(_ context.Context, offset int64) (io.ReadCloser, int64, int64, error) {
-	f, err := os.Open(s.Path)
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, 0, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, 0, 0, fmt.Errorf("%s is not a regular file", s.Path)
-	}
-	if offset > fi.Size() {
-		offset = 0
-	}
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		f.Close()
-		return nil, 0, 0, err
-	}
-	return f, offset, fi.Size(), nil
 }
