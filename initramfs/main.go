@@ -13,6 +13,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+
+	"github.com/hnboot/hnboot/initramfs/cmdline"
 )
 
 func main() {
@@ -47,17 +49,6 @@ func routeStdLog(l *slog.Logger) {
 	slog.SetDefault(l)
 }
 
-const usage = `hninit: hnboot's initramfs /init (runs as PID 1).
-
-Kernel command line:
-  hn.hostpart=LABEL=hostpart   the partition holding the images (also UUID=, PARTLABEL=, /dev/...)
-  hn.image=hn-root.img         the current image's name on hostpart
-  hn.tries=N                   trial boots for a newly promoted image (default 3)
-  hn.server=URL                the imaged server
-  hn.revert=ID                 revert once per ID, as if system-revert were present
-  hn.hostname=NAME, ip=...     host identity overrides
-  hn.modules=a,b               extra kernel modules to load
-  hn.debug                     verbose log
-  real_root=/hn-root.img raw_loop_root_host_partition=LABEL=hostpart
-                               the genkernel names, accepted as aliases
-`
+// usage is the --help text; the kernel command line part comes from the
+// same table as the parser (cmdline.Keys).
+var usage = "hninit: hnboot's initramfs /init (runs as PID 1).\n\n" + cmdline.Usage()

@@ -213,6 +213,7 @@ type pxeHost struct {
 	tap, mac, disk string
 	uefi           bool
 	nic            string // QEMU NIC device; default e1000 (iPXE ROM)
+	noEntropy      bool   // QEMU's default CPU, no RNG device (Options.NoEntropy)
 }
 
 func (l *lab) start(t *testing.T, h pxeHost) *VM {
@@ -222,7 +223,7 @@ func (l *lab) start(t *testing.T, h pxeHost) *VM {
 		nic = "e1000"
 	}
 	vm, err := Start(context.Background(), Options{
-		Disk: h.disk, UEFI: h.uefi, Netns: l.ns.Name, Memory: 1024,
+		Disk: h.disk, UEFI: h.uefi, Netns: l.ns.Name, Memory: 1024, NoEntropy: h.noEntropy,
 		Extra: []string{
 			"-netdev", "tap,id=n0,ifname=" + h.tap + ",script=no,downscript=no",
 			"-device", nic + ",netdev=n0,mac=" + h.mac + ",bootindex=0",
@@ -291,6 +292,62 @@ func TestPXEBootBIOS(t *testing.T) {
 	con := expectBooted(t, vm, "PA")
 	wantConsole(t, con, "HNTEST hostname=pxe-bios", "checked in")
 	l.assertServed(t, mac, imgs["PA"], false)
+}
+
+// TestPXEBootBIOSNoEntropy is TestPXEBootBIOS on QEMU's default CPU
+// without an RNG device: the kernel's random pool is empty when the init
+// runs its DHCP client and checks in. The check-in must still be done
+// within its budget (it once waited two minutes for getrandom).
+func TestPXEBootBIOSNoEntropy(t *testing.T) {
+	imgs := pxeImages(t)
+	l := newLab(t, 1)
+	mac := "52:54:00:77:00:04"
+	l.serve(t, "--dhcp-mode", "full", "--pool", labNet+".100-"+labNet+".150", "--host", mac+",pxe-noentropy,"+imgs["PA"])
+	d := pxeDisk(t, imgs["PA"])
+	// The first boot generates the SSH host keys; the second has them and
+	// draws nothing from the pool but what its DHCP and check-in need.
+	for i := 0; i < 2; i++ {
+		vm := l.start(t, pxeHost{tap: "tap0", mac: mac, disk: d, noEntropy: true})
+		con := expectBooted(t, vm, "PA")
+		wantConsole(t, con, "HNTEST hostname=pxe-noentropy", "checked in")
+		if i == 0 {
+			l.assertServed(t, mac, imgs["PA"], false)
+		}
+		wantFast(t, con, "checked in", 10*time.Second)
+		if err := vm.Wait(60 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		vm.Kill()
+		if testing.Verbose() {
+			for _, line := range strings.Split(con, "\n") {
+				if strings.Contains(line, "random") || strings.Contains(line, "crng") {
+					t.Logf("boot %d: %s", i, line)
+				}
+			}
+		}
+	}
+}
+
+// wantFast fails unless the init's console line containing msg reports
+// took= at most max.
+func wantFast(t *testing.T, con, msg string, max time.Duration) {
+	t.Helper()
+	for _, line := range strings.Split(con, "\n") {
+		if !strings.Contains(line, "hninit:") || !strings.Contains(line, msg) {
+			continue
+		}
+		m := regexp.MustCompile(`took=(\S+)`).FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		d, err := time.ParseDuration(m[1])
+		if err != nil || d > max {
+			t.Errorf("%q took %s, want at most %v:\n%s", msg, m[1], max, line)
+		}
+		t.Logf("%s", line)
+		return
+	}
+	t.Errorf("console has no hninit line with %q and took=\n%s", msg, tail(con, 60))
 }
 
 // TestPXEBootUEFI: OVMF's own PXE client (virtio-net without an option

@@ -43,6 +43,11 @@ type Options struct {
 	// Netns runs QEMU inside this network namespace (ip netns exec), so
 	// -netdev tap can open tap devices that live there (see NetNS).
 	Netns string
+	// NoEntropy boots QEMU's default CPU model (qemu64: no RDRAND) without
+	// a virtio-rng device, as many real servers and VMs are: the kernel's
+	// random pool starts empty and fills slowly under TCG. Otherwise the
+	// VM gets -cpu max and -device virtio-rng-pci.
+	NoEntropy bool
 }
 
 // OVMF firmware from Debian's ovmf package: the 4 MiB build, code read-only,
@@ -84,11 +89,13 @@ func (o Options) Args() []string {
 	}
 	args := []string{
 		"-nodefaults", "-no-user-config",
-		"-machine", "q35", "-cpu", "max", "-smp", "1",
+		"-machine", "q35", "-smp", "1",
 		"-m", fmt.Sprint(mem),
 		"-display", "none", "-serial", "stdio", "-monitor", "none",
 		"-no-reboot",
-		"-device", "virtio-rng-pci",
+	}
+	if !o.NoEntropy {
+		args = append(args, "-cpu", "max", "-device", "virtio-rng-pci")
 	}
 	if o.Kernel != "" {
 		args = append(args, "-kernel", o.Kernel)

@@ -2,6 +2,11 @@
 // configuration. It is pure: the caller reads /proc/cmdline and logs the
 // warnings, so a typo on the command line degrades to a default and a
 // console message instead of an unbootable host.
+//
+// Every key the init understands is a row of Keys: its parser, its
+// default and its help line. Parse, the init's --help (Usage) and the
+// README's table (checked by a test) come from that one table, so a key
+// cannot be read somewhere without being documented.
 package cmdline
 
 import (
@@ -9,14 +14,16 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // Defaults, named so the init and its tests agree on them.
 const (
-	DefaultTries = 3
-	DefaultInit  = "/sbin/init"
+	DefaultTries         = 3
+	DefaultInit          = "/sbin/init"
+	DefaultCheckinBudget = 5 * time.Second
 )
 
 // Config is what the init needs from the command line. Zero values of the
@@ -34,9 +41,19 @@ type Config struct {
 	Modules   []string // hn.modules=a,b: extra kernel modules to load
 	Init      string   // init= or hn.init=
 	Alias     bool     // the genkernel names (real_root=, raw_loop_root_host_partition=) were present
-	// Args holds every key=value (and bare flag, with value "") before "--",
-	// last one winning, so the init can look up keys this package does not
-	// know about (e.g. for logging the full configuration).
+	// Network is the budget of the boot's talk with imaged before the
+	// image is chosen: bringing up the NIC, asking what this MAC should
+	// run, and the check-in (hn.checkin=DURATION). A download it starts
+	// has no budget: it runs until done or cut (a resumable .part).
+	Network   time.Duration
+	NoCheckin bool   // hn.checkin=off: no network at boot at all
+	NoFetch   bool   // hn.fetch=off: check in, but never download the assigned image
+	BootIF    string // BOOTIF=01-aa-bb-..: the MAC (aa:bb:..) of the NIC the firmware booted from
+	Kexeced   string // hn.kexeced=IMAGE: set by the init on the kernel it kexecs into
+	NoKexec   bool   // hn.nokexec
+	// Args holds every key=value before "--" (bare flags with value "").
+	// Only the init's files that have not moved to the fields yet read
+	// it; it goes when they do.
 	Args map[string]string
 }
 
@@ -70,25 +87,210 @@ func Split(s string) []string {
 	return words
 }
 
+// Key is one kernel command line parameter the init understands.
+type Key struct {
+	Name  string // "hn.tries"; aliases are keys of their own
+	Value string // the value's form in the help ("N", "URL"); "" for a flag
+	Def   string // the default, as the help shows it
+	Help  string
+	// Hidden keys are not shown in --help and the README (test-only).
+	Hidden bool
+	// set parses val into c; hasVal is false for a bare "key". An error
+	// is a warning: the default stays.
+	set func(c *Config, p *pending, val string, hasVal bool) error
+}
+
+// pending holds the keys with a genkernel alias (or init=), resolved after
+// the whole line was read so that the hn.* name wins in any order.
+type pending struct {
+	hostpart, image, aliasHostpart, aliasImage, hnInit, kInit *string
+}
+
+func str(v string) *string { return &v }
+
+// Keys are the parameters, in the order of the help.
+var Keys = []Key{
+	{Name: "hn.hostpart", Value: "SPEC", Def: layout.HostpartSpec, Help: "the partition holding the images (LABEL=, UUID=, PARTLABEL=, /dev/...)",
+		set: func(c *Config, p *pending, v string, _ bool) error { p.hostpart = str(v); return nil }},
+	{Name: "hn.image", Value: "NAME", Def: layout.Current, Help: "the current image's file name on hostpart",
+		set: func(c *Config, p *pending, v string, _ bool) error { p.image = str(v); return nil }},
+	{Name: "hn.tries", Value: "N", Def: strconv.Itoa(DefaultTries), Help: "trial boots for a newly promoted image",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 100 {
+				return fmt.Errorf("hn.tries=%q is not a number from 1 to 100; using %d", v, DefaultTries)
+			}
+			c.Tries = n
+			return nil
+		}},
+	{Name: "hn.server", Value: "URL", Help: "the imaged server: the init asks it what this MAC should run, downloads that image when it is not hn-root.img, and checks in (without it, the server of the last check-in, remembered on hostpart)",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("hn.server=%q is not an http(s) URL; ignoring it", v)
+			}
+			c.Server = v
+			return nil
+		}},
+	{Name: "hn.checkin", Value: "DURATION", Def: DefaultCheckinBudget.String(), Help: "the longest the boot waits for the network and imaged before it boots the local image (off: no network at all)",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			if v == "off" {
+				c.NoCheckin = true
+				return nil
+			}
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("hn.checkin=%q is not a duration or off; using %v", v, DefaultCheckinBudget)
+			}
+			c.Network, c.NoCheckin = d, false
+			return nil
+		}},
+	{Name: "hn.fetch", Value: "off", Help: "never download the assigned image at boot (leave it to the agent)",
+		set: func(c *Config, _ *pending, v string, hasVal bool) error {
+			b, ok := parseBool(v, hasVal)
+			if v == "off" || (ok && !b) {
+				c.NoFetch = true
+				return nil
+			}
+			if !ok {
+				return fmt.Errorf("hn.fetch=%q is not off or on; fetching stays on", v)
+			}
+			c.NoFetch = false
+			return nil
+		}},
+	{Name: "hn.revert", Value: "ID", Help: "revert once per ID, as if system-revert were present (sent by imaged for a fleet revert)",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			if v == "" {
+				return fmt.Errorf("hn.revert needs an ID (hn.revert=ID); ignoring it")
+			}
+			c.RevertID = v
+			return nil
+		}},
+	{Name: "hn.hostname", Value: "NAME", Help: "the host name (overrides host.conf and the default hn-MAC)",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			if !ValidHostname(v) {
+				return fmt.Errorf("hn.hostname=%q is not a valid host name; ignoring it", v)
+			}
+			c.Hostname = v
+			return nil
+		}},
+	{Name: "ip", Value: "...", Help: "a static address, kernel ip= syntax (overrides host.conf)",
+		set: func(c *Config, _ *pending, v string, _ bool) error { c.IP = v; return nil }},
+	{Name: "BOOTIF", Value: "01-MAC", Help: "the NIC to use and report (pxelinux style; imaged's iPXE script sets it); default the first Ethernet NIC",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			mac, ok := bootifMAC(v)
+			if !ok {
+				return fmt.Errorf("BOOTIF=%q is not 01-aa-bb-cc-dd-ee-ff; using the first Ethernet NIC", v)
+			}
+			c.BootIF = mac
+			return nil
+		}},
+	{Name: "hn.modules", Value: "a,b", Help: "extra kernel modules to load",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			for _, m := range strings.Split(v, ",") {
+				if m = strings.TrimSpace(m); m != "" {
+					c.Modules = append(c.Modules, m)
+				}
+			}
+			return nil
+		}},
+	{Name: "hn.nokexec", Help: "never kexec into the image's kernel",
+		set: func(c *Config, _ *pending, v string, hasVal bool) error {
+			b, ok := parseBool(v, hasVal)
+			if !ok {
+				return fmt.Errorf("hn.nokexec=%q is not a boolean; ignoring it", v)
+			}
+			c.NoKexec = b
+			return nil
+		}},
+	{Name: "hn.kexeced", Value: "IMAGE", Help: "set by the init on the command line of the image's kernel it kexecs into: that boot neither kexecs nor rotates again",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			if v == "" {
+				v = layout.Current
+			}
+			c.Kexeced = v
+			return nil
+		}},
+	{Name: "hn.init", Value: "PATH", Def: DefaultInit, Help: "the image's init (also init=)",
+		set: func(c *Config, p *pending, v string, _ bool) error { p.hnInit = str(v); return nil }},
+	{Name: "init", Value: "PATH", Hidden: true,
+		set: func(c *Config, p *pending, v string, _ bool) error { p.kInit = str(v); return nil }},
+	{Name: "hn.debug", Help: "verbose init log",
+		set: func(c *Config, _ *pending, v string, hasVal bool) error {
+			b, ok := parseBool(v, hasVal)
+			if !ok {
+				return fmt.Errorf("hn.debug=%q is not a boolean; debug stays off", v)
+			}
+			c.Debug = b
+			return nil
+		}},
+	{Name: "real_root", Value: "/hn-root.img", Help: "the original genkernel name of hn.image, accepted as an alias so an existing grub.cfg keeps working",
+		set: func(c *Config, p *pending, v string, _ bool) error { p.aliasImage = str(v); c.Alias = true; return nil }},
+	{Name: "raw_loop_root_host_partition", Value: "LABEL=hostpart", Help: "the original genkernel name of hn.hostpart, an alias too",
+		set: func(c *Config, p *pending, v string, _ bool) error {
+			p.aliasHostpart = str(v)
+			c.Alias = true
+			return nil
+		}},
+	{Name: "hn.crashtest", Value: "N", Hidden: true,
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return fmt.Errorf("hn.crashtest=%q is not a non-negative number; ignoring it", v)
+			}
+			c.CrashTest = n
+			return nil
+		}},
+}
+
+var byName = func() map[string]*Key {
+	m := map[string]*Key{}
+	for i := range Keys {
+		m[Keys[i].Name] = &Keys[i]
+	}
+	return m
+}()
+
+// Usage is the kernel command line part of the init's --help.
+func Usage() string {
+	var b strings.Builder
+	b.WriteString("Kernel command line:\n")
+	for _, k := range Keys {
+		if k.Hidden {
+			continue
+		}
+		name := k.Name
+		if k.Value != "" {
+			name += "=" + k.Value
+		}
+		help := k.Help
+		if k.Def != "" {
+			help += " (default " + k.Def + ")"
+		}
+		if len(name) > 28 {
+			fmt.Fprintf(&b, "  %s\n  %-28s %s\n", name, "", help)
+		} else {
+			fmt.Fprintf(&b, "  %-28s %s\n", name, help)
+		}
+	}
+	return b.String()
+}
+
 // Parse reads a kernel command line (the contents of /proc/cmdline).
-// Unknown keys are kept in Args only; invalid values of known keys leave
-// the default in place and add a warning that names the key and the value.
+// Unknown keys are ignored; invalid values of known keys leave the
+// default in place and add a warning that names the key and the value.
 func Parse(cmdline string) (Config, []string) {
 	c := Config{
 		Hostpart: layout.HostpartSpec,
 		Image:    layout.Current,
 		Tries:    DefaultTries,
 		Init:     DefaultInit,
+		Network:  DefaultCheckinBudget,
 		Args:     map[string]string{},
 	}
 	var warns []string
 	warn := func(format string, a ...any) { warns = append(warns, fmt.Sprintf(format, a...)) }
-
-	// Keys that have a genkernel alias are resolved after the loop, so the
-	// hn.* name wins regardless of the order on the line.
-	var hostpart, image, aliasHostpart, aliasImage, hnInit, kInit *string
-	str := func(v string) *string { return &v }
-
+	var p pending
 	for _, w := range Split(cmdline) {
 		// The kernel hands everything after "--" to init as its argv;
 		// those words are not ours to interpret.
@@ -97,74 +299,16 @@ func Parse(cmdline string) (Config, []string) {
 		}
 		key, val, hasVal := strings.Cut(w, "=")
 		c.Args[key] = val
-		switch key {
-		case "hn.hostpart":
-			hostpart = str(val)
-		case "raw_loop_root_host_partition":
-			aliasHostpart = str(val)
-			c.Alias = true
-		case "hn.image":
-			image = str(val)
-		case "real_root":
-			aliasImage = str(val)
-			c.Alias = true
-		case "hn.tries":
-			n, err := strconv.Atoi(val)
-			if err != nil || n < 1 || n > 100 {
-				warn("hn.tries=%q is not a number from 1 to 100; using %d", val, DefaultTries)
-				continue
+		if k := byName[key]; k != nil {
+			if err := k.set(&c, &p, val, hasVal); err != nil {
+				warns = append(warns, err.Error())
 			}
-			c.Tries = n
-		case "hn.server":
-			u, err := url.Parse(val)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				warn("hn.server=%q is not an http(s) URL; ignoring it", val)
-				continue
-			}
-			c.Server = val
-		case "hn.revert":
-			if val == "" {
-				warn("hn.revert needs an ID (hn.revert=ID); ignoring it")
-				continue
-			}
-			c.RevertID = val
-		case "hn.debug":
-			b, ok := parseBool(val, hasVal)
-			if !ok {
-				warn("hn.debug=%q is not a boolean; debug stays off", val)
-				continue
-			}
-			c.Debug = b
-		case "hn.crashtest":
-			n, err := strconv.Atoi(val)
-			if err != nil || n < 0 {
-				warn("hn.crashtest=%q is not a non-negative number; ignoring it", val)
-				continue
-			}
-			c.CrashTest = n
-		case "hn.hostname":
-			if !ValidHostname(val) {
-				warn("hn.hostname=%q is not a valid host name; ignoring it", val)
-				continue
-			}
-			c.Hostname = val
-		case "hn.modules":
-			for _, m := range strings.Split(val, ",") {
-				if m = strings.TrimSpace(m); m != "" {
-					c.Modules = append(c.Modules, m)
-				}
-			}
-		case "init":
-			kInit = str(val)
-		case "hn.init":
-			hnInit = str(val)
-		case "ip":
-			c.IP = val
 		}
 	}
 
+	hostpart := p.hostpart
 	if hostpart == nil {
-		hostpart = aliasHostpart
+		hostpart = p.aliasHostpart
 	}
 	if hostpart != nil {
 		if validSpec(*hostpart) {
@@ -174,8 +318,9 @@ func Parse(cmdline string) (Config, []string) {
 		}
 	}
 
+	image := p.image
 	if image == nil {
-		image = aliasImage
+		image = p.aliasImage
 	}
 	if image != nil {
 		// real_root=/hn-root.img names the file relative to hostpart's
@@ -190,8 +335,9 @@ func Parse(cmdline string) (Config, []string) {
 		}
 	}
 
+	hnInit := p.hnInit
 	if hnInit == nil {
-		hnInit = kInit
+		hnInit = p.kInit
 	}
 	if hnInit != nil {
 		if strings.HasPrefix(*hnInit, "/") {
@@ -201,6 +347,23 @@ func Parse(cmdline string) (Config, []string) {
 		}
 	}
 	return c, warns
+}
+
+// bootifMAC turns pxelinux's BOOTIF=01-52-54-00-12-34-56 (01: Ethernet)
+// into 52:54:00:12:34:56.
+func bootifMAC(v string) (string, bool) {
+	s := strings.ToLower(v)
+	s, _ = strings.CutPrefix(s, "01-")
+	parts := strings.FieldsFunc(s, func(r rune) bool { return r == '-' || r == ':' })
+	if len(parts) != 6 {
+		return "", false
+	}
+	for _, p := range parts {
+		if len(p) != 2 || strings.Trim(p, "0123456789abcdef") != "" {
+			return "", false
+		}
+	}
+	return strings.Join(parts, ":"), true
 }
 
 func parseBool(val string, hasVal bool) (bool, bool) {

@@ -2,10 +2,13 @@ package cmdline
 
 import (
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/readme"
 )
 
 func TestSplit(t *testing.T) {
@@ -29,7 +32,7 @@ func TestSplit(t *testing.T) {
 
 func TestParse(t *testing.T) {
 	def := func(f func(*Config)) Config {
-		c := Config{Hostpart: layout.HostpartSpec, Image: layout.Current, Tries: DefaultTries, Init: DefaultInit}
+		c := Config{Hostpart: layout.HostpartSpec, Image: layout.Current, Tries: DefaultTries, Init: DefaultInit, Network: DefaultCheckinBudget}
 		if f != nil {
 			f(&c)
 		}
@@ -77,6 +80,20 @@ func TestParse(t *testing.T) {
 		{"bad image", "hn.image=sub/x.img", def(nil), []string{"sub/x.img"}},
 		{"bad init", "init=sh", def(nil), []string{"init"}},
 		{"two warnings", "hn.tries=x hn.image=/", def(nil), []string{"hn.tries", "image"}},
+		{"network keys", "BOOTIF=01-52-54-00-AB-cd-0e hn.checkin=30s hn.fetch=off hn.nokexec hn.kexeced=hn-root-old.img",
+			def(func(c *Config) {
+				c.BootIF = "52:54:00:ab:cd:0e"
+				c.Network = 30 * time.Second
+				c.NoFetch = true
+				c.NoKexec = true
+				c.Kexeced = "hn-root-old.img"
+			}), nil},
+		{"checkin off", "hn.checkin=off", def(func(c *Config) { c.NoCheckin = true }), nil},
+		{"fetch on again", "hn.fetch=off hn.fetch=on", def(nil), nil},
+		{"bare kexeced", "hn.kexeced", def(func(c *Config) { c.Kexeced = layout.Current }), nil},
+		{"bad checkin", "hn.checkin=5", def(nil), []string{"hn.checkin"}},
+		{"bad BOOTIF", "BOOTIF=01-52-54", def(nil), []string{"BOOTIF"}},
+		{"bad fetch", "hn.fetch=sometimes", def(nil), []string{"hn.fetch"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,11 +114,48 @@ func TestParse(t *testing.T) {
 	}
 }
 
-func TestParseArgs(t *testing.T) {
-	c, _ := Parse(`console=ttyS0 quiet hn.x="a b" -- initarg`)
-	want := map[string]string{"console": "ttyS0", "quiet": "", "hn.x": "a b"}
-	if !reflect.DeepEqual(c.Args, want) {
-		t.Errorf("Parse().Args = %v, want %v", c.Args, want)
+// The help and the README's table come from Keys: every key the init
+// reads is in both, and the README names no key the init ignores.
+func TestUsageAndReadme(t *testing.T) {
+	u := Usage()
+	md, err := readme.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := readme.Table(md, "| parameter | default | meaning |")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]string{} // key -> default cell
+	for _, r := range rows {
+		for _, m := range regexp.MustCompile("`([A-Za-z_.]+)(=[^`]*)?`").FindAllStringSubmatch(r[0], -1) {
+			documented[m[1]] = r[1]
+		}
+	}
+	for _, k := range Keys {
+		if k.Hidden {
+			if regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(k.Name) + `[= ]`).MatchString(u) {
+				t.Errorf("Usage shows the hidden key %s", k.Name)
+			}
+			continue
+		}
+		if !regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(k.Name) + `[= ]`).MatchString(u) {
+			t.Errorf("Usage lacks %s:\n%s", k.Name, u)
+		}
+		def, ok := documented[k.Name]
+		if !ok {
+			t.Errorf("README's kernel command line table lacks %s", k.Name)
+			continue
+		}
+		if k.Def != "" && !strings.Contains(def, k.Def) {
+			t.Errorf("README gives %s the default %q, the init %q", k.Name, def, k.Def)
+		}
+		delete(documented, k.Name)
+	}
+	for k := range documented {
+		if byName[k] == nil {
+			t.Errorf("README documents %s, which the init does not read", k)
+		}
 	}
 }
 
