@@ -1,20 +1,23 @@
 // Command init is hnboot's /init: PID 1 of the initramfs. It mounts the
-// kernel filesystems, loads the modules it needs, finds the hostpart
-// partition, checks the disk layout, rotates or reverts the root images
-// (crash-safely), checks in with imaged when it knows one, loop-mounts
-// hn-root.img read-only, kexecs into the image's own kernel when that
-// differs from the running one, writes this host's identity into a tmpfs
-// overlay of the image and switches root. DESIGN.md §3 is the contract;
-// every step logs a `hninit:` line.
+// kernel filesystems, then runs the boot (package initramfs/boot: modules,
+// hostpart, the disk checks, the crash-safe rotation, the talk with
+// imaged and the download of the assigned image, the read-only loop
+// mount, kexec into the image's own kernel when it differs, the host's
+// identity on a tmpfs overlay, switch_root) over the real system
+// (system.go). DESIGN.md §3 is the contract; every step logs a `hninit:`
+// line.
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 
+	"github.com/hnboot/hnboot/initramfs/boot"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
+	"github.com/hnboot/hnboot/internal/httpget"
 )
 
 func main() {
@@ -33,17 +36,28 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("this is the initramfs /init and must run as PID 1 (kernel command line reference: %s --help)", args[0])
 	}
 	h := newConsoleHandler(stdout, false)
-	b := &boot{h: h, log: slog.New(h), stdin: stdin, stdout: stdout}
-	routeStdLog(b.log)
-	b.main() // never returns
-	return nil
+	log := slog.New(h)
+	routeStdLog(log)
+	if in, out := mountKernelFS(log, h); out != nil {
+		stdin, stdout = in, out
+	}
+	sys := &linuxSystem{log: log, stdin: stdin, stdout: stdout, http: &httpget.Client{UserAgent: "hninit"}}
+	sys.mods = newModLoader(log)
+	b := &boot.Boot{
+		Sys: sys, Paths: boot.DefaultPaths, Log: log,
+		Lines: h.Lines, SetDebug: func(on bool) { h.debug = on },
+	}
+	for {
+		// Run returns only from the rescue shell, which never ends.
+		b.Run(context.Background())
+	}
 }
 
-// routeStdLog makes the standard logger, which u-root's dhclient,
-// switch_root and kexec write to, log debug records of l: their lines
-// become hninit: lines, shown with hn.debug and kept out of the console
-// otherwise. The init owns the process's logging and sets it once here,
-// so no library call has to swap the logger around its own calls.
+// routeStdLog makes the standard logger, which u-root's switch_root and
+// kexec write to, log debug records of l: their lines become hninit:
+// lines, shown with hn.debug and kept out of the console otherwise. The
+// init owns the process's logging and sets it once here, so no library
+// call has to swap the logger around its own calls.
 func routeStdLog(l *slog.Logger) {
 	slog.SetLogLoggerLevel(slog.LevelDebug)
 	slog.SetDefault(l)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"io"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -79,10 +80,14 @@ func fsModule(fstype string) string {
 	return fstype
 }
 
+// modulesList is what mkimage initramfs put in: every module, in load
+// order (the fallback of loadAll).
+const modulesList = "/etc/hnboot-modules"
+
 // modLoader loads modules through u-root's kmodule (dependencies from
 // modules.dep) and remembers what it loaded.
 type modLoader struct {
-	b       *boot
+	log     *slog.Logger
 	prober  *kmodule.Prober
 	aliases aliasTable
 	loaded  map[string]bool
@@ -90,14 +95,14 @@ type modLoader struct {
 	all     bool     // the full list was loaded already
 }
 
-func newModLoader(b *boot) *modLoader {
-	m := &modLoader{b: b, loaded: map[string]bool{}}
+func newModLoader(log *slog.Logger) *modLoader {
+	m := &modLoader{log: log, loaded: map[string]bool{}}
 	if data, err := os.ReadFile(modulesList); err == nil {
 		m.listed = strings.Fields(string(data))
 	}
 	p, err := kmodule.NewProber(kmodule.ProbeOpts{})
 	if err != nil {
-		b.log.Warn("cannot load modules (a kernel with built-in drivers still boots)", "err", err)
+		log.Warn("cannot load modules (a kernel with built-in drivers still boots)", "err", err)
 		return m
 	}
 	m.prober = p
@@ -126,14 +131,14 @@ func (m *modLoader) load(why string, names ...string) {
 		m.loaded[n] = true
 		if err := m.prober.Probe(n, ""); err != nil {
 			failed = append(failed, n)
-			m.b.log.Debug("module", "name", n, "err", err)
+			m.log.Debug("module", "name", n, "err", err)
 			continue
 		}
 		done = append(done, n)
 	}
-	m.b.log.Info("loaded modules for "+why, "modules", strings.Join(done, ","), "took", time.Since(start).Round(time.Millisecond))
+	m.log.Info("loaded modules for "+why, "modules", strings.Join(done, ","), "took", time.Since(start).Round(time.Millisecond))
 	if len(failed) > 0 {
-		m.b.log.Info("modules not loaded (absent or built in)", "names", strings.Join(failed, ","))
+		m.log.Info("modules not loaded (absent or built in)", "names", strings.Join(failed, ","))
 	}
 }
 
@@ -141,7 +146,7 @@ func (m *modLoader) load(why string, names ...string) {
 // (virtio_pci) makes new devices (virtio disks) appear.
 func (m *modLoader) hardware() {
 	if len(m.aliases) == 0 {
-		m.b.log.Info("initramfs has no modules.alias; loading every module it carries")
+		m.log.Info("initramfs has no modules.alias; loading every module it carries")
 		m.loadAll()
 		return
 	}

@@ -62,7 +62,7 @@ func (b *Boot) checkinReport(ctx context.Context) *checkin.Checkin {
 	} else {
 		rep.Notes = append(rep.Notes, "SSH host keys not reported: "+err.Error())
 	}
-	if f, err := stage.LoadFailed(dir); err == nil {
+	if f, err := stage.LoadFailed(dir); err == nil && len(f) > 0 {
 		rep.FailedDigests = f.Digests()
 	}
 	img, digest := imageDigest(ctx, dir, b.cfg.Image, b.digests)

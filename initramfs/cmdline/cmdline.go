@@ -51,10 +51,6 @@ type Config struct {
 	BootIF    string // BOOTIF=01-aa-bb-..: the MAC (aa:bb:..) of the NIC the firmware booted from
 	Kexeced   string // hn.kexeced=IMAGE: set by the init on the kernel it kexecs into
 	NoKexec   bool   // hn.nokexec
-	// Args holds every key=value before "--" (bare flags with value "").
-	// Only the init's files that have not moved to the fields yet read
-	// it; it goes when they do.
-	Args map[string]string
 }
 
 // Split splits a command line into words the way the kernel does
@@ -286,7 +282,6 @@ func Parse(cmdline string) (Config, []string) {
 		Tries:    DefaultTries,
 		Init:     DefaultInit,
 		Network:  DefaultCheckinBudget,
-		Args:     map[string]string{},
 	}
 	var warns []string
 	warn := func(format string, a ...any) { warns = append(warns, fmt.Sprintf(format, a...)) }
@@ -298,7 +293,6 @@ func Parse(cmdline string) (Config, []string) {
 			break
 		}
 		key, val, hasVal := strings.Cut(w, "=")
-		c.Args[key] = val
 		if k := byName[key]; k != nil {
 			if err := k.set(&c, &p, val, hasVal); err != nil {
 				warns = append(warns, err.Error())

@@ -98,7 +98,6 @@ func TestParse(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, warns := Parse(tt.in)
-			got.Args = nil
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Parse(%q) = %+v, want %+v", tt.in, got, tt.want)
 			}

@@ -1,8 +1,7 @@
-package main
+package boot
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,30 +59,6 @@ func TestImageReleaseTestKernels(t *testing.T) {
 		got, err := imageRelease(p)
 		if want := strings.TrimPrefix(filepath.Base(p), "vmlinuz-"); got != want || err != nil {
 			t.Errorf("imageRelease(%s) = %q, %v; want %q", p, got, err, want)
-		}
-	}
-}
-
-func TestKexecDecision(t *testing.T) {
-	for _, tt := range []struct {
-		name     string
-		args     map[string]string
-		running  string
-		image    string
-		imageErr error
-		want     bool
-		why      string
-	}{
-		{"other release", nil, "6.1.0-56-amd64", "6.1.0-55-amd64", nil, true, "ships kernel 6.1.0-55-amd64, running 6.1.0-56-amd64"},
-		{"same release", nil, "6.1.0-56-amd64", "6.1.0-56-amd64", nil, false, "is running"},
-		{"already kexeced", map[string]string{"hn.kexeced": "hn-root.img"}, "6.1.0-56-amd64", "6.1.0-55-amd64", nil, false, "already kexec'd once"},
-		{"turned off", map[string]string{"hn.nokexec": ""}, "6.1.0-56-amd64", "6.1.0-55-amd64", nil, false, "hn.nokexec"},
-		{"no kernel in image", nil, "6.1.0-56-amd64", "", errors.New("image has no /boot/vmlinuz"), false, "no /boot/vmlinuz"},
-		{"unknown release", nil, "6.1.0-56-amd64", "", nil, false, "unknown"},
-	} {
-		got, why := kexecDecision(tt.args, tt.running, tt.image, tt.imageErr)
-		if got != tt.want || !strings.Contains(why, tt.why) {
-			t.Errorf("kexecDecision(%s) = %v, %q; want %v, reason containing %q", tt.name, got, why, tt.want, tt.why)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package boot
 
 import (
 	"crypto/rand"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -108,7 +109,7 @@ func TestVerifyStaged(t *testing.T) {
 				paths = append(paths, p)
 			}
 			paths = append(paths, filepath.Join(dir, "missing.pub"))
-			err := verifyStaged(dir, layout.New, loadTrust(paths...), log)
+			err := verifyStaged(dir, layout.New, loadTrust(paths...), hostpart.LoadCache(dir), log)
 			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 				t.Errorf("verifyStaged(%s) = %v, want %q", tt.name, err, tt.want)
 			}
@@ -122,15 +123,51 @@ func TestVerifyStagedFilesystem(t *testing.T) {
 	if err := os.Truncate(img, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	err := verifyStaged(dir, layout.New, trust{}, slog.New(slog.DiscardHandler))
+	err := verifyStaged(dir, layout.New, trust{}, hostpart.LoadCache(dir), slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Errorf("verifyStaged(truncated image) = %v, want an error saying truncated", err)
 	}
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyStaged(dir, layout.New, trust{}, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "not a root filesystem") {
+	if err := verifyStaged(dir, layout.New, trust{}, hostpart.LoadCache(dir), slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "not a root filesystem") {
 		t.Errorf("verifyStaged(zeros) = %v, want an error saying not a root filesystem", err)
+	}
+}
+
+// A digest the cache knows (the staging put it there when it wrote and
+// hashed the image) is not computed again: verification compares the
+// manifest with it.
+func TestVerifyStagedCached(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		name   string
+		cached string // "right", "wrong"
+		want   string
+	}{
+		{"cache agrees", "right", ""},
+		{"cache disagrees", "wrong", "does not match its manifest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			img := stagedImage(t, dir)
+			m, err := manifest.New(img, manifest.Fields{FS: "ext4", BuildTime: time.Unix(0, 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(layout.ManifestFor(img), m.Marshal(), 0o644)
+			d := "sha256:" + m.SHA256
+			if tc.cached == "wrong" {
+				d = "sha256:" + strings.Repeat("0", 64)
+			}
+			if err := hostpart.Remember(dir, layout.New, d); err != nil {
+				t.Fatal(err)
+			}
+			err = verifyStaged(dir, layout.New, trust{}, hostpart.LoadCache(dir), log)
+			if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("verifyStaged = %v, want %q", err, tc.want)
+			}
+		})
 	}
 }
 

@@ -1,4 +1,4 @@
-package main
+package boot
 
 import (
 	"bytes"
@@ -7,12 +7,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
@@ -34,9 +37,15 @@ func TestCheckinReportParses(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, layout.ManifestFor(layout.Old)), []byte(m), 0o644)
 	os.WriteFile(filepath.Join(dir, layout.Reverts), []byte("r0\nr1\n"), 0o644)
 
-	b := &boot{cfg: cmdline.Config{Hostname: "hn-525400123456", Image: layout.Current, RevertID: "r1"}}
-	res := rotate.Result{Action: rotate.Promote, Trial: true, TriesLeft: 2, Notes: []string{"promoted " + layout.New + "\r\n\x1b[0m"}}
-	rep := b.checkinReport(context.Background(), dir, res)
+	w := newWorld(t, nil)
+	w.paths.Hostpart = dir
+	b := &Boot{Sys: w.sys, Paths: w.paths, Log: slog.New(slog.DiscardHandler),
+		cfg:     cmdline.Config{Hostname: "hn-525400123456", Image: layout.Current, RevertID: "r1"},
+		res:     rotate.Result{Action: rotate.Promote, Trial: true, TriesLeft: 2, Notes: []string{"promoted " + layout.New + "\r\n\x1b[0m"}},
+		digests: hostpart.LoadCache(dir),
+		id:      startIdentity(dir, time.Now),
+	}
+	rep := b.checkinReport(context.Background())
 	rep.MAC = "52:54:00:12:34:56"
 	rep.Tidy()
 	body, err := json.Marshal(rep)
@@ -82,35 +91,36 @@ func TestImageDigestComputedThenCached(t *testing.T) {
 	head := sha256.Sum256(body[:1<<20])
 	want := "sha256:" + hex.EncodeToString(sum[:])
 
-	cache := map[string]string{}
-	info, got := imageDigest(context.Background(), img, cache)
+	cache := hostpart.LoadCache(dir)
+	info, got := imageDigest(context.Background(), dir, "hn-root.img", cache)
 	if got != want || info.Source != "computed" || info.Size != int64(len(body)) || info.Head != "sha256:"+hex.EncodeToString(head[:]) {
 		t.Fatalf("imageDigest = %+v %s, want computed %s", info, got, want)
 	}
-	cf := filepath.Join(dir, "digests")
-	saveDigests(cf, cache)
+	os.MkdirAll(filepath.Join(dir, layout.StateDir), 0o755)
+	if err := cache.Save(dir); err != nil {
+		t.Fatal(err)
+	}
 	// A rename (rotation) keeps inode, size and mtime: still cached.
-	moved := filepath.Join(dir, "hn-root-old.img")
-	os.Rename(img, moved)
-	info, got = imageDigest(context.Background(), moved, loadDigests(cf))
+	os.Rename(img, filepath.Join(dir, "hn-root-old.img"))
+	info, got = imageDigest(context.Background(), dir, "hn-root-old.img", hostpart.LoadCache(dir))
 	if got != want || info.Source != "cache" {
 		t.Errorf("after rename: %+v %s, want cache %s", info, got, want)
 	}
 	// Out of time: no digest, but the head and size.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	info, got = imageDigest(ctx, moved, map[string]string{})
+	info, got = imageDigest(ctx, dir, "hn-root-old.img", hostpart.LoadCache(t.TempDir()))
 	if got != "" || info.Source != "none" || info.Head == "" {
 		t.Errorf("cancelled: %+v %q, want no digest, a head", info, got)
 	}
 }
 
 func TestImageDigestSkipsBigImages(t *testing.T) {
-	img := filepath.Join(t.TempDir(), "big.img")
-	f, _ := os.Create(img)
+	dir := t.TempDir()
+	f, _ := os.Create(filepath.Join(dir, "big.img"))
 	f.Truncate(checkin.HashLimit + 1)
 	f.Close()
-	info, got := imageDigest(context.Background(), img, map[string]string{})
+	info, got := imageDigest(context.Background(), dir, "big.img", hostpart.LoadCache(dir))
 	if got != "" || info.Source != "none" || info.Size != checkin.HashLimit+1 {
 		t.Errorf("big image: %+v %q, want no digest (agent reports it)", info, got)
 	}
@@ -138,7 +148,7 @@ func TestImageDigestFromManifest(t *testing.T) {
 		if err := os.WriteFile(img+".json", []byte(m), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		info, got := imageDigest(context.Background(), img, map[string]string{})
+		info, got := imageDigest(context.Background(), dir, "hn-root-old.img", hostpart.LoadCache(dir))
 		if got != tc.wantDigest || info.Source != tc.wantSource {
 			t.Errorf("manifest size %d: imageDigest = %+v %q, want %s %q", tc.size, info, got, tc.wantSource, tc.wantDigest)
 		}
@@ -157,8 +167,9 @@ func TestKnownDigest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	key, _ := fileKey(cached)
-	cache := map[string]string{key: "sha256:" + strings.Repeat("11", 32)}
+	cache := hostpart.LoadCache(dir)
+	fi, _ := os.Stat(cached)
+	cache.Put("hn-root-old.img", fi, "sha256:"+strings.Repeat("11", 32))
 	st, _ := os.Stat(withManifest)
 	m := fmt.Sprintf(`{"format":"hnboot-manifest-1","name":"B","version":"2","sha256":%q,"size":%d,"fs":"ext4","kernel_release":"","build_time":"2023-11-14T22:13:20Z"}`, strings.Repeat("22", 32), st.Size())
 	if err := os.WriteFile(withManifest+".json", []byte(m), 0o644); err != nil {
@@ -170,7 +181,7 @@ func TestKnownDigest(t *testing.T) {
 		unknown:                          "",
 		filepath.Join(dir, "absent.img"): "",
 	} {
-		if got := knownDigest(path, cache); got != want {
+		if got := knownDigest(dir, filepath.Base(path), cache); got != want {
 			t.Errorf("knownDigest(%s) = %q, want %q", filepath.Base(path), got, want)
 		}
 	}
