@@ -86,12 +86,19 @@ func boot(t *testing.T, diskPath, extra string) string {
 // bootWith is boot with another initramfs.
 func bootWith(t *testing.T, initrd, diskPath, extra string) string {
 	t.Helper()
+	return bootOpts(t, Options{Initrd: initrd}, diskPath, extra)
+}
+
+// bootOpts is boot with more QEMU options (o.Initrd "" is the fixture's).
+func bootOpts(t *testing.T, o Options, diskPath, extra string) string {
+	t.Helper()
 	f := fixture(t)
-	vm, err := Start(context.Background(), Options{
-		Kernel: f.Kernel, Initrd: initrd, Disk: diskPath,
-		Append: strings.TrimSpace("hn.hostpart=LABEL=hostpart " + extra),
-		MAC:    testMAC,
-	})
+	o.Kernel, o.Disk, o.MAC = f.Kernel, diskPath, testMAC
+	if o.Initrd == "" {
+		o.Initrd = f.Initramfs
+	}
+	o.Append = strings.TrimSpace("hn.hostpart=LABEL=hostpart " + extra)
+	vm, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,6 +243,40 @@ func TestFirstBoot(t *testing.T) {
 	wantSlots(t, st, map[string]string{"hn-root.img": "A"})
 	if _, ok := st.Files["hn-root.trial"]; ok {
 		t.Errorf("first boot left hn-root.trial; the installed image is not on trial")
+	}
+}
+
+// TestFirstBootNoEntropy is the first boot on QEMU's default CPU (no
+// RDRAND) without an RNG device: the SSH host keys wait for the kernel's
+// pool (the kernel's jitter entropy fills it when the init blocks in
+// getrandom), nothing else does, and the boot leaves a seed on hostpart
+// so that the second boot starts with an initialized pool.
+func TestFirstBootNoEntropy(t *testing.T) {
+	d := disk(t, map[string]string{"root": "A"})
+	for i, want := range []string{"random seed credited=false why=no seed yet", "random seed credited=true"} {
+		con := bootOpts(t, Options{NoEntropy: true}, d, "")
+		if got := field(t, con, "booted image"); got != "A" {
+			t.Errorf("boot %d: booted image = %q, want A", i, got)
+		}
+		wantConsole(t, con, want, "host instantiated")
+		if mid := field(t, con, "machine-id"); len(mid) != 32 {
+			t.Errorf("boot %d: machine-id = %q", i, mid)
+		}
+		for _, l := range strings.Split(con, "\n") {
+			if strings.Contains(l, "random") || strings.Contains(l, "waited for the host keys") || strings.Contains(l, "switching root") {
+				t.Logf("boot %d: %s", i, l)
+			}
+		}
+	}
+	err := WithHostpart(d, func(dir string) error {
+		b, err := os.ReadFile(filepath.Join(dir, ".hnboot", "random-seed"))
+		if !strings.HasPrefix(string(b), "hnboot-random-seed 1 credit=yes") {
+			t.Errorf(".hnboot/random-seed = %q (%v), want a creditable seed", b, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

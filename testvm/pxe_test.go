@@ -314,6 +314,10 @@ func TestPXEBootBIOSNoEntropy(t *testing.T) {
 			l.assertServed(t, mac, imgs["PA"], false)
 		}
 		wantFast(t, con, "checked in", 10*time.Second)
+		if i == 1 {
+			// The first boot left a seed drawn from its initialized pool.
+			wantConsole(t, con, "random seed credited=true")
+		}
 		if err := vm.Wait(60 * time.Second); err != nil {
 			t.Fatal(err)
 		}
