@@ -168,6 +168,9 @@ type proxy struct {
 	cut     func()
 	rate    int64 // bytes per second for blobs
 	checks  []map[string]any
+	// transport reaches the backend; nil is http.DefaultTransport (the
+	// PXE lab's proxy dials into its namespace).
+	transport http.RoundTripper
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -184,7 +187,11 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.backend+r.URL.RequestURI(), bytes.NewReader(body))
 	req.Header = r.Header.Clone()
-	resp, err := http.DefaultTransport.RoundTrip(req)
+	rt := p.transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return

@@ -5,8 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // NetNS is a network namespace made for one test: its own bridge, tap
@@ -109,4 +114,57 @@ func (n *NetNS) Close() error {
 		return nil
 	}
 	return ip("netns", "del", n.Name)
+}
+
+// Listen opens a TCP listener inside the namespace (the socket keeps it),
+// for a test's own server on the lab's bridge.
+func (n *NetNS) Listen(addr string) (net.Listener, error) {
+	var l net.Listener
+	err := n.do(func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
+}
+
+// DialContext connects from inside the namespace.
+func (n *NetNS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := n.do(func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// do runs fn on an OS thread that entered the namespace; sockets made
+// there stay in it.
+func (n *NetNS) do(fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	ns, err := os.Open("/var/run/netns/" + n.Name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer ns.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns %s: %w", n.Name, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// This thread stays in the namespace: it ends with the goroutine,
+		// which keeps it locked.
+		return fmt.Errorf("setns back from %s: %w", n.Name, err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }

@@ -143,6 +143,12 @@ type staging struct {
 // rotation that promotes the image does not hash it again.
 func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	start := time.Now()
+	res, err := stageImage(ctx, dir, req)
+	res.Took = time.Since(start)
+	return res, err
+}
+
+func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 	log := req.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -159,7 +165,6 @@ func Stage(ctx context.Context, dir string, req Request) (Result, error) {
 	}
 	partName := file + layout.PartSuffix
 	res := Result{Digest: req.Digest}
-	defer func() { res.Took = time.Since(start) }()
 	if req.Digest != "" && !hostpart.ValidDigest(req.Digest) {
 		return res, fmt.Errorf("stage: digest %q is not sha256:<64 hex>", req.Digest)
 	}
