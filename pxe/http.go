@@ -1,6 +1,7 @@
 package pxe
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +33,7 @@ type HTTPConfig struct {
 //	GET  /blobs/{digest}.json        its manifest (IMAGE.json beside the image), 404 if none
 //	GET  /ipxe/{file}                iPXE binaries (UEFI HTTP boot)
 //	POST /checkin                    a host's check-in (checkin.Checkin JSON)
+//	GET  /api/hosts/{mac}/desired    without a fleet (extra nil): StaticDesired
 //
 // Every request becomes an Event.
 type HTTPHandler struct {
@@ -66,8 +69,49 @@ func NewHTTPHandler(cfg HTTPConfig, dir Directory, ext *Extractor, files *FileRo
 	if extra != nil {
 		h.mux.Handle("/api/", extra)
 		h.mux.Handle("/metrics", extra)
+	} else {
+		// Without a fleet the directory still knows what each MAC boots:
+		// the init asks here too, and fetches that image to its disk.
+		h.mux.HandleFunc("GET /api/hosts/{mac}/desired", h.desired)
 	}
 	return h
+}
+
+// StaticDesired is GET /api/hosts/{mac}/desired of a server without a
+// fleet (--image, --host): the fields of fleet.DesiredHost that a
+// directory knows.
+type StaticDesired struct {
+	MAC      string `json:"mac"`
+	Hostname string `json:"hostname"`
+	Image    struct {
+		ImageRef
+		Size int64 `json:"size,omitempty"`
+	} `json:"image"`
+	Source string `json:"source"`
+}
+
+func (h *HTTPHandler) desired(w http.ResponseWriter, r *http.Request) {
+	mac, err := ParseMAC(r.PathValue("mac"))
+	if err != nil {
+		fail(w, http.StatusBadRequest, "bad MAC "+strconv.Quote(r.PathValue("mac")))
+		return
+	}
+	hb, known := h.dir.Lookup(mac)
+	if (!known && !h.cfg.AllowUnknown) || hb.Image.Digest == "" {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintf(w, "{\"error\": %q}\n", mac.String()+" is not served an image by this imaged")
+		return
+	}
+	d := StaticDesired{MAC: mac.String(), Hostname: hb.Hostname, Source: "imaged serve --host/--image"}
+	d.Image.ImageRef = hb.Image
+	d.Image.Path = ""
+	if fi, err := os.Stat(hb.Image.Path); err == nil {
+		d.Image.Size = fi.Size()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(d)
 }
 
 // statusWriter remembers the status and size for the ledger.

@@ -3,6 +3,7 @@ package pxe
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -278,5 +279,27 @@ func TestHTTPBlobManifest(t *testing.T) {
 	}
 	if w := get(t, h, "GET", p, map[string]string{"If-None-Match": etag}, ""); w.Code != http.StatusNotModified {
 		t.Errorf("GET %s If-None-Match = %d, want 304", p, w.Code)
+	}
+}
+
+// Without a fleet, the directory answers what a MAC should run, in the
+// fields of fleet.DesiredHost, so the init fetches its image in this mode
+// too.
+func TestHTTPStaticDesired(t *testing.T) {
+	im := testImage(t, "ext4")
+	h, _, _ := testHandler(t, false, im)
+	w := get(t, h, "GET", "/api/hosts/52-54-00-00-00-01/desired", nil, "")
+	var d StaticDesired
+	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &d) != nil {
+		t.Fatalf("GET desired: %d %s", w.Code, w.Body)
+	}
+	fi, _ := os.Stat(im.Path)
+	if d.MAC != "52:54:00:00:00:01" || d.Hostname != "hext4" || d.Image.Digest != im.Digest || d.Image.Name != "root" || d.Image.Size != fi.Size() || d.Image.Path != "" {
+		t.Errorf("GET desired = %+v (%s)", d, w.Body)
+	}
+	for path, code := range map[string]int{"/api/hosts/52:54:00:00:00:99/desired": 404, "/api/hosts/nope/desired": 400} {
+		if w := get(t, h, "GET", path, nil, ""); w.Code != code {
+			t.Errorf("GET %s: %d %s, want %d", path, w.Code, w.Body, code)
+		}
 	}
 }

@@ -183,4 +183,20 @@ func TestAssignedMatchesDesiredHost(t *testing.T) {
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("fleet.DesiredHost %s decodes as %+v, want %+v", b, a, want)
 	}
+
+	// A server without a fleet answers with what its directory knows.
+	var sd pxe.StaticDesired
+	sd.MAC, sd.Hostname, sd.Source = fakeMAC, "web-07", "imaged serve --host/--image"
+	sd.Image.ImageRef, sd.Image.Size = pxe.ImageRef{Name: "web", Version: "2", Digest: digestOf(imgB)}, 17825792
+	if b, err = json.Marshal(sd); err != nil {
+		t.Fatal(err)
+	}
+	a = Assigned{}
+	if err := json.Unmarshal(b, &a); err != nil {
+		t.Fatal(err)
+	}
+	want = Assigned{MAC: fakeMAC, Hostname: "web-07", Source: sd.Source, Image: AssignedImage{Name: "web", Version: "2", Digest: digestOf(imgB), Size: 17825792}}
+	if !reflect.DeepEqual(a, want) {
+		t.Errorf("pxe.StaticDesired %s decodes as %+v, want %+v", b, a, want)
+	}
 }

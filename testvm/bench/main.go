@@ -73,6 +73,9 @@ func run(out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if os.Getenv("HNBENCH_ONLY") == "fetch" {
+		return fetchBench(ctx, f, dir, 3, out) // fetch.go
+	}
 	refScript := filepath.Join(dir, "ref-init.sh")
 	if err := os.WriteFile(refScript, []byte(refInit), 0o755); err != nil {
 		return err
@@ -138,7 +141,7 @@ func run(out io.Writer) error {
 	for _, r := range rows {
 		fmt.Fprintf(out, "| %-28s | %9.2f ms |\n", r.name, r.ms)
 	}
-	return nil
+	return fetchBench(ctx, f, dir, 3, out) // fetch.go
 }
 
 // rotationTimes runs the rotation package's own benchmark (BenchmarkRotate:
