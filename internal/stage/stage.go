@@ -32,7 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -449,25 +449,33 @@ func sizeStr(n int64) string {
 func SizeString(n int64) string { return sizeStr(n) }
 
 // copyHashing copies r to w and into h. Reading the network, hashing and
-// writing the disk run side by side on 1 MiB buffers (the next buffer is
-// read while the last one is hashed and written), so on a host with more
-// than one CPU the download runs at the speed of its slowest part, not of
-// their sum.
+// writing the disk run side by side (three goroutines passing 1 MiB
+// buffers in order), so on a host with more than one CPU the download
+// runs at the speed of its slowest part, not of their sum: under
+// emulation, or on a CPU without SHA instructions, SHA-256 is slower than
+// a gigabit link.
 func copyHashing(ctx context.Context, w io.Writer, r io.Reader, h hash.Hash, base, total int64, progress func(done, total int64)) (int64, error) {
-	const bufSize, nbuf = 1 << 20, 4
+	const bufSize, nbuf = 1 << 20, 8
 	type chunk struct {
-		b   []byte
-		err error
+		b    []byte
+		err  error
+		refs *atomic.Int32 // the hasher and the writer; the last one frees b
 	}
 	free := make(chan []byte, nbuf)
 	for i := 0; i < nbuf; i++ {
 		free <- make([]byte, bufSize)
 	}
-	full := make(chan chunk, nbuf)
+	release := func(c chunk) {
+		if c.refs.Add(-1) == 0 {
+			free <- c.b[:cap(c.b)]
+		}
+	}
+	toHash, toWrite := make(chan chunk, nbuf), make(chan chunk, nbuf)
 	stop := make(chan struct{})
 	defer close(stop)
-	go func() {
-		defer close(full)
+	go func() { // reader
+		defer close(toHash)
+		defer close(toWrite)
 		for {
 			var buf []byte
 			select {
@@ -481,52 +489,61 @@ func copyHashing(ctx context.Context, w io.Writer, r io.Reader, h hash.Hash, bas
 			if err == nil && ctx.Err() != nil {
 				err = ctx.Err()
 			}
-			select {
-			case full <- chunk{buf[:n], err}:
-			case <-stop:
-				return
-			}
+			c := chunk{b: buf[:n], err: err, refs: new(atomic.Int32)}
+			c.refs.Store(2)
+			toHash <- c // buffered as deep as the pool: never blocks
+			toWrite <- c
 			if err != nil {
 				return
 			}
 		}
 	}()
+	hashed := make(chan struct{})
+	go func() { // hasher
+		defer close(hashed)
+		for c := range toHash {
+			h.Write(c.b)
+			release(c)
+		}
+	}()
 	var n int64
+	var werr error
 	last := time.Time{}
-	for c := range full {
-		if len(c.b) > 0 {
-			var err error
-			if len(c.b) >= 256<<10 {
-				var wg sync.WaitGroup
-				wg.Add(1)
-				go func() { h.Write(c.b); wg.Done() }()
-				_, err = w.Write(c.b)
-				wg.Wait()
+	for c := range toWrite {
+		if werr == nil && len(c.b) > 0 {
+			if _, err := w.Write(c.b); err != nil {
+				werr = err
 			} else {
-				h.Write(c.b)
-				_, err = w.Write(c.b)
+				n += int64(len(c.b))
 			}
-			if err != nil {
-				return n, err
-			}
-			n += int64(len(c.b))
 			if progress != nil && time.Since(last) > 200*time.Millisecond {
 				progress(base+n, total)
 				last = time.Now()
 			}
 		}
-		free <- c.b[:cap(c.b)]
+		release(c)
+		if werr != nil {
+			break
+		}
 		if c.err == io.EOF {
+			<-hashed // the digest covers every byte
 			if progress != nil {
 				progress(base+n, total)
 			}
 			return n, nil
 		}
 		if c.err != nil {
-			return n, c.err
+			werr = c.err
+			break
 		}
 	}
-	return n, ctx.Err()
+	if werr == nil {
+		werr = ctx.Err()
+	}
+	if werr == nil {
+		werr = io.ErrUnexpectedEOF
+	}
+	return n, werr
 }
 
 func lock(dir string) (func(), error) {
