@@ -135,28 +135,15 @@ func (s *linuxSystem) Rescue(reason error) {
 }
 
 // BootNIC picks the interface with BOOTIF='s MAC, else the first Ethernet
-// interface, waiting a little for drivers that probe asynchronously.
+// interface.
 func (s *linuxSystem) BootNIC(mac string) (string, string, error) {
 	const sys = "/sys/class/net"
-	var err error
-	for i := 0; ; i++ {
-		if mac != "" {
-			if name := nic.ByMAC(sys, mac); name != "" {
-				return name, mac, nil
-			}
+	if mac != "" {
+		if name := nic.ByMAC(sys, mac); name != "" {
+			return name, mac, nil
 		}
-		var name, addr string
-		if name, addr, err = nic.FirstEthernet(sys); err == nil && (mac == "" || i >= 20) {
-			if mac != "" {
-				s.log.Warn("no interface has the MAC of BOOTIF=; using the first Ethernet one", "bootif", mac, "interface", name, "mac", addr)
-			}
-			return name, addr, nil
-		}
-		if i >= 20 {
-			return "", "", err
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
+	return nic.FirstEthernet(sys)
 }
 
 func (s *linuxSystem) NetUp(ctx context.Context, ifname string) (netup.Lease, error) {

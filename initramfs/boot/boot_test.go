@@ -102,7 +102,7 @@ func TestRun(t *testing.T) {
 			want{image: layout.Current, current: "A", console: []string{"no network at boot: hn.checkin=off"}}},
 		{"kexec'd boot: no rotation, no network", "hn.server=SRV hn.kexeced=hn-root.img", map[string][]byte{layout.Current: imgA, layout.New: imgB},
 			func(t *testing.T, w *world, srv *fakeImaged) { srv.assign(srv.publish(t, "B", imgB, nil, false)) },
-			want{image: layout.Current, current: "A", files: []string{layout.New}, console: []string{"kexec'd boot (hn.kexeced=hn-root.img)", "already kexec'd once"}}},
+			want{image: layout.Current, current: "A", files: []string{layout.New}, console: []string{"rotation already done by the previous kernel's init (hn.kexeced=hn-root.img)", "already kexec'd once"}}},
 		{"unknown MAC: local boot, still checks in", "hn.server=SRV", map[string][]byte{layout.Current: imgA}, nil,
 			want{image: layout.Current, current: "A", checkins: 1, console: []string{"imaged does not know this MAC"}}},
 		{"DHCP never answers: the budget ends it", "hn.server=SRV hn.checkin=300ms", map[string][]byte{layout.Current: imgA},

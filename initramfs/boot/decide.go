@@ -29,7 +29,7 @@ func Candidates(cfg cmdline.Config) []string {
 // boot; twice would cost a trial two tries).
 func RotateDecision(cfg cmdline.Config) (bool, string) {
 	if cfg.Kexeced != "" {
-		return false, fmt.Sprintf("kexec'd boot (hn.kexeced=%s): the previous kernel's init rotated", cfg.Kexeced)
+		return false, fmt.Sprintf("kexec'd boot: rotation already done by the previous kernel's init (hn.kexeced=%s)", cfg.Kexeced)
 	}
 	return true, "rotating"
 }

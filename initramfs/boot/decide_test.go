@@ -42,7 +42,7 @@ func TestRotateDecision(t *testing.T) {
 		why  string
 	}{
 		{"", true, "rotating"},
-		{"hn.kexeced=hn-root.img", false, "previous kernel's init rotated"},
+		{"hn.kexeced=hn-root.img", false, "rotation already done by the previous kernel's init"},
 	} {
 		got, why := RotateDecision(cfg(tc.line))
 		if got != tc.want || !strings.Contains(why, tc.why) {

@@ -61,7 +61,7 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 		curc <- cur{d}
 	}()
 
-	ifname, mac, err := b.Sys.BootNIC(b.cfg.BootIF)
+	ifname, mac, err := b.bootNIC()
 	if err == nil {
 		lease, lerr := b.Sys.NetUp(bctx, ifname)
 		if err = lerr; err == nil {
@@ -130,6 +130,24 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 	out.Checkin = true
 	b.Log.Info("checked in", "server", server, "mac", mac, "interface", ifname,
 		"booted", rep.Booted, "digest_source", rep.BootedImage.Source, "took", b.since(start))
+}
+
+// bootNIC finds the boot NIC, waiting up to 2 s for NIC drivers, which
+// probe after their modules load.
+func (b *Boot) bootNIC() (ifname, mac string, err error) {
+	for i := 0; ; i++ {
+		ifname, mac, err = b.Sys.BootNIC(b.cfg.BootIF)
+		if err == nil && (b.cfg.BootIF == "" || mac == b.cfg.BootIF) {
+			return ifname, mac, nil
+		}
+		if i >= 20 {
+			if err == nil {
+				b.Log.Warn("no interface has the MAC of BOOTIF=; using the first Ethernet one", "bootif", b.cfg.BootIF, "interface", ifname, "mac", mac)
+			}
+			return ifname, mac, err
+		}
+		b.Sys.Sleep(100 * time.Millisecond)
+	}
 }
 
 // fetchAndPromote downloads the assigned image as hn-root-new.img and

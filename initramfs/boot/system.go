@@ -63,7 +63,8 @@ type System interface {
 	Rescue(reason error)
 
 	// BootNIC is the interface with the MAC mac (BOOTIF=), or the first
-	// Ethernet interface when mac is "" or not found.
+	// Ethernet interface when mac is "" or not found; it does not wait
+	// for drivers.
 	BootNIC(mac string) (ifname, addr string, err error)
 	// NetUp configures ifname (DHCP unless it has an address) by ctx's
 	// deadline.
