@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
 )
@@ -97,16 +98,25 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}
 //	POST /api/revert    {"host"|"group"}  → [RevertResult]
 //	POST /api/reload                      re-read the YAML directory and the token file
-//	GET  /api/audit?n=100                 the audit log
+//	GET  /api/audit?n=100&since=24h&until=…&who=…&host=…&action=…
+//	                                      the audit log (since/until: RFC 3339, a date, or a duration before now)
 //	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
 //	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
 //	GET  /metrics                         Prometheus text format
+//
+// With the fleet database away, calls that need it answer 503 with the
+// reason (a check-in also with Retry-After: the host sends it again).
 func (f *Fleet) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/status", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
-		writeJSON(w, http.StatusOK, f.Status())
+		st, err := f.status()
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	}))
 	mux.HandleFunc("POST /api/assign", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
 		var req struct {
@@ -117,7 +127,7 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		if err := f.Assign(who, r.RemoteAddr, req.Target, req.Image); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+			writeErr(w, actionCode(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "assigned"})
@@ -134,7 +144,7 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		if err := f.SetRollout(who, r.RemoteAddr, req.Rollout, req.Delete); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+			writeErr(w, actionCode(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)
@@ -146,15 +156,18 @@ func (f *Fleet) Handler() http.Handler {
 		}
 		res, err := f.Revert(who, r.RemoteAddr, t)
 		if err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+			writeErr(w, actionCode(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
 	}))
 	mux.HandleFunc("POST /api/reload", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
-		f.mu.Lock()
-		f.auditLocked(AuditEntry{Who: who, Remote: r.RemoteAddr, Action: "reload", Target: f.opts.Dir})
-		f.mu.Unlock()
+		// Every admin action is audited: with the database away the
+		// reload is refused (SIGHUP still reloads).
+		if err := f.audit(AuditEntry{Who: who, Remote: r.RemoteAddr, Action: "reload", Target: f.opts.Dir}); err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
 		if err := f.Reload(); err != nil {
 			writeErr(w, http.StatusUnprocessableEntity, err)
 			return
@@ -162,21 +175,49 @@ func (f *Fleet) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"result": "reloaded"})
 	}))
 	mux.HandleFunc("GET /api/audit", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
-		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
-		writeJSON(w, http.StatusOK, f.Audit(n))
+		v := r.URL.Query()
+		q := AuditQuery{Who: v.Get("who"), Action: v.Get("action")}
+		q.Limit, _ = strconv.Atoi(v.Get("n"))
+		var err error
+		if q.Since, err = ParseSince(v.Get("since"), f.now()); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("since: %w", err))
+			return
+		}
+		if q.Until, err = ParseSince(v.Get("until"), f.now()); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("until: %w", err))
+			return
+		}
+		es, err := f.QueryAudit(q, v.Get("host"))
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		if es == nil {
+			es = []AuditEntry{}
+		}
+		writeJSON(w, http.StatusOK, es)
 	}))
 	mux.HandleFunc("GET /api/hosts/{host}/why", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("boots"))
 		rep, err := f.Why(r.PathValue("host"), n)
 		if err != nil {
-			writeErr(w, http.StatusNotFound, err)
+			code := http.StatusNotFound
+			if errors.Is(err, ErrDatabase) {
+				code = http.StatusServiceUnavailable
+			}
+			writeErr(w, code, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, rep)
 	}))
 	mux.HandleFunc("GET /api/known_hosts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		kh, err := f.KnownHosts()
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, f.KnownHosts())
+		io.WriteString(w, kh)
 	}))
 	mux.HandleFunc("POST /api/checkin", f.count(func(w http.ResponseWriter, r *http.Request) {
 		c, err := checkin.Parse(r.Body)
@@ -190,7 +231,12 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		if err := f.Checkin(c); err != nil {
-			writeErr(w, http.StatusInternalServerError, err)
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrDatabase) {
+				w.Header().Set("Retry-After", "5")
+				code = http.StatusServiceUnavailable
+			}
+			writeErr(w, code, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "recorded"})
@@ -216,6 +262,36 @@ func (f *Fleet) Handler() http.Handler {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}))
 	return mux
+}
+
+// actionCode is the status of a refused admin action: 503 when the
+// database is away (nothing was changed; try again), else 400.
+func actionCode(err error) int {
+	if errors.Is(err, ErrDatabase) {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
+}
+
+// ParseSince reads a point in time: RFC 3339, a date (2006-01-02, local
+// time), or a duration meaning that long before now ("24h", "90m").
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02 15:04", s, time.Local); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%q: want RFC 3339, 2006-01-02[ 15:04] or a duration such as 24h", s)
 }
 
 type authed func(w http.ResponseWriter, r *http.Request, who string)

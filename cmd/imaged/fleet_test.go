@@ -31,7 +31,7 @@ func fleetServer(t *testing.T) (url, tokenFile string, f *fleet.Fleet) {
 	}
 	tokenFile = filepath.Join(t.TempDir(), "token")
 	os.WriteFile(tokenFile, []byte("ops "+testToken+"\n"), 0o600)
-	f, err = fleet.New(fleet.Options{Dir: dir, StatePath: filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokenFile, PollInterval: -1,
+	f, err = fleet.New(fleet.Options{Dir: dir, DB: "sqlite://" + filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokenFile, PollInterval: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
