@@ -29,7 +29,8 @@ Commands:
   rollout --name N --image I [--group G] [--hosts a,b] --percent P [--delete]
   why     HOST|MAC [--boots N]            the server's last decisions for a host, in words
   known-hosts                             ssh_known_hosts from the hosts' reported keys
-  audit   [--n N]                         the admin audit log
+  audit   [--since T] [--until T] [--actor WHO] [--host H] [--action A] [--n N]
+                                          the audit log, oldest first (T: 24h, 2006-01-02, RFC 3339)
 
 Flags (any command):
   --server URL       imaged serve's HTTP address ($IMAGED_SERVER)
@@ -79,6 +80,10 @@ func runFleet(args []string, stdout io.Writer) error {
 	del := fs.Bool("delete", false, "")
 	boots := fs.Int("boots", 3, "")
 	n := fs.Int("n", 50, "")
+	since := fs.String("since", "", "")
+	until := fs.String("until", "", "")
+	actor := fs.String("actor", "", "")
+	action := fs.String("action", "", "")
 	pos, err := parseAnywhere(fs, args[1:])
 	if err != nil {
 		return fmt.Errorf("fleet %s: %v\n%s", cmd, err, fleetUsage)
@@ -208,11 +213,18 @@ func runFleet(args []string, stdout io.Writer) error {
 	case "known-hosts":
 		return raw("GET", "/api/known_hosts", nil)
 	case "audit":
+		q := url.Values{"n": {fmt.Sprint(*n)}}
+		for k, v := range map[string]string{"since": *since, "until": *until, "who": *actor, "host": *host, "action": *action} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		path := "/api/audit?" + q.Encode()
 		if *asJSON {
-			return raw("GET", fmt.Sprintf("/api/audit?n=%d", *n), nil)
+			return raw("GET", path, nil)
 		}
 		var es []fleet.AuditEntry
-		if err := c.get(fmt.Sprintf("/api/audit?n=%d", *n), &es); err != nil {
+		if err := c.get(path, &es); err != nil {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
