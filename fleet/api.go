@@ -116,7 +116,7 @@ func (f *Fleet) Handler() http.Handler {
 			writeErr(w, http.StatusServiceUnavailable, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, st)
+		writeStatus(w, st)
 	}))
 	mux.HandleFunc("POST /api/assign", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
 		var req struct {
@@ -387,6 +387,55 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// writeStatus writes st as writeJSON would, but encodes the hosts one at
+// a time: the status of 10,000 hosts is tens of MB of JSON, and building it
+// whole (and again indented) would double imaged's memory for a moment.
+func writeStatus(w http.ResponseWriter, st Status) {
+	hosts, unknown := st.Hosts, st.Unknown
+	st.Hosts, st.Unknown = nil, nil
+	head, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	before, after, ok := bytes.Cut(head, []byte(`"hosts": null`))
+	if !ok {
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	defer bw.Flush()
+	bw.Write(before)
+	list := func(name string, n int, elem func(i int) any) {
+		bw.WriteString(`"` + name + `": [`)
+		for i := range n {
+			if i > 0 {
+				bw.WriteByte(',')
+			}
+			b, _ := json.MarshalIndent(elem(i), "    ", "  ")
+			bw.WriteString("\n    ")
+			bw.Write(b)
+		}
+		if n > 0 {
+			bw.WriteString("\n  ")
+		}
+		bw.WriteString("]")
+	}
+	if hosts == nil {
+		bw.WriteString(`"hosts": null`)
+	} else {
+		list("hosts", len(hosts), func(i int) any { return hosts[i] })
+	}
+	if len(unknown) > 0 {
+		bw.WriteString(",\n  ")
+		list("unknown_checkins", len(unknown), func(i int) any { return unknown[i] })
+	}
+	bw.Write(after)
+	bw.WriteString("\n")
 }
 
 func writeErr(w http.ResponseWriter, code int, err error) {

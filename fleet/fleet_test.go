@@ -632,3 +632,18 @@ func TestDesiredForAgent(t *testing.T) {
 		}
 	}
 }
+
+// The streamed status is the JSON writeJSON would write, byte for byte.
+func TestWriteStatusIsWriteJSON(t *testing.T) {
+	e := newEnv(t, true)
+	e.f.Checkin(mustParse(t, `{"mac":"52:54:00:00:00:01","images":{"current":"`+d12+`"}}`))
+	e.f.Checkin(mustParse(t, `{"mac":"52:54:00:99:00:01","hostname":"stray"}`))
+	for _, st := range []Status{e.f.Status(), {Dir: "empty"}, {Dir: "no unknown", Hosts: e.f.Status().Hosts[:1]}} {
+		a, b := httptest.NewRecorder(), httptest.NewRecorder()
+		writeJSON(a, 200, st)
+		writeStatus(b, st)
+		if a.Body.String() != b.Body.String() {
+			t.Errorf("writeStatus =\n%s\nwant (writeJSON)\n%s", b.Body, a.Body)
+		}
+	}
+}
