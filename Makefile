@@ -52,6 +52,7 @@ bench: build
 	$(GO) run ./testvm/bench
 	$(GO) run ./testvm/benchrootfs
 	$(GO) run ./testvm/benchpxe
+	$(GO) run ./testvm/benchfleet
 
 clean:
 	rm -rf $(BIN) out

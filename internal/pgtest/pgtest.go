@@ -77,6 +77,9 @@ func Start(dir string, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{Dir: filepath.Join(dir, "data"), bin: bin, User: "hnboot", opts: opts}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	// A Unix socket path holds ~107 bytes: a test's temp dir can be
 	// longer, so the socket gets a short directory of its own.
 	sock := filepath.Join(dir, "sock")
