@@ -277,6 +277,13 @@ func printStatus(w io.Writer, st fleet.Status) {
 			fmt.Fprintf(w, "  %s %s at %s\n", c.MAC, dash(c.Hostname), c.Time.Local().Format("2006-01-02 15:04:05"))
 		}
 	}
+	if db := st.Database; db.Backend != "" {
+		role := "another server runs the once-only work"
+		if db.Leader {
+			role = "this server runs the once-only work (leader)"
+		}
+		fmt.Fprintf(w, "\ndatabase: %s %s; %s\n", db.Backend, db.Where, role)
+	}
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nservices:")
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
