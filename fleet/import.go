@@ -177,16 +177,15 @@ func importOldStore(ctx context.Context, st Store, path string, rename bool, log
 	}
 	sum := sha256.Sum256(raw)
 	metaKey := "imported-store-sha256:" + hex.EncodeToString(sum[:])
-	data, err := readOldStore(path, log)
-	if err != nil {
-		return err
-	}
 	var counts map[string]int
 	err = st.Update(ctx, func(tx Tx) error {
 		if _, done, err := tx.getMeta(metaKey); err != nil || done {
+			return err // imported before (a crash came before the rename)
+		}
+		data, err := readOldStore(path, log)
+		if err != nil {
 			return err
 		}
-		var err error
 		if counts, err = importRecords(tx, data); err != nil {
 			return fmt.Errorf("fleet: import %s: %w", path, err)
 		}

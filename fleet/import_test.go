@@ -162,3 +162,34 @@ func TestImportOldStoreDamage(t *testing.T) {
 		})
 	}
 }
+
+// A crash between the import's commit and the rename leaves the old store
+// in place: the next start sees it was imported (by its sha256), imports
+// nothing twice and renames it.
+func TestImportOldStoreOnce(t *testing.T) {
+	forBackends(t, func(t *testing.T, dbURL string) {
+		if strings.HasPrefix(dbURL, "sqlite:") {
+			dbURL = "sqlite://" + filepath.Join(t.TempDir(), "other.db") // not the old store's file
+		}
+		old := filepath.Join(t.TempDir(), "fleet.db")
+		copyOldStore(t, old)
+		open := func() int {
+			f, err := New(Options{Dir: copyExample(t), DB: dbURL, Import: old, PollInterval: -1, Logger: quiet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			return len(f.Audit(0))
+		}
+		first := open()
+		if err := os.Rename(old+OldStoreSuffix, old); err != nil { // as if the rename never happened
+			t.Fatal(err)
+		}
+		if again := open(); again != first || first != 6 {
+			t.Errorf("audit entries after the first start %d, after the second %d; want 6 both times", first, again)
+		}
+		if _, err := os.Stat(old + OldStoreSuffix); err != nil {
+			t.Errorf("old store not renamed aside on the second start: %v", err)
+		}
+	})
+}
