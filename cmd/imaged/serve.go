@@ -39,6 +39,8 @@ Examples:
   imaged serve --interface br0 --dhcp-mode full --pool 10.0.0.100-10.0.0.200 \
       --router 10.0.0.1 --host 52:54:00:00:00:01,web-1,web.img --lease 52:54:00:00:00:01=10.0.0.11
   imaged serve --interface br0 --state /etc/hnboot/fleet --tokens /etc/hnboot/tokens
+  imaged serve --interface br1 --state /etc/hnboot/fleet --tokens /etc/hnboot/tokens \
+      --db postgres://hnboot@db.example/hnboot    # several servers share one fleet
 
 Flags:
 `
