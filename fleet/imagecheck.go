@@ -4,22 +4,94 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/durable"
 )
 
-// keyImageDigest + absolute path → fileDigest. The cache lives in the
-// observed-state store, so a restart does not rehash either.
-const keyImageDigest = "imagedigest/"
+// imageCache is the digest cache of the image files, path → fileDigest.
+// It is this server's own (the files are local; servers sharing a
+// database each have their own), kept in Options.ImageCache so a restart
+// does not rehash either, and in memory only when that is "".
+type imageCache struct {
+	mu    sync.Mutex
+	path  string
+	files map[string]fileDigest
+}
+
+func (c *imageCache) load() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.files != nil {
+		return
+	}
+	c.files = map[string]fileDigest{}
+	if c.path == "" {
+		return
+	}
+	if b, err := os.ReadFile(c.path); err == nil {
+		json.Unmarshal(b, &c.files) // a damaged cache only costs a rehash
+	}
+}
+
+func (c *imageCache) get(path string) (fileDigest, bool) {
+	c.load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, ok := c.files[path]
+	return d, ok
+}
+
+func (c *imageCache) put(path string, d fileDigest) error {
+	c.load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.files[path] = d
+	return c.saveLocked()
+}
+
+// keep forgets every file not in paths.
+func (c *imageCache) keep(paths map[string]bool) error {
+	c.load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(c.files)
+	for p := range c.files {
+		if !paths[p] {
+			delete(c.files, p)
+		}
+	}
+	if len(c.files) == n {
+		return nil
+	}
+	return c.saveLocked()
+}
+
+func (c *imageCache) saveLocked() error {
+	if c.path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(c.files, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
+		return err
+	}
+	return durable.WriteFile(c.path, append(b, '\n'), 0o600)
+}
 
 // fileDigest is a cached digest and the identity of the file it was
 // computed from. The change time is part of the identity because
@@ -133,10 +205,12 @@ func (f *Fleet) checkImages(d *Desired) error {
 	}
 	// Forget files no longer declared, only now: a failed reload keeps
 	// serving the last good state, whose files stay cached.
-	for _, k := range f.store.Keys(keyImageDigest) {
-		if _, ok := seen[strings.TrimPrefix(k, keyImageDigest)]; !ok {
-			f.store.Delete(k)
-		}
+	keep := map[string]bool{}
+	for p := range seen {
+		keep[p] = true
+	}
+	if err := f.images.keep(keep); err != nil {
+		f.log.Warn("fleet: cannot save the image digest cache", "file", f.images.path, "err", err)
 	}
 	return nil
 }
@@ -152,9 +226,7 @@ func (f *Fleet) imageDigest(img *Image) (string, error) {
 		return "", fmt.Errorf("%s is not a regular file: point path: at the image file", img.Path)
 	}
 	id := identity(fi)
-	key := keyImageDigest + img.Path
-	var cached fileDigest
-	if ok, err := f.store.Get(key, &cached); ok && err == nil && cached.sameFile(id) && checkin.ValidDigest(cached.Digest) {
+	if cached, ok := f.images.get(img.Path); ok && cached.sameFile(id) && checkin.ValidDigest(cached.Digest) {
 		return cached.Digest, nil
 	}
 	log := f.log.With("image", img.Ref(), "path", img.Path, "size", fi.Size())
@@ -183,7 +255,7 @@ func (f *Fleet) imageDigest(img *Image) (string, error) {
 		return "", fmt.Errorf("%s changed while it was being hashed (still being copied?); it is checked again at the next reload once it stops changing", img.Path)
 	}
 	id.Digest = digest
-	if err := f.store.Put(key, id); err != nil {
+	if err := f.images.put(img.Path, id); err != nil {
 		// Not fatal: the digest is right, only the next reload hashes again.
 		log.Warn("fleet: cannot cache the image digest", "err", err)
 	}

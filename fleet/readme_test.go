@@ -92,7 +92,7 @@ func TestReadmeHTTPTable(t *testing.T) {
 	}
 	dir, tokens := readmeFleet(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	f, err := New(Options{Dir: dir, StatePath: filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokens, PollInterval: -1, Logger: log})
+	f, err := New(Options{Dir: dir, DB: "sqlite://" + filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokens, PollInterval: -1, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

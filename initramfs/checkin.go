@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -89,7 +90,7 @@ func (b *boot) checkin(res rotate.Result) {
 	rep.Tidy() // rotation notes name files and errors: fit them, or the server refuses it all
 	body, _ := json.Marshal(rep)
 	url := strings.TrimRight(b.cfg.Server, "/") + "/checkin"
-	code, err := postJSON(ctx, url, body)
+	code, err := postCheckin(ctx, url, body, b.log)
 	if err != nil {
 		b.log.Warn("check-in failed (boot continues)", "url", url, "err", err, "took", time.Since(start).Round(time.Millisecond))
 		return
@@ -100,6 +101,23 @@ func (b *boot) checkin(res rotate.Result) {
 	}
 	b.log.Info("checked in", "server", b.cfg.Server, "mac", mac, "interface", ifname,
 		"booted", rep.Booted, "digest_source", rep.BootedImage.Source, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// postCheckin posts the check-in, again after a 503 while ctx lasts: the
+// server could not store it (its fleet database is away) and said so, so
+// it kept nothing.
+func postCheckin(ctx context.Context, url string, body []byte, log *slog.Logger) (int, error) {
+	code, err := postJSON(ctx, url, body)
+	for err == nil && code == 503 && ctx.Err() == nil {
+		log.Info("check-in: the server cannot store it now (503); retrying", "url", url)
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return code, nil
+		}
+		code, err = postJSON(ctx, url, body)
+	}
+	return code, err
 }
 
 // bootNIC picks the interface named by BOOTIF=01-aa-bb-... (pxelinux and
