@@ -20,6 +20,7 @@ import (
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/nic"
 )
@@ -44,6 +45,7 @@ type boot struct {
 	hostpartDev  string
 	hostpartInfo blkid.Info
 	mods         *modLoader
+	digests      *digestcache.Cache // see digestCache
 }
 
 func (b *boot) main() {
