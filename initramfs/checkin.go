@@ -180,15 +180,7 @@ func (b *boot) checkinReport(ctx context.Context, res rotate.Result) checkin.Rep
 			rep.Uptime = int64(v)
 		}
 	}
-	if id := b.cfg.RevertID; id != "" {
-		if data, err := os.ReadFile(filepath.Join(hostpartDir, layout.Reverts)); err == nil {
-			for _, l := range strings.Split(string(data), "\n") {
-				if strings.TrimSpace(l) == id {
-					rep.RevertApplied = id
-				}
-			}
-		}
-	}
+	rep.RevertApplied = res.RevertApplied
 	// The identity is generated once and kept; instantiate() loads the
 	// same keys later.
 	if id, err := identity.Ensure(filepath.Join(hostpartDir, layout.IdentityDir), nil); err == nil {
