@@ -20,6 +20,7 @@ import (
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/nic"
 )
@@ -44,6 +45,7 @@ type boot struct {
 	hostpartDev  string
 	hostpartInfo blkid.Info
 	mods         *modLoader
+	digests      *digestcache.Cache // see digestCache
 }
 
 func (b *boot) main() {
@@ -199,19 +201,25 @@ func (b *boot) rotate() (rotate.Result, error) {
 			}
 		})
 	}
+	cache := b.digestCache()
 	opt := rotate.Options{
 		Tries:    b.cfg.Tries,
 		RevertID: b.cfg.RevertID,
-		Verify:   verifyImage(b.log), // initramfs/verify.go: filesystem, manifest, signature
+		Verify:   verifyImage(b.log, cache),         // initramfs/verify.go: filesystem, manifest, signature
+		Complete: completeImage(hostpartDir, cache), // initramfs/verify.go: filesystem; manifest size and digest
 		Log:      func(msg string) { b.log.Info("rotate: " + msg) },
 	}
 	start := time.Now()
 	res, err := rotate.Run(fsys, opt)
+	b.saveDigests() // the manifest checks may have hashed an image
 	if err != nil {
 		return res, err
 	}
-	moveManifests(hostpartDir, res.Action, b.log) // IMAGE.json follows its image (initramfs/verify.go)
-	b.log.Info("rotation done", "action", res.Action.String(), "trial", res.Trial, "tries_left", res.TriesLeft, "took", time.Since(start).Round(time.Microsecond))
+	args := []any{"action", res.Action.String(), "trial", res.Trial, "tries_left", res.TriesLeft, "took", time.Since(start).Round(time.Microsecond)}
+	if res.Repaired != "" {
+		args = append(args, "repaired_from", res.Repaired)
+	}
+	b.log.Info("rotation done", args...)
 	return res, nil
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/u-root/u-root/pkg/dhclient"
@@ -25,6 +23,7 @@ import (
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/nic"
@@ -33,11 +32,6 @@ import (
 // checkinBudget is the longest the check-in may hold the boot; hn.checkin=
 // DURATION changes it ("off" disables the check-in).
 const checkinBudget = 5 * time.Second
-
-// digestCache (in hostpart/.hnboot) remembers image digests by inode, size
-// and mtime: images are never written in place, and rotation renames keep
-// the inode, so a promoted image is not hashed again.
-const digestCache = "digests"
 
 // checkin reports this boot to imaged (hn.server=URL): it brings up the
 // boot NIC (BOOTIF= or the first Ethernet) with DHCP unless it already has
@@ -204,16 +198,7 @@ func (b *boot) checkinReport(ctx context.Context, dir string, res rotate.Result)
 			rep.UptimeSeconds = int64(v)
 		}
 	}
-	state := filepath.Join(dir, layout.StateDir)
-	if id := b.cfg.RevertID; id != "" {
-		if data, err := os.ReadFile(filepath.Join(dir, layout.Reverts)); err == nil {
-			for _, l := range strings.Split(string(data), "\n") {
-				if strings.TrimSpace(l) == id {
-					rep.RevertApplied = id
-				}
-			}
-		}
-	}
+	rep.RevertApplied = res.RevertApplied
 	// The identity is generated once and kept; instantiate() loads the
 	// same keys later.
 	if id, err := identity.Ensure(filepath.Join(dir, layout.IdentityDir), nil); err == nil {
@@ -222,23 +207,34 @@ func (b *boot) checkinReport(ctx context.Context, dir string, res rotate.Result)
 			rep.Fingerprints = append(rep.Fingerprints, k.Fingerprint)
 		}
 	}
-	cache := loadDigests(filepath.Join(state, digestCache))
-	img, digest := imageDigest(ctx, filepath.Join(dir, b.cfg.Image), cache)
-	img.File = b.cfg.Image
-	rep.BootedImage, rep.Booted = img, digest
-	if img.Source == "computed" {
-		saveDigests(filepath.Join(state, digestCache), cache)
+	if b.digests == nil {
+		b.digests = digestcache.Load(dir)
 	}
-	// The other slots are never hashed at boot: cache or manifest only.
-	for slot, name := range map[*string]string{&rep.Images.Old: layout.Old, &rep.Images.New: layout.New, &rep.Images.Broken: layout.Broken} {
-		*slot = knownDigest(filepath.Join(dir, name), cache)
+	rep.BootedImage, rep.Images = reportImages(ctx, dir, b.cfg.Image, b.digests)
+	rep.Booted = rep.Images.Current
+	if err := saveDigests(dir, b.digests); err != nil && b.log != nil {
+		b.log.Warn("digest cache not saved", "err", err)
 	}
-	rep.Images.Current = digest
 	return rep
 }
 
+// reportImages describes the image booting now (dir/image) and the
+// digests of the slots. Only the booted image may be hashed, within ctx
+// and checkin.HashLimit; the others come from the cache or their manifest.
+// New digests go into cache; the caller saves it.
+func reportImages(ctx context.Context, dir, image string, cache *digestcache.Cache) (checkin.Image, checkin.Slots) {
+	img, digest := imageDigest(ctx, dir, image, cache)
+	img.File = image
+	slots := checkin.Slots{Current: digest}
+	for slot, name := range map[*string]string{&slots.Old: layout.Old, &slots.New: layout.New, &slots.Broken: layout.Broken} {
+		*slot = knownDigest(dir, name, cache)
+	}
+	return img, slots
+}
+
 // manifestDigest is the digest named by the manifest beside the image, if
-// its size matches. The init checked it against the image at promotion, and
+// its size matches. The init checked it against the image at promotion
+// (and rotation removes a manifest it finds describing another image), and
 // it saves hashing gigabytes at boot (so a host whose first boot promotes
 // still reports its old image).
 func manifestDigest(path string, size int64) string {
@@ -249,36 +245,25 @@ func manifestDigest(path string, size int64) string {
 	return "sha256:" + m.SHA256
 }
 
-// knownDigest is a slot's digest from the cache or its manifest, without
-// hashing; "" when neither knows it (or the slot is empty).
-func knownDigest(path string, cache map[string]string) string {
+// knownDigest is the digest of dir/name from the cache or its manifest,
+// without hashing; "" when neither knows it (or the slot is empty).
+func knownDigest(dir, name string, cache *digestcache.Cache) string {
+	path := filepath.Join(dir, name)
 	st, err := os.Stat(path)
 	if err != nil {
 		return ""
 	}
-	if key, ok := fileKey(path); ok && cache[key] != "" {
-		return cache[key]
+	if d := cache.Lookup(name, st); d != "" {
+		return d
 	}
 	return manifestDigest(path, st.Size())
 }
 
-// fileKey identifies an image file's content without reading it.
-func fileKey(path string) (string, bool) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", false
-	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return "", false
-	}
-	return fmt.Sprintf("%d %d %d", sys.Ino, st.Size(), st.ModTime().UnixNano()), true
-}
-
-// imageDigest returns the image's description and its full digest when
-// it is cached or cheap to compute (see checkin.Image).
-func imageDigest(ctx context.Context, path string, cache map[string]string) (checkin.Image, string) {
+// imageDigest returns the description of the image dir/name and its full
+// digest when it is cached or cheap to compute (see checkin.Image).
+func imageDigest(ctx context.Context, dir, name string, cache *digestcache.Cache) (checkin.Image, string) {
 	img := checkin.Image{Source: "none"}
+	path := filepath.Join(dir, name)
 	f, err := os.Open(path)
 	if err != nil {
 		return img, ""
@@ -293,11 +278,7 @@ func imageDigest(ctx context.Context, path string, cache map[string]string) (che
 	if _, err := io.Copy(h, io.LimitReader(f, 1<<20)); err == nil {
 		img.Head = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	}
-	key, ok := fileKey(path)
-	if !ok {
-		return img, ""
-	}
-	if d := cache[key]; d != "" {
+	if d := cache.Lookup(name, st); d != "" {
 		img.Source = "cache"
 		return img, d
 	}
@@ -325,42 +306,32 @@ func imageDigest(ctx context.Context, path string, cache map[string]string) (che
 		}
 	}
 	d := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	cache[key] = d
+	cache.Put(name, st, d)
 	img.Source = "computed"
 	return img, d
 }
 
-func loadDigests(path string) map[string]string {
-	m := map[string]string{}
-	f, err := os.Open(path)
-	if err != nil {
-		return m
+// digestCache is this boot's digest cache of hostpart (package
+// digestcache, shared with the agent and imaged status): rotation's
+// manifest checks and the check-in use it, so an image is hashed once.
+func (b *boot) digestCache() *digestcache.Cache {
+	if b.digests == nil {
+		b.digests = digestcache.Load(hostpartDir)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "ino size mtime_ns sha256:hex"
-		fl := strings.Fields(sc.Text())
-		if len(fl) == 4 && strings.HasPrefix(fl[3], "sha256:") && len(fl[3]) == 71 {
-			m[strings.Join(fl[:3], " ")] = fl[3]
-		}
-	}
-	return m
+	return b.digests
 }
 
-// saveDigests writes at most 16 entries (a host has four slots), atomically.
-func saveDigests(path string, m map[string]string) {
-	var b strings.Builder
-	n := 0
-	for k, v := range m {
-		if n >= 16 {
-			break
-		}
-		fmt.Fprintf(&b, "%s %s\n", k, v)
-		n++
+// saveDigests saves the cache if this boot learned a digest. A failure
+// only costs hashing again.
+func (b *boot) saveDigests() {
+	if err := saveDigests(hostpartDir, b.digestCache()); err != nil {
+		b.log.Warn("digest cache not saved", "err", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err == nil {
-		os.Rename(tmp, path)
+}
+
+func saveDigests(dir string, cache *digestcache.Cache) error {
+	if !cache.Dirty() {
+		return nil
 	}
+	return cache.Save(dir)
 }

@@ -11,11 +11,14 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
@@ -35,7 +38,7 @@ func TestCheckinReportParses(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, layout.Reverts), []byte("r0\nr1\n"), 0o644)
 
 	b := &boot{cfg: cmdline.Config{Hostname: "hn-525400123456", Image: layout.Current, RevertID: "r1"}}
-	res := rotate.Result{Action: rotate.Promote, Trial: true, TriesLeft: 2, Notes: []string{"promoted " + layout.New + "\r\n\x1b[0m"}}
+	res := rotate.Result{Action: rotate.Promote, Trial: true, TriesLeft: 2, RevertApplied: "r1", Notes: []string{"promoted " + layout.New + "\r\n\x1b[0m"}}
 	rep := b.checkinReport(context.Background(), dir, res)
 	rep.MAC = "52:54:00:12:34:56"
 	rep.Tidy()
@@ -72,7 +75,7 @@ func TestCheckinReportParses(t *testing.T) {
 
 func TestImageDigestComputedThenCached(t *testing.T) {
 	dir := t.TempDir()
-	img := filepath.Join(dir, "hn-root.img")
+	img := filepath.Join(dir, layout.Current)
 	body := make([]byte, 3<<20+5)
 	for i := range body {
 		body[i] = byte(i * 7)
@@ -82,35 +85,37 @@ func TestImageDigestComputedThenCached(t *testing.T) {
 	head := sha256.Sum256(body[:1<<20])
 	want := "sha256:" + hex.EncodeToString(sum[:])
 
-	cache := map[string]string{}
-	info, got := imageDigest(context.Background(), img, cache)
+	cache := digestcache.Load(dir)
+	info, got := imageDigest(context.Background(), dir, layout.Current, cache)
 	if got != want || info.Source != "computed" || info.Size != int64(len(body)) || info.Head != "sha256:"+hex.EncodeToString(head[:]) {
 		t.Fatalf("imageDigest = %+v %s, want computed %s", info, got, want)
 	}
-	cf := filepath.Join(dir, "digests")
-	saveDigests(cf, cache)
+	if err := saveDigests(dir, cache); err != nil {
+		t.Fatal(err)
+	}
 	// A rename (rotation) keeps inode, size and mtime: still cached.
-	moved := filepath.Join(dir, "hn-root-old.img")
-	os.Rename(img, moved)
-	info, got = imageDigest(context.Background(), moved, loadDigests(cf))
+	if err := os.Rename(img, filepath.Join(dir, layout.Old)); err != nil {
+		t.Fatal(err)
+	}
+	info, got = imageDigest(context.Background(), dir, layout.Old, digestcache.Load(dir))
 	if got != want || info.Source != "cache" {
 		t.Errorf("after rename: %+v %s, want cache %s", info, got, want)
 	}
 	// Out of time: no digest, but the head and size.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	info, got = imageDigest(ctx, moved, map[string]string{})
+	info, got = imageDigest(ctx, dir, layout.Old, digestcache.Parse(nil))
 	if got != "" || info.Source != "none" || info.Head == "" {
 		t.Errorf("cancelled: %+v %q, want no digest, a head", info, got)
 	}
 }
 
 func TestImageDigestSkipsBigImages(t *testing.T) {
-	img := filepath.Join(t.TempDir(), "big.img")
-	f, _ := os.Create(img)
+	dir := t.TempDir()
+	f, _ := os.Create(filepath.Join(dir, "big.img"))
 	f.Truncate(checkin.HashLimit + 1)
 	f.Close()
-	info, got := imageDigest(context.Background(), img, map[string]string{})
+	info, got := imageDigest(context.Background(), dir, "big.img", digestcache.Parse(nil))
 	if got != "" || info.Source != "none" || info.Size != checkin.HashLimit+1 {
 		t.Errorf("big image: %+v %q, want no digest (agent reports it)", info, got)
 	}
@@ -121,7 +126,7 @@ func TestImageDigestSkipsBigImages(t *testing.T) {
 // is not trusted.
 func TestImageDigestFromManifest(t *testing.T) {
 	dir := t.TempDir()
-	img := filepath.Join(dir, "hn-root-old.img")
+	img := filepath.Join(dir, layout.Old)
 	f, _ := os.Create(img)
 	f.Truncate(checkin.HashLimit + 1)
 	f.Close()
@@ -138,7 +143,7 @@ func TestImageDigestFromManifest(t *testing.T) {
 		if err := os.WriteFile(img+".json", []byte(m), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		info, got := imageDigest(context.Background(), img, map[string]string{})
+		info, got := imageDigest(context.Background(), dir, layout.Old, digestcache.Parse(nil))
 		if got != tc.wantDigest || info.Source != tc.wantSource {
 			t.Errorf("manifest size %d: imageDigest = %+v %q, want %s %q", tc.size, info, got, tc.wantSource, tc.wantDigest)
 		}
@@ -149,29 +154,82 @@ func TestImageDigestFromManifest(t *testing.T) {
 // their manifest, never hashed.
 func TestKnownDigest(t *testing.T) {
 	dir := t.TempDir()
-	cached := filepath.Join(dir, "hn-root-old.img")
-	withManifest := filepath.Join(dir, "hn-root-broken.img")
-	unknown := filepath.Join(dir, "hn-root-new.img")
-	for _, p := range []string{cached, withManifest, unknown} {
-		if err := os.WriteFile(p, []byte("image "+p), 0o644); err != nil {
+	for _, name := range []string{layout.Old, layout.Broken, layout.New} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("image "+name), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	key, _ := fileKey(cached)
-	cache := map[string]string{key: "sha256:" + strings.Repeat("11", 32)}
-	st, _ := os.Stat(withManifest)
-	m := fmt.Sprintf(`{"format":"hnboot-manifest-1","name":"B","version":"2","sha256":%q,"size":%d,"fs":"ext4","kernel_release":"","build_time":"2023-11-14T22:13:20Z"}`, strings.Repeat("22", 32), st.Size())
-	if err := os.WriteFile(withManifest+".json", []byte(m), 0o644); err != nil {
+	cached := "sha256:" + strings.Repeat("11", 32)
+	if err := digestcache.Remember(dir, layout.Old, cached); err != nil {
 		t.Fatal(err)
 	}
-	for path, want := range map[string]string{
-		cached:                           "sha256:" + strings.Repeat("11", 32),
-		withManifest:                     "sha256:" + strings.Repeat("22", 32),
-		unknown:                          "",
-		filepath.Join(dir, "absent.img"): "",
+	st, _ := os.Stat(filepath.Join(dir, layout.Broken))
+	m := fmt.Sprintf(`{"format":"hnboot-manifest-1","name":"B","version":"2","sha256":%q,"size":%d,"fs":"ext4","kernel_release":"","build_time":"2023-11-14T22:13:20Z"}`, strings.Repeat("22", 32), st.Size())
+	if err := os.WriteFile(filepath.Join(dir, layout.ManifestFor(layout.Broken)), []byte(m), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cache := digestcache.Load(dir)
+	for name, want := range map[string]string{
+		layout.Old:     cached,
+		layout.Broken:  "sha256:" + strings.Repeat("22", 32),
+		layout.New:     "",
+		layout.Current: "",
 	} {
-		if got := knownDigest(path, cache); got != want {
-			t.Errorf("knownDigest(%s) = %q, want %q", filepath.Base(path), got, want)
+		if got := knownDigest(dir, name, cache); got != want {
+			t.Errorf("knownDigest(%s) = %q, want %q", name, got, want)
+		}
+	}
+}
+
+// TestDigestCacheSharedWithAgent: the init and the agent (hostpart, as
+// agent/stage.go and imaged status use it) read each other's digest cache,
+// including the text format inits before internal/digestcache wrote. Each
+// side's digests are fakes, so a hit proves it came from the other's file.
+func TestDigestCacheSharedWithAgent(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{layout.New: "image B", layout.Old: "image C", layout.Broken: "image D"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fake := func(c string) string { return "sha256:" + strings.Repeat(c, 64) }
+
+	// An old init's text line for broken, then the agent stages new.
+	st, _ := os.Stat(filepath.Join(dir, layout.Broken))
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	os.MkdirAll(filepath.Join(dir, layout.StateDir), 0o755)
+	legacy := fmt.Sprintf("%d %d %d %s\n", ino, st.Size(), st.ModTime().UnixNano(), fake("d"))
+	if err := os.WriteFile(filepath.Join(dir, layout.Digests), []byte(legacy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := hostpart.Remember(dir, layout.New, fake("b")); err != nil {
+		t.Fatal(err)
+	}
+
+	// The init promotes new (a rename) and reports: both come from the
+	// cache the agent wrote, and the legacy line survived the agent's save.
+	if err := os.Rename(filepath.Join(dir, layout.New), filepath.Join(dir, layout.Current)); err != nil {
+		t.Fatal(err)
+	}
+	cache := digestcache.Load(dir)
+	img, slots := reportImages(context.Background(), dir, layout.Current, cache)
+	if img.Source != "cache" || slots.Current != fake("b") || slots.Broken != fake("d") {
+		t.Errorf("init after the agent: booted %+v, slots %+v; want current %s from the cache, broken %s", img, slots, fake("b"), fake("d"))
+	}
+	// The init hashes old (pretend it booted it) and saves.
+	_, d := imageDigest(context.Background(), dir, layout.Old, cache)
+	if err := saveDigests(dir, cache); err != nil {
+		t.Fatal(err)
+	}
+
+	// The agent (imaged status) reads the init's file without hashing.
+	hs, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for slot, want := range map[string]string{layout.SlotCurrent: fake("b"), layout.SlotOld: d, layout.SlotBroken: fake("d")} {
+		if got := hs.Slot(slot).Digest; got != want {
+			t.Errorf("hostpart.Read after the init: %s = %q, want %q", slot, got, want)
 		}
 	}
 }
