@@ -58,7 +58,7 @@ func TestReadmeExamples(t *testing.T) {
 	if got, want := d.Image("web@1").Path, filepath.Join(dir, "images/web-1.img"); got != want {
 		t.Errorf("README's relative image path = %s, want %s", got, want)
 	}
-	if nw := d.EffectiveNetwork(d.FindHost("web-07")); nw.IP != "192.0.2.17/24" || nw.Gateway != "192.0.2.1" || len(nw.DNS) != 2 {
+	if nw := d.EffectiveNetwork(d.FindHost("web-07")); len(nw.Addresses) != 1 || nw.Addresses[0] != "192.0.2.17/24" || len(nw.Gateway) != 1 || nw.Gateway[0] != "192.0.2.1" || len(nw.DNS) != 2 {
 		t.Errorf("EffectiveNetwork(web-07) = %+v, want the host's ip and the group's gateway and dns", nw)
 	}
 	var members []string
