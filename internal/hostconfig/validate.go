@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"path"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -125,7 +124,27 @@ func UnitIdentity(key string) string { return "identity." + key }
 // UnitFile is the unit of one file.
 func UnitFile(p string) string { return "files[" + p + "]" }
 
-var hostnameLabel = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
+// The checks below are written out rather than regular expressions:
+// package regexp would add 100 KB to the init for four patterns.
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+func isLowerDigit(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+
+// all reports whether s is non-empty and every byte passes ok.
+func all(s string, ok func(byte) bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func hostnameLabel(l string) bool {
+	return len(l) <= 63 && all(l, func(c byte) bool { return isAlnum(c) || c == '-' }) && l[0] != '-' && l[len(l)-1] != '-'
+}
 
 // CheckHostname accepts a DNS name of letters, digits and '-' in labels
 // of at most 63 bytes, 253 in all: what /etc/hostname, /etc/hosts and a
@@ -138,14 +157,16 @@ func CheckHostname(s string) error {
 		return fmt.Errorf("%d bytes, over the limit of %d", len(s), MaxHostname)
 	}
 	for _, l := range strings.Split(s, ".") {
-		if len(l) > 63 || !hostnameLabel.MatchString(l) {
+		if !hostnameLabel(l) {
 			return fmt.Errorf("not a host name: want labels of letters, digits and '-' (not first or last), at most 63 bytes, joined by '.'")
 		}
 	}
 	return nil
 }
 
-var ifaceName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$`)
+func ifaceName(s string) bool {
+	return len(s) <= 15 && all(s, func(c byte) bool { return isAlnum(c) || c == '_' || c == '.' || c == '-' }) && s[0] != '.' && s[0] != '-'
+}
 
 // CheckInterface accepts an interface name (at most 15 bytes of letters,
 // digits, '_', '.' and '-', the kernel's limit, and nothing a config file
@@ -157,7 +178,7 @@ func CheckInterface(s string) (string, error) {
 		}
 		return hw.String(), nil
 	}
-	if !ifaceName.MatchString(s) || s == "." || s == ".." {
+	if !ifaceName(s) {
 		return "", fmt.Errorf("not an interface name (at most 15 letters, digits, '_', '.', '-') or a MAC (52:54:00:12:34:56)")
 	}
 	return s, nil
@@ -399,12 +420,10 @@ func (k *checker) dns(list []string) ([]string, bool) {
 	return out, true
 }
 
-var identityKey = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
-
 // CheckIdentityKey accepts a lower-case identifier: a template can say
 // .Identity.certname and the identity file HN_CERTNAME.
 func CheckIdentityKey(k string) error {
-	if len(k) > MaxIdentityKey || !identityKey.MatchString(k) {
+	if len(k) > MaxIdentityKey || !all(k, func(c byte) bool { return isLowerDigit(c) || c == '_' }) || !('a' <= k[0] && k[0] <= 'z') {
 		return fmt.Errorf("want a lower-case letter, then lower-case letters, digits and '_', at most %d bytes", MaxIdentityKey)
 	}
 	return nil
@@ -539,13 +558,19 @@ func FileMode(s string) (uint32, error) {
 	return uint32(n), nil
 }
 
-var ownerPart = regexp.MustCompile(`^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$`)
+// ownerPart: a name as useradd takes it, or a number.
+func ownerPart(s string) bool {
+	if all(s, func(c byte) bool { return '0' <= c && c <= '9' }) {
+		return len(s) <= 10
+	}
+	return len(s) <= 32 && all(s, func(c byte) bool { return isLowerDigit(c) || c == '_' || c == '-' }) && (s[0] == '_' || 'a' <= s[0] && s[0] <= 'z')
+}
 
 // CheckOwner accepts "user" or "user:group", names as useradd takes them
 // or numeric ids.
 func CheckOwner(s string) error {
 	u, g, hasGroup := strings.Cut(s, ":")
-	if !ownerPart.MatchString(u) || (hasGroup && !ownerPart.MatchString(g)) {
+	if !ownerPart(u) || (hasGroup && !ownerPart(g)) {
 		return fmt.Errorf("want user or user:group (names or numeric ids)")
 	}
 	for _, p := range []string{u, g} {
