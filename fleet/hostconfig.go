@@ -191,6 +191,12 @@ func (f *FileSpec) render(data *TemplateData) (string, error) {
 	return w.b.String(), nil
 }
 
+// The keys of network: and of a files: entry (README's tables list them).
+var (
+	networkKeys = []string{"interface", "bond", "vlan", "mtu", "dhcp", "address", "addresses", "ip", "gateway", "dns", "search"}
+	fileKeys    = []string{"path", "mode", "owner", "content"}
+)
+
 // network reads a network: mapping. Each value is checked here, at its
 // line; what depends on several values (a gateway in an address's
 // subnet, dhcp against addresses) is checked once the host's and its
@@ -200,7 +206,7 @@ func (l *loader) network(file string, n *yaml.Node, who string, isGroup bool) Ne
 	if n == nil {
 		return nw
 	}
-	f := l.mapping(file, n, "interface", "bond", "vlan", "mtu", "dhcp", "address", "addresses", "ip", "gateway", "dns", "search")
+	f := l.mapping(file, n, networkKeys...)
 	at := func(key string) Pos { return Pos{file, f[key].Line} }
 	if v := f["interface"]; v != nil {
 		s := l.str(file, v, "interface")
@@ -395,7 +401,7 @@ func (l *loader) files(file string, n *yaml.Node, who string) []*FileSpec {
 	var out []*FileSpec
 	seen := map[string]Pos{}
 	for _, it := range l.seq(file, n, "files") {
-		f := l.mapping(file, it, "path", "mode", "owner", "content")
+		f := l.mapping(file, it, fileKeys...)
 		fs := &FileSpec{
 			Path:    l.str(file, f["path"], "path"),
 			Mode:    l.str(file, f["mode"], "mode"),
