@@ -44,7 +44,8 @@ type Applied struct {
 // retry): hostname and /etc/hosts, machine-id, SSH host keys, the network
 // (hostconfig.Networkd always; hostconfig.Ifupdown too when the image has
 // ifupdown and does not enable networkd, since two managers must not
-// configure one NIC), layout.NetworkEnv, resolv.conf for static DNS,
+// configure one NIC; and not for a configuration that says nothing but
+// DHCP, which the image's own ifupdown file does), layout.NetworkEnv, resolv.conf for static DNS,
 // layout.IdentityEnv, the configuration's files (after hnboot's own, with
 // their mode and owner; owners by name come from the image's passwd and
 // group), the mount points, /data0 and the fstab block. bootMAC is the
@@ -86,7 +87,15 @@ func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) 
 	for _, o := range hostconfig.Networkd(c.Network) {
 		a.write(o.Path, o.Content, o.Mode)
 	}
-	if a.hasIfupdown() && !a.networkdEnabled() {
+	switch {
+	case !a.hasIfupdown() || a.networkdEnabled():
+		a.remove(layout.IfupdownFile) // one the image was built with
+	case ifupdownDefault(c.Network):
+		// DHCP on whatever NIC: what the image's own ifupdown
+		// configuration does already, and a stanza of ours beside its
+		// own would fight it for the NIC.
+		a.remove(layout.IfupdownFile)
+	default:
 		outs, err := hostconfig.Ifupdown(c.Network, bootMAC)
 		if err != nil {
 			res.Notes = append(res.Notes, err.Error()+"; the image's own ifupdown configuration applies")
@@ -99,8 +108,6 @@ func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) 
 				res.Notes = append(res.Notes, "the image's /etc/network/interfaces does not source /etc/network/interfaces.d: "+layout.IfupdownFile+" is not read")
 			}
 		}
-	} else {
-		a.remove(layout.IfupdownFile) // one the image was built with
 	}
 	a.write(layout.NetworkEnv, hostconfig.NetworkEnv(c), 0o644)
 	if resolv, ok := hostconfig.ResolvConf(c.Network); ok {
@@ -204,6 +211,11 @@ func (a *applier) writeOwned(p, content string, mode os.FileMode, uid, gid int) 
 		return false
 	}
 	return true
+}
+
+// ifupdownDefault: n says nothing but DHCP.
+func ifupdownDefault(n hostconfig.Network) bool {
+	return n.Carrier() == "" && n.VLAN == nil && !n.Static() && n.MTU == 0 && len(n.DNS) == 0 && len(n.Search) == 0
 }
 
 // remove removes p if it is there.

@@ -127,6 +127,19 @@ func TestApplyConfig(t *testing.T) {
 	}
 }
 
+// On an ifupdown image, DHCP on any NIC is left to the image's own
+// configuration.
+func TestApplyConfigIfupdownDefault(t *testing.T) {
+	root := debianRoot(t, true)
+	res, err := ApplyConfig(root, Identity{}, hostconfig.Defaults(mac), mac)
+	if err != nil || res.Network != "networkd" || len(res.Notes) > 0 {
+		t.Errorf("ApplyConfig(defaults, ifupdown image) = %+v, %v, want networkd only", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/network/interfaces.d/hnboot")); err == nil {
+		t.Errorf("ApplyConfig(defaults) wrote an ifupdown stanza beside the image's own")
+	}
+}
+
 func TestApplyConfigNetworkdImage(t *testing.T) {
 	root := debianRoot(t, true)
 	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
