@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -592,6 +593,12 @@ func (d *Desired) HostConfig(h *Host, img *Image) (hostconfig.Config, []string) 
 	ok, ps := c.Validate("")
 	for _, p := range ps {
 		problems = append(problems, fmt.Sprintf("%s: host %s: %s", d.posOf(h, p), h.Hostname, p))
+	}
+	// As served (writeJSON escapes <, > and &, six bytes each).
+	if b, err := json.Marshal(ok); err == nil && len(b) > hostconfig.MaxServed {
+		problems = append(problems, fmt.Sprintf("%s: host %s: configuration of %d bytes as JSON, over the limit of %d (hosts read at most %d of their answer): make its files smaller",
+			h.Pos, h.Hostname, len(b), hostconfig.MaxServed, hostconfig.MaxBytes))
+		ok.Files = nil
 	}
 	return ok, problems
 }

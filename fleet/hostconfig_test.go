@@ -197,7 +197,10 @@ func TestHostConfigErrorsNameFileAndLine(t *testing.T) {
 		{"call", host("    files:\n      - path: /etc/x\n        content: '{{call .Hostname}}'\n"), []string{"call is not available"}},
 		{"define", host("    files:\n      - path: /etc/x\n        content: '{{define \"a\"}}{{template \"a\"}}{{end}}{{template \"a\"}}'\n"), []string{"define and block are not available"}},
 		{"template calls itself", host("    files:\n      - path: /etc/x\n        content: |\n          line\n          {{template \"t\"}}\n"), []string{"fleet.yaml:18: host h1: file /etc/x: template: {{template}} is not available"}},
-		{"output too large", host("    files:\n      - path: /etc/x\n        content: '{{printf \"%02000000d\" 0}}'\n"), []string{"file /etc/x for host h1", "output over 1048576 bytes"}},
+		{"output too large", host("    files:\n      - path: /etc/x\n        content: '{{printf \"%02000000d\" 0}}'\n"), []string{"file /etc/x for host h1", "output over 262144 bytes"}},
+		{"answer too large as JSON", host("    files:\n      - path: /etc/a\n        content: '" + strings.Repeat("<", 130000) + "'\n" +
+			"      - path: /etc/b\n        content: '" + strings.Repeat("<", 130000) + "'\n"),
+			[]string{"fleet.yaml:11: host h1: configuration of 1560", "bytes as JSON, over the limit of 786432 (hosts read at most 1048576 of their answer)"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -203,8 +203,14 @@ func (l *stringList) UnmarshalJSON(b []byte) error {
 }
 
 // MaxBytes bounds the JSON the init reads (the desired-state answer or
-// the cache). Files are bounded below it.
-const MaxBytes = 8 << 20
+// the cache). It is what the agent reads of the same answer, so imaged
+// keeps every host's answer under it (MaxServed), or agents already in
+// the field would fail to read it.
+const MaxBytes = 1 << 20
+
+// MaxServed bounds a host's configuration as JSON in imaged's answer,
+// leaving the rest of MaxBytes to the agent's fields (failed digests).
+const MaxServed = 768 << 10
 
 // Parse decodes a Config from JSON (a fleet.DesiredHost answer, whose
 // other fields are ignored, or the cache) and validates it for host (a

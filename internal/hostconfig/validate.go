@@ -28,8 +28,8 @@ const (
 	MaxIdentityKey   = 64
 	MaxIdentityValue = 1024
 	MaxFiles         = 128
-	MaxFileBytes     = 1 << 20
-	MaxFilesBytes    = 4 << 20 // all files of one host together
+	MaxFileBytes     = 256 << 10
+	MaxFilesBytes    = 512 << 10 // all files of one host together: its answer stays under MaxBytes
 	MaxPath          = 1024
 	MaxStateDirs     = 32
 	MinMTU           = 576 // the least an IPv4 host must accept

@@ -117,7 +117,7 @@ func TestValidateRefuses(t *testing.T) {
 		{"setuid", func(c *Config) { c.Files = []File{{Path: "/usr/local/bin/x", Mode: "4755"}} }, `files[/usr/local/bin/x].mode "4755" (for /usr/local/bin/x): only permission bits`, UnitFile("/usr/local/bin/x")},
 		{"mode", func(c *Config) { c.Files = []File{{Path: "/etc/x", Mode: "rw-r--r--"}} }, "not an octal mode", UnitFile("/etc/x")},
 		{"owner", func(c *Config) { c.Files = []File{{Path: "/etc/x", Owner: "root;rm -rf /"}} }, "want user or user:group", UnitFile("/etc/x")},
-		{"file too big", func(c *Config) { c.Files = []File{{Path: "/etc/x", Content: strings.Repeat("x", MaxFileBytes+1)}} }, "over the limit of 1048576", UnitFile("/etc/x")},
+		{"file too big", func(c *Config) { c.Files = []File{{Path: "/etc/x", Content: strings.Repeat("x", MaxFileBytes+1)}} }, "over the limit of 262144", UnitFile("/etc/x")},
 		{"file twice", func(c *Config) { c.Files = []File{{Path: "/etc/x"}, {Path: "/etc/x"}} }, "listed twice", UnitFile("/etc/x")},
 		{"binary content", func(c *Config) { c.Files = []File{{Path: "/etc/x", Content: "\xff\xfe"}} }, "not UTF-8", UnitFile("/etc/x")},
 		{"state dir", func(c *Config) { c.StateDirs = []string{"/proc/x"} }, `state_dirs[0] "/proc/x"`, UnitStateDirs},
@@ -159,8 +159,8 @@ func TestValidateLimits(t *testing.T) {
 		c.Files = append(c.Files, File{Path: "/etc/big" + strings.Repeat("x", i), Content: big})
 	}
 	got, problems = c.Validate("h")
-	if len(got.Files) != 4 || len(problems) != 2 || !strings.Contains(problems[0].String(), "together over the limit") {
-		t.Errorf("Validate(6 MiB of files) kept %d, problems %q, want 4 and two over the total", len(got.Files), problems)
+	if want := MaxFilesBytes / MaxFileBytes; len(got.Files) != want || len(problems) != 6-want || !strings.Contains(problems[0].String(), "together over the limit") {
+		t.Errorf("Validate(6 files of %d bytes) kept %d, problems %q, want %d and the rest over the total", MaxFileBytes, len(got.Files), problems, want)
 	}
 }
 
