@@ -53,7 +53,7 @@ func TestRoundTripYAMLToRoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ApplyConfig = %v", err)
 	}
-	if applied.Network != "networkd" || len(applied.Files) != 2 {
+	if applied.Network != "networkd" || len(applied.Files) != 2 || len(applied.Problems) > 0 {
 		t.Errorf("ApplyConfig = %+v, want networkd and two files", applied)
 	}
 	for p, want := range map[string]string{

@@ -24,10 +24,13 @@ const (
 	envFile     = layout.NetworkEnv
 )
 
-// Apply writes a host.conf-era configuration into root: ApplyConfig of
-// hc.Config(), for the callers that merge HostConf layers.
+// Apply writes a host.conf-era configuration into root, for the callers
+// that merge HostConf layers. Its values are written as ParseHostConf and
+// FromKernelIP accepted them, without ApplyConfig's stricter check: a
+// host.conf that booted before boots the same, and Apply has no log to
+// say what it would refuse.
 func Apply(root string, id Identity, hc HostConf) error {
-	_, err := ApplyConfig(root, id, hc.Config(), "")
+	_, err := applyConfig(root, id, hc.Config(), "", false)
 	return err
 }
 
@@ -35,28 +38,39 @@ func Apply(root string, id Identity, hc HostConf) error {
 type Applied struct {
 	Network string   // "networkd", or "networkd and ifupdown" for an image with ifupdown and without networkd enabled
 	Files   []string // the configuration's files: written
-	Notes   []string // what the log should say besides errors
+	// Problems are values refused and files left out (an owner the image
+	// does not know); log each as an error and go on.
+	Problems []string
+	Notes    []string // what the log should say besides
 }
 
 // ApplyConfig writes the host's identity into root, the new root
 // filesystem (an overlay whose upper layer is fresh each boot, so nothing
 // here needs to survive a crash; it is still idempotent, so the init may
-// retry): hostname and /etc/hosts, machine-id, SSH host keys, the network
-// (hostconfig.Networkd always; hostconfig.Ifupdown too when the image has
-// ifupdown and does not enable networkd, since two managers must not
-// configure one NIC; and not for a configuration that says nothing but
-// DHCP, which the image's own ifupdown file does), layout.NetworkEnv, resolv.conf for static DNS,
+// retry): hostname and /etc/hosts, machine-id, SSH host keys, the
+// network, layout.NetworkEnv, resolv.conf for static DNS,
 // layout.IdentityEnv, the configuration's files (after hnboot's own, with
 // their mode and owner; owners by name come from the image's passwd and
-// group), the mount points, /data0 and the fstab block. bootMAC is the
-// NIC an ifupdown image configures when the configuration names none.
+// group), the mount points, /data0 and the fstab block.
+//
+// The network is hostconfig.Networkd always, and hostconfig.Ifupdown too
+// when the image has ifupdown and does not enable networkd (two managers
+// must not configure one NIC) and c says more than DHCP on any NIC (which
+// the image's own ifupdown file does already). bootMAC is the NIC an
+// ifupdown image configures when c names none.
 //
 // c is validated again (the init's last line against a bad value from
-// any layer): what is refused is reported in the error, the rest is
-// written. All paths are resolved through os.Root: the image's symlinks
-// can never make us write outside root (an absolute symlink inside the
-// image is refused rather than followed into the initramfs).
+// any layer): what is refused is in Applied.Problems, the rest is
+// written. The error says what could not be written (the root is not
+// what it should be). All paths are resolved through os.Root: the
+// image's symlinks can never make us write outside root (an absolute
+// symlink inside the image is refused rather than followed into the
+// initramfs).
 func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) (Applied, error) {
+	return applyConfig(root, id, c, bootMAC, true)
+}
+
+func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, validate bool) (Applied, error) {
 	var res Applied
 	r, err := os.OpenRoot(root)
 	if err != nil {
@@ -64,9 +78,12 @@ func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) 
 	}
 	defer r.Close()
 	a := applier{r: r, root: root}
-	c, problems := c.Validate(bootMAC)
-	for _, p := range problems {
-		a.fail(fmt.Errorf("refused %s", p))
+	if validate {
+		var problems []hostconfig.Problem
+		c, problems = c.Validate(bootMAC)
+		for _, p := range problems {
+			res.Problems = append(res.Problems, "refused "+p.String())
+		}
 	}
 
 	if c.Hostname != "" {
@@ -118,12 +135,21 @@ func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) 
 	a.optional(layout.CMIDFile, c.Identity[IdentityCMID])
 
 	for _, f := range c.Files {
-		mode, _ := hostconfig.FileMode(f.Mode) // valid: Validate
+		mode, err := hostconfig.FileMode(f.Mode)
+		if f.Mode == "" || err != nil {
+			mode = 0o644 // Apply's files, from host.conf-era callers
+		}
 		uid, gid := -1, -1
 		if f.Owner != "" {
-			var err error
 			if uid, gid, err = a.owner(f.Owner); err != nil {
-				a.fail(fmt.Errorf("file %s: %w; not written", f.Path, err))
+				res.Problems = append(res.Problems, fmt.Sprintf("file %s: %v; not written", f.Path, err))
+				continue
+			}
+		}
+		if !validate {
+			// What cleanRootPath refuses, Apply always refused.
+			if _, err := cleanRootPath(f.Path); err != nil {
+				a.fail(fmt.Errorf("extra file: %w", err))
 				continue
 			}
 		}

@@ -57,8 +57,8 @@ func TestApplyConfig(t *testing.T) {
 		}}
 	root := debianRoot(t, false)
 	res, err := ApplyConfig(root, Identity{}, c, "52:54:00:aa:00:09")
-	if err == nil || !strings.Contains(err.Error(), `file /etc/nobody: owner nobody: no "nobody" in the image's /etc/passwd; not written`) {
-		t.Errorf("ApplyConfig() error = %v, want one for /etc/nobody's unknown owner", err)
+	if err != nil || len(res.Problems) != 1 || res.Problems[0] != `file /etc/nobody: owner nobody: no "nobody" in the image's /etc/passwd; not written` {
+		t.Errorf("ApplyConfig() = %q, %v, want one problem for /etc/nobody's unknown owner and no error", res.Problems, err)
 	}
 	if res.Network != "networkd and ifupdown" {
 		t.Errorf("ApplyConfig(ifupdown image).Network = %q, want networkd and ifupdown", res.Network)
@@ -127,12 +127,29 @@ func TestApplyConfig(t *testing.T) {
 	}
 }
 
+// Apply, the host.conf-era entry the init calls today, writes what
+// host.conf accepted even where ApplyConfig is stricter: a host that
+// booted keeps booting, and a refusal there would fail the boot.
+func TestApplyKeepsHostConfValues(t *testing.T) {
+	root := imageRoot(t)
+	hc := HostConf{Hostname: "h", IP: "10.0.0.0/24", Gateway: "192.168.1.1", Interface: "eth0"}
+	if err := Apply(root, Identity{}, hc); err != nil {
+		t.Fatalf("Apply(network address, gateway elsewhere) = %v, want nil", err)
+	}
+	if got := read(t, filepath.Join(root, "etc/systemd/network/10-hnboot.network")); !strings.Contains(got, "Address=10.0.0.0/24\nGateway=192.168.1.1\n") {
+		t.Errorf("Apply() networkd file = %q, want host.conf's address and gateway as they were", got)
+	}
+	if _, err := ApplyConfig(imageRoot(t), Identity{}, hc.Config(), ""); err != nil {
+		t.Errorf("ApplyConfig(same) error = %v, want problems, not an error", err)
+	}
+}
+
 // On an ifupdown image, DHCP on any NIC is left to the image's own
 // configuration.
 func TestApplyConfigIfupdownDefault(t *testing.T) {
 	root := debianRoot(t, true)
 	res, err := ApplyConfig(root, Identity{}, hostconfig.Defaults(mac), mac)
-	if err != nil || res.Network != "networkd" || len(res.Notes) > 0 {
+	if err != nil || res.Network != "networkd" || len(res.Notes) > 0 || len(res.Problems) > 0 {
 		t.Errorf("ApplyConfig(defaults, ifupdown image) = %+v, %v, want networkd only", res, err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "etc/network/interfaces.d/hnboot")); err == nil {
@@ -149,7 +166,7 @@ func TestApplyConfigNetworkdImage(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "etc/network/interfaces.d/hnboot"), []byte("auto stale\n"), 0o644)
 
 	res, err := ApplyConfig(root, Identity{}, hostconfig.Config{Hostname: "h", Network: hostconfig.Network{Interface: "eno1", DHCP: true}}, "")
-	if err != nil || res.Network != "networkd" || len(res.Notes) > 0 {
+	if err != nil || res.Network != "networkd" || len(res.Notes) > 0 || len(res.Problems) > 0 {
 		t.Errorf("ApplyConfig(networkd enabled) = %+v, %v, want networkd only, no notes", res, err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "etc/network/interfaces.d/hnboot")); err == nil {
@@ -172,11 +189,15 @@ func TestApplyConfigRefusesHostileValues(t *testing.T) {
 		Identity: map[string]string{"ok": "fine", "bad": "a\nHN_OK=pwned"},
 		Files: []hostconfig.File{{Path: "/etc/../../tmp/x", Content: "x"}, {Path: "/proc/sys/kernel/core_pattern", Content: "|/bin/sh"},
 			{Path: "/etc/ssh/ssh_host_ed25519_key", Content: "not yours"}, {Path: "/etc/motd", Content: "through the link?\n"}}}
-	_, err := ApplyConfig(root, Identity{}, c, "52:54:00:12:34:56")
+	res, err := ApplyConfig(root, Identity{}, c, "52:54:00:12:34:56")
+	if err != nil {
+		t.Errorf("ApplyConfig(hostile) error = %v, want none: refusing is not failing", err)
+	}
+	all := strings.Join(res.Problems, "\n")
 	for _, w := range []string{"refused 52:54:00:12:34:56: hostname", "refused 52:54:00:12:34:56: network.dns[0]", "identity.bad",
 		"files[0].path", "files[1].path", "files[2].path"} {
-		if err == nil || !strings.Contains(err.Error(), w) {
-			t.Errorf("ApplyConfig(hostile) error = %v, want it to name %q", err, w)
+		if !strings.Contains(all, w) {
+			t.Errorf("ApplyConfig(hostile).Problems = %s\nwant one naming %q", all, w)
 		}
 	}
 	if got := read(t, outside); got != "untouched" {
