@@ -25,12 +25,15 @@ const (
 )
 
 // Apply writes a host.conf-era configuration into root, for the callers
-// that merge HostConf layers. Its values are written as ParseHostConf and
-// FromKernelIP accepted them, without ApplyConfig's stricter check: a
-// host.conf that booted before boots the same, and Apply has no log to
-// say what it would refuse.
+// that merge HostConf layers, as before ApplyConfig: its values as
+// ParseHostConf and FromKernelIP accepted them, without ApplyConfig's
+// stricter check, and the network for networkd and network.env only, not
+// for ifupdown. A host.conf that booted before boots the same (Apply has
+// no log to say what it would refuse, and its callers fail the boot on an
+// error), and an ifupdown image whose scripts read network.env is not
+// configured twice.
 func Apply(root string, id Identity, hc HostConf) error {
-	_, err := applyConfig(root, id, hc.Config(), "", false)
+	_, err := applyConfig(root, id, hc.Config(), "", true)
 	return err
 }
 
@@ -67,10 +70,10 @@ type Applied struct {
 // symlink inside the image is refused rather than followed into the
 // initramfs).
 func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) (Applied, error) {
-	return applyConfig(root, id, c, bootMAC, true)
+	return applyConfig(root, id, c, bootMAC, false)
 }
 
-func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, validate bool) (Applied, error) {
+func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, legacy bool) (Applied, error) {
 	var res Applied
 	r, err := os.OpenRoot(root)
 	if err != nil {
@@ -78,7 +81,7 @@ func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, 
 	}
 	defer r.Close()
 	a := applier{r: r, root: root}
-	if validate {
+	if !legacy {
 		var problems []hostconfig.Problem
 		c, problems = c.Validate(bootMAC)
 		for _, p := range problems {
@@ -105,6 +108,7 @@ func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, 
 		a.write(o.Path, o.Content, o.Mode)
 	}
 	switch {
+	case legacy:
 	case !a.hasIfupdown() || a.networkdEnabled():
 		a.remove(layout.IfupdownFile) // one the image was built with
 	case ifupdownDefault(c.Network):
@@ -146,7 +150,7 @@ func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, 
 				continue
 			}
 		}
-		if !validate {
+		if legacy {
 			// What cleanRootPath refuses, Apply always refused.
 			if _, err := cleanRootPath(f.Path); err != nil {
 				a.fail(fmt.Errorf("extra file: %w", err))

@@ -139,6 +139,13 @@ func TestApplyKeepsHostConfValues(t *testing.T) {
 	if got := read(t, filepath.Join(root, "etc/systemd/network/10-hnboot.network")); !strings.Contains(got, "Address=10.0.0.0/24\nGateway=192.168.1.1\n") {
 		t.Errorf("Apply() networkd file = %q, want host.conf's address and gateway as they were", got)
 	}
+	deb := debianRoot(t, true)
+	if err := Apply(deb, Identity{}, hc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(deb, "etc/network/interfaces.d/hnboot")); err == nil {
+		t.Errorf("Apply() wrote an ifupdown file: an image configured from network.env would be configured twice")
+	}
 	if _, err := ApplyConfig(imageRoot(t), Identity{}, hc.Config(), ""); err != nil {
 		t.Errorf("ApplyConfig(same) error = %v, want problems, not an error", err)
 	}
