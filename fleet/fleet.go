@@ -1078,8 +1078,8 @@ func (f *Fleet) KnownHosts() (string, error) {
 		hw, _ := net.ParseMAC(mac)
 		if h := d.HostByMAC(hw); h != nil {
 			names = append(names, h.Hostname)
-			if ip := d.EffectiveNetwork(h).IP; ip != "" {
-				names = append(names, strings.Split(ip, "/")[0])
+			if a := d.EffectiveNetwork(h).Addresses; len(a) > 0 {
+				names = append(names, strings.Split(a[0], "/")[0])
 			}
 		} else if c.Hostname != "" {
 			names = append(names, c.Hostname)

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sort"
+
+	"github.com/hnboot/hnboot/internal/hostconfig"
 )
 
 // snapshot is the immutable answer table the boot server reads without a
@@ -24,6 +26,7 @@ type resolvedHost struct {
 	image  *Image
 	source string // why this image, in words
 	revert *PendingRevert
+	config hostconfig.Config // files rendered for image
 }
 
 type rolloutView struct {
@@ -161,6 +164,13 @@ func build(d *Desired, in buildInput) *snapshot {
 				}
 			}
 		}
+		// Templates ran at load with the YAML's image; an assignment or
+		// rollout changes .Image, and a template may fail on the new one
+		// (a branch the first never took). The file is left out and the
+		// status says why.
+		var problems []string
+		rh.config, problems = d.HostConfig(h, rh.image)
+		s.warnings = append(s.warnings, problems...)
 		hb := HostBoot{MAC: h.MAC, Hostname: h.Hostname}
 		if rh.image != nil {
 			hb.Image = rh.image.ImageRef()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/hostconfig"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -140,15 +141,19 @@ func (f *Fleet) status() (Status, error) {
 	return st, err
 }
 
-// DesiredHost is what GET /api/hosts/{mac}/desired tells a host's agent
-// (package agent decodes it as agent.Desired).
+// DesiredHost is what GET /api/hosts/{mac}/desired tells a host: its
+// agent decodes it as agent.Desired (mac, hostname, image, revert, force,
+// failed_digests), its init reads the host configuration in it with
+// hostconfig.Parse.
 type DesiredHost struct {
-	MAC      string       `json:"mac"`
-	Hostname string       `json:"hostname"`
-	Image    DesiredImage `json:"image"`
-	Source   string       `json:"source"` // why this image
-	Revert   string       `json:"revert,omitempty"`
-	Network  Network      `json:"network"`
+	MAC string `json:"mac"`
+	// The host's configuration, inline: hostname, network, identity,
+	// files (rendered), so the answer is a hostconfig.Config with more
+	// fields, and hostname stays where the agent reads it.
+	hostconfig.Config
+	Image  DesiredImage `json:"image"`
+	Source string       `json:"source"` // why this image
+	Revert string       `json:"revert,omitempty"`
 	// Force stages Image even if the host remembers it as failed. No API
 	// sets it yet: a host refuses a failed image until imaged stage --force.
 	Force bool `json:"force,omitempty"`
@@ -171,7 +176,7 @@ func (f *Fleet) DesiredFor(mac net.HardwareAddr) (DesiredHost, bool) {
 	if rh == nil {
 		return DesiredHost{}, false
 	}
-	dh := DesiredHost{MAC: mac.String(), Hostname: rh.host.Hostname, Source: rh.source, Network: s.desired.EffectiveNetwork(rh.host)}
+	dh := DesiredHost{MAC: mac.String(), Config: rh.config.Clone(), Source: rh.source}
 	if rh.image != nil {
 		dh.Image.ImageRef = rh.image.ImageRef()
 		dh.Image.Path = ""
