@@ -9,7 +9,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
 	"gopkg.in/yaml.v3"
 )
 
@@ -336,8 +336,8 @@ func (l *loader) image(file string, n *yaml.Node) {
 		return
 	}
 	switch {
-	case checkin.ValidDigest(img.Digest):
-	case checkin.ValidDigest("sha256:" + img.Digest):
+	case digest.Valid(img.Digest):
+	case digest.Valid("sha256:" + img.Digest):
 		// What mkimage prints and IMAGE.json's sha256 field hold.
 		l.errf(img.digestPos, "image %s: digest %q lacks its prefix: write digest: sha256:%s", img.Ref(), img.Digest, img.Digest)
 	case img.Digest == "":

@@ -2,12 +2,9 @@ package fleet
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -17,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 )
 
@@ -126,42 +123,20 @@ const (
 )
 
 // hashFile is sha256 of a file as "sha256:<hex>"; progress (may be nil) is
-// called with the bytes read so far. A variable so tests can count and
-// hold hashing.
+// called every progressEvery with the bytes read so far. A variable so
+// tests can count and hold hashing.
 var hashFile = func(path string, progress func(done int64)) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	var w io.Writer = h
+	var every func(int64)
 	if progress != nil {
-		w = &progressWriter{w: h, fn: progress}
-	}
-	if _, err := io.CopyBuffer(w, f, make([]byte, 1<<20)); err != nil {
-		return "", err
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
-}
-
-type progressWriter struct {
-	w    io.Writer
-	n    int64
-	fn   func(int64)
-	last time.Time
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	p.n += int64(n)
-	if now := time.Now(); now.Sub(p.last) >= progressEvery {
-		if !p.last.IsZero() {
-			p.fn(p.n)
+		last := time.Now()
+		every = func(n int64) {
+			if now := time.Now(); now.Sub(last) >= progressEvery {
+				progress(n)
+				last = now
+			}
 		}
-		p.last = now
 	}
-	return n, err
+	return digest.File(path, every)
 }
 
 // checkImages checks every declared image's digest against its file,
@@ -226,7 +201,7 @@ func (f *Fleet) imageDigest(img *Image) (string, error) {
 		return "", fmt.Errorf("%s is not a regular file: point path: at the image file", img.Path)
 	}
 	id := identity(fi)
-	if cached, ok := f.images.get(img.Path); ok && cached.sameFile(id) && checkin.ValidDigest(cached.Digest) {
+	if cached, ok := f.images.get(img.Path); ok && cached.sameFile(id) && digest.Valid(cached.Digest) {
 		return cached.Digest, nil
 	}
 	log := f.log.With("image", img.Ref(), "path", img.Path, "size", fi.Size())

@@ -1,12 +1,9 @@
 package hostpart
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
@@ -40,7 +38,7 @@ func (im Image) Label() string {
 	case im.Name != "":
 		return im.Name
 	}
-	return Short(im.Digest)
+	return digest.Short(im.Digest)
 }
 
 // Part is a download in progress (*.img.part).
@@ -161,7 +159,7 @@ func readImage(dir, slot, file string, cache *digestcache.Cache, hash bool) (Ima
 	}
 	im.Digest = cache.Lookup(file, fi)
 	if im.Digest == "" && hash {
-		d, err := FileDigest(p)
+		d, err := digest.File(p, nil)
 		if err != nil {
 			return im, err
 		}
@@ -174,35 +172,9 @@ func readImage(dir, slot, file string, cache *digestcache.Cache, hash bool) (Ima
 	return im, nil
 }
 
-// FileDigest is "sha256:<hex>" of a file's content.
-func FileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// Short is the first 12 hex digits of a digest, for tables and logs.
-func Short(digest string) string {
-	s := strings.TrimPrefix(digest, "sha256:")
-	if len(s) > 12 {
-		s = s[:12]
-	}
-	return s
-}
-
-// ValidDigest reports whether s is "sha256:" and 64 lowercase hex digits.
-func ValidDigest(s string) bool { return digestcache.ValidDigest(s) }
-
 // Remember adds the digest of the file at hostpart/file to the cache, for
 // a writer that just verified it (the agent after a download).
-func Remember(dir, file, digest string) error { return digestcache.Remember(dir, file, digest) }
+func Remember(dir, file, d string) error { return digestcache.Remember(dir, file, d) }
 
 // Meta is what the agent knows about an image it staged: the server's
 // name and version for a digest. Kept in .hnboot/images/<hex>.json so the
@@ -216,12 +188,12 @@ type Meta struct {
 }
 
 // ReadMeta returns the metadata recorded for digest, if any.
-func ReadMeta(dir, digest string) (Meta, bool) {
+func ReadMeta(dir, dg string) (Meta, bool) {
 	var m Meta
-	if !ValidDigest(digest) {
+	if !digest.Valid(dg) {
 		return m, false
 	}
-	b, err := os.ReadFile(filepath.Join(dir, layout.ImageMeta(digest)))
+	b, err := os.ReadFile(filepath.Join(dir, layout.ImageMeta(dg)))
 	if err != nil || json.Unmarshal(b, &m) != nil {
 		return m, false
 	}
@@ -230,7 +202,7 @@ func ReadMeta(dir, digest string) (Meta, bool) {
 
 // WriteMeta records m (atomically).
 func WriteMeta(dir string, m Meta) error {
-	if !ValidDigest(m.Digest) {
+	if !digest.Valid(m.Digest) {
 		return fmt.Errorf("hostpart: image metadata with bad digest %q", m.Digest)
 	}
 	b, err := json.MarshalIndent(m, "", "  ")

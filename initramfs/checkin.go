@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -276,7 +276,7 @@ func imageDigest(ctx context.Context, dir, name string, cache *digestcache.Cache
 	img.Size = st.Size()
 	h := sha256.New()
 	if _, err := io.Copy(h, io.LimitReader(f, 1<<20)); err == nil {
-		img.Head = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		img.Head = digest.Of(h)
 	}
 	if d := cache.Lookup(name, st); d != "" {
 		img.Source = "cache"
@@ -305,7 +305,7 @@ func imageDigest(ctx context.Context, dir, name string, cache *digestcache.Cache
 			return img, ""
 		}
 	}
-	d := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	d := digest.Of(h)
 	cache.Put(name, st, d)
 	img.Source = "computed"
 	return img, d

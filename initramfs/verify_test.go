@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -203,7 +203,7 @@ func TestCompleteImage(t *testing.T) {
 			// A digest checked by hashing is cached for the next boot.
 			if tc.manifest == "match" && tc.want == nil {
 				st, _ := os.Stat(img)
-				want, _ := hostpart.FileDigest(img)
+				want, _ := digest.File(img, nil)
 				if got := cache.Lookup(layout.New, st); got != want {
 					t.Errorf("after completeImage(%s): cached %q, want %s", tc.name, got, want)
 				}

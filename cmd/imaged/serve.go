@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/internal/cli"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/pxe"
 	"github.com/hnboot/hnboot/supervisor"
 )
@@ -367,7 +367,7 @@ func fileImageRef(path string) (pxe.ImageRef, error) {
 		return pxe.ImageRef{}, fmt.Errorf("image %s: %w", abs, err)
 	}
 	name := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
-	return pxe.ImageRef{Name: name, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Path: abs}, nil
+	return pxe.ImageRef{Name: name, Digest: digest.Of(h), Path: abs}, nil
 }
 
 // logEvent writes one boot event; ignored DHCP requests only at debug

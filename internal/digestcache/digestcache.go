@@ -32,6 +32,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 )
@@ -118,7 +119,7 @@ func Parse(b []byte) *Cache {
 }
 
 func (c *Cache) add(e entry) {
-	if ValidDigest(e.Digest) && e.Size >= 0 {
+	if digest.Valid(e.Digest) && e.Size >= 0 {
 		c.entries[e.key()] = e
 	}
 }
@@ -150,12 +151,12 @@ func (c *Cache) Lookup(name string, fi fs.FileInfo) string {
 
 // Put records the digest of the file name that fi describes, computed or
 // verified by the caller. An invalid digest is ignored.
-func (c *Cache) Put(name string, fi fs.FileInfo, digest string) {
+func (c *Cache) Put(name string, fi fs.FileInfo, dg string) {
 	k, ok := KeyOf(fi)
-	if !ok || !ValidDigest(digest) {
+	if !ok || !digest.Valid(dg) {
 		return
 	}
-	e := entry{File: name, Inode: k.Inode, Size: k.Size, MtimeNS: k.MtimeNS, Digest: digest}
+	e := entry{File: name, Inode: k.Inode, Size: k.Size, MtimeNS: k.MtimeNS, Digest: dg}
 	if old, ok := c.entries[k]; ok && old == e {
 		return
 	}
@@ -248,32 +249,18 @@ func sortEntries(es []entry) {
 // Remember adds the digest of the file name on the hostpart in dir to the
 // cache and saves it, for a writer that just verified the file (the agent
 // after a download).
-func Remember(dir, name, digest string) error {
-	if !ValidDigest(digest) {
-		return errors.New("digestcache: " + name + ": digest " + strconv.Quote(digest) + " is not sha256:<64 hex>")
+func Remember(dir, name, dg string) error {
+	if !digest.Valid(dg) {
+		return errors.New("digestcache: " + name + ": digest " + strconv.Quote(dg) + " is not sha256:<64 hex>")
 	}
 	fi, err := os.Stat(filepath.Join(dir, name))
 	if err != nil {
 		return err
 	}
 	c := Load(dir)
-	if c.Lookup(name, fi) == digest && !c.dirty {
+	if c.Lookup(name, fi) == dg && !c.dirty {
 		return nil
 	}
-	c.Put(name, fi, digest)
+	c.Put(name, fi, dg)
 	return c.Save(dir)
-}
-
-// ValidDigest reports whether s is "sha256:" and 64 lowercase hex digits.
-func ValidDigest(s string) bool {
-	h, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(h) != 64 {
-		return false
-	}
-	for _, c := range h {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }

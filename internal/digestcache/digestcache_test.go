@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
@@ -167,8 +168,8 @@ func TestValidDigest(t *testing.T) {
 		strings.Repeat("a", 64):        false,
 		"":                             false,
 	} {
-		if got := ValidDigest(s); got != want {
-			t.Errorf("ValidDigest(%q) = %v, want %v", s, got, want)
+		if got := digest.Valid(s); got != want {
+			t.Errorf("digest.Valid(%q) = %v, want %v", s, got, want)
 		}
 	}
 }
