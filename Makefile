@@ -64,6 +64,7 @@ bench: deps build
 	$(GO) run ./testvm/bench
 	$(GO) run ./testvm/benchrootfs
 	$(GO) run ./testvm/benchpxe
+	$(GO) run ./testvm/benchfleet
 
 clean:
 	rm -rf $(BIN) out

@@ -21,6 +21,7 @@ import (
 
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
@@ -277,7 +278,7 @@ func (a *Agent) tick(ctx context.Context, startStaging bool) error {
 			a.Log.Warn("agent: server reports an image as failed on this host", "digest", d)
 		}
 	}
-	if img := des.Image; img.Name != "" && hostpart.ValidDigest(img.Digest) {
+	if img := des.Image; img.Name != "" && digest.Valid(img.Digest) {
 		// Name the image in imaged status wherever it sits (A was on
 		// the disk before the agent ever staged anything).
 		for _, im := range st.Images {

@@ -3,7 +3,7 @@ package agent
 import (
 	"fmt"
 
-	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/stage"
 )
 
@@ -21,7 +21,7 @@ func (d DesiredImage) Label() string {
 	if d.Name != "" {
 		return d.Name + " " + d.Version
 	}
-	return hostpart.Short(d.Digest)
+	return digest.Short(d.Digest)
 }
 
 // Desired is the server's answer to GET /api/hosts/{mac}/desired (the
@@ -67,13 +67,13 @@ func Plan(obs Observed, des Desired, failed stage.Failed, applied func(id string
 		} else {
 			d.Revert = des.Revert
 			d.Reboot = true
-			d.Pending = append(d.Pending, fmt.Sprintf("reboot pending: revert %s to hn-root-old.img (%s)", des.Revert, hostpart.Short(obs.Old)))
+			d.Pending = append(d.Pending, fmt.Sprintf("reboot pending: revert %s to hn-root-old.img (%s)", des.Revert, digest.Short(obs.Old)))
 			return d
 		}
 	}
 	if obs.RevertPending {
 		d.Reboot = true
-		d.Pending = append(d.Pending, fmt.Sprintf("reboot pending: system-revert present, the next boot reverts to hn-root-old.img (%s)", hostpart.Short(obs.Old)))
+		d.Pending = append(d.Pending, fmt.Sprintf("reboot pending: system-revert present, the next boot reverts to hn-root-old.img (%s)", digest.Short(obs.Old)))
 		return d
 	}
 	want := des.Image.Digest
@@ -81,7 +81,7 @@ func Plan(obs Observed, des Desired, failed stage.Failed, applied func(id string
 	case want == "":
 		if obs.New != "" {
 			d.Reboot = true
-			d.Pending = append(d.Pending, fmt.Sprintf("reboot pending: hn-root-new.img (%s) staged", hostpart.Short(obs.New)))
+			d.Pending = append(d.Pending, fmt.Sprintf("reboot pending: hn-root-new.img (%s) staged", digest.Short(obs.New)))
 		}
 		return d
 	case want == obs.Current:
@@ -96,7 +96,7 @@ func Plan(obs Observed, des Desired, failed stage.Failed, applied func(id string
 		return d
 	}
 	if fl, bad := failed[want]; bad && !des.Force {
-		d.Refused = fmt.Sprintf("refusing to stage %s (%s): it failed on this host before (%s); the server must send force, or run imaged stage --force", des.Image.Label(), hostpart.Short(want), fl.Reason)
+		d.Refused = fmt.Sprintf("refusing to stage %s (%s): it failed on this host before (%s); the server must send force, or run imaged stage --force", des.Image.Label(), digest.Short(want), fl.Reason)
 		return d
 	}
 	if obs.Trial {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
 )
@@ -98,16 +99,25 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	POST /api/revert    {"host"|"group"|"target"}  → [RevertResult]
 //	                    ("target": a host name, MAC or group, whichever exists)
 //	POST /api/reload                      re-read the YAML directory and the token file
-//	GET  /api/audit?n=100                 the audit log
+//	GET  /api/audit?n=100&since=24h&until=…&who=…&host=…&action=…
+//	                                      the audit log (since/until: RFC 3339, a date, or a duration before now)
 //	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
 //	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
 //	GET  /metrics                         Prometheus metrics (fleet, Go runtime, process)
+//
+// With the fleet database away, calls that need it answer 503 with the
+// reason (a check-in also with Retry-After: the host sends it again).
 func (f *Fleet) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/status", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
-		writeJSON(w, http.StatusOK, f.Status())
+		st, err := f.status()
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeStatus(w, st)
 	}))
 	mux.HandleFunc("POST /api/assign", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
 		var req struct {
@@ -119,7 +129,7 @@ func (f *Fleet) Handler() http.Handler {
 		}
 		t, err := f.Assign(who, r.RemoteAddr, req.Target, req.Image)
 		if err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+			writeErr(w, actionCode(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "assigned", "target": t.String()})
@@ -136,7 +146,7 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		if err := f.SetRollout(who, r.RemoteAddr, req.Rollout, req.Delete); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+			writeErr(w, actionCode(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)
@@ -148,15 +158,18 @@ func (f *Fleet) Handler() http.Handler {
 		}
 		res, err := f.Revert(who, r.RemoteAddr, t)
 		if err != nil {
-			writeErr(w, http.StatusBadRequest, err)
+			writeErr(w, actionCode(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
 	}))
 	mux.HandleFunc("POST /api/reload", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
-		f.mu.Lock()
-		f.auditLocked(AuditEntry{Who: who, Remote: r.RemoteAddr, Action: "reload", Target: f.opts.Dir})
-		f.mu.Unlock()
+		// Every admin action is audited: with the database away the
+		// reload is refused (SIGHUP still reloads).
+		if err := f.audit(AuditEntry{Who: who, Remote: r.RemoteAddr, Action: "reload", Target: f.opts.Dir}); err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
 		if err := f.Reload(); err != nil {
 			writeErr(w, http.StatusUnprocessableEntity, err)
 			return
@@ -164,21 +177,49 @@ func (f *Fleet) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"result": "reloaded"})
 	}))
 	mux.HandleFunc("GET /api/audit", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
-		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
-		writeJSON(w, http.StatusOK, f.Audit(n))
+		v := r.URL.Query()
+		q := AuditQuery{Who: v.Get("who"), Action: v.Get("action")}
+		q.Limit, _ = strconv.Atoi(v.Get("n"))
+		var err error
+		if q.Since, err = ParseSince(v.Get("since"), f.now()); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("since: %w", err))
+			return
+		}
+		if q.Until, err = ParseSince(v.Get("until"), f.now()); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("until: %w", err))
+			return
+		}
+		es, err := f.QueryAudit(q, v.Get("host"))
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		if es == nil {
+			es = []AuditEntry{}
+		}
+		writeJSON(w, http.StatusOK, es)
 	}))
 	mux.HandleFunc("GET /api/hosts/{host}/why", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("boots"))
 		rep, err := f.Why(r.PathValue("host"), n)
 		if err != nil {
-			writeErr(w, http.StatusNotFound, err)
+			code := http.StatusNotFound
+			if errors.Is(err, ErrDatabase) {
+				code = http.StatusServiceUnavailable
+			}
+			writeErr(w, code, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, rep)
 	}))
 	mux.HandleFunc("GET /api/known_hosts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		kh, err := f.KnownHosts()
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, f.KnownHosts())
+		io.WriteString(w, kh)
 	}))
 	mux.HandleFunc("POST /api/checkin", f.count(func(w http.ResponseWriter, r *http.Request) {
 		c, err := checkin.Parse(r.Body)
@@ -192,7 +233,12 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		if err := f.Checkin(c); err != nil {
-			writeErr(w, http.StatusInternalServerError, err)
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrDatabase) {
+				w.Header().Set("Retry-After", "5")
+				code = http.StatusServiceUnavailable
+			}
+			writeErr(w, code, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "recorded"})
@@ -218,6 +264,36 @@ func (f *Fleet) Handler() http.Handler {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	}))
 	return mux
+}
+
+// actionCode is the status of a refused admin action: 503 when the
+// database is away (nothing was changed; try again), else 400.
+func actionCode(err error) int {
+	if errors.Is(err, ErrDatabase) {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
+}
+
+// ParseSince reads a point in time: RFC 3339, a date (2006-01-02, local
+// time), or a duration meaning that long before now ("24h", "90m").
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02 15:04", s, time.Local); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%q: want RFC 3339, 2006-01-02[ 15:04] or a duration such as 24h", s)
 }
 
 type authed func(w http.ResponseWriter, r *http.Request, who string)
@@ -318,6 +394,55 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// writeStatus writes st as writeJSON would, but encodes the hosts one at
+// a time: the status of 10,000 hosts is tens of MB of JSON, and building it
+// whole (and again indented) would double imaged's memory for a moment.
+func writeStatus(w http.ResponseWriter, st Status) {
+	hosts, unknown := st.Hosts, st.Unknown
+	st.Hosts, st.Unknown = nil, nil
+	head, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	before, after, ok := bytes.Cut(head, []byte(`"hosts": null`))
+	if !ok {
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	defer bw.Flush()
+	bw.Write(before)
+	list := func(name string, n int, elem func(i int) any) {
+		bw.WriteString(`"` + name + `": [`)
+		for i := range n {
+			if i > 0 {
+				bw.WriteByte(',')
+			}
+			b, _ := json.MarshalIndent(elem(i), "    ", "  ")
+			bw.WriteString("\n    ")
+			bw.Write(b)
+		}
+		if n > 0 {
+			bw.WriteString("\n  ")
+		}
+		bw.WriteString("]")
+	}
+	if hosts == nil {
+		bw.WriteString(`"hosts": null`)
+	} else {
+		list("hosts", len(hosts), func(i int) any { return hosts[i] })
+	}
+	if len(unknown) > 0 {
+		bw.WriteString(",\n  ")
+		list("unknown_checkins", len(unknown), func(i int) any { return unknown[i] })
+	}
+	bw.Write(after)
+	bw.WriteString("\n")
 }
 
 func writeErr(w http.ResponseWriter, code int, err error) {

@@ -3,14 +3,13 @@ package fleet
 import (
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 
-	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
 	"gopkg.in/yaml.v3"
 )
 
@@ -20,8 +19,8 @@ import (
 //
 //	images:   [{name, version, digest, path}]   referenced as "name@version"
 //	channels: {stable: base@1.2, ...}
-//	groups:   [{name, image | channel, network}]
-//	hosts:    [{mac, hostname, group, image | channel, network}]
+//	groups:   [{name, image | channel, network, identity, files}]
+//	hosts:    [{mac, hostname, group, image | channel, network, identity, files}]
 //	rollouts: [{name, image, group, hosts, percent}]
 //
 // A relative image path is taken relative to the directory.
@@ -69,33 +68,29 @@ func (i *Image) ImageRef() ImageRef {
 	return ImageRef{Name: i.Name, Version: i.Version, Digest: i.Digest, Path: i.Path}
 }
 
-// Network is a host's static network configuration; empty fields fall back
-// to the group's, then to DHCP on the host.
-type Network struct {
-	IP        string   `json:"ip,omitempty"` // CIDR, e.g. 192.0.2.17/24
-	Gateway   string   `json:"gateway,omitempty"`
-	DNS       []string `json:"dns,omitempty"`
-	Interface string   `json:"interface,omitempty"`
-}
-
-// Group is a set of hosts sharing an image and network defaults.
+// Group is a set of hosts sharing an image and defaults for their
+// network, identity values and files.
 type Group struct {
-	Name    string  `json:"name"`
-	Image   string  `json:"image,omitempty"`
-	Channel string  `json:"channel,omitempty"`
-	Network Network `json:"network"`
-	Pos     Pos     `json:"-"`
+	Name     string            `json:"name"`
+	Image    string            `json:"image,omitempty"`
+	Channel  string            `json:"channel,omitempty"`
+	Network  Network           `json:"-"`
+	Identity map[string]string `json:"-"`
+	Files    []*FileSpec       `json:"-"`
+	Pos      Pos               `json:"-"`
 }
 
 // Host is one machine, known by its MAC.
 type Host struct {
-	MAC      net.HardwareAddr `json:"-"`
-	Hostname string           `json:"hostname"`
-	Group    string           `json:"group,omitempty"`
-	Image    string           `json:"image,omitempty"`
-	Channel  string           `json:"channel,omitempty"`
-	Network  Network          `json:"network"`
-	Pos      Pos              `json:"-"`
+	MAC      net.HardwareAddr  `json:"-"`
+	Hostname string            `json:"hostname"`
+	Group    string            `json:"group,omitempty"`
+	Image    string            `json:"image,omitempty"`
+	Channel  string            `json:"channel,omitempty"`
+	Network  Network           `json:"-"`
+	Identity map[string]string `json:"-"` // an empty value removes the group's
+	Files    []*FileSpec       `json:"-"`
+	Pos      Pos               `json:"-"`
 }
 
 // Rollout is a staged assignment: the listed hosts, plus Percent percent of
@@ -147,23 +142,6 @@ func (d *Desired) HostImage(h *Host) *Image {
 		return d.resolve(g.Image, g.Channel)
 	}
 	return nil
-}
-
-// EffectiveNetwork merges the host's network over its group's.
-func (d *Desired) EffectiveNetwork(h *Host) Network {
-	n := h.Network
-	if g := d.Groups[h.Group]; g != nil {
-		if n.Gateway == "" {
-			n.Gateway = g.Network.Gateway
-		}
-		if len(n.DNS) == 0 {
-			n.DNS = g.Network.DNS
-		}
-		if n.Interface == "" {
-			n.Interface = g.Network.Interface
-		}
-	}
-	return n
 }
 
 // ValidationError lists every problem found in the directory, each naming
@@ -358,8 +336,8 @@ func (l *loader) image(file string, n *yaml.Node) {
 		return
 	}
 	switch {
-	case checkin.ValidDigest(img.Digest):
-	case checkin.ValidDigest("sha256:" + img.Digest):
+	case digest.Valid(img.Digest):
+	case digest.Valid("sha256:" + img.Digest):
 		// What mkimage prints and IMAGE.json's sha256 field hold.
 		l.errf(img.digestPos, "image %s: digest %q lacks its prefix: write digest: sha256:%s", img.Ref(), img.Digest, img.Digest)
 	case img.Digest == "":
@@ -380,48 +358,22 @@ func (l *loader) image(file string, n *yaml.Node) {
 	l.d.Images = append(l.d.Images, img)
 }
 
-func (l *loader) network(file string, n *yaml.Node) Network {
-	if n == nil {
-		return Network{}
-	}
-	f := l.mapping(file, n, "ip", "gateway", "dns", "interface")
-	nw := Network{
-		IP:        l.str(file, f["ip"], "ip"),
-		Gateway:   l.str(file, f["gateway"], "gateway"),
-		DNS:       l.strs(file, f["dns"], "dns"),
-		Interface: l.str(file, f["interface"], "interface"),
-	}
-	if nw.IP != "" {
-		if _, err := netip.ParsePrefix(nw.IP); err != nil {
-			l.errf(Pos{file, f["ip"].Line}, "ip %q: want an address with prefix length, e.g. 192.0.2.17/24", nw.IP)
-		}
-	}
-	if nw.Gateway != "" {
-		if _, err := netip.ParseAddr(nw.Gateway); err != nil {
-			l.errf(Pos{file, f["gateway"].Line}, "gateway %q: not an IP address", nw.Gateway)
-		}
-	}
-	for _, d := range nw.DNS {
-		if _, err := netip.ParseAddr(d); err != nil {
-			l.errf(Pos{file, f["dns"].Line}, "dns %q: not an IP address", d)
-		}
-	}
-	return nw
-}
-
 func (l *loader) group(file string, n *yaml.Node) {
-	f := l.mapping(file, n, "name", "image", "channel", "network")
+	f := l.mapping(file, n, "name", "image", "channel", "network", "identity", "files")
 	g := &Group{
 		Name:    l.str(file, f["name"], "name"),
 		Image:   l.str(file, f["image"], "image"),
 		Channel: l.str(file, f["channel"], "channel"),
-		Network: l.network(file, f["network"]),
 		Pos:     Pos{file, n.Line},
 	}
 	if g.Name == "" {
 		l.errf(g.Pos, "group: name missing")
 		return
 	}
+	who := "group " + g.Name
+	g.Network = l.network(file, f["network"], who, true)
+	g.Identity, _ = l.identity(file, f["identity"], who)
+	g.Files = l.files(file, f["files"], who)
 	if g.Image != "" && g.Channel != "" {
 		l.errf(g.Pos, "group %s: set image or channel, not both", g.Name)
 	}
@@ -435,16 +387,19 @@ func (l *loader) group(file string, n *yaml.Node) {
 var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
 func (l *loader) host(file string, n *yaml.Node) {
-	f := l.mapping(file, n, "mac", "hostname", "group", "image", "channel", "network")
+	f := l.mapping(file, n, "mac", "hostname", "group", "image", "channel", "network", "identity", "files")
 	p := Pos{file, n.Line}
 	h := &Host{
 		Hostname: l.str(file, f["hostname"], "hostname"),
 		Group:    l.str(file, f["group"], "group"),
 		Image:    l.str(file, f["image"], "image"),
 		Channel:  l.str(file, f["channel"], "channel"),
-		Network:  l.network(file, f["network"]),
 		Pos:      p,
 	}
+	who := "host " + h.Hostname
+	h.Network = l.network(file, f["network"], who, false)
+	h.Identity, _ = l.identity(file, f["identity"], who)
+	h.Files = l.files(file, f["files"], who)
 	macStr := l.str(file, f["mac"], "mac")
 	mac, err := net.ParseMAC(macStr)
 	if err != nil || len(mac) != 6 {
@@ -543,6 +498,11 @@ func (l *loader) crossCheck() {
 				l.errf(h.Pos, "%s: no image: set image or channel on the host or on its group", who)
 			}
 		}
+		// The merged configuration, and every template run for this
+		// host, with the image the YAML gives it: an assignment through
+		// the API changes only .Image.
+		_, problems := d.HostConfig(h, d.HostImage(h))
+		l.problems = append(l.problems, problems...)
 	}
 	for _, r := range d.Rollouts {
 		who := "rollout " + r.Name

@@ -62,7 +62,7 @@ func TestLoadExample(t *testing.T) {
 		t.Errorf("relative image path = %s, want %s", got, want)
 	}
 	nw := d.EffectiveNetwork(d.FindHost("web-01"))
-	if nw.IP != "192.0.2.11/24" || nw.Gateway != "192.0.2.1" || nw.Interface != "eth0" {
+	if len(nw.Addresses) != 1 || nw.Addresses[0] != "192.0.2.11/24" || len(nw.Gateway) != 1 || nw.Gateway[0] != "192.0.2.1" || nw.Interface != "eth0" {
 		t.Errorf("EffectiveNetwork(web-01) = %+v, want host ip with group gateway and interface", nw)
 	}
 	if d.FindHost("52:54:00:00:00:10") == nil || d.FindHost("52-54-00-00-00-10") == nil {
@@ -108,7 +108,7 @@ func TestLoadErrorsNameFileAndLine(t *testing.T) {
 		{"yaml syntax", map[string]string{"a.yaml": imgs + "hosts:\n  - mac: [\n"},
 			[]string{"a.yaml:7: did not find expected node content"}},
 		{"bad ip", map[string]string{"a.yaml": imgs + "hosts:\n  - mac: 52:54:00:00:00:01\n    hostname: h1\n    image: base@1\n    network: {ip: 10.0.0.1}\n"},
-			[]string{`a.yaml:10: ip "10.0.0.1": want an address with prefix length`}},
+			[]string{`a.yaml:10: host h1: ip "10.0.0.1": want an address with prefix length`}},
 		{"rollout percent", map[string]string{"a.yaml": imgs + "groups:\n  - name: g\n    image: base@1\nrollouts:\n  - name: r\n    image: base@1\n    group: g\n    percent: 150\n"},
 			[]string{"a.yaml:10: rollout r: percent 150 out of 0..100"}},
 		{"two problems, both reported", map[string]string{"a.yaml": imgs + "hosts:\n  - mac: 52:54:00:00:00:01\n    hostname: h1\n    image: base@7\n  - mac: 52:54:00:00:00:02\n    hostname: h2\n    image: base@8\n"},

@@ -1,8 +1,10 @@
 // Package fleet keeps the fleet's desired state (YAML files an operator
-// keeps in git), its observed state (what hosts report, in an embedded
-// append-only store), the boot ledger, and the admin API over both. It
-// answers the boot server (package pxe) through Lookup, which reads a
-// precomputed immutable snapshot swapped atomically on every change.
+// keeps in git), its observed state (what hosts report, in a database:
+// SQLite by default, PostgreSQL for several servers; see Store), the boot
+// ledger, and the admin API over both. It answers the boot server (package
+// pxe) through Lookup, which reads a precomputed immutable snapshot
+// swapped atomically on every change, here or (PostgreSQL) on any server
+// sharing the database, so no boot answer waits on the database.
 package fleet
 
 import (
@@ -27,8 +29,16 @@ import (
 
 // Options configure a Fleet.
 type Options struct {
-	Dir          string        // desired state: a directory of YAML files
-	StatePath    string        // the observed-state log, e.g. /var/lib/hnboot/fleet.db
+	Dir string // desired state: a directory of YAML files
+	// DB is the observed state's database: sqlite:///var/lib/hnboot/fleet.db
+	// (DefaultDB) or postgres://user@host/db (see OpenStore).
+	DB string
+	// Import is a JSON-lines store of an older imaged, imported once on
+	// the first start and then renamed aside (PATH.old-store); "" or a
+	// missing file: nothing to import.
+	Import       string
+	KeepBoots    int           // boots kept per MAC in the ledger; 0 → 10
+	KeepAudit    time.Duration // audit entries older than this are removed; 0 → kept forever
 	TokenFile    string        // admin tokens, "NAME TOKEN" per line; empty: every admin call is refused
 	OpenReads    bool          // GET endpoints need no token
 	PollInterval time.Duration // how often Run looks for changed files; 0 → 2s, <0 → never
@@ -36,6 +46,20 @@ type Options struct {
 	// Services, if set, adds the supervised services to status and metrics.
 	Services func() []supervisor.ServiceStatus
 	Now      func() time.Time // for tests; time.Now when nil
+	// CheckinWait is how long a check-in waits for the database before it
+	// is refused (503, the host retries); 0 → 3s.
+	CheckinWait time.Duration
+	// RefreshInterval is how often the snapshot is rebuilt from the
+	// database even without a change notification (a safety net); 0 → 30s.
+	RefreshInterval time.Duration
+	// LeaderRetry is how often a server that is not the leader tries to
+	// take the leader lock, and PruneInterval how often the leader
+	// applies retention; 0 → 2s and 1m.
+	LeaderRetry, PruneInterval time.Duration
+	// ImageCache is this server's cache of the image files' digests (a
+	// JSON file, so a restart does not rehash multi-GiB images); "" keeps
+	// it in memory only.
+	ImageCache string
 }
 
 // Fleet is the fleet state. Create it with New; it is safe for concurrent use.
@@ -43,8 +67,10 @@ type Fleet struct {
 	opts  Options
 	log   *slog.Logger
 	now   func() time.Time
-	store *Store
+	store Store
 	led   *Ledger
+	// images caches the digests of the image files checked at load.
+	images *imageCache
 
 	snap   atomic.Pointer[snapshot]
 	tokens atomic.Pointer[tokenSet]
@@ -61,6 +87,13 @@ type Fleet struct {
 	// hashed, which can take minutes.
 	reloadMu sync.Mutex
 
+	lastIn    buildInput // the database's part of the last snapshot, for rebuilds while it is away
+	dbErr     string     // the last database error seen by a rebuild, "" when fine
+	unsubDB   func()
+	leader    atomic.Bool
+	ciQ       chan *pendingCheckin
+	ciDone    chan struct{} // closed when the check-in writer has stopped
+	refresh   chan struct{}
 	checkins  map[string]*atomic.Uint64 // "ok", "error"
 	apiCodes  sync.Map                  // int → *atomic.Uint64
 	persistCh chan Boot
@@ -68,16 +101,12 @@ type Fleet struct {
 	wg        sync.WaitGroup
 }
 
-// Store keys.
-const (
-	keyObserved      = "observed/"       // + MAC → Observed
-	keyOverrideHost  = "override/host/"  // + MAC → Override
-	keyOverrideGroup = "override/group/" // + group → Override
-	keyRollout       = "rollout/"        // + name → APIRollout
-	keyRevert        = "revert/"         // + MAC → PendingRevert
-	keyBoot          = "boot/"           // + MAC + "/" + start → Boot
-	keyAudit         = "audit/"          // + time → AuditEntry
-)
+// opTimeout bounds one database operation on an admin or host request.
+const opTimeout = 10 * time.Second
+
+func dbCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), opTimeout)
+}
 
 // Override is an assignment made through the API. It lives in the store,
 // not in the operator's YAML, and wins over it until cleared (assign with
@@ -110,13 +139,16 @@ type AuditEntry struct {
 	Who    string    `json:"who"`
 	Action string    `json:"action"`
 	Target string    `json:"target"`
+	Host   string    `json:"host,omitempty"` // the host it was about, when one
+	MAC    string    `json:"mac,omitempty"`
 	Detail string    `json:"detail,omitempty"`
 	Remote string    `json:"remote,omitempty"`
 }
 
-// New loads the desired state (it must be valid, and every image file
-// that exists must match its digest), opens the store and builds the
-// first snapshot.
+// New loads the desired state (it must be valid), opens the database
+// (importing an old store once), and builds the first snapshot. The
+// database must answer now: without it the server would not know the
+// pending reverts and overrides its answers depend on.
 func New(opts Options) (*Fleet, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -127,6 +159,24 @@ func New(opts Options) (*Fleet, error) {
 	if opts.PollInterval == 0 {
 		opts.PollInterval = 2 * time.Second
 	}
+	if opts.KeepBoots <= 0 {
+		opts.KeepBoots = maxBootsPerMAC
+	}
+	if opts.CheckinWait <= 0 {
+		opts.CheckinWait = 3 * time.Second
+	}
+	if opts.RefreshInterval <= 0 {
+		opts.RefreshInterval = 30 * time.Second
+	}
+	if opts.LeaderRetry <= 0 {
+		opts.LeaderRetry = 2 * time.Second
+	}
+	if opts.PruneInterval <= 0 {
+		opts.PruneInterval = time.Minute
+	}
+	if opts.DB == "" {
+		return nil, errors.New("fleet: no database (Options.DB)")
+	}
 	d, err := Load(opts.Dir)
 	if err != nil {
 		return nil, err
@@ -135,14 +185,19 @@ func New(opts Options) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := OpenStore(opts.StatePath, opts.Logger)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	st, err := openWithImport(ctx, opts.DB, opts.Import, opts.Logger)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
 	f := &Fleet{
-		opts: opts, log: opts.Logger, now: opts.Now, store: st, led: NewLedger(),
+		opts: opts, log: opts.Logger, now: opts.Now, store: st, led: NewLedger(), images: &imageCache{path: opts.ImageCache},
 		reloads:   map[string]uint64{},
 		checkins:  map[string]*atomic.Uint64{"ok": {}, "error": {}},
+		ciQ:       make(chan *pendingCheckin, maxQueuedCheckins),
+		ciDone:    make(chan struct{}),
+		refresh:   make(chan struct{}, 1),
 		persistCh: make(chan Boot, 256),
 		done:      make(chan struct{}),
 	}
@@ -154,16 +209,24 @@ func New(opts Options) (*Fleet, error) {
 		return nil, err
 	}
 	f.reloadOK = f.now()
-	f.seedLedger()
 	f.mu.Lock()
 	f.rebuildLocked(d)
 	f.mu.Unlock()
-	f.wg.Add(1)
+	if f.dbErr != "" {
+		st.Close()
+		return nil, fmt.Errorf("fleet: %s", f.dbErr)
+	}
+	f.unsubDB = st.Subscribe(f.onChange)
+	f.wg.Add(4)
 	go f.persister()
+	go f.checkinWriter()
+	go f.refresher()
+	go f.leaderLoop()
+	f.log.Info("fleet: database", "backend", st.Backend(), "where", st.Where(), "schema", SchemaVersion())
 	return f, nil
 }
 
-// Close stops background work and closes the store.
+// Close stops background work and closes the database.
 func (f *Fleet) Close() error {
 	select {
 	case <-f.done:
@@ -171,7 +234,132 @@ func (f *Fleet) Close() error {
 		close(f.done)
 	}
 	f.wg.Wait()
+	f.unsubDB()
 	return f.store.Close()
+}
+
+// Store is the fleet's database, for work that builds on it (rollouts,
+// the dashboard's change feed through Store.Subscribe).
+func (f *Fleet) Store() Store { return f.store }
+
+// IsLeader reports whether this server holds the fleet's leader lock and
+// so runs the work that must happen once (retention).
+func (f *Fleet) IsLeader() bool { return f.leader.Load() }
+
+// onChange is the store's notification hook: a change committed by
+// another server (or a reconnect that may have missed some) refreshes the
+// snapshot. This server's own changes rebuilt it already.
+func (f *Fleet) onChange(c Change) {
+	if c.Local {
+		return
+	}
+	switch c.Kind {
+	case ChangeOverride, ChangeRevert, ChangeRollout, ChangeAll:
+		select {
+		case f.refresh <- struct{}{}:
+		default: // one rebuild pending already reads everything
+		}
+	}
+}
+
+// refresher rebuilds the snapshot on notifications and, as a safety net
+// (and to catch up after the database was away), every RefreshInterval.
+func (f *Fleet) refresher() {
+	defer f.wg.Done()
+	t := time.NewTicker(f.opts.RefreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.refresh:
+		case <-t.C:
+		case <-f.done:
+			return
+		}
+		f.mu.Lock()
+		f.rebuildLocked(nil)
+		f.mu.Unlock()
+	}
+}
+
+// leaderLoop takes the leader lock when it can and, while it holds it,
+// applies retention every PruneInterval. When the leader dies its lock
+// goes with its connection and another server's next try takes it.
+func (f *Fleet) leaderLoop() {
+	defer f.wg.Done()
+	f.runLeader("maintenance", f.opts.PruneInterval, f.maintain)
+}
+
+// runLeader runs work every interval while this server holds the named
+// leader lock, until Close. Issue-12 rollout steps run the same way.
+func (f *Fleet) runLeader(name string, every time.Duration, work func(ctx context.Context)) {
+	for {
+		ctx, cancel := dbCtx()
+		lock, err := f.store.TryLock(ctx, name)
+		cancel()
+		if err != nil {
+			f.log.Debug("fleet: leader lock", "lock", name, "err", err)
+		}
+		if lock != nil {
+			f.leader.Store(true)
+			f.log.Info("fleet: this server holds the leader lock", "lock", name, "database", f.store.Where())
+			wctx, wcancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-lock.Lost():
+				case <-f.done:
+				}
+				wcancel()
+			}()
+			t := time.NewTicker(every)
+			for held := true; held; {
+				work(wctx)
+				select {
+				case <-t.C:
+				case <-lock.Lost():
+					held = false
+				case <-f.done:
+					held = false
+				}
+			}
+			t.Stop()
+			wcancel()
+			f.leader.Store(false)
+			lock.Release()
+			select {
+			case <-f.done:
+				return
+			default:
+			}
+			f.log.Warn("fleet: leader lock lost (database connection broke); trying to take it again", "lock", name)
+		}
+		select {
+		case <-time.After(f.opts.LeaderRetry):
+		case <-f.done:
+			return
+		}
+	}
+}
+
+// maintain applies retention: the last KeepBoots boots per MAC, audit
+// entries younger than KeepAudit.
+func (f *Fleet) maintain(ctx context.Context) {
+	var boots, audit int64
+	err := f.store.Update(ctx, func(tx Tx) error {
+		var err error
+		if boots, err = tx.PruneBoots(f.opts.KeepBoots); err != nil {
+			return err
+		}
+		if f.opts.KeepAudit > 0 {
+			audit, err = tx.PruneAudit(f.now().Add(-f.opts.KeepAudit))
+		}
+		return err
+	})
+	switch {
+	case err != nil:
+		f.log.Warn("fleet: retention", "err", err)
+	case boots > 0 || audit > 0:
+		f.log.Info("fleet: retention", "boots_removed", boots, "audit_removed", audit)
+	}
 }
 
 // Lookup implements pxe.Directory: a map read on an immutable snapshot.
@@ -229,66 +417,182 @@ func (f *Fleet) persister() {
 	}
 }
 
+// persistBoot stores a boot that ended without a check-in. With the
+// database away it stays in the in-memory ledger only.
 func (f *Fleet) persistBoot(b Boot) {
-	key := fmt.Sprintf("%s%s/%020d", keyBoot, b.MAC, b.Start.UnixNano())
-	if err := f.store.Put(key, b); err != nil {
-		f.log.Error("fleet: persist boot record", "err", err)
-		return
-	}
-	keys := f.store.Keys(keyBoot + b.MAC + "/")
-	for len(keys) > maxBootsPerMAC {
-		f.store.Delete(keys[0])
-		keys = keys[1:]
+	ctx, cancel := dbCtx()
+	defer cancel()
+	if err := f.store.Update(ctx, func(tx Tx) error { return tx.PutBoot(&b) }); err != nil {
+		f.log.Warn("fleet: boot record kept in memory only", "mac", b.MAC, "err", err)
 	}
 }
 
-func (f *Fleet) seedLedger() {
-	byMAC := map[string][]Boot{}
-	for _, k := range f.store.Keys(keyBoot) {
-		var b Boot
-		if ok, err := f.store.Get(k, &b); ok && err == nil {
-			byMAC[b.MAC] = append(byMAC[b.MAC], b)
-		}
-	}
-	for mac, bs := range byMAC {
-		f.led.seed(mac, bs)
-	}
+// pendingCheckin is a check-in waiting for its group commit.
+type pendingCheckin struct {
+	obs    *Observed
+	queued time.Time
+	done   chan error
 }
+
+const (
+	// maxQueuedCheckins bounds the check-ins waiting for the database;
+	// beyond it a check-in is refused at once (503) and the host retries.
+	maxQueuedCheckins = 4096
+	maxCheckinBatch   = 256
+)
 
 // Checkin stores a host's check-in, parsed and validated at the HTTP edge
 // (checkin.Parse): POST /api/checkin here, the boot server's /checkin
-// (Checkin is its pxe.CheckinHandler). An init's check-in closes the boot
-// in the ledger; one that reports the pending revert ID clears it.
+// (Checkin is its pxe.CheckinHandler). It returns once the check-in is
+// committed: a nil error is the promise to the host that it is stored, so
+// the handlers answer 2xx only then. While the database is away a
+// check-in waits up to CheckinWait and is then refused with an ErrDatabase
+// (503): the host keeps it and sends it again. An init's check-in closes
+// the boot in the ledger; one that reports the pending revert ID clears it.
 func (f *Fleet) Checkin(c *checkin.Checkin) error {
-	obs := &Observed{Checkin: *c, Time: f.now()}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.store.Put(keyObserved+c.MAC, obs); err != nil {
+	p := &pendingCheckin{obs: &Observed{Checkin: *c, Time: f.now()}, queued: time.Now(), done: make(chan error, 1)}
+	select {
+	case f.ciQ <- p:
+	default:
 		f.checkins["error"].Add(1)
-		return fmt.Errorf("store the check-in of %s: %w", c.MAC, err)
+		return fmt.Errorf("check-in of %s not stored: %w: %d check-ins are waiting for it", c.MAC, ErrDatabase, maxQueuedCheckins)
 	}
-	f.checkins["ok"].Add(1)
-	hw, _ := net.ParseMAC(c.MAC)
-	if c.Source == checkin.SourceInit {
-		s := f.snap.Load()
-		ev := LedgerEvent{Time: obs.Time, Kind: pxe.KindCheckin, Detail: summary(c, s.imageName)}
-		b, prev := f.led.add(c.MAC, ev, obs)
+	select {
+	case err := <-p.done:
+		return err
+	case <-f.ciDone:
+		select {
+		case err := <-p.done:
+			return err
+		default:
+		}
+		return fmt.Errorf("check-in of %s not stored: the server is stopping", c.MAC)
+	}
+}
+
+// checkinWriter commits queued check-ins in groups: whatever arrived while
+// the last commit ran goes into the next one transaction, so one fsync
+// (SQLite) or one round trip (PostgreSQL) serves many hosts.
+func (f *Fleet) checkinWriter() {
+	defer f.wg.Done()
+	defer close(f.ciDone)
+	for {
+		var batch []*pendingCheckin
+		select {
+		case p := <-f.ciQ:
+			batch = append(batch, p)
+		case <-f.done:
+			for {
+				select {
+				case p := <-f.ciQ:
+					p.done <- errors.New("check-in not stored: the server is stopping")
+				default:
+					return
+				}
+			}
+		}
+	more:
+		for len(batch) < maxCheckinBatch {
+			select {
+			case p := <-f.ciQ:
+				batch = append(batch, p)
+			default:
+				break more
+			}
+		}
+		f.commitCheckins(batch)
+	}
+}
+
+func (f *Fleet) commitCheckins(batch []*pendingCheckin) {
+	s := f.snap.Load()
+	boots := make([][]Boot, len(batch))
+	macs := make([]string, 0, len(batch))
+	for i, p := range batch {
+		c := &p.obs.Checkin
+		macs = append(macs, c.MAC)
+		if c.Source != checkin.SourceInit {
+			continue
+		}
+		hw, _ := net.ParseMAC(c.MAC)
+		ev := LedgerEvent{Time: p.obs.Time, Kind: pxe.KindCheckin, Detail: summary(c, s.imageName)}
+		b, prev := f.led.add(c.MAC, ev, p.obs)
 		if s.desired.HostByMAC(hw) != nil {
 			if prev != nil {
-				f.persistBoot(*prev)
+				boots[i] = append(boots[i], *prev)
 			}
-			f.persistBoot(b)
+			boots[i] = append(boots[i], b)
 		}
 	}
-	var pr PendingRevert
-	if ok, _ := f.store.Get(keyRevert+c.MAC, &pr); ok && c.RevertApplied != "" && c.RevertApplied == pr.ID {
-		if err := f.store.Delete(keyRevert + c.MAC); err != nil {
-			return fmt.Errorf("clear the pending revert of %s: %w", c.MAC, err)
+	deadline := batch[0].queued.Add(f.opts.CheckinWait)
+	var cleared []string
+	var err error
+	for attempt := 0; ; attempt++ {
+		cleared = cleared[:0]
+		ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
+		err = f.store.Update(ctx, func(tx Tx) error {
+			for i, p := range batch {
+				c := &p.obs.Checkin
+				if err := tx.PutObserved(p.obs); err != nil {
+					return err
+				}
+				for j := range boots[i] {
+					if err := tx.PutBoot(&boots[i][j]); err != nil {
+						return err
+					}
+				}
+				if c.RevertApplied == "" {
+					continue
+				}
+				ok, err := tx.DeleteRevert(c.MAC, c.RevertApplied)
+				if err != nil {
+					return err
+				}
+				if ok {
+					hw, _ := net.ParseMAC(c.MAC)
+					e := AuditEntry{Time: p.obs.Time, Who: "host:" + c.MAC, Action: "revert-applied", Target: c.MAC, MAC: c.MAC,
+						Detail: "revert " + c.RevertApplied + " applied by the host"}
+					if h := s.desired.HostByMAC(hw); h != nil {
+						e.Host = h.Hostname
+					}
+					if err := tx.AppendAudit(e); err != nil {
+						return err
+					}
+					tx.Changed(ChangeRevert, c.MAC)
+					cleared = append(cleared, c.MAC)
+				}
+			}
+			tx.Changed(ChangeCheckin, macs...)
+			return nil
+		})
+		cancel()
+		if err == nil || !errors.Is(err, ErrDatabase) || !time.Now().Add(100*time.Millisecond).Before(deadline) {
+			break
 		}
-		f.auditLocked(AuditEntry{Who: "host:" + c.MAC, Action: "revert-applied", Target: c.MAC, Detail: "revert " + pr.ID + " applied by the host"})
+		time.Sleep(min(100*time.Millisecond<<attempt, time.Until(deadline)))
+	}
+	for _, mac := range cleared {
+		f.log.Info("fleet: audit", "who", "host:"+mac, "action", "revert-applied", "target", mac)
+	}
+	if len(cleared) > 0 {
+		// Before the answer: once the host hears 2xx, its next boot is
+		// answered without the revert.
+		f.mu.Lock()
 		f.rebuildLocked(nil)
+		f.mu.Unlock()
 	}
-	return nil
+	if err != nil {
+		f.log.Warn("fleet: check-ins refused (hosts retry)", "count", len(batch), "err", err)
+	}
+	for _, p := range batch {
+		if err != nil {
+			f.checkins["error"].Add(1)
+			p.done <- fmt.Errorf("check-in of %s not stored: %w", p.obs.MAC, err)
+		} else {
+			f.checkins["ok"].Add(1)
+			p.done <- nil
+		}
+	}
 }
 
 // Reload re-reads the YAML directory and the token file, and checks the
@@ -503,32 +807,49 @@ func (f *Fleet) Assign(who, remote string, t Target, image string) (Target, erro
 		return t, fmt.Errorf("unknown image %q (declare it in %s first)", image, d.Dir)
 	}
 	ov := Override{Image: image, By: who, Time: f.now()}
-	var key string
-	if t.Host != "" {
-		key = keyOverrideHost + hosts[0].MAC.String()
-	} else {
-		key = keyOverrideGroup + t.Group
-		for _, h := range hosts {
-			if err := f.store.Delete(keyOverrideHost + h.MAC.String()); err != nil {
-				return t, err
-			}
-		}
-	}
-	if image == "" {
-		err = f.store.Delete(key)
-	} else {
-		err = f.store.Put(key, ov)
-	}
-	if err != nil {
-		return t, err
-	}
 	detail := "image " + image
 	if image == "" {
 		detail = "override cleared; the YAML assignment applies"
 	}
-	f.auditLocked(AuditEntry{Who: who, Remote: remote, Action: "assign", Target: t.String(), Detail: detail})
+	e := AuditEntry{Who: who, Remote: remote, Action: "assign", Target: t.String(), Detail: detail}
+	kind, name := OverrideGroup, t.Group
+	if t.Host != "" {
+		kind, name = OverrideHost, hosts[0].MAC.String()
+		e.Host, e.MAC = hosts[0].Hostname, name
+	}
+	err = f.update(func(tx Tx) error {
+		if kind == OverrideGroup {
+			for _, h := range hosts {
+				if err := tx.DeleteOverride(OverrideHost, h.MAC.String()); err != nil {
+					return err
+				}
+			}
+		}
+		var err error
+		if image == "" {
+			err = tx.DeleteOverride(kind, name)
+		} else {
+			err = tx.PutOverride(kind, name, ov)
+		}
+		if err != nil {
+			return err
+		}
+		tx.Changed(ChangeOverride, kind+"/"+name)
+		return f.auditTx(tx, e)
+	})
+	if err != nil {
+		return t, err
+	}
 	f.rebuildLocked(nil)
 	return t, nil
+}
+
+// update runs an admin action's writes and its audit entry in one
+// transaction: both happen or neither.
+func (f *Fleet) update(fn func(Tx) error) error {
+	ctx, cancel := dbCtx()
+	defer cancel()
+	return f.store.Update(ctx, fn)
 }
 
 // RevertResult tells what a revert did for one host.
@@ -560,31 +881,46 @@ func (f *Fleet) Revert(who, remote string, t Target) ([]RevertResult, error) {
 	}
 	now := f.now()
 	var out []RevertResult
-	for _, h := range hosts {
-		mac := h.MAC.String()
-		r := RevertResult{Host: h.Hostname, MAC: mac, ID: newRevertID(now)}
-		var obs Observed
-		if ok, _ := f.store.Get(keyObserved+mac, &obs); !ok {
-			r.Note = "host never checked in: no old image known; assignment unchanged"
-		} else if obs.Images.Old == "" {
-			r.Note = "host reported no old image: the init will boot its current image; assignment unchanged"
-		} else if img := s.imageByDigest[obs.Images.Old]; img == nil {
-			r.Note = "host's old image " + short(obs.Images.Old) + " is not declared; assignment unchanged"
-		} else {
-			r.PinnedTo = img.Ref()
-			if err := f.store.Put(keyOverrideHost+mac, Override{Image: img.Ref(), By: who, Time: now, Note: "revert " + r.ID}); err != nil {
-				return out, err
+	err = f.update(func(tx Tx) error {
+		out = out[:0]
+		for _, h := range hosts {
+			mac := h.MAC.String()
+			r := RevertResult{Host: h.Hostname, MAC: mac, ID: newRevertID(now)}
+			obs, err := tx.GetObserved(mac)
+			if err != nil {
+				return err
 			}
+			if obs == nil {
+				r.Note = "host never checked in: no old image known; assignment unchanged"
+			} else if obs.Images.Old == "" {
+				r.Note = "host reported no old image: the init will boot its current image; assignment unchanged"
+			} else if img := s.imageByDigest[obs.Images.Old]; img == nil {
+				r.Note = "host's old image " + short(obs.Images.Old) + " is not declared; assignment unchanged"
+			} else {
+				r.PinnedTo = img.Ref()
+				if err := tx.PutOverride(OverrideHost, mac, Override{Image: img.Ref(), By: who, Time: now, Note: "revert " + r.ID}); err != nil {
+					return err
+				}
+				tx.Changed(ChangeOverride, OverrideHost+"/"+mac)
+			}
+			if err := tx.PutRevert(mac, PendingRevert{ID: r.ID, By: who, Time: now}); err != nil {
+				return err
+			}
+			tx.Changed(ChangeRevert, mac)
+			detail := "revert " + r.ID
+			if r.PinnedTo != "" {
+				detail += ", assigned " + r.PinnedTo
+			}
+			if err := f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "revert", Target: h.Hostname + " " + mac,
+				Host: h.Hostname, MAC: mac, Detail: detail}); err != nil {
+				return err
+			}
+			out = append(out, r)
 		}
-		if err := f.store.Put(keyRevert+mac, PendingRevert{ID: r.ID, By: who, Time: now}); err != nil {
-			return out, err
-		}
-		detail := "revert " + r.ID
-		if r.PinnedTo != "" {
-			detail += ", assigned " + r.PinnedTo
-		}
-		f.auditLocked(AuditEntry{Who: who, Remote: remote, Action: "revert", Target: h.Hostname + " " + mac, Detail: detail})
-		out = append(out, r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	f.rebuildLocked(nil)
 	return out, nil
@@ -599,10 +935,16 @@ func (f *Fleet) SetRollout(who, remote string, r Rollout, del bool) error {
 		return errors.New("rollout: name missing or contains '/' or spaces")
 	}
 	if del {
-		if err := f.store.Delete(keyRollout + r.Name); err != nil {
+		err := f.update(func(tx Tx) error {
+			if err := tx.DeleteRollout(r.Name); err != nil {
+				return err
+			}
+			tx.Changed(ChangeRollout, r.Name)
+			return f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "rollout-delete", Target: "rollout " + r.Name})
+		})
+		if err != nil {
 			return err
 		}
-		f.auditLocked(AuditEntry{Who: who, Remote: remote, Action: "rollout-delete", Target: "rollout " + r.Name})
 		f.rebuildLocked(nil)
 		return nil
 	}
@@ -623,66 +965,112 @@ func (f *Fleet) SetRollout(who, remote string, r Rollout, del bool) error {
 			return fmt.Errorf("rollout %s: unknown host %q", r.Name, h)
 		}
 	}
-	if err := f.store.Put(keyRollout+r.Name, APIRollout{Rollout: r, By: who, Time: f.now()}); err != nil {
+	err := f.update(func(tx Tx) error {
+		if err := tx.PutRollout(APIRollout{Rollout: r, By: who, Time: f.now()}); err != nil {
+			return err
+		}
+		tx.Changed(ChangeRollout, r.Name)
+		return f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "rollout", Target: "rollout " + r.Name,
+			Detail: fmt.Sprintf("image %s, group %q, %d%%, hosts %v", r.Image, r.Group, r.Percent, r.Hosts)})
+	})
+	if err != nil {
 		return err
 	}
-	f.auditLocked(AuditEntry{Who: who, Remote: remote, Action: "rollout", Target: "rollout " + r.Name,
-		Detail: fmt.Sprintf("image %s, group %q, %d%%, hosts %v", r.Image, r.Group, r.Percent, r.Hosts)})
 	f.rebuildLocked(nil)
 	return nil
 }
 
-func (f *Fleet) auditLocked(e AuditEntry) {
+// auditTx appends e in the transaction of the action it records.
+func (f *Fleet) auditTx(tx Tx, e AuditEntry) error {
 	if e.Time.IsZero() {
 		e.Time = f.now()
 	}
-	key := fmt.Sprintf("%s%020d", keyAudit, e.Time.UnixNano())
-	for i := 1; ; i++ { // two entries in the same nanosecond
-		var x AuditEntry
-		if ok, _ := f.store.Get(key, &x); !ok {
-			break
-		}
-		key = fmt.Sprintf("%s%020d-%d", keyAudit, e.Time.UnixNano(), i)
-	}
-	if err := f.store.Put(key, e); err != nil {
-		f.log.Error("fleet: audit log write failed", "err", err)
+	if err := tx.AppendAudit(e); err != nil {
+		return err
 	}
 	f.log.Info("fleet: audit", "who", e.Who, "action", e.Action, "target", e.Target, "detail", e.Detail)
+	return nil
 }
 
-// Audit returns the last n audit entries, oldest first (n <= 0: all).
+// audit records an action that writes nothing else.
+func (f *Fleet) audit(e AuditEntry) error {
+	return f.update(func(tx Tx) error { return f.auditTx(tx, e) })
+}
+
+// Audit returns the last n audit entries, oldest first (n <= 0: all);
+// none when the database is away.
 func (f *Fleet) Audit(n int) []AuditEntry {
-	keys := f.store.Keys(keyAudit)
-	if n > 0 && len(keys) > n {
-		keys = keys[len(keys)-n:]
+	es, err := f.QueryAudit(AuditQuery{Limit: n}, "")
+	if err != nil {
+		f.log.Warn("fleet: audit log", "err", err)
 	}
-	out := make([]AuditEntry, 0, len(keys))
-	for _, k := range keys {
-		var e AuditEntry
-		if ok, err := f.store.Get(k, &e); ok && err == nil {
-			out = append(out, e)
+	return es
+}
+
+// QueryAudit selects audit entries; host, if set, is a hostname or MAC
+// and matches entries about that host under either name.
+func (f *Fleet) QueryAudit(q AuditQuery, host string) ([]AuditEntry, error) {
+	if host != "" {
+		d := f.snap.Load().desired
+		q.Hosts = []string{host}
+		if h := d.FindHost(host); h != nil {
+			q.Hosts = []string{h.Hostname, h.MAC.String()}
+		} else if m, err := net.ParseMAC(host); err == nil {
+			q.Hosts = []string{m.String()}
+			if h := d.HostByMAC(m); h != nil {
+				q.Hosts = append(q.Hosts, h.Hostname)
+			}
 		}
 	}
-	return out
+	var out []AuditEntry
+	ctx, cancel := dbCtx()
+	defer cancel()
+	err := f.store.View(ctx, func(tx Tx) error {
+		var err error
+		out, err = tx.QueryAudit(q)
+		return err
+	})
+	return out, err
 }
 
 // observed returns the last check-in of every MAC.
-func (f *Fleet) observed() map[string]*Observed {
-	out := map[string]*Observed{}
-	for _, k := range f.store.Keys(keyObserved) {
-		var c Observed
-		if ok, err := f.store.Get(k, &c); ok && err == nil {
-			out[c.MAC] = &c
-		}
+func (f *Fleet) observed() (map[string]*Observed, error) {
+	var list []*Observed
+	ctx, cancel := dbCtx()
+	defer cancel()
+	err := f.store.View(ctx, func(tx Tx) error {
+		var err error
+		list, err = tx.ListObserved()
+		return err
+	})
+	out := make(map[string]*Observed, len(list))
+	for _, o := range list {
+		out[o.MAC] = o
 	}
-	return out
+	return out, err
+}
+
+// observedOf returns the last check-in of one MAC (nil: none).
+func (f *Fleet) observedOf(mac string) (*Observed, error) {
+	var o *Observed
+	ctx, cancel := dbCtx()
+	defer cancel()
+	err := f.store.View(ctx, func(tx Tx) error {
+		var err error
+		o, err = tx.GetObserved(mac)
+		return err
+	})
+	return o, err
 }
 
 // KnownHosts is an ssh_known_hosts file from the host keys the hosts
 // reported: "hostname,ip key" per key, sorted by hostname.
-func (f *Fleet) KnownHosts() string {
+func (f *Fleet) KnownHosts() (string, error) {
 	d := f.snap.Load().desired
-	obs := f.observed()
+	obs, err := f.observed()
+	if err != nil {
+		return "", err
+	}
 	type line struct{ name, text string }
 	var lines []line
 	for mac, c := range obs {
@@ -690,8 +1078,8 @@ func (f *Fleet) KnownHosts() string {
 		hw, _ := net.ParseMAC(mac)
 		if h := d.HostByMAC(hw); h != nil {
 			names = append(names, h.Hostname)
-			if ip := d.EffectiveNetwork(h).IP; ip != "" {
-				names = append(names, strings.Split(ip, "/")[0])
+			if a := d.EffectiveNetwork(h).Addresses; len(a) > 0 {
+				names = append(names, strings.Split(a[0], "/")[0])
 			}
 		} else if c.Hostname != "" {
 			names = append(names, c.Hostname)
@@ -713,7 +1101,7 @@ func (f *Fleet) KnownHosts() string {
 	for _, l := range lines {
 		b.WriteString(l.text + "\n")
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 func short(digest string) string {

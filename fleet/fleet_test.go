@@ -32,16 +32,27 @@ const (
 )
 
 type env struct {
-	dir, state, tokens string
-	f                  *Fleet
-	srv                *httptest.Server
+	dir, db, tokens string
+	importPath      string
+	tweak           func(*Options)
+	f               *Fleet
+	srv             *httptest.Server
 }
 
 func newEnv(t *testing.T, openReads bool) *env {
 	t.Helper()
-	e := &env{dir: copyExample(t)}
+	return newEnvDB(t, openReads, "", nil)
+}
+
+// newEnvDB is newEnv on the database dbURL ("": a SQLite file of its
+// own), with Options changed by tweak.
+func newEnvDB(t *testing.T, openReads bool, dbURL string, tweak func(*Options)) *env {
+	t.Helper()
+	e := &env{dir: copyExample(t), db: dbURL, tweak: tweak}
 	tmp := t.TempDir()
-	e.state = filepath.Join(tmp, "state", "fleet.db")
+	if e.db == "" {
+		e.db = "sqlite://" + filepath.Join(tmp, "state", "fleet.db")
+	}
 	e.tokens = filepath.Join(tmp, "tokens")
 	os.WriteFile(e.tokens, []byte("# admin tokens\nalice "+aliceToken+"\nbob "+bobToken+"\n"), 0o600)
 	e.open(t, openReads)
@@ -50,8 +61,12 @@ func newEnv(t *testing.T, openReads bool) *env {
 
 func (e *env) open(t *testing.T, openReads bool) {
 	t.Helper()
-	f, err := New(Options{Dir: e.dir, StatePath: e.state, TokenFile: e.tokens, OpenReads: openReads, PollInterval: -1,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts := Options{Dir: e.dir, DB: e.db, Import: e.importPath, TokenFile: e.tokens, OpenReads: openReads, PollInterval: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if e.tweak != nil {
+		e.tweak(&opts)
+	}
+	f, err := New(opts)
 	if err != nil {
 		t.Fatalf("New = %v", err)
 	}
@@ -243,9 +258,13 @@ func TestTokenMatch(t *testing.T) {
 	}
 }
 
-// The big red button, end to end through the API.
+// The big red button, end to end through the API, on either database.
 func TestRevertFlow(t *testing.T) {
-	e := newEnv(t, false)
+	forBackends(t, testRevertFlow)
+}
+
+func testRevertFlow(t *testing.T, dbURL string) {
+	e := newEnvDB(t, false, dbURL, nil)
 	mac := mustMAC("52:54:00:00:00:10") // db-01, assigned base@1.3
 	ci := func(body string) {
 		t.Helper()
@@ -314,7 +333,11 @@ func TestRevertFlow(t *testing.T) {
 }
 
 func TestAssignPrecedence(t *testing.T) {
-	e := newEnv(t, false)
+	forBackends(t, testAssignPrecedence)
+}
+
+func testAssignPrecedence(t *testing.T, dbURL string) {
+	e := newEnvDB(t, false, dbURL, nil)
 	web01 := mustMAC("52:54:00:00:00:01")
 	step := func(path string, body any, wantCode int, wantDigest string) {
 		t.Helper()
@@ -440,7 +463,11 @@ func TestCheckinLedger(t *testing.T) {
 // server's /checkin and the fleet's /api/checkin, and comes back out of
 // the status API and a reopened store as parsed.
 func TestCheckinStoredAsSent(t *testing.T) {
-	e := newEnv(t, true)
+	forBackends(t, testCheckinStoredAsSent)
+}
+
+func testCheckinStoredAsSent(t *testing.T, dbURL string) {
+	e := newEnvDB(t, true, dbURL, nil)
 	h := pxe.NewHTTPHandler(pxe.HTTPConfig{}, e.f, pxe.NewExtractor(t.TempDir()), nil, e.f, e.f.Checkin, e.f.Handler(), slog.New(slog.DiscardHandler), nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -464,7 +491,8 @@ func TestCheckinStoredAsSent(t *testing.T) {
 		if resp.StatusCode != tc.code {
 			t.Fatalf("POST %s (%s) = %s, want %d", tc.path, tc.file, resp.Status, tc.code)
 		}
-		got := e.f.observed()[want.MAC]
+		obs, _ := e.f.observed()
+		got := obs[want.MAC]
 		if got == nil || !reflect.DeepEqual(got.Checkin, *want) || got.Time.IsZero() {
 			t.Fatalf("stored after POST %s (%s) =\n%+v\nwant\n%+v", tc.path, tc.file, got, want)
 		}
@@ -481,11 +509,13 @@ func TestCheckinStoredAsSent(t *testing.T) {
 	if err != nil || len(why.Boots) != 1 || why.Boots[0].Checkin == nil || why.Boots[0].Checkin.Action != "promote" {
 		t.Errorf("Why(init host) = %+v, %v; want one boot closed by the init's check-in", why.Boots, err)
 	}
-	want := e.f.observed()["52:54:00:12:34:56"]
+	obs, _ := e.f.observed()
+	want := obs["52:54:00:12:34:56"]
 	srv.Close()
 	e.f.Close()
 	e.open(t, true)
-	if got := e.f.observed()["52:54:00:12:34:56"]; !reflect.DeepEqual(got.Checkin, want.Checkin) || !got.Time.Equal(want.Time) {
+	obs, _ = e.f.observed()
+	if got := obs["52:54:00:12:34:56"]; !reflect.DeepEqual(got.Checkin, want.Checkin) || !got.Time.Equal(want.Time) {
 		t.Errorf("after reopening the store: %+v, want %+v", got, want)
 	}
 }
@@ -620,7 +650,7 @@ func BenchmarkLookup(b *testing.B) {
 		fmt.Fprintf(&sb, "  - {mac: \"52:54:00:00:%02x:%02x\", hostname: h%d, image: base@1}\n", i>>8, i&0xff, i)
 	}
 	os.WriteFile(filepath.Join(dir, "f.yaml"), []byte(sb.String()), 0o644)
-	f, err := New(Options{Dir: dir, StatePath: filepath.Join(dir, "s.db"), PollInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	f, err := New(Options{Dir: dir, DB: "sqlite://" + filepath.Join(dir, "s.db"), PollInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -677,6 +707,21 @@ func TestDesiredForAgent(t *testing.T) {
 		}
 		if got.Force != nil {
 			t.Errorf("GET desired %s force = %s, want absent (nothing sets it)", c.mac, got.Force)
+		}
+	}
+}
+
+// The streamed status is the JSON writeJSON would write, byte for byte.
+func TestWriteStatusIsWriteJSON(t *testing.T) {
+	e := newEnv(t, true)
+	e.f.Checkin(mustParse(t, `{"mac":"52:54:00:00:00:01","images":{"current":"`+d12+`"}}`))
+	e.f.Checkin(mustParse(t, `{"mac":"52:54:00:99:00:01","hostname":"stray"}`))
+	for _, st := range []Status{e.f.Status(), {Dir: "empty"}, {Dir: "no unknown", Hosts: e.f.Status().Hosts[:1]}} {
+		a, b := httptest.NewRecorder(), httptest.NewRecorder()
+		writeJSON(a, 200, st)
+		writeStatus(b, st)
+		if a.Body.String() != b.Body.String() {
+			t.Errorf("writeStatus =\n%s\nwant (writeJSON)\n%s", b.Body, a.Body)
 		}
 	}
 }

@@ -2,24 +2,93 @@ package fleet
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
-	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
+	"github.com/hnboot/hnboot/internal/durable"
 )
 
-// keyImageDigest + absolute path → fileDigest. The cache lives in the
-// observed-state store, so a restart does not rehash either.
-const keyImageDigest = "imagedigest/"
+// imageCache is the digest cache of the image files, path → fileDigest.
+// It is this server's own (the files are local; servers sharing a
+// database each have their own), kept in Options.ImageCache so a restart
+// does not rehash either, and in memory only when that is "".
+type imageCache struct {
+	mu    sync.Mutex
+	path  string
+	files map[string]fileDigest
+}
+
+func (c *imageCache) load() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.files != nil {
+		return
+	}
+	c.files = map[string]fileDigest{}
+	if c.path == "" {
+		return
+	}
+	if b, err := os.ReadFile(c.path); err == nil {
+		json.Unmarshal(b, &c.files) // a damaged cache only costs a rehash
+	}
+}
+
+func (c *imageCache) get(path string) (fileDigest, bool) {
+	c.load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, ok := c.files[path]
+	return d, ok
+}
+
+func (c *imageCache) put(path string, d fileDigest) error {
+	c.load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.files[path] = d
+	return c.saveLocked()
+}
+
+// keep forgets every file not in paths.
+func (c *imageCache) keep(paths map[string]bool) error {
+	c.load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(c.files)
+	for p := range c.files {
+		if !paths[p] {
+			delete(c.files, p)
+		}
+	}
+	if len(c.files) == n {
+		return nil
+	}
+	return c.saveLocked()
+}
+
+func (c *imageCache) saveLocked() error {
+	if c.path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(c.files, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
+		return err
+	}
+	return durable.WriteFile(c.path, append(b, '\n'), 0o600)
+}
 
 // fileDigest is a cached digest and the identity of the file it was
 // computed from. The change time is part of the identity because
@@ -54,42 +123,20 @@ const (
 )
 
 // hashFile is sha256 of a file as "sha256:<hex>"; progress (may be nil) is
-// called with the bytes read so far. A variable so tests can count and
-// hold hashing.
+// called every progressEvery with the bytes read so far. A variable so
+// tests can count and hold hashing.
 var hashFile = func(path string, progress func(done int64)) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	var w io.Writer = h
+	var every func(int64)
 	if progress != nil {
-		w = &progressWriter{w: h, fn: progress}
-	}
-	if _, err := io.CopyBuffer(w, f, make([]byte, 1<<20)); err != nil {
-		return "", err
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
-}
-
-type progressWriter struct {
-	w    io.Writer
-	n    int64
-	fn   func(int64)
-	last time.Time
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	p.n += int64(n)
-	if now := time.Now(); now.Sub(p.last) >= progressEvery {
-		if !p.last.IsZero() {
-			p.fn(p.n)
+		last := time.Now()
+		every = func(n int64) {
+			if now := time.Now(); now.Sub(last) >= progressEvery {
+				progress(n)
+				last = now
+			}
 		}
-		p.last = now
 	}
-	return n, err
+	return digest.File(path, every)
 }
 
 // checkImages checks every declared image's digest against its file,
@@ -133,10 +180,12 @@ func (f *Fleet) checkImages(d *Desired) error {
 	}
 	// Forget files no longer declared, only now: a failed reload keeps
 	// serving the last good state, whose files stay cached.
-	for _, k := range f.store.Keys(keyImageDigest) {
-		if _, ok := seen[strings.TrimPrefix(k, keyImageDigest)]; !ok {
-			f.store.Delete(k)
-		}
+	keep := map[string]bool{}
+	for p := range seen {
+		keep[p] = true
+	}
+	if err := f.images.keep(keep); err != nil {
+		f.log.Warn("fleet: cannot save the image digest cache", "file", f.images.path, "err", err)
 	}
 	return nil
 }
@@ -152,9 +201,7 @@ func (f *Fleet) imageDigest(img *Image) (string, error) {
 		return "", fmt.Errorf("%s is not a regular file: point path: at the image file", img.Path)
 	}
 	id := identity(fi)
-	key := keyImageDigest + img.Path
-	var cached fileDigest
-	if ok, err := f.store.Get(key, &cached); ok && err == nil && cached.sameFile(id) && checkin.ValidDigest(cached.Digest) {
+	if cached, ok := f.images.get(img.Path); ok && cached.sameFile(id) && digest.Valid(cached.Digest) {
 		return cached.Digest, nil
 	}
 	log := f.log.With("image", img.Ref(), "path", img.Path, "size", fi.Size())
@@ -183,7 +230,7 @@ func (f *Fleet) imageDigest(img *Image) (string, error) {
 		return "", fmt.Errorf("%s changed while it was being hashed (still being copied?); it is checked again at the next reload once it stops changing", img.Path)
 	}
 	id.Digest = digest
-	if err := f.store.Put(key, id); err != nil {
+	if err := f.images.put(img.Path, id); err != nil {
 		// Not fatal: the digest is right, only the next reload hashes again.
 		log.Warn("fleet: cannot cache the image digest", "err", err)
 	}

@@ -59,7 +59,7 @@ func (e *imageFleet) writeYAML(t *testing.T, d1, d2 string) {
 
 func (e *imageFleet) open(t *testing.T) (*Fleet, error) {
 	t.Helper()
-	f, err := New(Options{Dir: e.dir, StatePath: e.state, PollInterval: -1, OpenReads: true,
+	f, err := New(Options{Dir: e.dir, DB: "sqlite://" + e.state, ImageCache: e.state + ".image-digests.json", PollInterval: -1, OpenReads: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil {
 		e.f = f

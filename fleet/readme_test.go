@@ -8,10 +8,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 
+	"github.com/hnboot/hnboot/internal/hostconfig"
 	"github.com/hnboot/hnboot/internal/readme"
 	"github.com/hnboot/hnboot/pxe"
 )
@@ -58,9 +61,33 @@ func TestReadmeExamples(t *testing.T) {
 	if got, want := d.Image("web@1").Path, filepath.Join(dir, "images/web-1.img"); got != want {
 		t.Errorf("README's relative image path = %s, want %s", got, want)
 	}
-	if nw := d.EffectiveNetwork(d.FindHost("web-07")); nw.IP != "192.0.2.17/24" || nw.Gateway != "192.0.2.1" || len(nw.DNS) != 2 {
+	if nw := d.EffectiveNetwork(d.FindHost("web-07")); len(nw.Addresses) != 1 || nw.Addresses[0] != "192.0.2.17/24" || len(nw.Gateway) != 1 || nw.Gateway[0] != "192.0.2.1" || len(nw.DNS) != 2 {
 		t.Errorf("EffectiveNetwork(web-07) = %+v, want the host's ip and the group's gateway and dns", nw)
 	}
+	// What the README shows web-07 and osd-01 get.
+	h := d.FindHost("web-07")
+	c, problems := d.HostConfig(h, d.HostImage(h))
+	if len(problems) > 0 {
+		t.Fatalf("HostConfig(web-07) problems %q", problems)
+	}
+	main := hostconfig.Networkd(c.Network)
+	unit := main[len(main)-1].Content
+	unit = unit[strings.Index(unit, "\n")+1:] // hnboot's comment line
+	if want := dropFirstLine(readmeBlock(t, "# /etc/systemd/network/10-hnboot.network on web-07")); unit != want {
+		t.Errorf("web-07's 10-hnboot.network =\n%s\nthe README says\n%s", unit, want)
+	}
+	if len(c.Files) != 1 || c.Files[0].Content != dropFirstLine(readmeBlock(t, "# /etc/puppetlabs/puppet/puppet.conf on web-07")) {
+		t.Errorf("web-07's files = %+v, want the README's puppet.conf", c.Files)
+	}
+	h = d.FindHost("osd-01")
+	c, problems = d.HostConfig(h, d.HostImage(h))
+	n := c.Network
+	if len(problems) > 0 || n.Bond == nil || n.Bond.BondName() != "bond0" || n.Bond.Mode != "802.3ad" || n.VLAN == nil || n.VLAN.ID != 120 || n.MTU != 9000 ||
+		strings.Join(n.Addresses, " ") != "10.20.0.11/24" || strings.Join(n.Gateway, " ") != "10.20.0.1" ||
+		len(c.Files) != 1 || c.Files[0].Mode != "0640" || c.Files[0].Owner != "root:ceph" || c.Files[0].Content != "osd id = 1\npublic addr = 10.20.0.11\n" {
+		t.Errorf("HostConfig(osd-01) = %+v, %q; want what the README says", c, problems)
+	}
+
 	var members []string
 	for _, h := range rolloutMembers(d, *d.Rollouts[0]) {
 		members = append(members, h.Hostname)
@@ -78,6 +105,65 @@ func TestReadmeExamples(t *testing.T) {
 	}
 }
 
+func dropFirstLine(s string) string { return s[strings.Index(s, "\n")+1:] }
+
+// The README's tables of network: keys, files: keys and template fields
+// are the loader's and TemplateData's, no more and no less.
+func TestReadmeHostConfigTables(t *testing.T) {
+	md, err := readme.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fieldNames := func(t reflect.Type, prefix string) []string {
+		var out []string
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			switch {
+			case f.Type.Kind() == reflect.Struct:
+				for j := 0; j < f.Type.NumField(); j++ {
+					out = append(out, prefix+f.Name+"."+f.Type.Field(j).Name)
+				}
+			case f.Name == "Identity":
+				out = append(out, ".Identity.KEY")
+			default:
+				out = append(out, prefix+f.Name)
+			}
+		}
+		return out
+	}
+	for _, c := range []struct {
+		header string
+		want   []string
+	}{
+		{"| `network` key |", networkKeys},
+		{"| `files` key |", fileKeys},
+		{"| template field |", fieldNames(reflect.TypeOf(TemplateData{}), ".")},
+	} {
+		rows, err := readme.Table(md, c.header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var documented []string
+		for _, r := range rows {
+			for _, k := range strings.Split(r[0], ",") {
+				documented = append(documented, strings.Trim(strings.TrimSpace(k), "`"))
+			}
+			// "`addresses` ... `address` and the older `ip` are the same key"
+			for _, alias := range []string{"`address`", "`ip`"} {
+				if strings.Contains(r[1], alias+" and") || strings.Contains(r[1], "older "+alias) {
+					documented = append(documented, strings.Trim(alias, "`"))
+				}
+			}
+		}
+		sort.Strings(documented)
+		want := append([]string(nil), c.want...)
+		sort.Strings(want)
+		if strings.Join(documented, " ") != strings.Join(want, " ") {
+			t.Errorf("README table %s documents %q, the code has %q", c.header, documented, want)
+		}
+	}
+}
+
 // The README's HTTP table is the server's: every documented endpoint
 // exists with the documented auth, and every endpoint registered in
 // fleet and pxe is documented.
@@ -92,7 +178,7 @@ func TestReadmeHTTPTable(t *testing.T) {
 	}
 	dir, tokens := readmeFleet(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	f, err := New(Options{Dir: dir, StatePath: filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokens, PollInterval: -1, Logger: log})
+	f, err := New(Options{Dir: dir, DB: "sqlite://" + filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokens, PollInterval: -1, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

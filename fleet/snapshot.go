@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sort"
+
+	"github.com/hnboot/hnboot/internal/hostconfig"
 )
 
 // snapshot is the immutable answer table the boot server reads without a
@@ -24,6 +26,7 @@ type resolvedHost struct {
 	image  *Image
 	source string // why this image, in words
 	revert *PendingRevert
+	config hostconfig.Config // files rendered for image
 }
 
 type rolloutView struct {
@@ -32,7 +35,7 @@ type rolloutView struct {
 	Members []string `json:"members"`
 }
 
-// buildInput is the store's part of the desired state.
+// buildInput is the database's part of the desired state.
 type buildInput struct {
 	hostOv   map[string]Override // by MAC
 	groupOv  map[string]Override // by group
@@ -161,6 +164,13 @@ func build(d *Desired, in buildInput) *snapshot {
 				}
 			}
 		}
+		// Templates ran at load with the YAML's image; an assignment or
+		// rollout changes .Image, and a template may fail on the new one
+		// (a branch the first never took). The file is left out and the
+		// status says why.
+		var problems []string
+		rh.config, problems = d.HostConfig(h, rh.image)
+		s.warnings = append(s.warnings, problems...)
 		hb := HostBoot{MAC: h.MAC, Hostname: h.Hostname}
 		if rh.image != nil {
 			hb.Image = rh.image.ImageRef()
@@ -189,41 +199,54 @@ func build(d *Desired, in buildInput) *snapshot {
 	return s
 }
 
-// rebuildLocked builds and swaps a new snapshot; d nil keeps the desired state.
+// rebuildLocked builds and swaps a new snapshot; d nil keeps the desired
+// state. It rereads the database's part; while the database is away the
+// last one read is used, so a reload of the YAML still takes effect and
+// the boot answers go on.
 func (f *Fleet) rebuildLocked(d *Desired) {
 	if d == nil {
 		d = f.snap.Load().desired
 	}
-	in := buildInput{hostOv: map[string]Override{}, groupOv: map[string]Override{}, reverts: map[string]PendingRevert{}}
-	for _, k := range f.store.Keys(keyOverrideHost) {
-		var ov Override
-		if ok, err := f.store.Get(k, &ov); ok && err == nil {
-			in.hostOv[k[len(keyOverrideHost):]] = ov
+	in, err := f.readBuildInput()
+	if err != nil {
+		if f.dbErr == "" {
+			f.log.Warn("fleet: database unavailable; answering from the last state read", "err", err)
 		}
-	}
-	for _, k := range f.store.Keys(keyOverrideGroup) {
-		var ov Override
-		if ok, err := f.store.Get(k, &ov); ok && err == nil {
-			in.groupOv[k[len(keyOverrideGroup):]] = ov
+		f.dbErr = err.Error()
+		in = f.lastIn
+	} else {
+		if f.dbErr != "" {
+			f.log.Info("fleet: database available again", "database", f.store.Where())
 		}
-	}
-	for _, k := range f.store.Keys(keyRollout) {
-		var r APIRollout
-		if ok, err := f.store.Get(k, &r); ok && err == nil {
-			in.rollouts = append(in.rollouts, r)
-		}
-	}
-	for _, k := range f.store.Keys(keyRevert) {
-		var pr PendingRevert
-		if ok, err := f.store.Get(k, &pr); ok && err == nil {
-			in.reverts[k[len(keyRevert):]] = pr
-		}
+		f.dbErr = ""
+		f.lastIn = in
 	}
 	s := build(d, in)
 	for _, w := range s.warnings {
 		f.log.Warn("fleet: " + w)
 	}
 	f.snap.Store(s)
+}
+
+func (f *Fleet) readBuildInput() (buildInput, error) {
+	var in buildInput
+	ctx, cancel := dbCtx()
+	defer cancel()
+	err := f.store.View(ctx, func(tx Tx) error {
+		var err error
+		if in.hostOv, err = tx.ListOverrides(OverrideHost); err != nil {
+			return err
+		}
+		if in.groupOv, err = tx.ListOverrides(OverrideGroup); err != nil {
+			return err
+		}
+		if in.rollouts, err = tx.ListRollouts(); err != nil {
+			return err
+		}
+		in.reverts, err = tx.ListReverts()
+		return err
+	})
+	return in, err
 }
 
 // imageName is "name@version (sha256:0123456789ab)" for a declared image,

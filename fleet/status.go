@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/hostconfig"
 	"github.com/hnboot/hnboot/supervisor"
 )
 
@@ -54,6 +55,15 @@ type Status struct {
 	Unknown        []Observed                 `json:"unknown_checkins,omitempty"` // check-ins from MACs not in the YAML
 	Rollouts       []rolloutView              `json:"rollouts,omitempty"`
 	Services       []supervisor.ServiceStatus `json:"services,omitempty"`
+	Database       DatabaseStatus             `json:"database"`
+}
+
+// DatabaseStatus is the fleet database as this server sees it.
+type DatabaseStatus struct {
+	Backend string `json:"backend"` // sqlite or postgres
+	Where   string `json:"where"`
+	Leader  bool   `json:"leader"`          // this server runs the once-only work
+	Error   string `json:"error,omitempty"` // the database is away: boot answers come from memory
 }
 
 func (s *snapshot) info(digest string) ImageInfo {
@@ -86,13 +96,24 @@ func hostState(desired string, revert *PendingRevert, c *checkin.Checkin) string
 	return StateOutdated
 }
 
-// Status computes the fleet status.
+// Status computes the fleet status. With the database away the hosts'
+// check-ins are missing (so is their state) and Database.Error says why;
+// the API answers 503 then (status).
 func (f *Fleet) Status() Status {
+	st, _ := f.status()
+	return st
+}
+
+func (f *Fleet) status() (Status, error) {
 	s := f.snap.Load()
-	obs := f.observed()
+	obs, err := f.observed()
 	f.mu.Lock()
 	st := Status{Time: f.now(), Dir: f.opts.Dir, ConfigError: f.reloadErr, LastGoodReload: f.reloadOK}
 	f.mu.Unlock()
+	st.Database = DatabaseStatus{Backend: f.store.Backend(), Where: f.store.Where(), Leader: f.IsLeader()}
+	if err != nil {
+		st.Database.Error = err.Error()
+	}
 	st.Warnings = s.warnings
 	st.Rollouts = s.rollouts
 	for _, rh := range s.hosts {
@@ -117,18 +138,22 @@ func (f *Fleet) Status() Status {
 	if f.opts.Services != nil {
 		st.Services = f.opts.Services()
 	}
-	return st
+	return st, err
 }
 
-// DesiredHost is what GET /api/hosts/{mac}/desired tells a host's agent
-// (package agent decodes it as agent.Desired).
+// DesiredHost is what GET /api/hosts/{mac}/desired tells a host: its
+// agent decodes it as agent.Desired (mac, hostname, image, revert, force,
+// failed_digests), its init reads the host configuration in it with
+// hostconfig.Parse.
 type DesiredHost struct {
-	MAC      string       `json:"mac"`
-	Hostname string       `json:"hostname"`
-	Image    DesiredImage `json:"image"`
-	Source   string       `json:"source"` // why this image
-	Revert   string       `json:"revert,omitempty"`
-	Network  Network      `json:"network"`
+	MAC string `json:"mac"`
+	// The host's configuration, inline: hostname, network, identity,
+	// files (rendered), so the answer is a hostconfig.Config with more
+	// fields, and hostname stays where the agent reads it.
+	hostconfig.Config
+	Image  DesiredImage `json:"image"`
+	Source string       `json:"source"` // why this image
+	Revert string       `json:"revert,omitempty"`
 	// Force stages Image even if the host remembers it as failed. No API
 	// sets it yet: a host refuses a failed image until imaged stage --force.
 	Force bool `json:"force,omitempty"`
@@ -151,7 +176,7 @@ func (f *Fleet) DesiredFor(mac net.HardwareAddr) (DesiredHost, bool) {
 	if rh == nil {
 		return DesiredHost{}, false
 	}
-	dh := DesiredHost{MAC: mac.String(), Hostname: rh.host.Hostname, Source: rh.source, Network: s.desired.EffectiveNetwork(rh.host)}
+	dh := DesiredHost{MAC: mac.String(), Config: rh.config.Clone(), Source: rh.source}
 	if rh.image != nil {
 		dh.Image.ImageRef = rh.image.ImageRef()
 		dh.Image.Path = ""
@@ -162,8 +187,11 @@ func (f *Fleet) DesiredFor(mac net.HardwareAddr) (DesiredHost, bool) {
 	if rh.revert != nil {
 		dh.Revert = rh.revert.ID
 	}
-	var c Observed
-	if ok, _ := f.store.Get(keyObserved+dh.MAC, &c); ok {
+	// The failed digests only add to what the host knows itself: with the
+	// database away the answer goes without them.
+	if c, err := f.observedOf(dh.MAC); err != nil {
+		f.log.Debug("fleet: desired state without failed digests", "mac", dh.MAC, "err", err)
+	} else if c != nil {
 		cur := running(&c.Checkin)
 		for _, d := range c.FailedDigests {
 			if d != cur {
@@ -208,24 +236,60 @@ func (f *Fleet) Why(who string, n int) (WhyReport, error) {
 			r.Desired = ImageInfo{Ref: rh.image.Ref(), Digest: rh.image.Digest}
 		}
 	}
-	var c Observed
-	ok, _ := f.store.Get(keyObserved+r.MAC, &c)
-	if ok {
+	var c *Observed
+	var boots []Boot
+	ctx, cancel := dbCtx()
+	defer cancel()
+	err := f.store.View(ctx, func(tx Tx) error {
+		var err error
+		if c, err = tx.GetObserved(r.MAC); err != nil {
+			return err
+		}
+		boots, err = tx.ListBoots(r.MAC, f.opts.KeepBoots)
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	if c != nil {
 		r.Current = s.info(running(&c.Checkin))
 	}
 	if r.Known {
 		var cp *checkin.Checkin
-		if ok {
+		if c != nil {
 			cp = &c.Checkin
 		}
 		r.State = hostState(r.Desired.Digest, r.RevertPending, cp)
 	}
-	r.Boots = f.led.Boots(r.MAC)
+	r.Boots = mergeBoots(boots, f.led.Boots(r.MAC), f.opts.KeepBoots)
 	if n > 0 && len(r.Boots) > n {
 		r.Boots = r.Boots[len(r.Boots)-n:]
 	}
 	r.Text = RenderWhy(r, time.Local)
 	return r, nil
+}
+
+// mergeBoots joins the boots in the database (from every server sharing
+// it) with this server's ledger in memory, which also holds boots still
+// open and those of MACs not in the fleet; the same boot in both is the
+// memory's (it may have more events). Oldest first, the last keep.
+func mergeBoots(db, mem []Boot, keep int) []Boot {
+	byStart := map[int64]Boot{}
+	for _, b := range db {
+		byStart[b.Start.UnixNano()] = b
+	}
+	for _, b := range mem {
+		byStart[b.Start.UnixNano()] = b
+	}
+	out := make([]Boot, 0, len(byStart))
+	for _, b := range byStart {
+		out = append(out, b)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	if keep > 0 && len(out) > keep {
+		out = out[len(out)-keep:]
+	}
+	return out
 }
 
 var kindLabel = map[string]string{

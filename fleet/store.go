@@ -1,305 +1,248 @@
 package fleet
 
 import (
-	"bufio"
-	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"sort"
+	"net/url"
 	"strings"
-	"sync"
+	"time"
+
+	"github.com/hnboot/hnboot/pxe"
 )
 
-// Store is the observed state: a small key/value store kept in memory and
-// persisted as an append-only log, one record a line:
+// Store is the fleet's observed state in a database: every host's last
+// check-in, the boot ledger, the API's overrides, rollouts and pending
+// reverts, rollouts' progress and the audit log. Two implementations sit
+// behind it, chosen by the URL given to OpenStore: SQLite in one file (one
+// server) and PostgreSQL (any number of servers sharing one fleet).
 //
-//	<crc32c of the JSON, 8 hex digits> <JSON {"op":"put"|"del","k":KEY,"v":VALUE}>\n
-//
-// Every Put and Delete is written and fsynced before it returns. On open
-// the log is replayed; a last line that is incomplete or fails its checksum
-// (a write torn by a crash) is cut off with a warning, while a bad line
-// before the last is an error naming file and line (the disk lost data:
-// an operator should look). When the log holds more than twice the live
-// records, it is compacted: all live records are written to a temporary
-// file, fsynced, renamed over the log and the directory fsynced, so a crash
-// at any point leaves either the old or the new log.
-type Store struct {
-	path string
-	log  *slog.Logger
-
-	mu      sync.Mutex
-	f       *os.File
-	data    map[string]json.RawMessage
-	records int // lines in the log file
+// The desired state stays in the operator's YAML files; what the boot
+// server answers per packet is precomputed from both in memory (snapshot),
+// so no DHCP, TFTP or iPXE answer waits on the database.
+type Store interface {
+	// Update runs fn in one read-write transaction and commits it when fn
+	// returns nil. Changes fn announces with Tx.Changed reach every
+	// subscriber, in this process and (PostgreSQL) in every other server
+	// sharing the database, once the transaction committed.
+	Update(ctx context.Context, fn func(Tx) error) error
+	// View runs fn in a read-only transaction.
+	View(ctx context.Context, fn func(Tx) error) error
+	// Subscribe calls fn for every change committed from now on, from one
+	// goroutine, in commit order per origin. A Change of kind ChangeAll
+	// says notifications may have been missed (a lost connection): reread
+	// everything.
+	Subscribe(fn func(Change)) (cancel func())
+	// TryLock takes the named leader lock for work that must run on one
+	// server at a time (retention clean-up, rollout steps). It returns nil
+	// and no error when another process holds it. The lock is released by
+	// Lock.Release or when this process dies.
+	TryLock(ctx context.Context, name string) (Lock, error)
+	// Backend is "sqlite" or "postgres"; Where names the file or server
+	// (no password) for logs and status.
+	Backend() string
+	Where() string
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+	Close() error
 }
 
-type storeRec struct {
-	Op string          `json:"op"`
-	K  string          `json:"k"`
-	V  json.RawMessage `json:"v,omitempty"`
+// Lock is a held leader lock.
+type Lock interface {
+	// Lost is closed when the lock can no longer be trusted (the
+	// connection that holds it broke): stop the work it guards.
+	Lost() <-chan struct{}
+	Release()
 }
 
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
+// Change kinds, announced by Tx.Changed.
+const (
+	ChangeAll             = "all"              // reread everything
+	ChangeCheckin         = "checkin"          // keys: MACs
+	ChangeOverride        = "override"         // keys: "host/MAC", "group/NAME"
+	ChangeRevert          = "revert"           // keys: MACs
+	ChangeRollout         = "rollout"          // keys: rollout names
+	ChangeRolloutProgress = "rollout-progress" // keys: rollout names
+	ChangeAudit           = "audit"            // keys: actions
+)
 
-// OpenStore opens or creates the log at path.
-func OpenStore(path string, log *slog.Logger) (*Store, error) {
+// Change is one committed change.
+type Change struct {
+	Kind string   `json:"k"`
+	Keys []string `json:"keys,omitempty"` // empty: many or unknown
+	// Origin identifies the Store instance (one per imaged process) that
+	// committed it; Local says it is this one.
+	Origin string `json:"o"`
+	Local  bool   `json:"-"`
+}
+
+// Tx is one transaction. Getters return nil (and no error) for what is
+// absent. Times are kept to the nanosecond.
+type Tx interface {
+	PutObserved(o *Observed) error
+	GetObserved(mac string) (*Observed, error)
+	ListObserved() ([]*Observed, error)
+
+	// PutBoot inserts or replaces the boot record (MAC, start).
+	PutBoot(b *Boot) error
+	// ListBoots returns the last n boots of mac, oldest first (n <= 0: all).
+	ListBoots(mac string, n int) ([]Boot, error)
+	// PruneBoots keeps the last keep boots of every MAC.
+	PruneBoots(keep int) (int64, error)
+
+	PutOverride(kind, name string, ov Override) error // kind: OverrideHost (name: MAC) or OverrideGroup
+	DeleteOverride(kind, name string) error
+	ListOverrides(kind string) (map[string]Override, error)
+
+	PutRevert(mac string, pr PendingRevert) error
+	// DeleteRevert removes the pending revert of mac if its ID is id ("":
+	// any) and reports whether one was removed.
+	DeleteRevert(mac, id string) (bool, error)
+	ListReverts() (map[string]PendingRevert, error)
+
+	PutRollout(r APIRollout) error
+	DeleteRollout(name string) error
+	ListRollouts() ([]APIRollout, error)
+
+	// PutRolloutProgress stores p if the stored version is still
+	// p.Version (0: none stored yet) and returns the new version; another
+	// writer in between gives ErrConflict. Rollouts' state machines (one
+	// leader at a time) keep their state here, so it survives restarts.
+	PutRolloutProgress(p RolloutProgress) (int64, error)
+	GetRolloutProgress(name string) (*RolloutProgress, error)
+	ListRolloutProgress() ([]RolloutProgress, error)
+	DeleteRolloutProgress(name string) error
+	PutRolloutHost(h RolloutHost) error
+	ListRolloutHosts(rollout string) ([]RolloutHost, error)
+
+	AppendAudit(e AuditEntry) error
+	QueryAudit(q AuditQuery) ([]AuditEntry, error)
+	// PruneAudit removes entries older than before.
+	PruneAudit(before time.Time) (int64, error)
+
+	// Changed announces a change to subscribers after the commit.
+	Changed(kind string, keys ...string)
+
+	getMeta(key string) (string, bool, error)
+	setMeta(key, value string) error
+}
+
+// Override kinds.
+const (
+	OverrideHost  = "host"
+	OverrideGroup = "group"
+)
+
+// RolloutProgress is a rollout's own state as its state machine keeps it.
+// The store reads State and Wave (for queries) and keeps Data as it is.
+type RolloutProgress struct {
+	Name    string          `json:"name"`
+	State   string          `json:"state"` // e.g. running, paused, halted, done
+	Wave    int             `json:"wave"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	Updated time.Time       `json:"updated"`
+	Version int64           `json:"version"` // set by the store
+}
+
+// RolloutHost is one host's progress in one rollout.
+type RolloutHost struct {
+	Rollout string    `json:"rollout"`
+	MAC     string    `json:"mac"`
+	Wave    int       `json:"wave"`
+	State   string    `json:"state"` // pending, staging, rebooting, trial, confirmed, failed, reverted
+	Reason  string    `json:"reason,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// AuditQuery selects audit entries; zero fields match everything.
+type AuditQuery struct {
+	Since, Until time.Time // Since <= time < Until
+	Who          string
+	Action       string
+	Hosts        []string // entries about any of these hostnames or MACs
+	Limit        int      // the newest Limit entries (<= 0: all), returned oldest first
+}
+
+// ErrDatabase marks a failure of the database itself (down, unreachable,
+// refusing): the API answers 503 and hosts retry their check-ins. It is a
+// pxe.ErrRetryLater, so the boot server's /checkin answers 503 too.
+var ErrDatabase = fmt.Errorf("fleet database unavailable (%w)", pxe.ErrRetryLater)
+
+// ErrConflict is returned by PutRolloutProgress when another writer
+// stored a newer version.
+var ErrConflict = errors.New("fleet database: changed by another writer")
+
+// dbError wraps a driver error with what was being done.
+type dbError struct {
+	op  string
+	err error
+}
+
+func (e *dbError) Error() string   { return "fleet database: " + e.op + ": " + e.err.Error() }
+func (e *dbError) Unwrap() []error { return []error{ErrDatabase, e.err} }
+
+func dbErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var de *dbError
+	if errors.As(err, &de) || errors.Is(err, ErrConflict) {
+		return err
+	}
+	return &dbError{op: op, err: err}
+}
+
+// DefaultDB is where the fleet's database lives when no --db is given.
+const DefaultDB = "sqlite:///var/lib/hnboot/fleet.db"
+
+// OpenStore opens (creating it if needed) and migrates the database named
+// by dbURL:
+//
+//	sqlite:///var/lib/hnboot/fleet.db     one file (sqlite:relative/path too)
+//	postgres://user@host:5432/db          PostgreSQL (postgresql:// too); a
+//	postgres:///db?host=/run/postgresql   Unix socket directory as host
+func OpenStore(ctx context.Context, dbURL string, log *slog.Logger) (Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Store{path: path, log: log, data: map[string]json.RawMessage{}}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("store: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
-	}
-	good, err := s.replay(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("store: %w", err)
-	}
-	if st.Size() != good {
-		log.Warn("store: cutting off a torn last record (crash during a write)", "file", path, "offset", good, "bytes", st.Size()-good)
-		if err := f.Truncate(good); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("store: truncate torn tail of %s: %w", path, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("store: %w", err)
-		}
-	}
-	if _, err := f.Seek(good, io.SeekStart); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("store: %w", err)
-	}
-	s.f = f
-	if s.records > 2*len(s.data)+64 {
-		if err := s.compactLocked(); err != nil {
-			return nil, err
-		}
-	}
-	return s, nil
-}
-
-// replay reads the log and returns the offset just after the last good record.
-func (s *Store) replay(f *os.File) (int64, error) {
-	r := bufio.NewReaderSize(f, 64<<10)
-	var off int64
-	line := 0
-	for {
-		b, err := r.ReadBytes('\n')
-		if err == io.EOF {
-			// b (if any) has no newline: a torn last write.
-			return off, nil
-		}
-		if err != nil {
-			return 0, fmt.Errorf("store: read %s: %w", s.path, err)
-		}
-		line++
-		rec, perr := parseRecord(b)
-		if perr != nil {
-			// Is it the last line? Then the write was torn.
-			if _, err := r.Peek(1); err == io.EOF {
-				return off, nil
-			}
-			return 0, fmt.Errorf("store: %s:%d: %v (the log is damaged before its end; move it aside to start empty, or cut the bad line)", s.path, line, perr)
-		}
-		s.apply(rec)
-		s.records++
-		off += int64(len(b))
-	}
-}
-
-func parseRecord(b []byte) (storeRec, error) {
-	var rec storeRec
-	b = bytes.TrimSuffix(b, []byte("\n"))
-	if len(b) < 10 || b[8] != ' ' {
-		return rec, fmt.Errorf("malformed record")
-	}
-	var sum uint32
-	if _, err := fmt.Sscanf(string(b[:8]), "%08x", &sum); err != nil {
-		return rec, fmt.Errorf("malformed checksum")
-	}
-	body := b[9:]
-	if crc32.Checksum(body, crcTable) != sum {
-		return rec, fmt.Errorf("checksum mismatch")
-	}
-	if err := json.Unmarshal(body, &rec); err != nil {
-		return rec, fmt.Errorf("bad JSON: %v", err)
-	}
-	if rec.Op != "put" && rec.Op != "del" {
-		return rec, fmt.Errorf("unknown op %q", rec.Op)
-	}
-	return rec, nil
-}
-
-func encodeRecord(rec storeRec) ([]byte, error) {
-	body, err := json.Marshal(rec)
-	if err != nil {
-		return nil, err
-	}
-	out := fmt.Appendf(nil, "%08x ", crc32.Checksum(body, crcTable))
-	out = append(out, body...)
-	return append(out, '\n'), nil
-}
-
-func (s *Store) apply(rec storeRec) {
-	if rec.Op == "del" {
-		delete(s.data, rec.K)
-	} else {
-		s.data[rec.K] = rec.V
-	}
-}
-
-// Put stores v (JSON-encoded) under key, durably.
-func (s *Store) Put(key string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("store: put %s: %w", key, err)
-	}
-	return s.write(storeRec{Op: "put", K: key, V: b})
-}
-
-// Delete removes key, durably. Deleting a missing key is not an error.
-func (s *Store) Delete(key string) error {
-	s.mu.Lock()
-	_, ok := s.data[key]
-	s.mu.Unlock()
+	scheme, rest, ok := strings.Cut(dbURL, ":")
 	if !ok {
-		return nil
+		return nil, fmt.Errorf("fleet database %q: want sqlite:///PATH or postgres://…", dbURL)
 	}
-	return s.write(storeRec{Op: "del", K: key})
+	switch scheme {
+	case "sqlite":
+		return openSQLite(ctx, sqlitePath(rest), log)
+	case "postgres", "postgresql":
+		return openPostgres(ctx, dbURL, log)
+	}
+	return nil, fmt.Errorf("fleet database %q: unknown scheme %q (want sqlite or postgres)", redact(dbURL), scheme)
 }
 
-func (s *Store) write(rec storeRec) error {
-	line, err := encodeRecord(rec)
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
+// SQLitePath is the file of a sqlite: URL, "" for other URLs.
+func SQLitePath(dbURL string) string {
+	if rest, ok := strings.CutPrefix(dbURL, "sqlite:"); ok {
+		return sqlitePath(rest)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.f == nil {
-		return fmt.Errorf("store: %s is closed", s.path)
-	}
-	if _, err := s.f.Write(line); err != nil {
-		return fmt.Errorf("store: write %s: %w", s.path, err)
-	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("store: fsync %s: %w", s.path, err)
-	}
-	s.apply(rec)
-	s.records++
-	if s.records > 2*len(s.data)+1024 {
-		return s.compactLocked()
-	}
-	return nil
+	return ""
 }
 
-// Get decodes the value under key into v; false if absent.
-func (s *Store) Get(key string, v any) (bool, error) {
-	s.mu.Lock()
-	b, ok := s.data[key]
-	s.mu.Unlock()
-	if !ok {
-		return false, nil
+func sqlitePath(rest string) string {
+	if p, ok := strings.CutPrefix(rest, "//"); ok {
+		return p // sqlite:///abs → /abs; sqlite://rel → rel
 	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return true, fmt.Errorf("store: %s: %w", key, err)
-	}
-	return true, nil
+	return rest
 }
 
-// Keys returns the keys with the prefix, sorted.
-func (s *Store) Keys(prefix string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for k := range s.data {
-		if strings.HasPrefix(k, prefix) {
-			out = append(out, k)
-		}
+// redact hides a password in a database URL.
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
 	}
-	sort.Strings(out)
-	return out
-}
-
-// Compact rewrites the log with only the live records.
-func (s *Store) Compact() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.compactLocked()
-}
-
-func (s *Store) compactLocked() error {
-	tmp := s.path + ".compact"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("store: compact: %w", err)
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
-	keys := make([]string, 0, len(s.data))
-	for k := range s.data {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	w := bufio.NewWriterSize(f, 64<<10)
-	for _, k := range keys {
-		line, err := encodeRecord(storeRec{Op: "put", K: k, V: s.data[k]})
-		if err == nil {
-			_, err = w.Write(line)
-		}
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			return fmt.Errorf("store: compact %s: %w", tmp, err)
-		}
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("store: compact %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("store: compact %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, s.path); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("store: compact: %w", err)
-	}
-	if d, err := os.Open(filepath.Dir(s.path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	if s.f != nil {
-		s.f.Close()
-	}
-	s.f = f // positioned at its end
-	s.records = len(keys)
-	return nil
-}
-
-// Close closes the log file.
-func (s *Store) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.f == nil {
-		return nil
-	}
-	err := s.f.Close()
-	s.f = nil
-	return err
+	return u.String()
 }

@@ -44,7 +44,7 @@ func TestReadTokens(t *testing.T) {
 // says why instead of blaming the client's token.
 func TestAdminWithoutTokens(t *testing.T) {
 	dir := copyExample(t)
-	f, err := New(Options{Dir: dir, StatePath: filepath.Join(t.TempDir(), "fleet.db"), PollInterval: -1,
+	f, err := New(Options{Dir: dir, DB: "sqlite://" + filepath.Join(t.TempDir(), "fleet.db"), PollInterval: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
@@ -63,7 +64,7 @@ func TestDigestCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := st.Slot(layout.SlotNew).Digest
-	want, _ := FileDigest(p)
+	want, _ := digest.File(p, nil)
 	if first != want {
 		t.Fatalf("Read digest = %s, want %s", first, want)
 	}
@@ -85,7 +86,7 @@ func TestDigestCache(t *testing.T) {
 }
 
 func mustDigest(t *testing.T, p string) string {
-	d, err := FileDigest(p)
+	d, err := digest.File(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

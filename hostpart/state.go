@@ -1,20 +1,18 @@
 package hostpart
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/digest"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 )
@@ -40,7 +38,7 @@ func (im Image) Label() string {
 	case im.Name != "":
 		return im.Name
 	}
-	return Short(im.Digest)
+	return digest.Short(im.Digest)
 }
 
 // Part is a download in progress (*.img.part).
@@ -94,12 +92,11 @@ type ReadOptions struct {
 }
 
 // Read looks at the hostpart in dir. Digests come from the cache in
-// .hnboot/digests, keyed by inode, size and modification time (images are
-// never written in place, and the init's renames and links keep all
-// three), and are hashed and cached when missing if o.Hash.
+// .hnboot/digests (package digestcache, shared with the init), and are
+// hashed and cached when missing if o.Hash.
 func Read(dir string, o ReadOptions) (State, error) {
 	st := State{Dir: dir}
-	cache := LoadCache(dir)
+	cache := digestcache.Load(dir)
 	for _, s := range layout.Slots {
 		im, err := readImage(dir, s.Slot, s.File, cache, o.Hash)
 		if err != nil {
@@ -112,7 +109,7 @@ func Read(dir string, o ReadOptions) (State, error) {
 	} else if im.Present {
 		st.Rejected = &im
 	}
-	if cache.dirty {
+	if cache.Dirty() {
 		// The cache only saves hashing next time: failing to write it
 		// (a read-only hostpart, a full disk) must not fail the read.
 		if err := cache.Save(dir); err != nil {
@@ -146,7 +143,7 @@ func Read(dir string, o ReadOptions) (State, error) {
 	return st, nil
 }
 
-func readImage(dir, slot, file string, cache *Cache, hash bool) (Image, error) {
+func readImage(dir, slot, file string, cache *digestcache.Cache, hash bool) (Image, error) {
 	im := Image{Slot: slot, File: file}
 	p := filepath.Join(dir, file)
 	fi, err := os.Stat(p)
@@ -162,7 +159,7 @@ func readImage(dir, slot, file string, cache *Cache, hash bool) (Image, error) {
 	}
 	im.Digest = cache.Lookup(file, fi)
 	if im.Digest == "" && hash {
-		d, err := FileDigest(p)
+		d, err := digest.File(p, nil)
 		if err != nil {
 			return im, err
 		}
@@ -175,140 +172,9 @@ func readImage(dir, slot, file string, cache *Cache, hash bool) (Image, error) {
 	return im, nil
 }
 
-// FileDigest is "sha256:<hex>" of a file's content.
-func FileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// Short is the first 12 hex digits of a digest, for tables and logs.
-func Short(digest string) string {
-	s := strings.TrimPrefix(digest, "sha256:")
-	if len(s) > 12 {
-		s = s[:12]
-	}
-	return s
-}
-
-// ValidDigest reports whether s is "sha256:" and 64 lowercase hex digits.
-func ValidDigest(s string) bool {
-	h, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(h) != 64 {
-		return false
-	}
-	for _, c := range h {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-type cacheEntry struct {
-	File    string `json:"file"` // where it was last seen, for a reader; not part of the key
-	Inode   uint64 `json:"inode"`
-	Size    int64  `json:"size"`
-	MtimeNS int64  `json:"mtime_ns"`
-	Digest  string `json:"digest"`
-}
-
-// Cache maps (inode, size, mtime) of image files to their digests.
-type Cache struct {
-	entries []cacheEntry
-	used    map[int]bool
-	dirty   bool
-}
-
-// LoadCache reads the cache; a missing or unreadable one is empty.
-func LoadCache(dir string) *Cache {
-	c := &Cache{used: map[int]bool{}}
-	b, err := os.ReadFile(filepath.Join(dir, layout.Digests))
-	if err == nil && json.Unmarshal(b, &c.entries) != nil {
-		c.entries = nil
-	}
-	return c
-}
-
-func key(fi os.FileInfo) (ino uint64, ok bool) {
-	sys, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, false
-	}
-	return sys.Ino, true
-}
-
-// Lookup returns the cached digest of the file fi describes, or "".
-func (c *Cache) Lookup(file string, fi os.FileInfo) string {
-	ino, ok := key(fi)
-	if !ok {
-		return ""
-	}
-	for i, e := range c.entries {
-		if e.Inode == ino && e.Size == fi.Size() && e.MtimeNS == fi.ModTime().UnixNano() && ValidDigest(e.Digest) {
-			c.used[i] = true
-			if e.File != file {
-				c.entries[i].File = file
-				c.dirty = true
-			}
-			return e.Digest
-		}
-	}
-	return ""
-}
-
-// Put records a digest computed (or verified while downloading) for fi.
-func (c *Cache) Put(file string, fi os.FileInfo, digest string) {
-	ino, ok := key(fi)
-	if !ok {
-		return
-	}
-	c.entries = append(c.entries, cacheEntry{File: file, Inode: ino, Size: fi.Size(), MtimeNS: fi.ModTime().UnixNano(), Digest: digest})
-	c.used[len(c.entries)-1] = true
-	c.dirty = true
-}
-
-// Save writes the entries looked up or added since LoadCache (entries of
-// files that are gone drop out), atomically.
-func (c *Cache) Save(dir string) error {
-	var keep []cacheEntry
-	for i, e := range c.entries {
-		if c.used[i] {
-			keep = append(keep, e)
-		}
-	}
-	sort.Slice(keep, func(i, j int) bool { return keep[i].File < keep[j].File })
-	b, err := json.MarshalIndent(keep, "", "  ")
-	if err != nil {
-		return err
-	}
-	return durable.Root(dir).WriteFile(layout.Digests, append(b, '\n'))
-}
-
 // Remember adds the digest of the file at hostpart/file to the cache, for
 // a writer that just verified it (the agent after a download).
-func Remember(dir, file, digest string) error {
-	fi, err := os.Stat(filepath.Join(dir, file))
-	if err != nil {
-		return err
-	}
-	c := LoadCache(dir)
-	for i := range c.entries {
-		c.used[i] = true
-	}
-	if c.Lookup(file, fi) == digest {
-		return nil
-	}
-	c.Put(file, fi, digest)
-	return c.Save(dir)
-}
+func Remember(dir, file, d string) error { return digestcache.Remember(dir, file, d) }
 
 // Meta is what the agent knows about an image it staged: the server's
 // name and version for a digest. Kept in .hnboot/images/<hex>.json so the
@@ -322,12 +188,12 @@ type Meta struct {
 }
 
 // ReadMeta returns the metadata recorded for digest, if any.
-func ReadMeta(dir, digest string) (Meta, bool) {
+func ReadMeta(dir, dg string) (Meta, bool) {
 	var m Meta
-	if !ValidDigest(digest) {
+	if !digest.Valid(dg) {
 		return m, false
 	}
-	b, err := os.ReadFile(filepath.Join(dir, layout.ImageMeta(digest)))
+	b, err := os.ReadFile(filepath.Join(dir, layout.ImageMeta(dg)))
 	if err != nil || json.Unmarshal(b, &m) != nil {
 		return m, false
 	}
@@ -336,7 +202,7 @@ func ReadMeta(dir, digest string) (Meta, bool) {
 
 // WriteMeta records m (atomically).
 func WriteMeta(dir string, m Meta) error {
-	if !ValidDigest(m.Digest) {
+	if !digest.Valid(m.Digest) {
 		return fmt.Errorf("hostpart: image metadata with bad digest %q", m.Digest)
 	}
 	b, err := json.MarshalIndent(m, "", "  ")

@@ -7,6 +7,7 @@
 package pxe
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -85,8 +86,15 @@ func (rs Recorders) Record(e Event) {
 
 // CheckinHandler receives each check-in POSTed to /checkin, parsed and
 // validated (checkin.ParseFor). The fleet package stores it as observed
-// state; an error (it could not) answers 500. It runs on the request path.
+// state; an error (it could not) answers 500, or 503 with Retry-After
+// when it is an ErrRetryLater (the host should send it again). It runs on
+// the request path.
 type CheckinHandler func(c *checkin.Checkin) error
+
+// ErrRetryLater marks a CheckinHandler error that is temporary (the fleet
+// database is away): the check-in was not stored and the host should
+// retry.
+var ErrRetryLater = errors.New("try again later")
 
 // StaticDirectory is a Directory backed by a map, plus an optional default
 // for unknown MACs (used with --allow-unknown). It is safe for concurrent

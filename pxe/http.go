@@ -347,7 +347,12 @@ func (h *HTTPHandler) postCheckin(w http.ResponseWriter, r *http.Request) {
 	if h.checkin != nil {
 		if err := h.checkin(c); err != nil {
 			h.log.Error("check-in not stored", "mac", c.MAC, "err", err)
-			fail(w, http.StatusInternalServerError, "check-in not stored: "+err.Error())
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrRetryLater) {
+				w.Header().Set("Retry-After", "5")
+				code = http.StatusServiceUnavailable
+			}
+			fail(w, code, "check-in not stored: "+err.Error())
 			return
 		}
 	}

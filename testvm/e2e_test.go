@@ -490,9 +490,20 @@ func TestGenkernelCmdlineAlias(t *testing.T) {
 func TestFallbackToOldWhenCurrentUnmountable(t *testing.T) {
 	d := disk(t, map[string]string{"root": "A", "old": "B"})
 	// hn-root.img damaged in place (not via staging): the init must still
-	// come up, on the previous image.
+	// come up, on the previous image. The superblock stays (so rotation
+	// takes it as complete, as it would not a file that is no filesystem:
+	// that one it replaces, see TestRepairGenkernelHalfMove), the group
+	// descriptors after it go, so the mount fails.
 	err := WithHostpart(d, func(dir string) error {
-		return os.WriteFile(filepath.Join(dir, "hn-root.img"), bytes.Repeat([]byte{0}, 1<<20), 0o644)
+		f, err := os.OpenFile(filepath.Join(dir, "hn-root.img"), os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0}, 1<<20-2048), 2048); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
 	})
 	if err != nil {
 		t.Fatal(err)

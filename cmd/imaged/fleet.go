@@ -107,9 +107,13 @@ Prints an ssh_known_hosts file built from the SSH host keys the hosts
 reported, for ~/.ssh/known_hosts or /etc/ssh/ssh_known_hosts.
 `
 
-const fleetAuditUsage = `Usage: imaged fleet audit [flags] [--n N]
+const fleetAuditUsage = `Usage: imaged fleet audit [flags] [--since T] [--until T] [--actor WHO] [--host H] [--action A] [--n N]
 
-Prints the last N admin actions (who, what, on which target).
+Prints the admin actions (who, what, on which target), oldest first: the
+last N that match the filters.
+
+Example:
+  imaged fleet audit --server http://imaged:8080 --since 24h --host web-07
 `
 
 type fleetClient struct {
@@ -365,14 +369,26 @@ func fleetKnownHosts(_ context.Context, name string, args []string, std cli.IO) 
 func fleetAudit(_ context.Context, name string, args []string, std cli.IO) error {
 	c := newFleetCmd(name, fleetAuditUsage, std, true)
 	n := c.Int("n", 50, "how many entries, newest last")
+	since := c.String("since", "", "only entries at or after `T` (24h, 2006-01-02, RFC 3339)")
+	until := c.String("until", "", "only entries before `T`")
+	actor := c.String("actor", "", "only actions by `WHO` (the token's name)")
+	host := c.String("host", "", "only actions on `HOST` (name or MAC)")
+	action := c.String("action", "", "only `ACTION`s (assign, revert, rollout, ...)")
 	if err := c.parse(args, 0, 0, ""); err != nil {
 		return err
 	}
+	q := url.Values{"n": {fmt.Sprint(*n)}}
+	for k, v := range map[string]string{"since": *since, "until": *until, "who": *actor, "host": *host, "action": *action} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	path := "/api/audit?" + q.Encode()
 	if *c.asJSON {
-		return c.raw("GET", fmt.Sprintf("/api/audit?n=%d", *n), nil)
+		return c.raw("GET", path, nil)
 	}
 	var es []fleet.AuditEntry
-	if err := c.c.get(fmt.Sprintf("/api/audit?n=%d", *n), &es); err != nil {
+	if err := c.c.get(path, &es); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(std.Stdout, 0, 4, 2, ' ', 0)
@@ -420,6 +436,13 @@ func printStatus(w io.Writer, st fleet.Status) {
 		for _, c := range st.Unknown {
 			fmt.Fprintf(w, "  %s %s at %s\n", c.MAC, dash(c.Hostname), c.Time.Local().Format("2006-01-02 15:04:05"))
 		}
+	}
+	if db := st.Database; db.Backend != "" {
+		role := "another server runs the once-only work"
+		if db.Leader {
+			role = "this server runs the once-only work (leader)"
+		}
+		fmt.Fprintf(w, "\ndatabase: %s %s; %s\n", db.Backend, db.Where, role)
 	}
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nservices:")

@@ -30,7 +30,7 @@ func fleetServer(t *testing.T) (url, tokenFile string, f *fleet.Fleet) {
 	}
 	tokenFile = filepath.Join(t.TempDir(), "token")
 	os.WriteFile(tokenFile, []byte("ops "+testToken+"\n"), 0o600)
-	f, err = fleet.New(fleet.Options{Dir: dir, StatePath: filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokenFile, PollInterval: -1,
+	f, err = fleet.New(fleet.Options{Dir: dir, DB: "sqlite://" + filepath.Join(t.TempDir(), "fleet.db"), TokenFile: tokenFile, PollInterval: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -69,6 +69,9 @@ func TestFleetCLI(t *testing.T) {
 		{[]string{"why", "db-01", "--token-file", tok}, []string{"db-01 (52:54:00:00:00:10, group db): state revert-pending", "should run base@1.2"}},
 		{[]string{"known-hosts", "--token-file", tok}, []string{"# ssh_known_hosts from hnboot check-ins"}},
 		{[]string{"audit", "--token-file", tok}, []string{"ops", "assign", "revert", "rollout"}},
+		{[]string{"audit", "--action", "revert", "--host", "52:54:00:00:00:10", "--actor", "ops", "--since", "1h", "--token-file", tok}, []string{"ops  revert  db-01 52:54:00:00:00:10  revert r"}},
+		{[]string{"audit", "--host", "web-01", "--token-file", tok}, []string{"ops  assign  host web-01  image base@1.3\n"}},
+		{[]string{"audit", "--since", "yesterday", "--token-file", tok}, []string{`400 Bad Request: since: "yesterday": want RFC 3339`}},
 		{[]string{"bogus", "--token-file", tok}, []string{`error: imaged fleet: unknown command "bogus"`}},
 	} {
 		args := append([]string{"fleet", c.args[0], "--server", url}, c.args[1:]...)
@@ -89,5 +92,38 @@ func TestFleetCLI(t *testing.T) {
 	var st fleet.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Hosts) != 5 {
 		t.Errorf("imaged fleet status --json = %v, %d hosts, want JSON with 5 hosts", err, len(st.Hosts))
+	}
+}
+
+// Without --db the database is SQLite at --observed, where an older
+// imaged kept its JSON-lines store: that store is imported and renamed
+// aside.
+func TestServeDBDefaultImportsOldStore(t *testing.T) {
+	dir := t.TempDir()
+	src := "../../fleet/testdata/example"
+	ents, _ := os.ReadDir(src)
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(src, e.Name()))
+		os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644)
+	}
+	observed := filepath.Join(t.TempDir(), "lib", "fleet.db")
+	os.MkdirAll(filepath.Dir(observed), 0o755)
+	old, err := os.ReadFile("../../fleet/testdata/oldstore/fleet.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(observed, old, 0o600)
+	f := &serveFlags{state: dir, observed: observed, mode: "off", keepBoots: 10}
+	cfg, cleanup, _, err := serveConfig(f, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	fl := cfg.Directory.(*fleet.Fleet)
+	if st := fl.Status(); st.Database.Backend != "sqlite" || st.Database.Where != observed || len(fl.Audit(0)) != 6 {
+		t.Errorf("database %+v with %d audit entries, want SQLite at %s with the old store's 6", st.Database, len(fl.Audit(0)), observed)
+	}
+	if _, err := os.Stat(observed + fleet.OldStoreSuffix); err != nil {
+		t.Errorf("old store not renamed aside: %v", err)
 	}
 }

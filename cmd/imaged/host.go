@@ -18,6 +18,7 @@ import (
 	"github.com/hnboot/hnboot/agent"
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/cli"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
@@ -194,7 +195,7 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 		if im.Name != "" {
 			label = strings.TrimSpace(im.Name + " " + im.Version)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\tsha256:%s\t%s\n", im.Slot, im.File, label, hostpart.Short(im.Digest), stage.SizeString(im.Size))
+		fmt.Fprintf(tw, "%s\t%s\t%s\tsha256:%s\t%s\n", im.Slot, im.File, label, digest.Short(im.Digest), stage.SizeString(im.Size))
 	}
 	tw.Flush()
 	fmt.Fprintln(stdout)
@@ -213,7 +214,7 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s%s\n", map[bool]string{true: "pending:  ", false: "          "}[i == 0], p)
 	}
 	for i, f := range s.Failed {
-		fmt.Fprintf(stdout, "%ssha256:%s  %s  %s\n", map[bool]string{true: "failed:   ", false: "          "}[i == 0], hostpart.Short(f.Digest), f.Time.Local().Format("2006-01-02 15:04"), f.Reason)
+		fmt.Fprintf(stdout, "%ssha256:%s  %s  %s\n", map[bool]string{true: "failed:   ", false: "          "}[i == 0], digest.Short(f.Digest), f.Time.Local().Format("2006-01-02 15:04"), f.Reason)
 	}
 	if len(s.Boots) > 0 {
 		fmt.Fprintln(stdout, "\nlast boots:")
@@ -226,19 +227,19 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 
 var blobRE = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
 
-func hostStage(ctx context.Context, dir, src, digest, name, version string, force bool, keys stage.Keys, stdout io.Writer) error {
+func hostStage(ctx context.Context, dir, src, dg, name, version string, force bool, keys stage.Keys, stdout io.Writer) error {
 	var source stage.Source
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
 		source = stage.HTTPSource{URL: src, Client: agent.NetGetter{}}
-		if m := blobRE.FindStringSubmatch(src); m != nil && digest == "" {
-			digest = m[1]
+		if m := blobRE.FindStringSubmatch(src); m != nil && dg == "" {
+			dg = m[1]
 		}
 	} else {
 		source = stage.FileSource{Path: src}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	req := stage.Request{Source: source, Digest: digest, Name: name, Version: version, Force: force, Keys: keys, HashSlots: true}
+	req := stage.Request{Source: source, Digest: dg, Name: name, Version: version, Force: force, Keys: keys, HashSlots: true}
 	bar := isTerminal(stdout)
 	if bar {
 		req.Progress = func(done, total int64) { progress(stdout, done, total) }
@@ -253,10 +254,10 @@ func hostStage(ctx context.Context, dir, src, digest, name, version string, forc
 	}
 	switch res.Already {
 	case layout.SlotCurrent:
-		fmt.Fprintf(stdout, "%s is already the current image (%s): nothing staged\n", hostpart.Short(res.Digest), layout.Current)
+		fmt.Fprintf(stdout, "%s is already the current image (%s): nothing staged\n", digest.Short(res.Digest), layout.Current)
 		return nil
 	case layout.SlotNew:
-		fmt.Fprintf(stdout, "%s is already staged as %s\n", hostpart.Short(res.Digest), layout.New)
+		fmt.Fprintf(stdout, "%s is already staged as %s\n", digest.Short(res.Digest), layout.New)
 		return nil
 	}
 	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", layout.New, res.Digest, stage.SizeString(res.Size), time.Since(start).Round(time.Millisecond))

@@ -21,6 +21,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
+	"github.com/hnboot/hnboot/internal/pgtest"
 	"github.com/hnboot/hnboot/internal/testkernel"
 )
 
@@ -38,11 +39,14 @@ import (
 // readmeSubst is every change the test makes to a README command, in
 // order: the README's placeholders, and what keeps the commands inside
 // the test's directory and namespace. WORK, MODULES and CACHE stand for
-// the test's directory, the test kernel's modules and serve's state.
+// the test's directory, the test kernel's modules and serve's state;
+// PGURL a database of a private PostgreSQL cluster.
 var readmeSubst = []struct{ old, new, why string }{
 	{"--server ...", "--server http://127.0.0.1:8080 --token-file ~/.hnboot-token", "the README's placeholder for the server flags"},
 	{"http://imaged:8080", "http://127.0.0.1:8080", "the server runs on the namespace's loopback"},
 	{"--interface br0", "--interface lo", "the namespace's only interface"},
+	{"--interface br1", "--interface lo", "the namespace's only interface"},
+	{"postgres://hnboot@db/hnboot", "PGURL", "a private PostgreSQL cluster the test starts (internal/pgtest)"},
 	{"/etc/hnboot/", "WORK/etc/hnboot/", "the fleet directory, tokens and services files the test writes"},
 	{"/lib/modules/$(uname -r)", "MODULES", "this machine's kernel may have no modules; the test kernel has"},
 	{"imaged serve ", "imaged serve --cache CACHE/cache --observed CACHE/fleet.db --service-logs CACHE/logs ", "serve's default state under /var stays untouched"},
@@ -172,7 +176,12 @@ func TestReadmeCommands(t *testing.T) {
 	kernel := testkernel.Must(t)
 	readmeFixture(t, work)
 	env := append(os.Environ(), "HOME="+work, "PATH="+bin+":"+os.Getenv("PATH"), "IMAGED_SERVER=", "IMAGED_TOKEN_FILE=")
-	repl := strings.NewReplacer("WORK", work, "MODULES", kernel.Modules, "CACHE", state)
+	pg := pgtest.T(t)
+	pgURL, err := pg.NewDatabase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	repl := strings.NewReplacer("WORK", work, "MODULES", kernel.Modules, "CACHE", state, "PGURL", "'"+pgURL+"'") // quoted: the URL holds &
 
 	// A fleet server from the start, so a command shown before the README's
 	// own `imaged serve` line has one too; each README serve line replaces

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/internal/cli"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/pxe"
 	"github.com/hnboot/hnboot/supervisor"
 )
@@ -41,6 +41,8 @@ Examples:
   imaged serve --interface br0 --dhcp-mode full --pool 10.0.0.100-10.0.0.200 \
       --router 10.0.0.1 --host 52:54:00:00:00:01,web-1,web.img --lease 52:54:00:00:00:01=10.0.0.11
   imaged serve --interface br0 --state /etc/hnboot/fleet --tokens /etc/hnboot/tokens
+  imaged serve --interface br1 --state /etc/hnboot/fleet --tokens /etc/hnboot/tokens \
+      --db postgres://hnboot@db.example/hnboot    # several servers share one fleet
 `
 
 // multiFlag collects a repeatable flag.
@@ -57,7 +59,9 @@ type serveFlags struct {
 	leases, hosts                                                  multiFlag
 	image, cmdline                                                 string
 	allowUnknown                                                   bool
-	state, observed, tokens                                        string
+	state, observed, tokens, db                                    string
+	keepBoots                                                      int
+	keepAudit                                                      time.Duration
 	openReads, answerRS                                            bool
 	services, serviceLogs                                          string
 	maxTFTP, blksize                                               int
@@ -90,7 +94,10 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	fs.BoolVar(&f.allowUnknown, "allow-unknown", false, "also boot MACs that are not configured")
 	fs.BoolVar(&f.answerRS, "answer-rs", false, "answer IPv6 router solicitations from boot hosts with an empty advertisement, so iPXE does not wait ~15 s for one; only on links with no IPv6 router")
 	fs.StringVar(&f.state, "state", "", "fleet mode: directory of the desired-state YAML files")
-	fs.StringVar(&f.observed, "observed", "/var/lib/hnboot/fleet.db", "fleet mode: observed-state store")
+	fs.StringVar(&f.db, "db", "", "fleet mode: the fleet database, sqlite:///PATH or postgres://USER@HOST/DB (several servers share one PostgreSQL) (default sqlite://OBSERVED)")
+	fs.StringVar(&f.observed, "observed", "/var/lib/hnboot/fleet.db", "fleet mode: the SQLite file when --db is not given; a JSON-lines store of an older imaged found here is imported once and renamed to PATH"+fleet.OldStoreSuffix)
+	fs.IntVar(&f.keepBoots, "keep-boots", 10, "fleet mode: boots kept per MAC in the boot ledger")
+	fs.DurationVar(&f.keepAudit, "keep-audit", 0, "fleet mode: remove audit entries older than this (0: keep them all)")
 	fs.StringVar(&f.tokens, "tokens", "", `fleet mode: admin tokens file ("NAME TOKEN" lines)`)
 	fs.BoolVar(&f.openReads, "open-reads", false, "fleet mode: read-only API calls need no token")
 	fs.StringVar(&f.services, "services", "", "YAML file whose services: list imaged starts and keeps alive")
@@ -179,10 +186,17 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		if len(f.hosts) > 0 || f.image != "" {
 			return cfg, nop, nil, errors.New("--state (fleet) and --host/--image (static) exclude each other")
 		}
-		if err := os.MkdirAll(filepath.Dir(f.observed), 0o755); err != nil {
-			return cfg, nop, nil, err
+		db := f.db
+		if db == "" {
+			db = "sqlite://" + f.observed
 		}
-		opts := fleet.Options{Dir: f.state, StatePath: f.observed, TokenFile: f.tokens, OpenReads: f.openReads, Logger: log}
+		if p := fleet.SQLitePath(db); p != "" {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return cfg, nop, nil, err
+			}
+		}
+		opts := fleet.Options{Dir: f.state, DB: db, Import: f.observed, ImageCache: f.observed + ".image-digests.json", KeepBoots: f.keepBoots, KeepAudit: f.keepAudit,
+			TokenFile: f.tokens, OpenReads: f.openReads, Logger: log}
 		if sup != nil {
 			opts.Services = sup.Status
 		}
@@ -353,7 +367,7 @@ func fileImageRef(path string) (pxe.ImageRef, error) {
 		return pxe.ImageRef{}, fmt.Errorf("image %s: %w", abs, err)
 	}
 	name := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
-	return pxe.ImageRef{Name: name, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Path: abs}, nil
+	return pxe.ImageRef{Name: name, Digest: digest.Of(h), Path: abs}, nil
 }
 
 // logEvent writes one boot event; ignored DHCP requests only at debug

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/url"
 	"strings"
+
+	"github.com/hnboot/hnboot/internal/digest"
 )
 
 // Assigned is what imaged says a MAC should run: its answer to GET
@@ -24,6 +26,9 @@ type Assigned struct {
 	Force    bool          `json:"force,omitempty"`
 	// FailedDigests are digests the server knows failed on this host.
 	FailedDigests []string `json:"failed_digests,omitempty"`
+	// Raw is the whole answer, with the host configuration (hostconfig)
+	// that the identity step is to apply.
+	Raw json.RawMessage `json:"-"`
 }
 
 // AssignedImage is the image of an Assigned.
@@ -37,9 +42,9 @@ type AssignedImage struct {
 // Label is "name version (sha256:short)", or the short digest.
 func (a AssignedImage) Label() string {
 	if a.Name != "" {
-		return strings.TrimSpace(a.Name+" "+a.Version) + " (sha256:" + short(a.Digest) + ")"
+		return strings.TrimSpace(a.Name+" "+a.Version) + " (sha256:" + digest.Short(a.Digest) + ")"
 	}
-	return "sha256:" + short(a.Digest)
+	return "sha256:" + digest.Short(a.Digest)
 }
 
 // ErrUnknownHost is the server's 404 for a MAC it does not know.
@@ -68,6 +73,7 @@ func AskAssigned(ctx context.Context, h HTTP, server, mac string) (Assigned, err
 	if err := json.Unmarshal(body, &a); err != nil {
 		return a, fmt.Errorf("GET %s: %w", u, err)
 	}
+	a.Raw = body
 	return a, nil
 }
 

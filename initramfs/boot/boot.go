@@ -24,12 +24,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/blkid"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/randseed"
 	"github.com/hnboot/hnboot/internal/stage"
@@ -51,7 +51,7 @@ type Boot struct {
 	dev        string
 	info       blkid.Info
 	detach     func() error // the loop device of the image being booted
-	digests    *hostpart.Cache
+	digests    *digestcache.Cache
 	id         *idFuture
 	res        rotate.Result    // this boot's rotation (the last one, when a download was promoted)
 	staging    *checkin.Staging // this boot's download, for the check-in
@@ -88,7 +88,7 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 	// SSH host keys and machine-id: generated once; on a first boot
 	// without entropy this waits for the pool, beside everything else.
 	b.id = startIdentity(b.Paths.Hostpart, b.Sys.Now)
-	b.digests = hostpart.LoadCache(b.Paths.Hostpart)
+	b.digests = digestcache.Load(b.Paths.Hostpart)
 
 	var rotErr error
 	rotated, why := RotateDecision(b.cfg)
@@ -246,7 +246,8 @@ func (b *Boot) rotate() (rotate.Result, error) {
 		Verify: func(name string) error { // filesystem, manifest, signature
 			return verifyStaged(b.Paths.Hostpart, name, tr, b.digests, b.Log)
 		},
-		Log: func(msg string) { b.Log.Info("rotate: " + msg) },
+		Complete: completeImage(b.Paths.Hostpart, b.digests), // filesystem; manifest size and digest
+		Log:      func(msg string) { b.Log.Info("rotate: " + msg) },
 	}
 	start := b.Sys.Now()
 	res, err := rotate.Run(fsys, opt)
@@ -254,8 +255,11 @@ func (b *Boot) rotate() (rotate.Result, error) {
 	if err != nil {
 		return res, err
 	}
-	moveManifests(b.Paths.Hostpart, res.Action, b.Log) // IMAGE.json follows its image
-	b.Log.Info("rotation done", "action", res.Action.String(), "trial", res.Trial, "tries_left", res.TriesLeft, "took", b.Sys.Now().Sub(start).Round(time.Microsecond))
+	args := []any{"action", res.Action.String(), "trial", res.Trial, "tries_left", res.TriesLeft, "took", b.Sys.Now().Sub(start).Round(time.Microsecond)}
+	if res.Repaired != "" {
+		args = append(args, "repaired_from", res.Repaired)
+	}
+	b.Log.Info("rotation done", args...)
 	return res, nil
 }
 

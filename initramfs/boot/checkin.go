@@ -3,7 +3,6 @@ package boot
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,9 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/identity"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -45,15 +45,7 @@ func (b *Boot) checkinReport(ctx context.Context) *checkin.Checkin {
 		}
 	}
 	dir := b.Paths.Hostpart
-	if id := b.cfg.RevertID; id != "" {
-		if data, err := os.ReadFile(filepath.Join(dir, layout.Reverts)); err == nil {
-			for _, l := range strings.Split(string(data), "\n") {
-				if strings.TrimSpace(l) == id {
-					rep.RevertApplied = id
-				}
-			}
-		}
-	}
+	rep.RevertApplied = res.RevertApplied
 	if id, err := b.id.wait(ctx); err == nil {
 		for _, k := range id.HostKeys {
 			rep.SSHHostKeys = append(rep.SSHHostKeys, strings.TrimSpace(string(k.Public)))
@@ -65,16 +57,24 @@ func (b *Boot) checkinReport(ctx context.Context) *checkin.Checkin {
 	if f, err := stage.LoadFailed(dir); err == nil && len(f) > 0 {
 		rep.FailedDigests = f.Digests()
 	}
-	img, digest := imageDigest(ctx, dir, b.cfg.Image, b.digests)
-	img.File = b.cfg.Image
-	rep.BootedImage, rep.Booted = img, digest
-	// The other slots are never hashed at boot: cache or manifest only.
-	for slot, name := range map[*string]string{&rep.Images.Old: layout.Old, &rep.Images.New: layout.New, &rep.Images.Broken: layout.Broken} {
-		*slot = knownDigest(dir, name, b.digests)
-	}
-	rep.Images.Current = digest
+	rep.BootedImage, rep.Images = reportImages(ctx, dir, b.cfg.Image, b.digests)
+	rep.Booted = rep.Images.Current
 	b.saveDigests()
 	return rep
+}
+
+// reportImages describes the image booting now (dir/image) and the
+// digests of the slots. Only the booted image may be hashed, within ctx
+// and checkin.HashLimit; the others come from the cache or their manifest.
+// New digests go into cache; the caller saves it.
+func reportImages(ctx context.Context, dir, image string, cache *digestcache.Cache) (checkin.Image, checkin.Slots) {
+	img, d := imageDigest(ctx, dir, image, cache)
+	img.File = image
+	slots := checkin.Slots{Current: d}
+	for slot, name := range map[*string]string{&slots.Old: layout.Old, &slots.New: layout.New, &slots.Broken: layout.Broken} {
+		*slot = knownDigest(dir, name, cache)
+	}
+	return img, slots
 }
 
 // postCheckin sends rep to server and remembers server on hostpart (the
@@ -84,13 +84,12 @@ func (b *Boot) postCheckin(ctx context.Context, server, mac string, rep *checkin
 	rep.Tidy() // rotation notes name files and errors: fit them, or the server refuses it all
 	body, _ := json.Marshal(rep)
 	url := strings.TrimRight(server, "/") + "/checkin"
-	resp, err := b.Sys.HTTP().Post(ctx, url, "application/json", body)
+	code, err := b.post(ctx, url, body)
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("POST %s: %s", url, resp.Status)
+	if code/100 != 2 {
+		return fmt.Errorf("POST %s: status %d", url, code)
 	}
 	if old, _ := os.ReadFile(filepath.Join(b.Paths.Hostpart, layout.Server)); strings.TrimSpace(string(old)) != server {
 		if err := durable.Root(b.Paths.Hostpart).WriteFile(layout.Server, []byte(server+"\n")); err != nil {
@@ -98,6 +97,28 @@ func (b *Boot) postCheckin(ctx context.Context, server, mac string, rep *checkin
 		}
 	}
 	return nil
+}
+
+// post posts a check-in, again after a 503 while ctx lasts: the server
+// could not store it (its fleet database is away) and said so, so it kept
+// nothing.
+func (b *Boot) post(ctx context.Context, url string, body []byte) (int, error) {
+	for {
+		resp, err := b.Sys.HTTP().Post(ctx, url, "application/json", body)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 || ctx.Err() != nil {
+			return resp.StatusCode, nil
+		}
+		b.Log.Info("check-in: the server cannot store it now (503); retrying", "url", url)
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return resp.StatusCode, nil
+		}
+	}
 }
 
 // manifestDigest is the digest named by the manifest beside the image, if
@@ -114,7 +135,7 @@ func manifestDigest(path string, size int64) string {
 
 // knownDigest is the digest of dir/name from the cache or its manifest,
 // without hashing; "" when neither knows it (or the slot is empty).
-func knownDigest(dir, name string, cache *hostpart.Cache) string {
+func knownDigest(dir, name string, cache *digestcache.Cache) string {
 	path := filepath.Join(dir, name)
 	st, err := os.Stat(path)
 	if err != nil {
@@ -128,7 +149,7 @@ func knownDigest(dir, name string, cache *hostpart.Cache) string {
 
 // imageDigest returns the description of the image dir/name and its full
 // digest when it is cached or cheap to compute (see checkin.Image).
-func imageDigest(ctx context.Context, dir, name string, cache *hostpart.Cache) (checkin.Image, string) {
+func imageDigest(ctx context.Context, dir, name string, cache *digestcache.Cache) (checkin.Image, string) {
 	img := checkin.Image{Source: "none"}
 	path := filepath.Join(dir, name)
 	f, err := os.Open(path)
@@ -143,7 +164,7 @@ func imageDigest(ctx context.Context, dir, name string, cache *hostpart.Cache) (
 	img.Size = st.Size()
 	h := sha256.New()
 	if _, err := io.Copy(h, io.LimitReader(f, 1<<20)); err == nil {
-		img.Head = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		img.Head = digest.Of(h)
 	}
 	if d := cache.Lookup(name, st); d != "" {
 		img.Source = "cache"
@@ -172,20 +193,28 @@ func imageDigest(ctx context.Context, dir, name string, cache *hostpart.Cache) (
 			return img, ""
 		}
 	}
-	d := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	d := digest.Of(h)
 	cache.Put(name, st, d)
 	img.Source = "computed"
 	return img, d
 }
 
-// saveDigests writes the digest cache if this boot learnt a digest.
+// saveDigests writes the digest cache if this boot learnt a digest. A
+// failure only costs hashing again.
 func (b *Boot) saveDigests() {
 	if b.digests == nil {
 		return
 	}
-	if err := b.digests.Save(b.Paths.Hostpart); err != nil {
-		b.Log.Warn("cannot save the digest cache", "file", layout.Digests, "err", err)
+	if err := saveDigests(b.Paths.Hostpart, b.digests); err != nil {
+		b.Log.Warn("digest cache not saved", "file", layout.Digests, "err", err)
 	}
+}
+
+func saveDigests(dir string, cache *digestcache.Cache) error {
+	if !cache.Dirty() {
+		return nil
+	}
+	return cache.Save(dir)
 }
 
 // idFuture is the host identity, generated in the background: on a

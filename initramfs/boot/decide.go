@@ -12,6 +12,7 @@ import (
 
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
@@ -120,7 +121,7 @@ func FetchDecision(in FetchInput) Fetch {
 		return Fetch{Why: "no assignment from imaged: " + in.AssignedErr.Error()}
 	case a.Digest == "":
 		return Fetch{Why: "imaged assigns no image to this host"}
-	case !validDigest(a.Digest):
+	case !digest.Valid(a.Digest):
 		return Fetch{Why: fmt.Sprintf("imaged's digest %q is not sha256:<64 hex>", a.Digest)}
 	case in.RotateErr != nil:
 		return Fetch{Why: "the rotation failed: boot what is there first"}
@@ -156,20 +157,4 @@ func CheckinDecision(netErr, assignedErr error) (bool, string) {
 		return false, "imaged did not answer in time"
 	}
 	return true, "checking in"
-}
-
-func validDigest(s string) bool {
-	h, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(h) != 64 {
-		return false
-	}
-	return strings.Trim(h, "0123456789abcdef") == ""
-}
-
-func short(digest string) string {
-	s := strings.TrimPrefix(digest, "sha256:")
-	if len(s) > 12 {
-		s = s[:12]
-	}
-	return s
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/hostconfig"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/pxe"
 )
@@ -165,7 +166,7 @@ func (timeoutErr) Temporary() bool { return true }
 // both must mean the same JSON.
 func TestAssignedMatchesDesiredHost(t *testing.T) {
 	d := fleet.DesiredHost{
-		MAC: fakeMAC, Hostname: "web-07", Source: "assigned to host by alice", Revert: "r1", Force: true,
+		MAC: fakeMAC, Config: hostconfig.Config{Hostname: "web-07"}, Source: "assigned to host by alice", Revert: "r1", Force: true,
 		Image:         fleet.DesiredImage{ImageRef: pxe.ImageRef{Name: "web", Version: "2", Digest: digestOf(imgB)}, Size: 17825792},
 		FailedDigests: []string{digestOf(imgA)},
 	}

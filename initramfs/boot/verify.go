@@ -9,9 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/stage"
@@ -83,7 +84,7 @@ func (b *Boot) stageKeys() (stage.Keys, error) {
 // trusted key, an image without a manifest, with an unsigned one or one
 // signed by another key is refused. A digest the cache knows (the
 // staging that just wrote the image put it there) is not computed again.
-func verifyStaged(dir, name string, tr trust, cache *hostpart.Cache, log *slog.Logger) error {
+func verifyStaged(dir, name string, tr trust, cache *digestcache.Cache, log *slog.Logger) error {
 	path := filepath.Join(dir, name)
 	if err := blkid.CheckImageFile(path); err != nil {
 		return err
@@ -131,36 +132,56 @@ func verifyStaged(dir, name string, tr trust, cache *hostpart.Cache, log *slog.L
 	return nil
 }
 
-// manifestMoves are the renames of manifests that follow a rotation's
-// renames of images, in order (each source is renamed only if present).
-func manifestMoves(a rotate.Action) [][2]string {
-	j := layout.ManifestFor
-	switch a {
-	case rotate.Promote:
-		return [][2]string{{j(layout.Current), j(layout.Old)}, {j(layout.New), j(layout.Current)}}
-	case rotate.Revert:
-		return [][2]string{{j(layout.Current), j(layout.Broken)}, {j(layout.Old), j(layout.Current)}}
-	case rotate.Reject:
-		return [][2]string{{j(layout.New), j(layout.Rejected)}}
-	}
-	return nil
-}
-
-// moveManifests keeps each manifest beside its image after a rotation. It
-// is not crash-critical: a manifest only describes an image, and the
-// digest of any image can always be recomputed. A stale manifest of the
-// destination name is removed first so it never describes another image.
-func moveManifests(dir string, a rotate.Action, log *slog.Logger) {
-	for _, mv := range manifestMoves(a) {
-		src, dst := filepath.Join(dir, mv[0]), filepath.Join(dir, mv[1])
-		if _, err := os.Stat(src); err != nil {
-			if err := os.Remove(dst); err == nil {
-				log.Info("removed a manifest that no longer describes its image", "file", mv[1])
+// completeImage is the rotation's Complete (rotate.Options): is the image
+// dir/name complete, and does the manifest beside it describe it? The
+// filesystem is blkid.CheckImageFile's (a known superblock, not shorter
+// than it says). A manifest must parse, name the file's size, and name its
+// sha256 where that is known without hashing a big image at boot: from
+// the digest cache, or by hashing images up to checkin.HashLimit (cached,
+// so once per image). Past that a manifest of the right size is trusted,
+// as the check-in trusts it.
+func completeImage(dir string, cache *digestcache.Cache) func(name string) error {
+	return func(name string) error {
+		path := filepath.Join(dir, name)
+		if err := blkid.CheckImageFile(path); err != nil {
+			if errors.Is(err, blkid.ErrNotImage) {
+				return fmt.Errorf("%w: %w", rotate.ErrIncomplete, err)
 			}
-			continue
+			return err
 		}
-		if err := os.Rename(src, dst); err != nil {
-			log.Warn("cannot move manifest beside its image", "from", mv[0], "to", mv[1], "err", err)
+		mname := filepath.Base(layout.ManifestFor(path))
+		m, err := manifest.ReadFile(layout.ManifestFor(path))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil
+		case errors.Is(err, manifest.ErrFormat):
+			return fmt.Errorf("%w: %w", rotate.ErrStaleManifest, err)
+		case err != nil:
+			return err
 		}
+		st, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		if m.Size != st.Size() {
+			return fmt.Errorf("%w: %s says %d bytes, %s has %d", rotate.ErrStaleManifest, mname, m.Size, name, st.Size())
+		}
+		want := "sha256:" + m.SHA256
+		got := cache.Lookup(name, st)
+		if got == "" && st.Size() <= checkin.HashLimit {
+			err := m.VerifyFile(path, nil) // size and sha256; no keys: the signature was checked at promotion
+			if errors.Is(err, manifest.ErrDigest) {
+				return fmt.Errorf("%w: %s: %w", rotate.ErrStaleManifest, mname, err)
+			}
+			if err != nil {
+				return err
+			}
+			cache.Put(name, st, want)
+			return nil
+		}
+		if got != "" && got != want {
+			return fmt.Errorf("%w: %s says %s, %s is %s", rotate.ErrStaleManifest, mname, want, name, got)
+		}
+		return nil
 	}
 }

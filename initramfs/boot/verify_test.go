@@ -2,17 +2,18 @@ package boot
 
 import (
 	"crypto/rand"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/initramfs/rotate"
+	"github.com/hnboot/hnboot/internal/digest"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 )
@@ -109,7 +110,7 @@ func TestVerifyStaged(t *testing.T) {
 				paths = append(paths, p)
 			}
 			paths = append(paths, filepath.Join(dir, "missing.pub"))
-			err := verifyStaged(dir, layout.New, loadTrust(paths...), hostpart.LoadCache(dir), log)
+			err := verifyStaged(dir, layout.New, loadTrust(paths...), digestcache.Parse(nil), log)
 			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 				t.Errorf("verifyStaged(%s) = %v, want %q", tt.name, err, tt.want)
 			}
@@ -123,14 +124,14 @@ func TestVerifyStagedFilesystem(t *testing.T) {
 	if err := os.Truncate(img, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	err := verifyStaged(dir, layout.New, trust{}, hostpart.LoadCache(dir), slog.New(slog.DiscardHandler))
+	err := verifyStaged(dir, layout.New, trust{}, digestcache.Parse(nil), slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Errorf("verifyStaged(truncated image) = %v, want an error saying truncated", err)
 	}
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyStaged(dir, layout.New, trust{}, hostpart.LoadCache(dir), slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "not a root filesystem") {
+	if err := verifyStaged(dir, layout.New, trust{}, digestcache.Parse(nil), slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "not a root filesystem") {
 		t.Errorf("verifyStaged(zeros) = %v, want an error saying not a root filesystem", err)
 	}
 }
@@ -160,10 +161,10 @@ func TestVerifyStagedCached(t *testing.T) {
 			if tc.cached == "wrong" {
 				d = "sha256:" + strings.Repeat("0", 64)
 			}
-			if err := hostpart.Remember(dir, layout.New, d); err != nil {
+			if err := digestcache.Remember(dir, layout.New, d); err != nil {
 				t.Fatal(err)
 			}
-			err = verifyStaged(dir, layout.New, trust{}, hostpart.LoadCache(dir), log)
+			err = verifyStaged(dir, layout.New, trust{}, digestcache.Load(dir), log)
 			if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("verifyStaged = %v, want %q", err, tc.want)
 			}
@@ -171,33 +172,78 @@ func TestVerifyStagedCached(t *testing.T) {
 	}
 }
 
-func TestMoveManifests(t *testing.T) {
-	for _, tt := range []struct {
-		action rotate.Action
-		before []string
-		want   string
+func TestCompleteImage(t *testing.T) {
+	other := "sha256:" + strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		name     string
+		manifest string // "", "match", "size", "digest", "garbage"
+		image    string // "", "truncated", "zeros", "missing"
+		cached   string // a digest in the cache for the image; "" none
+		want     error  // nil, rotate.ErrIncomplete or rotate.ErrStaleManifest
+		other    bool   // an error that is neither (reading failed)
 	}{
-		{rotate.Promote, []string{"hn-root.img.json", "hn-root-new.img.json"}, "[hn-root-old.img.json:current hn-root.img.json:new]"},
-		{rotate.Promote, []string{"hn-root-old.img.json", "hn-root-new.img.json"}, "[hn-root.img.json:new]"},
-		{rotate.Revert, []string{"hn-root.img.json", "hn-root-old.img.json"}, "[hn-root-broken.img.json:current hn-root.img.json:old]"},
-		{rotate.Reject, []string{"hn-root.img.json", "hn-root-new.img.json"}, "[hn-root-new.img.rejected.json:new hn-root.img.json:current]"},
-		{rotate.Boot, []string{"hn-root.img.json"}, "[hn-root.img.json:current]"},
+		{name: "no manifest"},
+		{name: "matching manifest", manifest: "match"},
+		{name: "manifest of another size", manifest: "size", want: rotate.ErrStaleManifest},
+		{name: "manifest of another image of the same size", manifest: "digest", want: rotate.ErrStaleManifest},
+		{name: "manifest that is not one", manifest: "garbage", want: rotate.ErrStaleManifest},
+		{name: "cached digest disagrees with the manifest", manifest: "match", cached: other, want: rotate.ErrStaleManifest},
+		{name: "truncated", image: "truncated", manifest: "match", want: rotate.ErrIncomplete},
+		{name: "not a filesystem", image: "zeros", want: rotate.ErrIncomplete},
+		{name: "missing", image: "missing", other: true},
 	} {
-		dir := t.TempDir()
-		label := map[string]string{"hn-root.img.json": "current", "hn-root-new.img.json": "new", "hn-root-old.img.json": "old"}
-		for _, n := range tt.before {
-			os.WriteFile(filepath.Join(dir, n), []byte(label[n]), 0o644)
-		}
-		moveManifests(dir, tt.action, slog.New(slog.DiscardHandler))
-		ents, _ := os.ReadDir(dir)
-		var got []string
-		for _, e := range ents {
-			b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-			got = append(got, e.Name()+":"+string(b))
-		}
-		sort.Strings(got)
-		if s := "[" + strings.Join(got, " ") + "]"; s != tt.want {
-			t.Errorf("moveManifests(%v, %v) left %s, want %s", tt.action, tt.before, s, tt.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			img := stagedImage(t, dir)
+			if tc.manifest != "" {
+				m, err := manifest.New(img, manifest.Fields{FS: "ext4", BuildTime: time.Unix(0, 0)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch tc.manifest {
+				case "size":
+					m.Size++
+				case "digest":
+					m.SHA256 = strings.Repeat("cd", 32)
+				}
+				body := m.Marshal()
+				if tc.manifest == "garbage" {
+					body = []byte("{not json")
+				}
+				if err := os.WriteFile(layout.ManifestFor(img), body, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			switch tc.image {
+			case "truncated":
+				os.Truncate(img, 1<<20)
+			case "zeros":
+				os.WriteFile(img, make([]byte, 1<<20), 0o644)
+			case "missing":
+				os.Remove(img)
+			}
+			cache := digestcache.Parse(nil)
+			if tc.cached != "" {
+				st, _ := os.Stat(img)
+				cache.Put(layout.New, st, tc.cached)
+			}
+			err := completeImage(dir, cache)(layout.New)
+			switch {
+			case tc.other:
+				if err == nil || errors.Is(err, rotate.ErrIncomplete) || errors.Is(err, rotate.ErrStaleManifest) {
+					t.Errorf("completeImage(%s) = %v, want an error that is neither incomplete nor stale", tc.name, err)
+				}
+			case !errors.Is(err, tc.want) || (tc.want == nil && err != nil):
+				t.Errorf("completeImage(%s) = %v, want %v", tc.name, err, tc.want)
+			}
+			// A digest checked by hashing is cached for the next boot.
+			if tc.manifest == "match" && tc.want == nil {
+				st, _ := os.Stat(img)
+				want, _ := digest.File(img, nil)
+				if got := cache.Lookup(layout.New, st); got != want {
+					t.Errorf("after completeImage(%s): cached %q, want %s", tc.name, got, want)
+				}
+			}
+		})
 	}
 }

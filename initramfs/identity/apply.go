@@ -7,9 +7,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
+	"strconv"
 	"strings"
 
+	"github.com/hnboot/hnboot/internal/hostconfig"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 
@@ -19,64 +20,153 @@ const (
 	fstabEnd   = "# hnboot: end"
 	fstabLines = "LABEL=EFI-BOOT /boot/loader vfat noauto,noatime 0 2\n" +
 		"LABEL=hostpart /hostpart auto noatime 0 1\n"
-	networkFile = "/etc/systemd/network/10-hnboot.network"
-	envFile     = "/etc/hnboot/network.env"
+	networkFile = layout.NetworkdMain
+	envFile     = layout.NetworkEnv
 )
 
-// Apply writes the host's identity into root, the new root filesystem
-// (an overlay whose upper layer is fresh each boot, so nothing here needs
-// to survive a crash; it is still idempotent, so the init may retry).
-//
-// All paths are resolved through os.Root: the image's symlinks can never
-// make us write outside root (an absolute symlink inside the image is
-// refused rather than followed into the initramfs).
+// Apply writes a host.conf-era configuration into root, for the callers
+// that merge HostConf layers, as before ApplyConfig: its values as
+// ParseHostConf and FromKernelIP accepted them, without ApplyConfig's
+// stricter check, and the network for networkd and network.env only, not
+// for ifupdown. A host.conf that booted before boots the same (Apply has
+// no log to say what it would refuse, and its callers fail the boot on an
+// error), and an ifupdown image whose scripts read network.env is not
+// configured twice.
 func Apply(root string, id Identity, hc HostConf) error {
+	_, err := applyConfig(root, id, hc.Config(), "", true)
+	return err
+}
+
+// Applied says what ApplyConfig wrote, for the log.
+type Applied struct {
+	Network string   // "networkd", or "networkd and ifupdown" for an image with ifupdown and without networkd enabled
+	Files   []string // the configuration's files: written
+	// Problems are values refused and files left out (an owner the image
+	// does not know); log each as an error and go on.
+	Problems []string
+	Notes    []string // what the log should say besides
+}
+
+// ApplyConfig writes the host's identity into root, the new root
+// filesystem (an overlay whose upper layer is fresh each boot, so nothing
+// here needs to survive a crash; it is still idempotent, so the init may
+// retry): hostname and /etc/hosts, machine-id, SSH host keys, the
+// network, layout.NetworkEnv, resolv.conf for static DNS,
+// layout.IdentityEnv, the configuration's files (after hnboot's own, with
+// their mode and owner; owners by name come from the image's passwd and
+// group), the mount points, /data0 and the fstab block.
+//
+// The network is hostconfig.Networkd always, and hostconfig.Ifupdown too
+// when the image has ifupdown and does not enable networkd (two managers
+// must not configure one NIC) and c says more than DHCP on any NIC (which
+// the image's own ifupdown file does already). bootMAC is the NIC an
+// ifupdown image configures when c names none.
+//
+// c is validated again (the init's last line against a bad value from
+// any layer): what is refused is in Applied.Problems, the rest is
+// written. The error says what could not be written (the root is not
+// what it should be). All paths are resolved through os.Root: the
+// image's symlinks can never make us write outside root (an absolute
+// symlink inside the image is refused rather than followed into the
+// initramfs).
+func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) (Applied, error) {
+	return applyConfig(root, id, c, bootMAC, false)
+}
+
+func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, legacy bool) (Applied, error) {
+	var res Applied
 	r, err := os.OpenRoot(root)
 	if err != nil {
-		return fmt.Errorf("apply identity: %w", err)
+		return res, fmt.Errorf("apply identity: %w", err)
 	}
 	defer r.Close()
 	a := applier{r: r, root: root}
+	if !legacy {
+		var problems []hostconfig.Problem
+		c, problems = c.Validate(bootMAC)
+		for _, p := range problems {
+			res.Problems = append(res.Problems, "refused "+p.String())
+		}
+	}
 
-	if hc.Hostname != "" {
-		a.write("/etc/hostname", hc.Hostname+"\n", 0o644)
-		a.hosts(hc.Hostname)
+	if c.Hostname != "" {
+		a.write(layout.HostnameFile, c.Hostname+"\n", 0o644)
+		a.hosts(c.Hostname)
 	}
 	if id.MachineID != "" {
-		a.write("/etc/machine-id", id.MachineID+"\n", 0o444)
+		a.write(layout.MachineIDFile, id.MachineID+"\n", 0o444)
 	}
 	for _, k := range id.HostKeys {
 		base := "/etc/ssh/ssh_host_" + k.Type + "_key"
 		a.write(base, string(k.Private), 0o600)
 		a.write(base+".pub", string(k.Public), 0o644)
 	}
-	a.write(networkFile, NetworkdUnit(hc), 0o644)
-	a.write(envFile, NetworkEnv(hc), 0o644)
-	if hc.IP != "" && hc.IP != DHCP && len(hc.DNS) > 0 {
-		a.resolvConf(hc.DNS)
-	}
-	a.optional("/etc/hnboot/storage-id", hc.StorageID)
-	a.optional("/etc/hnboot/cm-id", hc.ConfigMgmtID)
 
-	paths := make([]string, 0, len(hc.Files))
-	for p := range hc.Files {
-		paths = append(paths, p)
+	res.Network = "networkd"
+	a.removeStaleNetworkd()
+	for _, o := range hostconfig.Networkd(c.Network) {
+		a.write(o.Path, o.Content, o.Mode)
 	}
-	sort.Strings(paths)
-	for _, p := range paths {
-		clean, err := cleanRootPath(p)
+	switch {
+	case legacy:
+	case !a.hasIfupdown() || a.networkdEnabled():
+		a.remove(layout.IfupdownFile) // one the image was built with
+	case ifupdownDefault(c.Network):
+		// DHCP on whatever NIC: what the image's own ifupdown
+		// configuration does already, and a stanza of ours beside its
+		// own would fight it for the NIC.
+		a.remove(layout.IfupdownFile)
+	default:
+		outs, err := hostconfig.Ifupdown(c.Network, bootMAC)
 		if err != nil {
-			a.fail(fmt.Errorf("extra file: %w", err))
-			continue
+			res.Notes = append(res.Notes, err.Error()+"; the image's own ifupdown configuration applies")
+		} else {
+			res.Network = "networkd and ifupdown"
+			for _, o := range outs {
+				a.write(o.Path, o.Content, o.Mode)
+			}
+			if !strings.Contains(a.readOptional("/etc/network/interfaces"), "interfaces.d") {
+				res.Notes = append(res.Notes, "the image's /etc/network/interfaces does not source /etc/network/interfaces.d: "+layout.IfupdownFile+" is not read")
+			}
 		}
-		a.write(clean, hc.Files[p], 0o644)
+	}
+	a.write(layout.NetworkEnv, hostconfig.NetworkEnv(c), 0o644)
+	if resolv, ok := hostconfig.ResolvConf(c.Network); ok {
+		a.resolvConf(resolv)
+	}
+	a.write(layout.IdentityEnv, hostconfig.IdentityEnv(c.Identity), 0o644)
+	a.optional(layout.StorageIDFile, c.Identity[IdentityStorageID])
+	a.optional(layout.CMIDFile, c.Identity[IdentityCMID])
+
+	for _, f := range c.Files {
+		mode, err := hostconfig.FileMode(f.Mode)
+		if f.Mode == "" || err != nil {
+			mode = 0o644 // Apply's files, from host.conf-era callers
+		}
+		uid, gid := -1, -1
+		if f.Owner != "" {
+			if uid, gid, err = a.owner(f.Owner); err != nil {
+				res.Problems = append(res.Problems, fmt.Sprintf("file %s: %v; not written", f.Path, err))
+				continue
+			}
+		}
+		if legacy {
+			// What cleanRootPath refuses, Apply always refused.
+			if _, err := cleanRootPath(f.Path); err != nil {
+				a.fail(fmt.Errorf("extra file: %w", err))
+				continue
+			}
+		}
+		if a.writeOwned(f.Path, f.Content, fs.FileMode(mode), uid, gid) {
+			res.Files = append(res.Files, f.Path)
+		}
 	}
 
 	a.mkdir(layout.HostpartMount)
 	a.mkdir(layout.LoaderMount)
 	a.symlink(layout.HostpartMount+"/"+layout.DataDir, layout.DataLink)
 	a.fstab()
-	return a.err()
+	return res, a.err()
 }
 
 type applier struct {
@@ -111,29 +201,136 @@ func (a *applier) mkdir(p string) {
 // reader can see half a file. Writing through os.Root (which durable,
 // taking paths, cannot) is what keeps the image's symlinks from leading
 // the write out of the root.
-func (a *applier) write(p, content string, mode os.FileMode) {
+func (a *applier) write(p, content string, mode os.FileMode) { a.writeOwned(p, content, mode, -1, -1) }
+
+// writeOwned is write, and chown to uid:gid unless they are -1; it
+// reports whether p was written.
+func (a *applier) writeOwned(p, content string, mode os.FileMode, uid, gid int) bool {
 	name := rel(p)
 	if err := a.r.MkdirAll(path.Dir(name), 0o755); err != nil {
 		a.fail(fmt.Errorf("write %s: mkdir: %w", p, err))
-		return
+		return false
 	}
 	if err := a.r.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 		a.fail(fmt.Errorf("write %s: %w", p, err))
-		return
+		return false
 	}
-	f, err := a.r.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	// 0600 until owner and mode are both right, so a file meant for one
+	// group is never readable by all; owner first (chown clears set-id
+	// bits). OpenFile's mode is filtered by the umask; Chmod's is exact.
+	f, err := a.r.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		a.fail(fmt.Errorf("write %s: %w", p, err))
-		return
+		return false
 	}
-	// OpenFile's mode is filtered by the umask; private keys must be
-	// exactly 0600 and public files readable by all.
-	cherr := f.Chmod(mode)
+	var errs []error
+	if uid >= 0 || gid >= 0 {
+		if err := f.Chown(uid, gid); err != nil {
+			errs = append(errs, fmt.Errorf("chown: %w", err))
+		}
+	}
+	if err := f.Chmod(mode); err != nil {
+		errs = append(errs, fmt.Errorf("chmod: %w", err))
+	}
 	_, werr := f.WriteString(content)
-	cerr := f.Close()
-	if err := errors.Join(cherr, werr, cerr); err != nil {
+	errs = append(errs, werr, f.Close())
+	if err := errors.Join(errs...); err != nil {
 		a.fail(fmt.Errorf("write %s: %w", p, err))
+		return false
 	}
+	return true
+}
+
+// ifupdownDefault: n says nothing but DHCP.
+func ifupdownDefault(n hostconfig.Network) bool {
+	return n.Carrier() == "" && n.VLAN == nil && !n.Static() && n.MTU == 0 && len(n.DNS) == 0 && len(n.Search) == 0
+}
+
+// remove removes p if it is there.
+func (a *applier) remove(p string) {
+	if err := a.r.Remove(rel(p)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		a.fail(fmt.Errorf("remove %s: %w", p, err))
+	}
+}
+
+// removeStaleNetworkd removes the image's layout.NetworkdPrefix* files
+// (an image built from a running host carries last boot's): only this
+// boot's configuration may match a NIC.
+func (a *applier) removeStaleNetworkd() {
+	ents, err := fs.ReadDir(a.r.FS(), rel(layout.NetworkdDir))
+	if err != nil {
+		return // none, or not a directory: nothing to remove
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), layout.NetworkdPrefix) {
+			a.remove(path.Join(layout.NetworkdDir, e.Name()))
+		}
+	}
+}
+
+// exists reports whether p is in the root (through its symlinks, if
+// they stay inside).
+func (a *applier) exists(p string) bool {
+	_, err := a.r.Stat(rel(p))
+	return err == nil
+}
+
+// hasIfupdown: the image configures its network with ifupdown.
+func (a *applier) hasIfupdown() bool {
+	return a.exists("/etc/network/interfaces") && (a.exists("/sbin/ifup") || a.exists("/usr/sbin/ifup"))
+}
+
+// networkdEnabled: the image starts systemd-networkd (systemctl enable
+// links it into a .wants directory).
+func (a *applier) networkdEnabled() bool {
+	ents, err := fs.ReadDir(a.r.FS(), "etc/systemd/system")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".wants") {
+			if _, err := a.r.Lstat(path.Join("etc/systemd/system", e.Name(), "systemd-networkd.service")); err == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// owner resolves "user[:group]" against the image's /etc/passwd and
+// /etc/group; numbers are taken as they are. Without a group, the group
+// stays root's, as chown user does.
+func (a *applier) owner(s string) (uid, gid int, err error) {
+	user, group, hasGroup := strings.Cut(s, ":")
+	if uid, err = lookupID(a.readOptional("/etc/passwd"), user); err != nil {
+		return -1, -1, fmt.Errorf("owner %s: %w in the image's /etc/passwd", s, err)
+	}
+	gid = 0
+	if hasGroup {
+		if gid, err = lookupID(a.readOptional("/etc/group"), group); err != nil {
+			return -1, -1, fmt.Errorf("owner %s: %w in the image's /etc/group", s, err)
+		}
+	}
+	return uid, gid, nil
+}
+
+// lookupID finds name in a passwd or group file (name:x:ID:...); a number
+// is its own ID.
+func lookupID(file, name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil {
+		return n, nil
+	}
+	for _, l := range strings.Split(file, "\n") {
+		f := strings.Split(l, ":")
+		if len(f) >= 3 && f[0] == name {
+			n, err := strconv.Atoi(f[2])
+			if err != nil || n < 0 {
+				return -1, fmt.Errorf("%q has a bad id %q", name, f[2])
+			}
+			return n, nil
+		}
+	}
+	return -1, fmt.Errorf("no %q", name)
 }
 
 // optional writes p when content is set and removes a stale copy when not.
@@ -193,16 +390,11 @@ func HostsFile(old, hostname string) string {
 // resolvConf writes static DNS servers for images without a resolver
 // daemon. A symlinked resolv.conf belongs to systemd-resolved or
 // resolvconf, which get the servers from the networkd file; leave it.
-func (a *applier) resolvConf(dns []string) {
+func (a *applier) resolvConf(content string) {
 	if fi, err := a.r.Lstat("etc/resolv.conf"); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		return
 	}
-	var b strings.Builder
-	b.WriteString("# written by hnboot from the host configuration\n")
-	for _, d := range dns {
-		b.WriteString("nameserver " + d + "\n")
-	}
-	a.write("/etc/resolv.conf", b.String(), 0o644)
+	a.write("/etc/resolv.conf", content, 0o644)
 }
 
 // symlink makes link point at target, replacing a different symlink or an
@@ -275,49 +467,24 @@ func Fstab(old string) string {
 	return s + fstabBegin + "\n" + fstabLines + fstabEnd + "\n"
 }
 
-// NetworkdUnit is the systemd-networkd configuration for hc.
+// NetworkdUnit is the main networkd file for hc (layout.NetworkdMain),
+// for callers of the host.conf-era API; ApplyConfig writes all of
+// hostconfig.Networkd.
 func NetworkdUnit(hc HostConf) string {
-	var b strings.Builder
-	b.WriteString("# written by hnboot at every boot from the host configuration\n[Match]\n")
-	if hc.Interface != "" {
-		b.WriteString("Name=" + hc.Interface + "\n")
-	} else {
-		b.WriteString("Name=en* eth*\n")
-	}
-	b.WriteString("\n[Network]\n")
-	if hc.IP == "" || hc.IP == DHCP {
-		b.WriteString("DHCP=yes\n")
-	} else {
-		b.WriteString("Address=" + hc.IP + "\n")
-		if hc.Gateway != "" {
-			b.WriteString("Gateway=" + hc.Gateway + "\n")
+	n, _ := hc.Config().Validate("")
+	for _, o := range hostconfig.Networkd(n.Network) {
+		if o.Path == layout.NetworkdMain {
+			return o.Content
 		}
 	}
-	for _, d := range hc.DNS {
-		b.WriteString("DNS=" + d + "\n")
-	}
-	return b.String()
+	return ""
 }
 
-// NetworkEnv is the same configuration as shell variables, for images that
-// do not run networkd (sourced by their own network scripts).
+// NetworkEnv is hostconfig.NetworkEnv for hc, for callers of the
+// host.conf-era API.
 func NetworkEnv(hc HostConf) string {
-	ip := hc.IP
-	if ip == "" {
-		ip = DHCP
-	}
-	var b strings.Builder
-	b.WriteString("# written by hnboot at every boot; source it: . /etc/hnboot/network.env\n")
-	for _, kv := range [][2]string{
-		{"HN_HOSTNAME", hc.Hostname},
-		{"HN_INTERFACE", hc.Interface},
-		{"HN_IP", ip},
-		{"HN_GATEWAY", hc.Gateway},
-		{"HN_DNS", strings.Join(hc.DNS, " ")},
-	} {
-		b.WriteString(kv[0] + "=" + quoteShell(kv[1]) + "\n")
-	}
-	return b.String()
+	c, _ := hc.Config().Validate("")
+	return hostconfig.NetworkEnv(c)
 }
 
 // Bind is a bind mount for the init to perform before switch_root.

@@ -290,8 +290,3 @@ func DefaultHostname(mac string) string {
 func Defaults(mac string) HostConf {
 	return HostConf{Hostname: DefaultHostname(mac), IP: DHCP}
 }
-
-// quoteShell single-quotes s for a POSIX shell.
-func quoteShell(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}

@@ -255,9 +255,15 @@ func TestApply(t *testing.T) {
 		"etc/resolv.conf":       "# written by hnboot from the host configuration\nnameserver 10.1.2.2\n",
 		"etc/fstab": "# /etc/fstab\nproc /proc proc defaults 0 0\n" + fstabBegin + "\n" +
 			"LABEL=EFI-BOOT /boot/loader vfat noauto,noatime 0 2\nLABEL=hostpart /hostpart auto noatime 0 1\n" + fstabEnd + "\n",
-		"etc/systemd/network/10-hnboot.network": "# written by hnboot at every boot from the host configuration\n[Match]\nName=eno1\n\n[Network]\nAddress=10.1.2.7/24\nGateway=10.1.2.1\nDNS=10.1.2.2\n",
-		"etc/hnboot/network.env": "# written by hnboot at every boot; source it: . /etc/hnboot/network.env\n" +
-			"HN_HOSTNAME='node7.example.com'\nHN_INTERFACE='eno1'\nHN_IP='10.1.2.7/24'\nHN_GATEWAY='10.1.2.1'\nHN_DNS='10.1.2.2'\n",
+		"etc/systemd/network/10-hnboot.network": "# written by hnboot at every boot from the host configuration; edit the fleet, not this file\n" +
+			"[Match]\nName=eno1\n\n[Network]\nAddress=10.1.2.7/24\nGateway=10.1.2.1\nDNS=10.1.2.2\n",
+		"etc/hnboot/identity.env": "# written by hnboot at every boot from the fleet's identity values; source it: . /etc/hnboot/identity.env\n" +
+			"HN_CM_ID='node7'\nHN_STORAGE_ID='osd-7'\n",
+	}
+	// The host.conf-era variables are still there, first, as they were.
+	if env := read(t, filepath.Join(root, "etc/hnboot/network.env")); !strings.HasPrefix(env, "# written by hnboot at every boot; source it: . /etc/hnboot/network.env\n"+
+		"HN_HOSTNAME='node7.example.com'\nHN_INTERFACE='eno1'\nHN_IP='10.1.2.7/24'\nHN_GATEWAY='10.1.2.1'\nHN_DNS='10.1.2.2'\n") {
+		t.Errorf("Apply() wrote network.env = %q, want the five HN_ variables of before first", env)
 	}
 	for p, want := range files {
 		if got := read(t, filepath.Join(root, p)); got != want {
@@ -369,13 +375,6 @@ func TestHostsFile(t *testing.T) {
 		if got := HostsFile(tt.old, tt.host); got != tt.want {
 			t.Errorf("HostsFile(%q, %q) = %q, want %q", tt.old, tt.host, got, tt.want)
 		}
-	}
-}
-
-func TestNetworkEnvQuoting(t *testing.T) {
-	env := NetworkEnv(HostConf{Hostname: "it's"})
-	if !strings.Contains(env, `HN_HOSTNAME='it'\''s'`) {
-		t.Errorf("NetworkEnv(it's) = %q, want shell-quoted hostname", env)
 	}
 }
 

@@ -2,8 +2,11 @@ package rotate
 
 import (
 	"io/fs"
+
 	"slices"
 	"strings"
+
+	"github.com/hnboot/hnboot/internal/layout"
 )
 
 // memFS is an in-memory FS with inodes, so Link and SameFile behave as on a
@@ -45,6 +48,34 @@ func (m *memFS) snapshot() map[string]string {
 	}
 	return s
 }
+
+// content is the content of name, "" when absent.
+func (m *memFS) content(name string) string {
+	if ino, ok := m.files[name]; ok {
+		return ino.data
+	}
+	return ""
+}
+
+// holdsAll reports whether every content in cs is held by one of the
+// image files (an image elsewhere is as good as lost).
+func (m *memFS) holdsAll(cs []string) bool {
+	for _, c := range cs {
+		found := false
+		for _, img := range imageFiles {
+			if ino, ok := m.files[img]; ok && ino.data == c {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+var imageFiles = []string{layout.Current, layout.New, layout.Old, layout.Broken, layout.Rejected}
 
 // links describes which names share an inode, e.g. "hn-root-old.img=hn-root.img".
 func (m *memFS) links() string {
@@ -117,14 +148,20 @@ func (m *memFS) SameFile(a, b string) (bool, error) {
 	return oka && okb && ia == ib, nil
 }
 
-// countFS counts mutating operations.
+// countFS counts mutating operations and records the operation of each
+// journal written.
 type countFS struct {
 	FS
-	ops int
+	ops       int
+	onJournal func(op string) // called before each journal is written; may be nil
 }
 
 func (c *countFS) WriteFile(name string, data []byte) error {
 	c.ops++
+	if name == layout.Journal && c.onJournal != nil {
+		j, _ := decodeJournal(data)
+		c.onJournal(j.op)
+	}
 	return c.FS.WriteFile(name, data)
 }
 func (c *countFS) Rename(o, n string) error { c.ops++; return c.FS.Rename(o, n) }
@@ -132,32 +169,37 @@ func (c *countFS) Link(o, n string) error   { c.ops++; return c.FS.Link(o, n) }
 func (c *countFS) Remove(name string) error { c.ops++; return c.FS.Remove(name) }
 
 // checkFS calls check after every mutating operation that reached the
-// underlying memFS.
+// underlying memFS, with the operation (op(), to format only on failure)
+// and the content hn-root.img had before it ("" when absent).
 type checkFS struct {
 	*memFS
-	check func(m *memFS, op string)
+	check func(m *memFS, op func() string, prevCurrent string)
 }
 
 func (c *checkFS) WriteFile(name string, data []byte) error {
+	prev := c.memFS.content(layout.Current)
 	err := c.memFS.WriteFile(name, data)
-	c.check(c.memFS, "write "+name)
+	c.check(c.memFS, func() string { return "write " + name }, prev)
 	return err
 }
 
 func (c *checkFS) Rename(o, n string) error {
+	prev := c.memFS.content(layout.Current)
 	err := c.memFS.Rename(o, n)
-	c.check(c.memFS, "rename "+o+" "+n)
+	c.check(c.memFS, func() string { return "rename " + o + " " + n }, prev)
 	return err
 }
 
 func (c *checkFS) Link(o, n string) error {
+	prev := c.memFS.content(layout.Current)
 	err := c.memFS.Link(o, n)
-	c.check(c.memFS, "link "+o+" "+n)
+	c.check(c.memFS, func() string { return "link " + o + " " + n }, prev)
 	return err
 }
 
 func (c *checkFS) Remove(name string) error {
+	prev := c.memFS.content(layout.Current)
 	err := c.memFS.Remove(name)
-	c.check(c.memFS, "remove "+name)
+	c.check(c.memFS, func() string { return "remove " + name }, prev)
 	return err
 }

@@ -3,6 +3,7 @@ package rotate
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"slices"
 	"strings"
@@ -13,11 +14,74 @@ import (
 
 const part = "hn-root-new.img.part"
 
-// verifyBad rejects images whose content starts with "bad".
-func verifyBad(m *memFS) func(string) error {
+// Image contents in memFS tests: a letter ("A") or "bad-X" is a complete
+// image ("bad-X" fails Verify); a suffix marks one that is not complete.
+// A manifest's content names the image it describes: "m:A".
+const (
+	sufTrunc = "~truncated"
+	sufNoFS  = "~notfs"
+)
+
+// baseOf is the image a content was meant to be: "A" for "A~truncated".
+func baseOf(c string) string { b, _, _ := strings.Cut(c, "~"); return b }
+
+func isComplete(c string) bool { return c != "" && !strings.Contains(c, "~") }
+
+func manifestOf(c string) string {
+	if len(c) == 1 && c[0] >= 'A' && c[0] <= 'Z' {
+		return manifestNames[c[0]-'A'] // no allocation in the crash test's hot path
+	}
+	return "m:" + baseOf(c)
+}
+
+var manifestNames = func() (s [26]string) {
+	for i := range s {
+		s[i] = "m:" + string(rune('A'+i))
+	}
+	return s
+}()
+
+// The fakes' errors are made once: the crash test calls them millions of
+// times.
+var (
+	errFakeMissing    = &fs.PathError{Op: "check", Path: "image", Err: fs.ErrNotExist}
+	errFakeIncomplete = fmt.Errorf("%w: truncated or not a filesystem", ErrIncomplete)
+	errFakeStale      = fmt.Errorf("%w: the manifest names another image", ErrStaleManifest)
+	errFakeNotFS      = errors.New("truncated or not a filesystem")
+	errFakeBad        = errors.New("bad superblock")
+	errFakeMismatch   = errors.New("does not match its manifest")
+)
+
+// completeFake is Options.Complete on m.
+func completeFake(m *memFS) func(string) error {
 	return func(name string) error {
-		if strings.HasPrefix(m.files[name].data, "bad") {
-			return errors.New("bad superblock")
+		ino, ok := m.files[name]
+		switch {
+		case !ok:
+			return errFakeMissing
+		case !isComplete(ino.data):
+			return errFakeIncomplete
+		}
+		if mi, ok := m.files[layout.ManifestFor(name)]; ok && mi.data != manifestOf(ino.data) {
+			return errFakeStale
+		}
+		return nil
+	}
+}
+
+// verifyFake is Options.Verify on m: it rejects an incomplete image, one
+// whose content starts with "bad", and one its manifest does not describe.
+func verifyFake(m *memFS) func(string) error {
+	return func(name string) error {
+		c := m.files[name].data
+		switch {
+		case !isComplete(c):
+			return errFakeNotFS
+		case strings.HasPrefix(c, "bad"):
+			return errFakeBad
+		}
+		if mi, ok := m.files[layout.ManifestFor(name)]; ok && mi.data != manifestOf(c) {
+			return errFakeMismatch
 		}
 		return nil
 	}
@@ -32,7 +96,7 @@ func fmtState(s map[string]string) string {
 }
 
 func fmtResult(r Result) string {
-	return fmt.Sprintf("{%v replayed=%v trial=%v left=%d notes=%q}", r.Action, r.Replayed, r.Trial, r.TriesLeft, r.Notes)
+	return fmt.Sprintf("{%v repaired=%q replayed=%v trial=%v left=%d revert_applied=%q notes=%q}", r.Action, r.Repaired, r.Replayed, r.Trial, r.TriesLeft, r.RevertApplied, r.Notes)
 }
 
 func TestRun(t *testing.T) {
@@ -123,7 +187,7 @@ func TestRun(t *testing.T) {
 			name:  "hn.revert with a new ID reverts and records it",
 			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Reverts: "r0\n"},
 			opt:   Options{RevertID: "r1"},
-			want:  Result{Action: Revert},
+			want:  Result{Action: Revert, RevertApplied: "r1"},
 			note:  "hn.revert=r1",
 			end:   map[string]string{layout.Current: "C", layout.Broken: "A", layout.Reverts: "r0\nr1\n"},
 		},
@@ -238,11 +302,126 @@ func TestRun(t *testing.T) {
 			end:   map[string]string{layout.Current: "A"},
 		},
 		{
-			name:   "no current image",
-			start:  map[string]string{layout.Old: "C", layout.New: "B", layout.RevertTrigger: ""},
+			name:  "journal: a rejection cut after the image's rename moves its manifest",
+			start: map[string]string{layout.Current: "A", layout.Rejected: "bad-B", layout.ManifestFor(layout.New): "m:bad-B", layout.Journal: "reject\n"},
+			want:  Result{Action: Reject, Replayed: true},
+			end:   map[string]string{layout.Current: "A", layout.Rejected: "bad-B", layout.ManifestFor(layout.Rejected): "m:bad-B"},
+		},
+		{
+			name:  "journal: a rejection journal whose staged image verifies is dropped",
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Journal: "reject\n"},
+			want:  Result{Action: Promote, Trial: true, TriesLeft: 2},
+			note:  "verifies",
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", layout.Trial: "2\n"},
+		},
+		{
+			name:  "journal: a promotion journal whose staged image fails is dropped, the image rejected",
+			start: map[string]string{layout.Current: "A", layout.New: "bad-B", layout.Old: "C", layout.Journal: promoteJ},
+			want:  Result{Action: Reject},
+			note:  "does not verify",
+			end:   map[string]string{layout.Current: "A", layout.Old: "C", layout.Rejected: "bad-B"},
+		},
+		{
+			name:  "manifests follow a promotion",
+			start: map[string]string{layout.Current: "A", layout.New: "B", layout.Old: "C", "hn-root.img.json": "m:A", "hn-root-new.img.json": "m:B", "hn-root-old.img.json": "m:C"},
+			want:  Result{Action: Promote, Trial: true, TriesLeft: 2},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", "hn-root.img.json": "m:B", "hn-root-old.img.json": "m:A", layout.Trial: "2\n"},
+		},
+		{
+			name:  "manifests follow a revert; the previous broken's goes",
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Broken: "D", "hn-root.img.json": "m:A", "hn-root-old.img.json": "m:C", "hn-root-broken.img.json": "m:D", layout.RevertTrigger: ""},
+			want:  Result{Action: Revert},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", "hn-root.img.json": "m:C", "hn-root-broken.img.json": "m:A"},
+		},
+		{
+			name:  "a rejected image takes its manifest; the previous rejected's goes",
+			start: map[string]string{layout.Current: "A", layout.New: "bad-B", layout.Rejected: "E", "hn-root-new.img.json": "m:bad-B", "hn-root-new.img.rejected.json": "m:E"},
+			want:  Result{Action: Reject},
+			end:   map[string]string{layout.Current: "A", layout.Rejected: "bad-B", "hn-root-new.img.rejected.json": "m:bad-B"},
+		},
+		{
+			name:  "a staged image whose manifest describes another is rejected with it",
+			start: map[string]string{layout.Current: "A", layout.New: "B", "hn-root-new.img.json": "m:Z"},
+			want:  Result{Action: Reject},
+			note:  "does not match its manifest",
+			end:   map[string]string{layout.Current: "A", layout.Rejected: "B", "hn-root-new.img.rejected.json": "m:Z"},
+		},
+		{
+			name:  "stale and orphan manifests go; the staged one stays while a download runs",
+			start: map[string]string{layout.Current: "A", layout.Old: "C", "hn-root.img.json": "m:C", "hn-root-old.img.json": "m:C", "hn-root-broken.img.json": "m:D", "hn-root-new.img.json": "m:B", part: "P"},
+			want:  Result{Action: Boot},
+			note:  "does not describe hn-root.img",
+			end:   map[string]string{layout.Current: "A", layout.Old: "C", "hn-root-old.img.json": "m:C", "hn-root-new.img.json": "m:B", part: "P"},
+		},
+		{
+			name:  "the manifest of an incomplete old image goes; a revert to it does not happen",
+			start: map[string]string{layout.Current: "A", layout.Old: "C" + sufTrunc, "hn-root-old.img.json": "m:C", layout.RevertTrigger: ""},
+			want:  Result{Action: Boot},
+			note:  "hn-root-old.img is not complete",
+			end:   map[string]string{layout.Current: "A", layout.Old: "C" + sufTrunc},
+		},
+		{
+			name:  "repair: genkernel's half mv (no current; old and new) promotes new, keeps old",
+			start: map[string]string{layout.Old: "A", layout.New: "B", "hn-root.img.json": "m:A", "hn-root-old.img.json": "m:C", "hn-root-new.img.json": "m:B"},
+			want:  Result{Action: Repair, Repaired: layout.New, Trial: true, TriesLeft: 2},
+			note:  "hn-root.img is missing: hn-root-new.img becomes hn-root.img",
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", "hn-root.img.json": "m:B", layout.Trial: "2\n"},
+		},
+		{
+			name:  "repair: a truncated current is replaced by old, a bad staged image rejected on the way",
+			start: map[string]string{layout.Current: "A" + sufTrunc, layout.New: "bad-B", layout.Old: "C", layout.Broken: "D", "hn-root.img.json": "m:A", layout.Trial: "2\n"},
+			want:  Result{Action: Repair, Repaired: layout.Old},
+			note:  "hn-root.img is not complete",
+			end:   map[string]string{layout.Current: "C", layout.Broken: "D", layout.Rejected: "bad-B"},
+		},
+		{
+			name:  "repair: a revert request takes old first; new stays staged",
+			start: map[string]string{layout.Old: "C", layout.New: "B", layout.RevertTrigger: ""},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Repair, Repaired: layout.Old, RevertApplied: "r1"},
+			note:  "stays staged",
+			end:   map[string]string{layout.Current: "C", layout.New: "B", layout.Reverts: "r1\n"},
+		},
+		{
+			name:  "repair: broken when nothing else is complete",
+			start: map[string]string{layout.Current: "A" + sufNoFS, layout.Old: "C" + sufTrunc, layout.Broken: "D", layout.Rejected: "E"},
+			want:  Result{Action: Repair, Repaired: layout.Broken},
+			end:   map[string]string{layout.Current: "D", layout.Old: "C" + sufTrunc, layout.Rejected: "E"},
+		},
+		{
+			name:  "journal: repair cut after the rename finishes",
+			start: map[string]string{layout.Current: "B", layout.Old: "A", "hn-root-new.img.json": "m:B", layout.Journal: "repair\nfrom new\n"},
+			want:  Result{Action: Repair, Repaired: layout.New, Replayed: true, Trial: true, TriesLeft: 2},
+			end:   map[string]string{layout.Current: "B", layout.Old: "A", "hn-root.img.json": "m:B", layout.Trial: "2\n"},
+		},
+		{
+			name:  "journal: a repair journal beside a complete current is dropped",
+			start: map[string]string{layout.Current: "A", layout.Old: "C", layout.Journal: "repair\nfrom old\n"},
+			want:  Result{Action: Boot},
+			note:  "hn-root.img is complete",
+			end:   map[string]string{layout.Current: "A", layout.Old: "C"},
+		},
+		{
+			name:  "journal: a promotion journal with no current is dropped, then repaired",
+			start: map[string]string{layout.Old: "C", layout.New: "B", layout.Journal: promoteJ},
+			want:  Result{Action: Repair, Repaired: layout.New, Trial: true, TriesLeft: 2},
+			note:  "which no promote leaves",
+			end:   map[string]string{layout.Current: "B", layout.Old: "C", layout.Trial: "2\n"},
+		},
+		{
+			name:   "nothing complete to boot",
+			start:  map[string]string{layout.Current: "A" + sufTrunc, layout.Old: "C" + sufNoFS, layout.Rejected: "E", layout.RevertTrigger: ""},
 			want:   Result{Action: Boot},
-			end:    map[string]string{layout.Old: "C", layout.New: "B", layout.RevertTrigger: ""},
-			endErr: ErrNoCurrent,
+			note:   "nothing to boot",
+			end:    map[string]string{layout.Current: "A" + sufTrunc, layout.Old: "C" + sufNoFS, layout.Rejected: "E", layout.RevertTrigger: ""},
+			endErr: ErrNoImage,
+		},
+		{
+			name:  "hn.revert applied by an earlier boot is acknowledged again",
+			start: map[string]string{layout.Current: "C", layout.Broken: "A", layout.Reverts: "r1\n"},
+			opt:   Options{RevertID: "r1"},
+			want:  Result{Action: Boot, RevertApplied: "r1"},
+			end:   map[string]string{layout.Current: "C", layout.Broken: "A", layout.Reverts: "r1\n"},
 		},
 	}
 	for _, tc := range tests {
@@ -255,14 +434,15 @@ func TestRun(t *testing.T) {
 				}
 			}
 			opt := tc.opt
-			opt.Verify = verifyBad(m)
+			opt.Verify, opt.Complete = verifyFake(m), completeFake(m)
 			var log []string
 			opt.Log = func(s string) { log = append(log, s) }
 			got, err := Run(m, opt)
 			if !errors.Is(err, tc.endErr) {
 				t.Fatalf("Run(%s) error = %v, want %v", fmtState(tc.start), err, tc.endErr)
 			}
-			if got.Action != tc.want.Action || got.Replayed != tc.want.Replayed || got.Trial != tc.want.Trial || got.TriesLeft != tc.want.TriesLeft {
+			if got.Action != tc.want.Action || got.Replayed != tc.want.Replayed || got.Trial != tc.want.Trial || got.TriesLeft != tc.want.TriesLeft ||
+				got.Repaired != tc.want.Repaired || (tc.want.RevertApplied != "" && got.RevertApplied != tc.want.RevertApplied) {
 				t.Errorf("Run(%s) = %s, want %s", fmtState(tc.start), fmtResult(got), fmtResult(tc.want))
 			}
 			if tc.note != "" && !slices.ContainsFunc(got.Notes, func(n string) bool { return strings.Contains(n, tc.note) }) {

@@ -121,6 +121,37 @@ func TestProbeSquashfsAndImageSize(t *testing.T) {
 	}
 }
 
+// TestCheckImageFile: content problems wrap ErrNotImage, a file that
+// cannot be read does not (the init must not replace an image on a guess).
+func TestCheckImageFile(t *testing.T) {
+	img := mkimg(t, 6<<20, "mkfs.ext4", "-q", "-F", "IMG")
+	b, _ := os.ReadFile(img)
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name    string
+		body    []byte // nil: no file
+		want    string // in the error; "" for nil
+		content bool   // a content error: wraps ErrNotImage
+	}{
+		{"complete", b, "", false},
+		{"truncated", b[:3<<20], "is truncated", true},
+		{"zeros", make([]byte, 1<<20), "is not a root filesystem image", true},
+		{"empty", []byte{}, "is not a root filesystem image", true},
+		{"missing", nil, "no such file", false},
+	} {
+		p := filepath.Join(dir, tc.name)
+		if tc.body != nil {
+			if err := os.WriteFile(p, tc.body, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := CheckImageFile(p)
+		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) || errors.Is(err, ErrNotImage) != tc.content {
+			t.Errorf("CheckImageFile(%s) = %v, want %q (ErrNotImage %v)", tc.name, err, tc.want, tc.content)
+		}
+	}
+}
+
 func TestImageSizeExt4(t *testing.T) {
 	img := mkimg(t, 6<<20, "mkfs.ext4", "-q", "-F", "IMG")
 	b, _ := os.ReadFile(img)

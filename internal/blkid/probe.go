@@ -201,10 +201,26 @@ func probeISO9660(r io.ReaderAt) (Info, bool, error) {
 	}, true, nil
 }
 
+// ErrNotImage is wrapped by CheckImageFile's errors about a file's content
+// (no known filesystem, or shorter than its superblock says), as opposed
+// to failures to read it: the init's rotation replaces such an image.
+var ErrNotImage = errors.New("not a complete root image")
+
+// notImage is a content error of CheckImageFile; its message is msg alone.
+type notImage struct {
+	msg string
+	err error
+}
+
+func (e *notImage) Error() string        { return e.msg }
+func (e *notImage) Unwrap() error        { return e.err }
+func (e *notImage) Is(target error) bool { return target == ErrNotImage }
+
 // CheckImageFile refuses a file that could not boot as a root image: not
 // an ext4 or squashfs filesystem, or shorter than its superblock says (an
-// interrupted copy). The init checks a staged image with it, and mkimage
-// disk every image it puts on a disk.
+// interrupted copy); those errors wrap ErrNotImage. The init checks a
+// staged image and the images it rotates with it, and mkimage disk every
+// image it puts on a disk.
 func CheckImageFile(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -216,11 +232,13 @@ func CheckImageFile(path string) error {
 		return err
 	}
 	typ, need, err := ImageSize(f)
-	if err != nil {
-		return fmt.Errorf("%s is not a root filesystem image: %w", path, err)
-	}
-	if st.Size() < need {
-		return fmt.Errorf("%s is truncated: %d bytes, its %s superblock needs %d", path, st.Size(), typ, need)
+	switch {
+	case errors.Is(err, ErrUnknown) || (err != nil && typ != ""): // no superblock, or one without a size
+		return &notImage{fmt.Sprintf("%s is not a root filesystem image: %v", path, err), err}
+	case err != nil: // reading failed
+		return fmt.Errorf("%s: %w", path, err)
+	case st.Size() < need:
+		return &notImage{fmt.Sprintf("%s is truncated: %d bytes, its %s superblock needs %d", path, st.Size(), typ, need), nil}
 	}
 	return nil
 }

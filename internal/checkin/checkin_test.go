@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -311,8 +312,8 @@ func TestValidDigest(t *testing.T) {
 		{"SHA256:" + strings.Repeat("a", 64), false},
 		{"sha512:" + strings.Repeat("a", 64), false},
 	} {
-		if got := ValidDigest(tc.in); got != tc.want {
-			t.Errorf("ValidDigest(%q) = %v, want %v", tc.in, got, tc.want)
+		if got := digest.Valid(tc.in); got != tc.want {
+			t.Errorf("digest.Valid(%q) = %v, want %v", tc.in, got, tc.want)
 		}
 	}
 }

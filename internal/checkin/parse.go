@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -117,17 +118,17 @@ func (c *Checkin) check() *Error {
 		}
 	}
 	for _, d := range c.digests() {
-		if *d.p != "" && !ValidDigest(*d.p) {
+		if *d.p != "" && !digest.Valid(*d.p) {
 			return bad(d.name, fmt.Errorf("%s is not sha256:<64 lowercase hex>", quote(*d.p)))
 		}
 	}
 	for i, d := range c.FailedDigests {
-		if !ValidDigest(d) {
+		if !digest.Valid(d) {
 			return bad(fmt.Sprintf("failed_digests[%d]", i), fmt.Errorf("%s is not sha256:<64 lowercase hex>", quote(d)))
 		}
 	}
 	for i, f := range c.Failures {
-		if !ValidDigest(f.Digest) {
+		if !digest.Valid(f.Digest) {
 			return bad(fmt.Sprintf("failures[%d].digest", i), fmt.Errorf("%s is not sha256:<64 lowercase hex>", quote(f.Digest)))
 		}
 	}
@@ -174,12 +175,6 @@ func (c *Checkin) Tidy() {
 	for _, t := range c.texts() {
 		*t.p = tidyText(*t.p, t.multiline, t.max)
 	}
-}
-
-// ValidDigest reports whether s is "sha256:" and 64 lowercase hex digits.
-func ValidDigest(s string) bool {
-	h, ok := strings.CutPrefix(s, "sha256:")
-	return ok && len(h) == 64 && strings.Trim(h, "0123456789abcdef") == ""
 }
 
 type field struct {

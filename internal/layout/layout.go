@@ -49,7 +49,8 @@ const (
 	Digests       = StateDir + "/digests"        // digest cache of image files (package digestcache)
 	FailedDigests = StateDir + "/failed-digests" // digests this host refuses to stage again
 	IdentityDir   = StateDir + "/identity"       // machine-id and SSH host keys, generated once
-	HostConf      = StateDir + "/host.conf"      // the host configuration last received
+	HostConf      = StateDir + "/host.conf"      // hand-written host configuration (key = value), the layer under HostCache
+	HostCache     = StateDir + "/host.json"      // the host configuration imaged sent last (hostconfig JSON)
 	TrustedKey    = StateDir + "/trusted.pub"    // a key staged images must be signed with
 	BootsDir      = StateDir + "/boots"          // init logs of the last boots, boot.N.log
 	ImagesDir     = StateDir + "/images"         // <hex>.json: name and version of staged digests
@@ -75,6 +76,24 @@ const (
 	HostpartMount = "/hostpart"    // hostpart, moved into the new root by the init
 	LoaderMount   = "/boot/loader" // EFI-BOOT (fstab, noauto)
 	DataLink      = "/data0"       // symlink to HostpartMount/DataDir
+)
+
+// Files the init writes into the new root at every boot from the host's
+// configuration (package hostconfig renders them, initramfs/identity
+// writes them). The fleet's files: entries may not replace them.
+const (
+	NetworkdDir    = "/etc/systemd/network"                          // networkd files, named NetworkdPrefix*
+	NetworkdPrefix = "10-hnboot"                                     // .network, .netdev and .link files hnboot owns
+	NetworkdMain   = NetworkdDir + "/" + NetworkdPrefix + ".network" // the link that carries the addresses
+	IfupdownFile   = "/etc/network/interfaces.d/hnboot"              // the same for ifupdown images without networkd
+	NetworkEnv     = "/etc/hnboot/network.env"                       // the network as shell variables
+	IdentityEnv    = "/etc/hnboot/identity.env"                      // the fleet's identity: values as shell variables
+	StorageIDFile  = "/etc/hnboot/storage-id"                        // identity value storage_id alone (host.conf's storage_id)
+	CMIDFile       = "/etc/hnboot/cm-id"                             // identity value cm_id alone (host.conf's cm_id)
+	HostnameFile   = "/etc/hostname"
+	MachineIDFile  = "/etc/machine-id"
+	SSHHostKeyGlob = "/etc/ssh/ssh_host_*" // generated on the host, never from the server
+	FstabFile      = "/etc/fstab"          // hnboot's block for /boot/loader and /hostpart
 )
 
 // TrustedKeyInitramfs is the key built into the initramfs

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 )
@@ -47,7 +47,7 @@ func LoadFailed(dir string) (Failed, error) {
 			continue
 		}
 		parts := strings.SplitN(line, " ", 3)
-		if !hostpart.ValidDigest(parts[0]) {
+		if !digest.Valid(parts[0]) {
 			return f, fmt.Errorf("%s:%d: %q does not start with sha256:<64 hex>; fix or delete the line", filepath.Join(dir, layout.FailedDigests), n, line)
 		}
 		fl := Failure{Digest: parts[0]}
@@ -75,7 +75,7 @@ func (f Failed) Digests() []string {
 // Add records digest (keeping the first reason) and saves the file.
 // It reports whether the digest is new.
 func (f Failed) Add(dir string, fl Failure) (bool, error) {
-	if _, ok := f[fl.Digest]; ok || !hostpart.ValidDigest(fl.Digest) {
+	if _, ok := f[fl.Digest]; ok || !digest.Valid(fl.Digest) {
 		return false, nil
 	}
 	f[fl.Digest] = fl

@@ -22,7 +22,6 @@ package stage
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +37,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -165,7 +165,7 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 	}
 	partName := file + layout.PartSuffix
 	res := Result{Digest: req.Digest}
-	if req.Digest != "" && !hostpart.ValidDigest(req.Digest) {
+	if req.Digest != "" && !digest.Valid(req.Digest) {
 		return res, fmt.Errorf("stage: digest %q is not sha256:<64 hex>", req.Digest)
 	}
 	failed, err := LoadFailed(dir)
@@ -285,7 +285,7 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 		return res, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, partName)
 	}
 	res.Size = done
-	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	got := digest.Of(h)
 	discard := func() {
 		part.Close()
 		fsys.Remove(partName)
@@ -314,7 +314,7 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 		}
 		if err := checkManifest(man, name, got, done); err != nil {
 			discard()
-			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", hostpart.Short(got), req.Source, err, partName)
+			return res, fmt.Errorf("stage: %s from %s: %w; removed %s", digest.Short(got), req.Source, err, partName)
 		}
 		switch {
 		case len(keys.Keys) > 0:
@@ -423,7 +423,7 @@ func label(req Request) string {
 		return strings.TrimSpace(req.Name + " " + req.Version)
 	}
 	if req.Digest != "" {
-		return hostpart.Short(req.Digest)
+		return digest.Short(req.Digest)
 	}
 	return req.Source.String()
 }
