@@ -3,6 +3,7 @@
 //
 // Synopsis:
 //
+//	mkimage build RECIPE.yaml --out FILE [--version V] [--sign-key KEY] [--cache DIR|none] [--mode auto|root|unshare]
 //	mkimage rootfs --from DIR|TARBALL --out FILE [--fs ext4|squashfs] [--name N] [--version V] [--sign-key KEY] [--keep PATH]... [--size SIZE]
 //	mkimage keygen --out KEY
 //	mkimage verify [--key KEY.pub] IMAGE
@@ -45,6 +46,7 @@ var program = &cli.Group{
 	Doc: `mkimage builds hnboot root images, initramfs archives and bootable disks,
 unprivileged.`,
 	Commands: []cli.Command{
+		{Name: "build", Short: "a root image from a recipe: mmdebstrap's Debian tree, packages, files, commands, then rootfs", Run: runBuild},
 		{Name: "rootfs", Short: "a root image (ext4 or squashfs) and its manifest, from a directory or tarball", Run: runRootfs},
 		{Name: "initramfs", Short: "a zstd initramfs: the hnboot init, busybox, a kernel's modules", Run: runInitramfs},
 		{Name: "disk", Short: "a sparse, bootable GPT disk: EFI-BOOT with GRUB, hostpart with the images", Run: runDisk},
