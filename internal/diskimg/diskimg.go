@@ -67,10 +67,10 @@ type Options struct {
 	// Files are more files for hostpart, by clean relative path
 	// (".hnboot/host.conf", "data/x"): what a tool that prepares a disk
 	// for a purpose puts there (mkimage test's probe).
-	Files       map[string]File
-	Epoch       int64 // SOURCE_DATE_EPOCH, used when HasEpoch
-	HasEpoch    bool  // derive GUIDs and UUIDs from Epoch
-	Log         *slog.Logger
+	Files    map[string]File
+	Epoch    int64 // SOURCE_DATE_EPOCH, used when HasEpoch
+	HasEpoch bool  // derive GUIDs and UUIDs from Epoch
+	Log      *slog.Logger
 }
 
 // File is one extra file on hostpart: Data, or a copy of the file Src.
