@@ -30,6 +30,9 @@ first token of a tokens file, or a file holding just the token) and --json
 		{Name: "why", Short: "the server's last decisions for a host, in words", Run: fleetWhy},
 		{Name: "known-hosts", Short: "ssh_known_hosts from the hosts' reported keys", Run: fleetKnownHosts},
 		{Name: "audit", Short: "the admin audit log", Run: fleetAudit},
+		{Name: "publish", Short: "upload an image and its manifest, and register it as name@version", Run: fleetPublish},
+		{Name: "images", Short: "images with size, age and how many hosts run or are assigned each", Run: fleetImages},
+		{Name: "prune", Short: "remove published images nothing references (a dry run without --apply)", Run: fleetPrune},
 	},
 }
 
