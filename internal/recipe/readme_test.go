@@ -1,6 +1,7 @@
 package recipe
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -45,4 +46,27 @@ func TestReadmeRecipe(t *testing.T) {
 	for k := range documented {
 		t.Errorf("the README's recipe table documents %q, which recipes do not have", k)
 	}
+}
+
+// The example pipeline's recipe parses.
+func TestExampleRecipe(t *testing.T) {
+	r, err := ReadFile("../../examples/ci/web.yaml")
+	if err != nil && !strings.Contains(err.Error(), "files/imaged") {
+		t.Fatalf("examples/ci/web.yaml: %v", err)
+	}
+	if err == nil && r.Name != "web" {
+		t.Errorf("examples/ci/web.yaml: name %q, want web", r.Name)
+	}
+	if _, err := Parse("web.yaml", mustRead(t, "../../examples/ci/web.yaml")); err != nil {
+		t.Errorf("examples/ci/web.yaml: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
