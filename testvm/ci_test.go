@@ -27,37 +27,17 @@ import (
 // stages the published blob and reboots, and the next PXE boot promotes
 // it and runs its systemd.
 
-// ciRecipe is the small recipe: minbase plus systemd, the kernel with
-// only the modules a VM uses.
-const ciRecipe = `# the CI pipeline's test recipe
-name: ci
-suite: bookworm
-packages: [systemd-sysv]
-path_exclude:
-  - /usr/share/doc/*
-  - /usr/share/man/*
-  - /usr/share/locale/*
-  - /lib/modules/*/kernel/*
-path_include:
-  - /lib/modules/*/kernel/fs/*
-  - /lib/modules/*/kernel/lib/*
-  - /lib/modules/*/kernel/crypto/*
-  - /lib/modules/*/kernel/arch/*
-  - /lib/modules/*/kernel/block/*
-  - /lib/modules/*/kernel/net/core/*
-  - /lib/modules/*/kernel/drivers/virtio/*
-  - /lib/modules/*/kernel/drivers/block/*
-  - /lib/modules/*/kernel/drivers/char/*
-  - /lib/modules/*/kernel/drivers/md/*
-  - /lib/modules/*/kernel/drivers/scsi/*
-  - /lib/modules/*/kernel/drivers/ata/*
-  - /lib/modules/*/kernel/drivers/nvme/*
-  - /lib/modules/*/kernel/drivers/net/virtio_net.ko
-  - /lib/modules/*/kernel/drivers/net/net_failover.ko
-  - /lib/modules/*/kernel/drivers/net/ethernet/intel/*
-files:
+// ciExtra is added to examples/ci/minimal.yaml for the test: a file with
+// an owner and a mode, and a command that runs it.
+const ciExtra = `files:
   - path: /etc/hn-image
     content: "ci\n"
+  - path: /usr/local/sbin/ci-hello
+    content: "#!/bin/sh\necho hello\n"
+    mode: "0750"
+    owner: root:adm
+commands:
+  - /usr/local/sbin/ci-hello > /etc/ci-hello
 `
 
 // ciOldInit is /sbin/init of the image the host runs first: its agent
@@ -184,7 +164,11 @@ hosts:
 
 	// The pipeline, as CI runs it.
 	recipeDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(recipeDir, "ci.yaml"), []byte(ciRecipe), 0o644); err != nil {
+	minimal, err := os.ReadFile(filepath.Join(root, "examples", "ci", "minimal.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(recipeDir, "ci.yaml"), append(minimal, ciExtra...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
@@ -220,6 +204,25 @@ hosts:
 		t.Fatalf("mkimage test's JSON result: %v %+v", err, res)
 	}
 	t.Logf("mkimage test: %s in %.1fs", res.Result, res.Seconds)
+	// The recipe's files and commands are in the image.
+	for name, want := range map[string]string{"etc/hn-image": "ci", "etc/ci-hello": "hello"} {
+		if got, err := ReadImageFile(img, name); err != nil || got != want {
+			t.Errorf("/%s in the image = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	// Built again from the same recipe and SOURCE_DATE_EPOCH (the package
+	// cache warm now): the same bytes.
+	again := filepath.Join(t.TempDir(), "again.img")
+	start2 := time.Now()
+	if err := f.Run(ctx, "build", filepath.Join(recipeDir, "ci.yaml"), "--out", again, "--version", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if d := fileDigest(t, again); d != dNew {
+		t.Errorf("a second build of the recipe is %s, the first %s: not reproducible", d, dNew)
+	} else {
+		t.Logf("a second build (%v) is byte-identical: %s", time.Since(start2).Round(time.Second), d)
+	}
+	os.Remove(again)
 
 	// Published and rolled out.
 	code, body := l.labAPI(t, "GET", "/api/images", token, "")
