@@ -518,12 +518,20 @@ func (c *fleetClient) do(method, path string, body any) ([]byte, error) {
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error string }
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("fleet: %s %s: %s: %s", method, path, resp.Status, e.Error)
+			return nil, &apiError{resp.StatusCode, fmt.Sprintf("fleet: %s %s: %s: %s", method, path, resp.Status, e.Error)}
 		}
-		return nil, fmt.Errorf("fleet: %s %s: %s", method, path, resp.Status)
+		return nil, &apiError{resp.StatusCode, fmt.Sprintf("fleet: %s %s: %s", method, path, resp.Status)}
 	}
 	return b, nil
 }
+
+// apiError is the server's answer to a call that did not succeed.
+type apiError struct {
+	Code int
+	msg  string
+}
+
+func (e *apiError) Error() string { return e.msg }
 
 func (c *fleetClient) get(path string, v any) error {
 	b, err := c.do("GET", path, nil)

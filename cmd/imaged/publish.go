@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -135,9 +134,15 @@ func fleetPublish(ctx context.Context, name string, args []string, std cli.IO) e
 // errStatus is an HTTP answer that is not worth retrying.
 type errStatus struct{ error }
 
+// retryable: a broken connection, or a server error, is worth resuming
+// after; a refusal (4xx) or a local problem is not.
 func retryable(err error) bool {
 	var es errStatus
-	return !errors.As(err, &es) && !strings.Contains(err.Error(), ": 4")
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae.Code >= 500
+	}
+	return !errors.As(err, &es)
 }
 
 // upload streams img from offset to the server's upload URL.
