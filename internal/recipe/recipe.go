@@ -305,7 +305,7 @@ func (p *parser) source(n *yaml.Node) (Source, bool) {
 	ok := true
 	switch {
 	case s.URI == "":
-		p.errf(n.Line, "sources: uri required (http://deb.debian.org/debian)")
+		p.errf(n.Line, "sources: uri required (http://mirror.example/debian)")
 		ok = false
 	case !(strings.HasPrefix(s.URI, "http://") || strings.HasPrefix(s.URI, "https://") || strings.HasPrefix(s.URI, "file:/")) || strings.ContainsAny(s.URI, " \t\n"):
 		p.errf(f["uri"].Line, "sources: uri %q: want an http://, https:// or file:/ URL", s.URI)

@@ -13,7 +13,7 @@ suite: bookworm
 architecture: amd64
 variant: minbase
 sources:
-  - uri: http://deb.debian.org/debian
+  - uri: http://mirror.example/debian
     suites: [bookworm, bookworm-updates]
   - uri: https://apt.example.com/debian
     suites: [stable]
@@ -191,8 +191,8 @@ func TestReadFileChecksFiles(t *testing.T) {
 
 func TestMachineSources(t *testing.T) {
 	dir := t.TempDir()
-	write(t, dir, "sources.list", "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://deb.debian.org/debian bookworm main contrib\ndeb-src http://x/debian bookworm main\n")
-	write(t, dir, "sources.list.d/debian.sources", "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n\nTypes: deb\nURIs: http://off/debian\nSuites: bookworm\nEnabled: no\n")
+	write(t, dir, "sources.list", "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\ndeb-src http://x/debian bookworm main\n")
+	write(t, dir, "sources.list.d/debian.sources", "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\nTypes: deb\nURIs: http://off/debian\nSuites: bookworm\nEnabled: no\n")
 	write(t, dir, "sources.list.d/other.sources", "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\nComponents: main\n")
 	write(t, dir, "sources.list.d/ignored.list.disabled", "deb http://no/debian bookworm main\n")
 	srcs, files, err := MachineSources(dir)
@@ -207,19 +207,19 @@ func TestMachineSources(t *testing.T) {
 	}
 	got := string(Deb822(forSuite(srcs, "bookworm")))
 	want := `Types: deb
-URIs: http://deb.debian.org/debian
+URIs: http://mirror.example/debian
 Suites: bookworm
 Components: main contrib
 Signed-By: /k.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: http://mirror.example/debian-security
 Suites: bookworm-security
 Components: main
 `
