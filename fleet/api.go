@@ -105,6 +105,10 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
 //	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
+//	POST /api/images    a manifest (IMAGE.json) → PublishReply: where to send the bytes, from which offset
+//	PATCH /api/uploads/{digest}           the image's bytes from Upload-Offset; the last ones publish it
+//	GET  /api/images                      every image with size, age, hosts running and assigned (ImageListing)
+//	POST /api/prune     {"apply": bool}   published images nothing references; removed with apply (PruneResult)
 //	GET  /metrics                         Prometheus metrics (fleet, Go runtime, process)
 //
 // With the fleet database away, calls that need it answer 503 with the
@@ -256,6 +260,7 @@ func (f *Fleet) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, dh)
 	}))
+	f.publishHandlers(mux)
 	metrics := f.metricsHandler()
 	mux.HandleFunc("GET /metrics", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
 		metrics.ServeHTTP(w, r)

@@ -57,7 +57,8 @@ type Image struct {
 	Path    string `json:"path"`
 	Pos     Pos    `json:"-"`
 
-	digestPos Pos // the digest: line, named when the file does not match
+	digestPos Pos  // the digest: line, named when the file does not match
+	published bool // by imaged fleet publish, from the images directory
 }
 
 // Ref is how the YAML files and the API name an image: "name@version".
@@ -153,7 +154,12 @@ func (e *ValidationError) Error() string {
 }
 
 // Load reads and validates every *.yaml / *.yml file in dir.
-func Load(dir string) (*Desired, error) {
+func Load(dir string) (*Desired, error) { return LoadWith(dir, nil) }
+
+// LoadWith is Load with more images than the YAML declares (the
+// published ones), which the YAML may name like its own. A YAML image of
+// the same name@version must have the same digest.
+func LoadWith(dir string, extra []*Image) (*Desired, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
@@ -183,6 +189,16 @@ func Load(dir string) (*Desired, error) {
 			return nil, fmt.Errorf("fleet: %w", err)
 		}
 		l.file(f, b)
+	}
+	for _, img := range extra {
+		if prev := l.d.imageByRef[img.Ref()]; prev != nil {
+			if prev.Digest != img.Digest {
+				l.errf(prev.digestPos, "image %s: digest %s, but it is published (%s) with %s", img.Ref(), prev.Digest, img.Pos.File, img.Digest)
+			}
+			continue
+		}
+		l.d.imageByRef[img.Ref()] = img
+		l.d.Images = append(l.d.Images, img)
 	}
 	l.crossCheck()
 	if len(l.problems) > 0 {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/pxe"
 	"github.com/hnboot/hnboot/supervisor"
 )
@@ -60,6 +61,11 @@ type Options struct {
 	// JSON file, so a restart does not rehash multi-GiB images); "" keeps
 	// it in memory only.
 	ImageCache string
+	// Images is the directory of published images (imaged fleet
+	// publish); "" turns publishing off.
+	Images string
+	// TrustedKeys, when set, must have signed every published image.
+	TrustedKeys []manifest.PublicKey
 }
 
 // Fleet is the fleet state. Create it with New; it is safe for concurrent use.
@@ -177,7 +183,7 @@ func New(opts Options) (*Fleet, error) {
 	if opts.DB == "" {
 		return nil, errors.New("fleet: no database (Options.DB)")
 	}
-	d, err := Load(opts.Dir)
+	d, err := (&Fleet{opts: opts}).load()
 	if err != nil {
 		return nil, err
 	}
@@ -604,8 +610,8 @@ func (f *Fleet) commitCheckins(batch []*pendingCheckin) {
 func (f *Fleet) Reload() error {
 	f.reloadMu.Lock()
 	defer f.reloadMu.Unlock()
-	conf := confSignature(f.opts.Dir, f.opts.TokenFile)
-	d, err := Load(f.opts.Dir)
+	conf := confSignature(f.opts.Dir, f.opts.TokenFile) + publishedSignature(f.opts.Images)
+	d, err := f.load()
 	f.mu.Lock()
 	if err == nil {
 		f.sigPaths = imagePaths(d)
@@ -687,7 +693,7 @@ func (f *Fleet) changed() bool {
 
 // signature covers the YAML files, the token file and the image files.
 func (f *Fleet) signature(imagePaths []string) string {
-	return confSignature(f.opts.Dir, f.opts.TokenFile) + imageSignature(imagePaths)
+	return confSignature(f.opts.Dir, f.opts.TokenFile) + publishedSignature(f.opts.Images) + imageSignature(imagePaths)
 }
 
 func confSignature(dir, tokenFile string) string {

@@ -39,10 +39,15 @@ const (
 )
 
 // nsClient is an HTTP client whose connections are made inside the
-// namespace: the dialing goroutine's thread enters it for the socket()
-// call, the socket stays there.
+// namespace (nsDial).
 func nsClient(ns string) *http.Client {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: nsDial(ns), MaxIdleConnsPerHost: 64}}
+}
+
+// nsDial dials inside the namespace: the dialing goroutine's thread
+// enters it for the socket() call, the socket stays there.
+func nsDial(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
@@ -73,7 +78,6 @@ func nsClient(ns string) *http.Client {
 		runtime.UnlockOSThread()
 		return c, derr
 	}
-	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 64}}
 }
 
 // fleetServer is one imaged serve of the two.

@@ -30,6 +30,9 @@ first token of a tokens file, or a file holding just the token) and --json
 		{Name: "why", Short: "the server's last decisions for a host, in words", Run: fleetWhy},
 		{Name: "known-hosts", Short: "ssh_known_hosts from the hosts' reported keys", Run: fleetKnownHosts},
 		{Name: "audit", Short: "the admin audit log", Run: fleetAudit},
+		{Name: "publish", Short: "upload an image and its manifest, and register it as name@version", Run: fleetPublish},
+		{Name: "images", Short: "images with size, age and how many hosts run or are assigned each", Run: fleetImages},
+		{Name: "prune", Short: "remove published images nothing references (a dry run without --apply)", Run: fleetPrune},
 	},
 }
 
@@ -515,12 +518,20 @@ func (c *fleetClient) do(method, path string, body any) ([]byte, error) {
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error string }
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("fleet: %s %s: %s: %s", method, path, resp.Status, e.Error)
+			return nil, &apiError{resp.StatusCode, fmt.Sprintf("fleet: %s %s: %s: %s", method, path, resp.Status, e.Error)}
 		}
-		return nil, fmt.Errorf("fleet: %s %s: %s", method, path, resp.Status)
+		return nil, &apiError{resp.StatusCode, fmt.Sprintf("fleet: %s %s: %s", method, path, resp.Status)}
 	}
 	return b, nil
 }
+
+// apiError is the server's answer to a call that did not succeed.
+type apiError struct {
+	Code int
+	msg  string
+}
+
+func (e *apiError) Error() string { return e.msg }
 
 func (c *fleetClient) get(path string, v any) error {
 	b, err := c.do("GET", path, nil)

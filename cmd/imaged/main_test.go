@@ -37,6 +37,9 @@ func TestHelp(t *testing.T) {
 		"imaged fleet why",
 		"imaged fleet known-hosts",
 		"imaged fleet audit",
+		"imaged fleet publish",
+		"imaged fleet images",
+		"imaged fleet prune",
 	})
 }
 

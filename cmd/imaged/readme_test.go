@@ -49,7 +49,7 @@ var readmeSubst = []struct{ old, new, why string }{
 	{"postgres://hnboot@db/hnboot", "PGURL", "a private PostgreSQL cluster the test starts (internal/pgtest)"},
 	{"/etc/hnboot/", "WORK/etc/hnboot/", "the fleet directory, tokens and services files the test writes"},
 	{"/lib/modules/$(uname -r)", "MODULES", "this machine's kernel may have no modules; the test kernel has"},
-	{"imaged serve ", "imaged serve --cache CACHE/cache --observed CACHE/fleet.db --service-logs CACHE/logs ", "serve's default state under /var stays untouched"},
+	{"imaged serve ", "imaged serve --cache CACHE/cache --observed CACHE/fleet.db --service-logs CACHE/logs --images CACHE/images ", "serve's default state under /var stays untouched"},
 }
 
 // readmeSkip lists the README commands the test does not run, each with

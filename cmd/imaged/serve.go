@@ -19,6 +19,7 @@ import (
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/digest"
+	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/pxe"
 	"github.com/hnboot/hnboot/supervisor"
 )
@@ -59,7 +60,8 @@ type serveFlags struct {
 	leases, hosts                                                  multiFlag
 	image, cmdline                                                 string
 	allowUnknown                                                   bool
-	state, observed, tokens, db                                    string
+	state, observed, tokens, db, images                            string
+	trust                                                          multiFlag
 	keepBoots                                                      int
 	keepAudit                                                      time.Duration
 	openReads, answerRS                                            bool
@@ -98,6 +100,8 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	fs.StringVar(&f.observed, "observed", "/var/lib/hnboot/fleet.db", "fleet mode: the SQLite file when --db is not given; a JSON-lines store of an older imaged found here is imported once and renamed to PATH"+fleet.OldStoreSuffix)
 	fs.IntVar(&f.keepBoots, "keep-boots", 10, "fleet mode: boots kept per MAC in the boot ledger")
 	fs.DurationVar(&f.keepAudit, "keep-audit", 0, "fleet mode: remove audit entries older than this (0: keep them all)")
+	fs.StringVar(&f.images, "images", "/var/lib/hnboot/images", `fleet mode: directory of published images (imaged fleet publish); "" turns publishing off`)
+	fs.Var(&f.trust, "trust", "fleet mode: public key (mkimage keygen) that must have signed every published image (repeatable)")
 	fs.StringVar(&f.tokens, "tokens", "", `fleet mode: admin tokens file ("NAME TOKEN" lines)`)
 	fs.BoolVar(&f.openReads, "open-reads", false, "fleet mode: read-only API calls need no token")
 	fs.StringVar(&f.services, "services", "", "YAML file whose services: list imaged starts and keeps alive")
@@ -196,7 +200,14 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 			}
 		}
 		opts := fleet.Options{Dir: f.state, DB: db, Import: f.observed, ImageCache: f.observed + ".image-digests.json", KeepBoots: f.keepBoots, KeepAudit: f.keepAudit,
-			TokenFile: f.tokens, OpenReads: f.openReads, Logger: log}
+			TokenFile: f.tokens, OpenReads: f.openReads, Logger: log, Images: f.images}
+		for _, k := range f.trust {
+			pub, err := manifest.ReadPublicKey(k)
+			if err != nil {
+				return cfg, nop, nil, fmt.Errorf("--trust: %w", err)
+			}
+			opts.TrustedKeys = append(opts.TrustedKeys, pub)
+		}
 		if sup != nil {
 			opts.Services = sup.Status
 		}

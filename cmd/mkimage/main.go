@@ -3,7 +3,9 @@
 //
 // Synopsis:
 //
+//	mkimage build RECIPE.yaml --out FILE [--version V] [--sign-key KEY] [--cache DIR|none] [--mode auto|root|unshare]
 //	mkimage rootfs --from DIR|TARBALL --out FILE [--fs ext4|squashfs] [--name N] [--version V] [--sign-key KEY] [--keep PATH]... [--size SIZE]
+//	mkimage test IMAGE [--health agent.yaml] [--deadline 10m] [--firmware uefi|bios] [--kvm auto|on|off] [--json]
 //	mkimage keygen --out KEY
 //	mkimage verify [--key KEY.pub] IMAGE
 //	mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
@@ -45,9 +47,12 @@ var program = &cli.Group{
 	Doc: `mkimage builds hnboot root images, initramfs archives and bootable disks,
 unprivileged.`,
 	Commands: []cli.Command{
+		{Name: "build", Short: "a root image from a recipe: mmdebstrap's Debian tree, packages, files, commands, then rootfs", Run: runBuild},
 		{Name: "rootfs", Short: "a root image (ext4 or squashfs) and its manifest, from a directory or tarball", Run: runRootfs},
 		{Name: "initramfs", Short: "a zstd initramfs: the hnboot init, busybox, a kernel's modules", Run: runInitramfs},
 		{Name: "disk", Short: "a sparse, bootable GPT disk: EFI-BOOT with GRUB, hostpart with the images", Run: runDisk},
+		{Name: "test", Short: "boot an image in QEMU as a host would; pass only when it is healthy", Run: runTest},
+		{Name: "probe", Short: "(inside the VM mkimage test boots) run the health checks and report", Run: runProbe},
 		{Name: "keygen", Short: "an ed25519 key pair for signing manifests", Run: runKeygen},
 		{Name: "verify", Short: "check an image against its manifest (and signature)", Run: runVerify},
 		{Name: "version", Short: "print mkimage's version", Run: runVersion},

@@ -43,9 +43,12 @@ func runMkimage(args []string, stdout, stderr *bytes.Buffer) int {
 func TestHelp(t *testing.T) {
 	clitest.CheckHelp(t, "mkimage", program, runMkimage, []string{
 		"mkimage",
+		"mkimage build",
 		"mkimage rootfs",
 		"mkimage initramfs",
 		"mkimage disk",
+		"mkimage test",
+		"mkimage probe",
 		"mkimage keygen",
 		"mkimage verify",
 		"mkimage version",
@@ -69,6 +72,15 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"verify"}, 2, "missing IMAGE"},
 		{[]string{"verify", "a.img", "b.img"}, 2, "too many arguments"},
 		{[]string{"verify", "missing.img", "--key", "missing.pub"}, 1, "missing.pub"},
+		{[]string{"build"}, 2, "missing RECIPE.yaml"},
+		{[]string{"build", "web.yaml"}, 2, "--out is required"},
+		{[]string{"build", "web.yaml", "--out", "w.img", "--mode", "fakeroot"}, 2, `--mode "fakeroot"`},
+		{[]string{"build", "missing.yaml", "--out", "w.img"}, 1, "missing.yaml"},
+		{[]string{"test"}, 2, "missing IMAGE"},
+		{[]string{"test", "a.img", "--firmware", "coreboot"}, 2, `--firmware "coreboot"`},
+		{[]string{"test", "a.img", "--kvm", "maybe"}, 2, `--kvm "maybe"`},
+		{[]string{"test", "missing.img", "--kvm", "off"}, 3, "missing.img"},
+		{[]string{"probe"}, 2, "--health is required"},
 		{[]string{"version"}, 0, ""},
 		{[]string{"help", "version"}, 0, ""},
 	} {
@@ -118,5 +130,23 @@ func TestRootfsCommand(t *testing.T) {
 	stderr.Reset()
 	if code := run([]string{"rootfs", "--from", src, "--out", out}, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "SOURCE_DATE_EPOCH") {
 		t.Errorf("mkimage rootfs with a bad SOURCE_DATE_EPOCH = status %d, %q; want 1 and an error naming it", code, stderr.String())
+	}
+}
+
+// A recipe with a mistake fails before anything is built, naming the
+// recipe's file and line.
+func TestBuildRecipeError(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "web.yaml")
+	if err := os.WriteFile(p, []byte("name: web\nversion: '1'\nsuite: bookworm\nfiles:\n  - path: /etc/motd\n    source: ../../etc/shadow\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"build", p, "--out", filepath.Join(dir, "web.img")}, nil, &stdout, &stderr)
+	if want := p + ":6: files: source"; code != 1 || !strings.Contains(stderr.String(), want) {
+		t.Errorf("mkimage build (bad recipe) = status %d, %q; want 1 and %q", code, stderr.String(), want)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("a failed build left %d entries in %s, want only the recipe", len(ents), dir)
 	}
 }

@@ -72,7 +72,7 @@ func defaultInit() string {
 }
 
 func runRootfs(ctx context.Context, cmdName string, args []string, std cli.IO) error {
-	stdout, stderr := std.Stdout, std.Stderr
+	stderr := std.Stderr
 	defBusybox := ""
 	if st, err := os.Stat("/bin/busybox"); err == nil && st.Mode().IsRegular() {
 		defBusybox = "/bin/busybox"
@@ -137,7 +137,15 @@ func runRootfs(ctx context.Context, cmdName string, args []string, std cli.IO) e
 	if o.Epoch, o.HasEpoch, err = sourceDateEpoch(); err != nil {
 		return err
 	}
-	bar := newProgress(stderr, "writing "+filepath.Base(*out))
+	return buildImage(ctx, o, manifest.Fields{Name: *name, Version: *version}, signer, std)
+}
+
+// buildImage writes the image o describes and its manifest (signed with
+// signer when set), and prints what it did: the end of "mkimage rootfs"
+// and of "mkimage build".
+func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, signer *manifest.PrivateKey, std cli.IO) error {
+	stdout := std.Stdout
+	bar := newProgress(std.Stderr, "writing "+filepath.Base(o.Out))
 	o.Progress = bar.update
 	start := time.Now()
 	res, err := rootfs.Build(ctx, o)
@@ -148,10 +156,8 @@ func runRootfs(ctx context.Context, cmdName string, args []string, std cli.IO) e
 	for _, c := range res.Changes {
 		fmt.Fprintf(stdout, "generalized: %s %s\n", c.Action, c.Path)
 	}
-	m, err := manifest.New(res.Path, manifest.Fields{
-		Name: *name, Version: *version, FS: res.FS, KernelRelease: res.KernelRelease,
-		BuildTime: buildTime(o),
-	})
+	fields.FS, fields.KernelRelease, fields.BuildTime = res.FS, res.KernelRelease, buildTime(o)
+	m, err := manifest.New(res.Path, fields)
 	if err != nil {
 		return fmt.Errorf("rootfs: manifest: %w", err)
 	}

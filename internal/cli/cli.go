@@ -145,14 +145,41 @@ type UsageError struct {
 
 func (e *UsageError) Error() string { return e.Cmd + ": " + e.Msg }
 
+// ExitError makes a command exit with Code (a status of its own beyond
+// 0, 1 and 2, documented in its usage); Err, when set, is printed as a
+// failure is.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
 // Exit prints err for the user and returns the exit status: 0 for nil
-// or flag.ErrHelp (the usage is already on stdout), 2 for a UsageError, 1
-// for anything else.
+// or flag.ErrHelp (the usage is already on stdout), 2 for a UsageError,
+// an ExitError's code, 1 for anything else.
 func Exit(stderr io.Writer, prog string, err error) int {
 	var ue *UsageError
+	var ee *ExitError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
+	case errors.As(err, &ee):
+		if ee.Err != nil {
+			msg := ee.Err.Error()
+			if !strings.HasPrefix(msg, prog+":") && !strings.HasPrefix(msg, prog+" ") {
+				msg = prog + ": " + msg
+			}
+			fmt.Fprintln(stderr, msg)
+		}
+		return ee.Code
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, ue.Error())
 		if ue.Usage != "" {

@@ -64,9 +64,20 @@ type Options struct {
 	EFIBinary   []byte
 	BIOSBootImg []byte
 	BIOSCore    []byte
-	Epoch       int64 // SOURCE_DATE_EPOCH, used when HasEpoch
-	HasEpoch    bool  // derive GUIDs and UUIDs from Epoch
-	Log         *slog.Logger
+	// Files are more files for hostpart, by clean relative path
+	// (".hnboot/host.conf", "data/x"): what a tool that prepares a disk
+	// for a purpose puts there (mkimage test's probe).
+	Files    map[string]File
+	Epoch    int64 // SOURCE_DATE_EPOCH, used when HasEpoch
+	HasEpoch bool  // derive GUIDs and UUIDs from Epoch
+	Log      *slog.Logger
+}
+
+// File is one extra file on hostpart: Data, or a copy of the file Src.
+type File struct {
+	Data []byte
+	Src  string
+	Mode os.FileMode
 }
 
 // Partition is where one partition lies, in bytes.
@@ -228,6 +239,29 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
 		}
+	}
+
+	for name, fl := range o.Files {
+		if !filepath.IsLocal(name) || filepath.Clean(name) != name {
+			return nil, fmt.Errorf("disk: extra file %q: want a clean path inside hostpart", name)
+		}
+		data := fl.Data
+		if fl.Src != "" {
+			if data, err = os.ReadFile(fl.Src); err != nil {
+				return nil, fmt.Errorf("disk: extra file %s: %w", name, err)
+			}
+		}
+		dst := filepath.Join(staging, name)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return nil, fmt.Errorf("disk: staging: %w", err)
+		}
+		if err := os.WriteFile(dst, data, fl.Mode.Perm()); err != nil {
+			return nil, fmt.Errorf("disk: staging: %w", err)
+		}
+		if err := os.Chmod(dst, fl.Mode.Perm()); err != nil {
+			return nil, fmt.Errorf("disk: staging: %w", err)
+		}
+		need += int64(len(data))
 	}
 
 	// Every step below (go-diskfs, the FAT fix, GRUB's BIOS core,
