@@ -95,7 +95,9 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	GET  /api/status                      fleet status (Status)
 //	POST /api/assign    {"host"|"group"|"target", "image": "name@version" | ""} → {"result", "target"}
 //	GET  /api/rollouts                    rollouts with their members
-//	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}
+//	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}, or with "waves" (Auto)
+//	GET  /api/rollouts/{name}              RolloutStatus of a rollout with waves
+//	POST /api/rollouts/{name}/{action}     start, pause, resume, abort ({"revert": true}) → RolloutStatus
 //	POST /api/revert    {"host"|"group"|"target"}  → [RevertResult]
 //	                    ("target": a host name, MAC or group, whichever exists)
 //	POST /api/reload                      re-read the YAML directory and the token file
@@ -150,6 +152,28 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)
+	}))
+	mux.HandleFunc("GET /api/rollouts/{name}", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		st, err := f.RolloutStatus(r.PathValue("name"))
+		if err != nil {
+			writeErr(w, lookupCode(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("POST /api/rollouts/{name}/{action}", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
+		var req struct {
+			Revert bool `json:"revert"` // abort: revert the hosts it moved
+		}
+		if r.ContentLength != 0 && !readJSON(w, r, &req) {
+			return
+		}
+		st, err := f.RolloutAction(who, r.RemoteAddr, r.PathValue("name"), r.PathValue("action"), req.Revert)
+		if err != nil {
+			writeErr(w, lookupCode(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	}))
 	mux.HandleFunc("POST /api/revert", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
 		var t Target
@@ -271,6 +295,18 @@ func (f *Fleet) Handler() http.Handler {
 func actionCode(err error) int {
 	if errors.Is(err, ErrDatabase) {
 		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
+}
+
+// lookupCode is 404 for an unknown rollout or host, 503 for the
+// database, else 400.
+func lookupCode(err error) int {
+	switch {
+	case errors.Is(err, ErrDatabase):
+		return http.StatusServiceUnavailable
+	case strings.HasPrefix(err.Error(), "unknown "):
+		return http.StatusNotFound
 	}
 	return http.StatusBadRequest
 }
