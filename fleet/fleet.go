@@ -92,23 +92,23 @@ type Fleet struct {
 	// hashed, which can take minutes.
 	reloadMu sync.Mutex
 
-	lastIn    buildInput // the database's part of the last snapshot, for rebuilds while it is away
-	dbErr     string     // the last database error seen by a rebuild, "" when fine
-	unsubDB   func()
-	leader    atomic.Bool
+	lastIn  buildInput // the database's part of the last snapshot, for rebuilds while it is away
+	dbErr   string     // the last database error seen by a rebuild, "" when fine
+	unsubDB func()
+	leader  atomic.Bool
 	// The rollouts' leader work (rollouts.go): its own lock, kicked by
 	// check-ins and actions.
 	rolloutLeader   atomic.Bool
 	rolloutKick     chan struct{}
 	lastRolloutStep time.Time
-	ciQ       chan *pendingCheckin
-	ciDone    chan struct{} // closed when the check-in writer has stopped
-	refresh   chan struct{}
-	checkins  map[string]*atomic.Uint64 // "ok", "error"
-	apiCodes  sync.Map                  // int → *atomic.Uint64
-	persistCh chan Boot
-	done      chan struct{}
-	wg        sync.WaitGroup
+	ciQ             chan *pendingCheckin
+	ciDone          chan struct{} // closed when the check-in writer has stopped
+	refresh         chan struct{}
+	checkins        map[string]*atomic.Uint64 // "ok", "error"
+	apiCodes        sync.Map                  // int → *atomic.Uint64
+	persistCh       chan Boot
+	done            chan struct{}
+	wg              sync.WaitGroup
 }
 
 // opTimeout bounds one database operation on an admin or host request.
@@ -206,11 +206,11 @@ func New(opts Options) (*Fleet, error) {
 	}
 	f := &Fleet{
 		opts: opts, log: opts.Logger, now: opts.Now, store: st, led: NewLedger(), images: &imageCache{path: opts.ImageCache},
-		reloads:   map[string]uint64{},
-		checkins:  map[string]*atomic.Uint64{"ok": {}, "error": {}},
-		ciQ:       make(chan *pendingCheckin, maxQueuedCheckins),
-		ciDone:    make(chan struct{}),
-		refresh:   make(chan struct{}, 1),
+		reloads:     map[string]uint64{},
+		checkins:    map[string]*atomic.Uint64{"ok": {}, "error": {}},
+		ciQ:         make(chan *pendingCheckin, maxQueuedCheckins),
+		ciDone:      make(chan struct{}),
+		refresh:     make(chan struct{}, 1),
 		persistCh:   make(chan Boot, 256),
 		rolloutKick: make(chan struct{}, 1),
 		done:        make(chan struct{}),

@@ -18,11 +18,11 @@ import (
 // autoRollout is a rollout with waves, resolved against the desired
 // state: its image, its Spec for the state machine and its target.
 type autoRollout struct {
-	r      Rollout
-	origin string // "api" or file:line
-	image  *Image
-	spec   *rollout.Spec
-	target []string // MACs, in the rollout's order
+	r         Rollout
+	origin    string // "api" or file:line
+	image     *Image
+	spec      *rollout.Spec
+	target    []string        // MACs, in the rollout's order
 	targetSet map[string]bool // target and the waves' hosts
 }
 
@@ -450,17 +450,17 @@ func (f *Fleet) revertHostTx(tx Tx, s *snapshot, h *Host, who, pin string, now t
 // RolloutStatus is a rollout with waves as `imaged fleet rollout status`
 // shows it (GET /api/rollouts/{name}).
 type RolloutStatus struct {
-	Name    string `json:"name"`
-	Image   string `json:"image"` // name@version
-	Digest  string `json:"digest"`
-	Origin  string `json:"origin"` // "api" or file:line
-	Target  string `json:"target"` // in words
-	State   string `json:"state"`  // pending, running, paused, halted, aborted, done
-	Reason  string `json:"reason,omitempty"`
-	Since   time.Time `json:"since,omitzero"`
-	Wave    int    `json:"wave"` // the newest started wave, from 1; 0: none yet
-	Window  string `json:"window,omitempty"`
-	Version int64  `json:"version"` // of the stored progress
+	Name    string              `json:"name"`
+	Image   string              `json:"image"` // name@version
+	Digest  string              `json:"digest"`
+	Origin  string              `json:"origin"` // "api" or file:line
+	Target  string              `json:"target"` // in words
+	State   string              `json:"state"`  // pending, running, paused, halted, aborted, done
+	Reason  string              `json:"reason,omitempty"`
+	Since   time.Time           `json:"since,omitzero"`
+	Wave    int                 `json:"wave"` // the newest started wave, from 1; 0: none yet
+	Window  string              `json:"window,omitempty"`
+	Version int64               `json:"version"` // of the stored progress
 	Waves   []WaveStatus        `json:"waves"`
 	Hosts   []RolloutHostStatus `json:"hosts"`
 }

@@ -276,7 +276,6 @@ func TestRolloutThousandSimulatedHosts(t *testing.T) {
 	}
 }
 
-
 // Two servers step the same rollout at once (a leader handover, or a
 // lock that two believe they hold): the compare-and-set on the stored
 // version lets one step through per version, so no host is moved twice
