@@ -105,6 +105,9 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	                                      the audit log (since/until: RFC 3339, a date, or a duration before now)
 //	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
+//	GET  /api/hosts?label=k=v             []HostSummary (inventory.go)
+//	GET  /api/hosts/{host}                HostInventory: facts, slots, packages, last boots
+//	GET  /api/packages/{name}?version=V&label=k=v  PackageReport
 //	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
 //	GET  /metrics                         Prometheus metrics (fleet, Go runtime, process)
@@ -174,6 +177,40 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("GET /api/hosts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		sel, err := ParseSelector(r.URL.Query()["label"])
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		hs, err := f.hostSummaries(sel)
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, hs)
+	}))
+	mux.HandleFunc("GET /api/hosts/{host}", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		inv, err := f.HostInventory(r.PathValue("host"))
+		if err != nil {
+			writeErr(w, lookupCode(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, inv)
+	}))
+	mux.HandleFunc("GET /api/packages/{name}", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		sel, err := ParseSelector(r.URL.Query()["label"])
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		rep, err := f.Packages(r.PathValue("name"), r.URL.Query().Get("version"), sel)
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
 	}))
 	mux.HandleFunc("POST /api/revert", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
 		var t Target

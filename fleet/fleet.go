@@ -76,6 +76,7 @@ type Fleet struct {
 	led   *Ledger
 	// images caches the digests of the image files checked at load.
 	images *imageCache
+	pkgs   pkgCache // the images' package lists (inventory.go)
 
 	snap   atomic.Pointer[snapshot]
 	tokens atomic.Pointer[tokenSet]
@@ -562,7 +563,7 @@ func (f *Fleet) commitCheckins(batch []*pendingCheckin) {
 		err = f.store.Update(ctx, func(tx Tx) error {
 			for i, p := range batch {
 				c := &p.obs.Checkin
-				if err := tx.PutObserved(p.obs); err != nil {
+				if err := putCheckin(tx, p.obs); err != nil {
 					return err
 				}
 				for j := range boots[i] {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +29,9 @@ first token of a tokens file, or a file holding just the token) and --json
 		{Name: "revert", Short: "the big red button: revert a host or group on its next boot", Run: fleetRevert},
 		{Name: "rollout", Short: "list rollouts; start, pause, resume, abort one with waves, or show its status", Group: rolloutGroup},
 		{Name: "why", Short: "the server's last decisions for a host, in words", Run: fleetWhy},
+		{Name: "hosts", Short: "the inventory: hosts with their facts, by label", Run: fleetHosts},
+		{Name: "host", Short: "one host in full: facts, slots, packages, last boots", Run: fleetHost},
+		{Name: "packages", Short: "which hosts run which version of a package", Run: fleetPackages},
 		{Name: "known-hosts", Short: "ssh_known_hosts from the hosts' reported keys", Run: fleetKnownHosts},
 		{Name: "audit", Short: "the admin audit log", Run: fleetAudit},
 	},
@@ -418,6 +422,8 @@ func jsonUnmarshal(b []byte, v any) error {
 	}
 	return nil
 }
+
+func sortStrings(s []string) { sort.Strings(s) }
 
 func dash(s string) string {
 	if s == "" {

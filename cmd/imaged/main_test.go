@@ -40,6 +40,9 @@ func TestHelp(t *testing.T) {
 		"imaged fleet rollout abort",
 		"imaged fleet rollout status",
 		"imaged fleet why",
+		"imaged fleet hosts",
+		"imaged fleet host",
+		"imaged fleet packages",
 		"imaged fleet known-hosts",
 		"imaged fleet audit",
 	})
