@@ -6,6 +6,7 @@
 //	mkimage rootfs --from DIR|TARBALL --out FILE [--fs ext4|squashfs] [--name N] [--version V] [--sign-key KEY] [--keep PATH]... [--size SIZE]
 //	mkimage keygen --out KEY
 //	mkimage verify [--key KEY.pub] IMAGE
+//	mkimage diff [--json] A B
 //	mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
 //	mkimage disk --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M] [--hostpart-fs ext4]
 //	mkimage version
@@ -50,6 +51,7 @@ unprivileged.`,
 		{Name: "disk", Short: "a sparse, bootable GPT disk: EFI-BOOT with GRUB, hostpart with the images", Run: runDisk},
 		{Name: "keygen", Short: "an ed25519 key pair for signing manifests", Run: runKeygen},
 		{Name: "verify", Short: "check an image against its manifest (and signature)", Run: runVerify},
+		{Name: "diff", Short: "packages and files added, removed and changed between two images", Run: runDiff},
 		{Name: "version", Short: "print mkimage's version", Run: runVersion},
 	},
 	Footer: "SOURCE_DATE_EPOCH (seconds since 1970) makes every output reproducible.",

@@ -48,6 +48,7 @@ func TestHelp(t *testing.T) {
 		"mkimage disk",
 		"mkimage keygen",
 		"mkimage verify",
+		"mkimage diff",
 		"mkimage version",
 	})
 }
