@@ -39,7 +39,7 @@ Status: install ok installed
 Version: 3
 `
 	got, err := Installed(strings.NewReader(status))
-	want := []manifest.Package{{"libc6", "2.36-9+deb12u10", "amd64"}, {"tzdata", "2026b-0+deb12u1", "all"}, {"noarch", "3", "all"}}
+	want := []manifest.Package{{Name: "libc6", Version: "2.36-9+deb12u10", Arch: "amd64"}, {Name: "tzdata", Version: "2026b-0+deb12u1", Arch: "all"}, {Name: "noarch", Version: "3", Arch: "all"}}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("Installed = %v, %v; want %v", got, err, want)
 	}
