@@ -178,12 +178,32 @@ func (f *Fleet) RolloutAction(who, remote, name, action string, revert bool) (Ro
 			case ActionResume:
 				events, err = rollout.Resume(st, a.spec, now, why)
 			case ActionAbort:
-				events, err = rollout.Abort(st, a.spec, now, revert, why)
+				sig, serr := f.signals(tx, a, st)
+				if serr != nil {
+					return serr
+				}
+				events, err = rollout.Abort(st, a.spec, now, revert, why, sig)
 			default:
 				err = fmt.Errorf("unknown action %q: want start, pause, resume or abort", action)
 			}
 			if err != nil {
 				return err
+			}
+			// The first step at once: a started rollout's canaries
+			// move now, and its status lists its hosts.
+			if st.Phase == rollout.Running {
+				sig, err := f.signals(tx, a, st)
+				if err != nil {
+					return err
+				}
+				auto := rollout.Step(a.spec, st, a.target, sig, now)
+				if err := saveRollout(tx, name, p, st, before, now); err != nil {
+					return err
+				}
+				if err := f.applyEvents(tx, s, a, events, who, remote, now); err != nil {
+					return err
+				}
+				return f.applyEvents(tx, s, a, auto, "rollout:"+name, "", now)
 			}
 			if err := saveRollout(tx, name, p, st, before, now); err != nil {
 				return err

@@ -442,6 +442,32 @@ func TestHaltRevertsConfirmed(t *testing.T) {
 	}
 }
 
+// A host that fails its health checks on trial still runs the image: a
+// halt with revert reverts it too.
+func TestHaltRevertsUnhealthy(t *testing.T) {
+	spec := &Spec{Name: "r", Digest: img, Waves: []Wave{{Count: 1}, {Percent: 100}}, Revert: true}
+	s := newSim(t, spec, 3)
+	mustStart(t, s)
+	s.run(10, func() bool { return s.st.Hosts["m00"].State == HostTrial })
+	g := s.sig["m00"]
+	g.Trial, g.Health, g.HealthWhy = true, "failed", "unit app.service failed"
+	s.sig["m00"] = g
+	ev := s.step()
+	h := s.st.Hosts["m00"]
+	if s.st.Phase != Halted || h.State != HostReverted || !strings.Contains(h.Reason, "health checks failed") {
+		t.Fatalf("after the canary's health failed: %s, m00 %s (%s)", s.st.Phase, h.State, h.Reason)
+	}
+	reverts := 0
+	for _, e := range ev {
+		if e.Revert && e.Host == "m00" && e.FromDigest == old {
+			reverts++
+		}
+	}
+	if reverts != 1 {
+		t.Errorf("events %v: want one revert of m00 to its old image", ev)
+	}
+}
+
 func TestThresholdShare(t *testing.T) {
 	spec := &Spec{Name: "r", Digest: img, Waves: []Wave{{Percent: 100}}, Threshold: Amount{Percent: 30}}
 	s := newSim(t, spec, 10)
@@ -485,7 +511,7 @@ func TestPauseAbort(t *testing.T) {
 	if s.count(HostPending) != 0 {
 		t.Errorf("resumed but not moving: %v", s.states())
 	}
-	ev, err := Abort(&s.st, spec, s.now, false, "aborted by bob")
+	ev, err := Abort(&s.st, spec, s.now, false, "aborted by bob", s.sig)
 	if err != nil {
 		t.Fatal(err)
 	}

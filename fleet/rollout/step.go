@@ -170,13 +170,14 @@ func Resume(st *State, spec *Spec, now time.Time, why string) ([]Event, error) {
 }
 
 // Abort ends the rollout for good; with revert, the hosts it moved are
-// reverted, else those that run the image keep it.
-func Abort(st *State, spec *Spec, now time.Time, revert bool, why string) ([]Event, error) {
+// reverted (sig tells which failed hosts still run the image), else those
+// that run the image keep it.
+func Abort(st *State, spec *Spec, now time.Time, revert bool, why string, sig map[string]Signal) ([]Event, error) {
 	if st.Phase == Aborted || st.Phase == Done {
 		return nil, fmt.Errorf("rollout %s is %s already", spec.Name, st.Phase)
 	}
 	ev := []Event{st.phase(Aborted, why, now)}
-	ev = append(ev, st.withdraw(revert, "aborted: "+why, now)...)
+	ev = append(ev, st.withdraw(spec, revert, "aborted: "+why, now, sig)...)
 	return ev, nil
 }
 
@@ -188,12 +189,15 @@ func (st *State) phase(to, why string, now time.Time) Event {
 
 // withdraw takes the rollout's image back from the hosts it moved: hosts
 // that may run it are reverted (revert) or keep it (!revert); hosts that
-// have not booted it yet lose the assignment either way.
-func (st *State) withdraw(revert bool, why string, now time.Time) []Event {
+// have not booted it yet lose the assignment either way. A failed host
+// that still runs the image (unhealthy on trial) is reverted too.
+func (st *State) withdraw(spec *Spec, revert bool, why string, now time.Time, sig map[string]Signal) []Event {
 	var ev []Event
 	for _, mac := range st.macs() {
 		h := st.Hosts[mac]
 		switch {
+		case revert && h.State == HostFailed && !h.Moved.IsZero() && sig[mac].Running == spec.Digest:
+			ev = append(ev, st.set(mac, h, HostReverted, h.Reason+"; "+why+": reverted to "+label(h.From), now, Event{Revert: true, FromDigest: h.From}))
 		case !h.moved() || h.State == HostSkipped:
 			continue
 		case h.State == HostStaging || h.State == HostRebooting:
@@ -262,7 +266,7 @@ func Step(spec *Spec, st *State, target []string, sig map[string]Signal, now tim
 	if st.Phase != Running && st.Phase != Paused {
 		return ev
 	}
-	if e := st.checkThreshold(spec, now); e != nil {
+	if e := st.checkThreshold(spec, now, sig); e != nil {
 		return append(ev, e...)
 	}
 	if st.Phase != Running {
@@ -366,7 +370,7 @@ func (st *State) observe(spec *Spec, mac string, s Signal, now time.Time) (Event
 
 // checkThreshold halts the rollout when a started wave has as many new
 // failures as its threshold.
-func (st *State) checkThreshold(spec *Spec, now time.Time) []Event {
+func (st *State) checkThreshold(spec *Spec, now time.Time, sig map[string]Signal) []Event {
 	fails := st.failures()
 	size := st.waveSizes()
 	for w := range st.Waves {
@@ -388,12 +392,7 @@ func (st *State) checkThreshold(spec *Spec, now time.Time) []Event {
 		}
 		why := fmt.Sprintf("wave %d: %d hosts failed, threshold %d (%s)", w+1, n, limit, strings.Join(who, "; "))
 		ev := []Event{st.phase(Halted, why, now)}
-		if spec.Revert {
-			ev = append(ev, st.withdraw(true, "halted", now)...)
-		} else {
-			ev = append(ev, st.withdraw(false, "halted", now)...)
-		}
-		return ev
+		return append(ev, st.withdraw(spec, spec.Revert, "halted", now, sig)...)
 	}
 	return nil
 }
