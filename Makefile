@@ -65,6 +65,7 @@ bench: deps build
 	$(GO) run ./testvm/benchrootfs
 	$(GO) run ./testvm/benchpxe
 	$(GO) run ./testvm/benchfleet
+	$(GO) run ./testvm/benchrollout
 
 clean:
 	rm -rf $(BIN) out
