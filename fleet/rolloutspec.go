@@ -373,11 +373,12 @@ func (d *Desired) rolloutTarget(r *Rollout) []string {
 			add(h)
 		}
 	}
-	key := func(m string) string {
+	keys := make(map[string]string, len(cand))
+	for _, m := range cand {
 		s := sha256.Sum256([]byte(r.Name + "\x00" + m))
-		return string(s[:])
+		keys[m] = string(s[:])
 	}
-	sort.Slice(cand, func(i, j int) bool { return key(cand[i]) < key(cand[j]) })
+	sort.Slice(cand, func(i, j int) bool { return keys[cand[i]] < keys[cand[j]] })
 	return cand
 }
 
