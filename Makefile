@@ -66,6 +66,7 @@ bench: deps build
 	$(GO) run ./testvm/benchpxe
 	$(GO) run ./testvm/benchfleet
 	$(GO) run ./testvm/benchbuild
+	$(GO) run ./testvm/benchrollout
 
 clean:
 	rm -rf $(BIN) out

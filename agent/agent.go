@@ -53,6 +53,9 @@ type Agent struct {
 	staged    chan error         // receives the outcome of the staging goroutine, when one runs
 	retry     map[string]retryAt // digest → when a failed download may be retried
 	rebooting bool
+	// facts are the host's facts as last read (refreshFacts), factsSent
+	// those the server stored.
+	facts, factsSent *checkin.Facts
 }
 
 type retryAt struct {
@@ -123,6 +126,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if st.Trial {
 		go a.confirmTrial(ctx)
 	}
+	go a.refreshFacts(ctx)
 	t := time.NewTicker(a.Config.Interval)
 	defer t.Stop()
 	for {
@@ -350,9 +354,12 @@ func (a *Agent) tick(ctx context.Context, startStaging bool) error {
 	}
 	// Notes and errors carry text from elsewhere (a proxy's error page, a
 	// health command's output): fit them, or the server refuses it all.
+	rep.Facts = a.pendingFacts()
 	rep.Tidy()
 	if err := a.Server.Checkin(ctx, rep); err != nil {
 		a.Log.Warn("agent: check-in failed", "err", err)
+	} else {
+		a.factsDelivered(rep.Facts)
 	}
 	if reboot {
 		a.Log.Warn("agent: rebooting", "why", rep.Rebooting, "policy", a.Policy.String())

@@ -33,6 +33,7 @@ const DefaultConfigFile = "/etc/hnboot/agent.yaml"
 //	  commands: [{name: app, command: [/usr/local/bin/app-ok], timeout: 10s}]
 //	  settle: 30s
 //	  deadline: 10m
+//	lldp_listen: 35s                     # listen for the switch's LLDP frames (0: don't)
 //	services:                            # local fleet services (package supervisor)
 //	  - name: node-exporter
 //	    command: /usr/bin/prometheus-node-exporter
@@ -48,6 +49,10 @@ type Config struct {
 	TrustedKeys   []string      `yaml:"trusted_keys"`
 	Health        Checks        `yaml:"health"`
 	LogDir        string        `yaml:"log_dir"` // services' logs; default /var/log/hnboot
+	// LLDPListen is how long the agent listens for LLDP frames on each
+	// NIC when it reads the host's facts (at start, then hourly); unset:
+	// DefaultLLDPListen, 0: not at all.
+	LLDPListen *time.Duration `yaml:"lldp_listen"`
 
 	Services []supervisor.Service `yaml:"-"`
 	// ServicesYAML keeps the key known to the strict decoder; the list is
@@ -93,6 +98,13 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	}
 	c.defaults()
 	return c, nil
+}
+
+func (c *Config) lldpListen() time.Duration {
+	if c.LLDPListen == nil {
+		return DefaultLLDPListen
+	}
+	return *c.LLDPListen
 }
 
 func (c *Config) defaults() {

@@ -95,7 +95,9 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	GET  /api/status                      fleet status (Status)
 //	POST /api/assign    {"host"|"group"|"target", "image": "name@version" | ""} → {"result", "target"}
 //	GET  /api/rollouts                    rollouts with their members
-//	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}
+//	POST /api/rollout   {"name", "image", "group", "hosts": [...], "percent", "delete"}, or with "waves" (Auto)
+//	GET  /api/rollouts/{name}              RolloutStatus of a rollout with waves
+//	POST /api/rollouts/{name}/{action}     start, pause, resume, abort ({"revert": true}) → RolloutStatus
 //	POST /api/revert    {"host"|"group"|"target"}  → [RevertResult]
 //	                    ("target": a host name, MAC or group, whichever exists)
 //	POST /api/reload                      re-read the YAML directory and the token file
@@ -103,6 +105,9 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 //	                                      the audit log (since/until: RFC 3339, a date, or a duration before now)
 //	GET  /api/hosts/{host}/why?boots=3    WhyReport (host: hostname or MAC)
 //	GET  /api/known_hosts                 ssh_known_hosts (text)
+//	GET  /api/hosts?label=k=v             []HostSummary (inventory.go)
+//	GET  /api/hosts/{host}                HostInventory: facts, slots, packages, last boots
+//	GET  /api/packages/{name}?version=V&label=k=v  PackageReport
 //	POST /api/checkin                     a host's check-in (checkin.Checkin), open
 //	GET  /api/hosts/{mac}/desired         DesiredHost, open
 //	POST /api/images    a manifest (IMAGE.json) → PublishReply: where to send the bytes, from which offset
@@ -154,6 +159,62 @@ func (f *Fleet) Handler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, f.snap.Load().rollouts)
+	}))
+	mux.HandleFunc("GET /api/rollouts/{name}", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		st, err := f.RolloutStatus(r.PathValue("name"))
+		if err != nil {
+			writeErr(w, lookupCode(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("POST /api/rollouts/{name}/{action}", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
+		var req struct {
+			Revert bool `json:"revert"` // abort: revert the hosts it moved
+		}
+		if r.ContentLength != 0 && !readJSON(w, r, &req) {
+			return
+		}
+		st, err := f.RolloutAction(who, r.RemoteAddr, r.PathValue("name"), r.PathValue("action"), req.Revert)
+		if err != nil {
+			writeErr(w, lookupCode(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("GET /api/hosts", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		sel, err := ParseSelector(r.URL.Query()["label"])
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		hs, err := f.hostSummaries(sel)
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, hs)
+	}))
+	mux.HandleFunc("GET /api/hosts/{host}", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		inv, err := f.HostInventory(r.PathValue("host"))
+		if err != nil {
+			writeErr(w, lookupCode(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, inv)
+	}))
+	mux.HandleFunc("GET /api/packages/{name}", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		sel, err := ParseSelector(r.URL.Query()["label"])
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		rep, err := f.Packages(r.PathValue("name"), r.URL.Query().Get("version"), sel)
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
 	}))
 	mux.HandleFunc("POST /api/revert", f.admin(func(w http.ResponseWriter, r *http.Request, who string) {
 		var t Target
@@ -276,6 +337,18 @@ func (f *Fleet) Handler() http.Handler {
 func actionCode(err error) int {
 	if errors.Is(err, ErrDatabase) {
 		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
+}
+
+// lookupCode is 404 for an unknown rollout or host, 503 for the
+// database, else 400.
+func lookupCode(err error) int {
+	switch {
+	case errors.Is(err, ErrDatabase):
+		return http.StatusServiceUnavailable
+	case strings.HasPrefix(err.Error(), "unknown "):
+		return http.StatusNotFound
 	}
 	return http.StatusBadRequest
 }

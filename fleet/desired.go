@@ -19,9 +19,9 @@ import (
 //
 //	images:   [{name, version, digest, path}]   referenced as "name@version"
 //	channels: {stable: base@1.2, ...}
-//	groups:   [{name, image | channel, network, identity, files}]
-//	hosts:    [{mac, hostname, group, image | channel, network, identity, files}]
-//	rollouts: [{name, image, group, hosts, percent}]
+//	groups:   [{name, image | channel, labels, network, identity, files}]
+//	hosts:    [{mac, hostname, group, image | channel, labels, network, identity, files}]
+//	rollouts: [{name, image, group, hosts, percent}], or with waves (rolloutspec.go)
 //
 // A relative image path is taken relative to the directory.
 type Desired struct {
@@ -75,6 +75,7 @@ type Group struct {
 	Name     string            `json:"name"`
 	Image    string            `json:"image,omitempty"`
 	Channel  string            `json:"channel,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"` // its hosts' labels, under their own
 	Network  Network           `json:"-"`
 	Identity map[string]string `json:"-"`
 	Files    []*FileSpec       `json:"-"`
@@ -88,15 +89,18 @@ type Host struct {
 	Group    string            `json:"group,omitempty"`
 	Image    string            `json:"image,omitempty"`
 	Channel  string            `json:"channel,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"` // over its group's; Desired.Labels merges them
 	Network  Network           `json:"-"`
 	Identity map[string]string `json:"-"` // an empty value removes the group's
 	Files    []*FileSpec       `json:"-"`
 	Pos      Pos               `json:"-"`
 }
 
-// Rollout is a staged assignment: the listed hosts, plus Percent percent of
-// the group's hosts (chosen by a stable hash of rollout name and MAC), get
-// Image. Advanced by hand: raise Percent, in git or through the API.
+// Rollout is a staged assignment. Without Waves it is advanced by hand:
+// the listed hosts, plus Percent percent of the group's hosts (chosen by
+// a stable hash of rollout name and MAC), get Image; raise Percent, in
+// git or through the API. With Waves it runs itself once started (see
+// rolloutspec.go and package fleet/rollout).
 type Rollout struct {
 	Name    string   `json:"name"`
 	Image   string   `json:"image"`
@@ -104,6 +108,7 @@ type Rollout struct {
 	Hosts   []string `json:"hosts,omitempty"` // hostnames or MACs
 	Percent int      `json:"percent"`
 	Pos     Pos      `json:"-"`
+	Auto
 }
 
 // Image returns the image named by ref ("name@version"), or nil.
@@ -375,7 +380,7 @@ func (l *loader) image(file string, n *yaml.Node) {
 }
 
 func (l *loader) group(file string, n *yaml.Node) {
-	f := l.mapping(file, n, "name", "image", "channel", "network", "identity", "files")
+	f := l.mapping(file, n, "name", "image", "channel", "labels", "network", "identity", "files")
 	g := &Group{
 		Name:    l.str(file, f["name"], "name"),
 		Image:   l.str(file, f["image"], "image"),
@@ -387,6 +392,7 @@ func (l *loader) group(file string, n *yaml.Node) {
 		return
 	}
 	who := "group " + g.Name
+	g.Labels = l.labels(file, f["labels"], who)
 	g.Network = l.network(file, f["network"], who, true)
 	g.Identity, _ = l.identity(file, f["identity"], who)
 	g.Files = l.files(file, f["files"], who)
@@ -403,7 +409,7 @@ func (l *loader) group(file string, n *yaml.Node) {
 var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
 func (l *loader) host(file string, n *yaml.Node) {
-	f := l.mapping(file, n, "mac", "hostname", "group", "image", "channel", "network", "identity", "files")
+	f := l.mapping(file, n, "mac", "hostname", "group", "image", "channel", "labels", "network", "identity", "files")
 	p := Pos{file, n.Line}
 	h := &Host{
 		Hostname: l.str(file, f["hostname"], "hostname"),
@@ -413,6 +419,7 @@ func (l *loader) host(file string, n *yaml.Node) {
 		Pos:      p,
 	}
 	who := "host " + h.Hostname
+	h.Labels = l.labels(file, f["labels"], who)
 	h.Network = l.network(file, f["network"], who, false)
 	h.Identity, _ = l.identity(file, f["identity"], who)
 	h.Files = l.files(file, f["files"], who)
@@ -444,7 +451,7 @@ func (l *loader) host(file string, n *yaml.Node) {
 }
 
 func (l *loader) rollout(file string, n *yaml.Node) {
-	f := l.mapping(file, n, "name", "image", "group", "hosts", "percent")
+	f := l.mapping(file, n, append([]string{"name", "image", "group", "hosts", "percent"}, autoKeys...)...)
 	r := &Rollout{
 		Name:  l.str(file, f["name"], "name"),
 		Image: l.str(file, f["image"], "image"),
@@ -461,6 +468,7 @@ func (l *loader) rollout(file string, n *yaml.Node) {
 		l.errf(r.Pos, "rollout: name missing")
 		return
 	}
+	l.auto(file, f, r)
 	for _, prev := range l.d.Rollouts {
 		if prev.Name == r.Name {
 			l.errf(r.Pos, "duplicate rollout %s (first at %s)", r.Name, prev.Pos)
@@ -528,16 +536,8 @@ func (l *loader) crossCheck() {
 		if r.Group != "" && d.Groups[r.Group] == nil {
 			l.errf(r.Pos, "%s: unknown group %q", who, r.Group)
 		}
-		if r.Group == "" && len(r.Hosts) == 0 {
-			l.errf(r.Pos, "%s: needs a group or a list of hosts", who)
-		}
-		if r.Percent < 0 || r.Percent > 100 {
-			l.errf(r.Pos, "%s: percent %d out of 0..100", who, r.Percent)
-		}
-		for _, hn := range r.Hosts {
-			if d.FindHost(hn) == nil {
-				l.errf(r.Pos, "%s: unknown host %q", who, hn)
-			}
+		if err := d.checkRollout(r); err != nil {
+			l.errf(r.Pos, "%s: %v", who, err)
 		}
 	}
 }

@@ -11,11 +11,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -57,6 +59,9 @@ type Options struct {
 	// take the leader lock, and PruneInterval how often the leader
 	// applies retention; 0 → 2s and 1m.
 	LeaderRetry, PruneInterval time.Duration
+	// RolloutInterval is how often the leader steps the rollouts with
+	// waves when no check-in or action kicks it sooner; 0 → 5s.
+	RolloutInterval time.Duration
 	// ImageCache is this server's cache of the image files' digests (a
 	// JSON file, so a restart does not rehash multi-GiB images); "" keeps
 	// it in memory only.
@@ -77,6 +82,7 @@ type Fleet struct {
 	led   *Ledger
 	// images caches the digests of the image files checked at load.
 	images *imageCache
+	pkgs   pkgCache // the images' package lists (inventory.go)
 
 	snap   atomic.Pointer[snapshot]
 	tokens atomic.Pointer[tokenSet]
@@ -93,18 +99,23 @@ type Fleet struct {
 	// hashed, which can take minutes.
 	reloadMu sync.Mutex
 
-	lastIn    buildInput // the database's part of the last snapshot, for rebuilds while it is away
-	dbErr     string     // the last database error seen by a rebuild, "" when fine
-	unsubDB   func()
-	leader    atomic.Bool
-	ciQ       chan *pendingCheckin
-	ciDone    chan struct{} // closed when the check-in writer has stopped
-	refresh   chan struct{}
-	checkins  map[string]*atomic.Uint64 // "ok", "error"
-	apiCodes  sync.Map                  // int → *atomic.Uint64
-	persistCh chan Boot
-	done      chan struct{}
-	wg        sync.WaitGroup
+	lastIn  buildInput // the database's part of the last snapshot, for rebuilds while it is away
+	dbErr   string     // the last database error seen by a rebuild, "" when fine
+	unsubDB func()
+	leader  atomic.Bool
+	// The rollouts' leader work (rollouts.go): its own lock, kicked by
+	// check-ins and actions.
+	rolloutLeader   atomic.Bool
+	rolloutKick     chan struct{}
+	lastRolloutStep time.Time
+	ciQ             chan *pendingCheckin
+	ciDone          chan struct{} // closed when the check-in writer has stopped
+	refresh         chan struct{}
+	checkins        map[string]*atomic.Uint64 // "ok", "error"
+	apiCodes        sync.Map                  // int → *atomic.Uint64
+	persistCh       chan Boot
+	done            chan struct{}
+	wg              sync.WaitGroup
 }
 
 // opTimeout bounds one database operation on an admin or host request.
@@ -180,6 +191,9 @@ func New(opts Options) (*Fleet, error) {
 	if opts.PruneInterval <= 0 {
 		opts.PruneInterval = time.Minute
 	}
+	if opts.RolloutInterval <= 0 {
+		opts.RolloutInterval = 5 * time.Second
+	}
 	if opts.DB == "" {
 		return nil, errors.New("fleet: no database (Options.DB)")
 	}
@@ -199,13 +213,14 @@ func New(opts Options) (*Fleet, error) {
 	}
 	f := &Fleet{
 		opts: opts, log: opts.Logger, now: opts.Now, store: st, led: NewLedger(), images: &imageCache{path: opts.ImageCache},
-		reloads:   map[string]uint64{},
-		checkins:  map[string]*atomic.Uint64{"ok": {}, "error": {}},
-		ciQ:       make(chan *pendingCheckin, maxQueuedCheckins),
-		ciDone:    make(chan struct{}),
-		refresh:   make(chan struct{}, 1),
-		persistCh: make(chan Boot, 256),
-		done:      make(chan struct{}),
+		reloads:     map[string]uint64{},
+		checkins:    map[string]*atomic.Uint64{"ok": {}, "error": {}},
+		ciQ:         make(chan *pendingCheckin, maxQueuedCheckins),
+		ciDone:      make(chan struct{}),
+		refresh:     make(chan struct{}, 1),
+		persistCh:   make(chan Boot, 256),
+		rolloutKick: make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	f.tokens.Store(toks)
 	f.sigPaths = imagePaths(d)
@@ -223,11 +238,15 @@ func New(opts Options) (*Fleet, error) {
 		return nil, fmt.Errorf("fleet: %s", f.dbErr)
 	}
 	f.unsubDB = st.Subscribe(f.onChange)
-	f.wg.Add(4)
+	f.wg.Add(5)
 	go f.persister()
 	go f.checkinWriter()
 	go f.refresher()
 	go f.leaderLoop()
+	go func() {
+		defer f.wg.Done()
+		f.runLeader("rollouts", f.opts.RolloutInterval, f.rolloutKick, &f.rolloutLeader, f.stepRollouts)
+	}()
 	f.log.Info("fleet: database", "backend", st.Backend(), "where", st.Where(), "schema", SchemaVersion())
 	return f, nil
 }
@@ -256,11 +275,21 @@ func (f *Fleet) IsLeader() bool { return f.leader.Load() }
 // another server (or a reconnect that may have missed some) refreshes the
 // snapshot. This server's own changes rebuilt it already.
 func (f *Fleet) onChange(c Change) {
+	switch c.Kind {
+	case ChangeCheckin, ChangeRollout, ChangeAll:
+		// A host moved on, or a rollout changed: the rollouts' leader
+		// looks at once rather than at its next tick.
+		f.kickRollouts()
+	case ChangeRolloutProgress:
+		if !c.Local {
+			f.kickRollouts()
+		}
+	}
 	if c.Local {
 		return
 	}
 	switch c.Kind {
-	case ChangeOverride, ChangeRevert, ChangeRollout, ChangeAll:
+	case ChangeOverride, ChangeRevert, ChangeRollout, ChangeRolloutProgress, ChangeAll:
 		select {
 		case f.refresh <- struct{}{}:
 		default: // one rebuild pending already reads everything
@@ -292,12 +321,12 @@ func (f *Fleet) refresher() {
 // goes with its connection and another server's next try takes it.
 func (f *Fleet) leaderLoop() {
 	defer f.wg.Done()
-	f.runLeader("maintenance", f.opts.PruneInterval, f.maintain)
+	f.runLeader("maintenance", f.opts.PruneInterval, nil, &f.leader, f.maintain)
 }
 
-// runLeader runs work every interval while this server holds the named
-// leader lock, until Close. Issue-12 rollout steps run the same way.
-func (f *Fleet) runLeader(name string, every time.Duration, work func(ctx context.Context)) {
+// runLeader runs work every interval, and when kick says so, while this
+// server holds the named leader lock (flagged in leader), until Close.
+func (f *Fleet) runLeader(name string, every time.Duration, kick <-chan struct{}, leader *atomic.Bool, work func(ctx context.Context)) {
 	for {
 		ctx, cancel := dbCtx()
 		lock, err := f.store.TryLock(ctx, name)
@@ -306,7 +335,7 @@ func (f *Fleet) runLeader(name string, every time.Duration, work func(ctx contex
 			f.log.Debug("fleet: leader lock", "lock", name, "err", err)
 		}
 		if lock != nil {
-			f.leader.Store(true)
+			leader.Store(true)
 			f.log.Info("fleet: this server holds the leader lock", "lock", name, "database", f.store.Where())
 			wctx, wcancel := context.WithCancel(context.Background())
 			go func() {
@@ -321,6 +350,7 @@ func (f *Fleet) runLeader(name string, every time.Duration, work func(ctx contex
 				work(wctx)
 				select {
 				case <-t.C:
+				case <-kick:
 				case <-lock.Lost():
 					held = false
 				case <-f.done:
@@ -329,7 +359,7 @@ func (f *Fleet) runLeader(name string, every time.Duration, work func(ctx contex
 			}
 			t.Stop()
 			wcancel()
-			f.leader.Store(false)
+			leader.Store(false)
 			lock.Release()
 			select {
 			case <-f.done:
@@ -539,7 +569,7 @@ func (f *Fleet) commitCheckins(batch []*pendingCheckin) {
 		err = f.store.Update(ctx, func(tx Tx) error {
 			for i, p := range batch {
 				c := &p.obs.Checkin
-				if err := tx.PutObserved(p.obs); err != nil {
+				if err := putCheckin(tx, p.obs); err != nil {
 					return err
 				}
 				for j := range boots[i] {
@@ -890,35 +920,16 @@ func (f *Fleet) Revert(who, remote string, t Target) ([]RevertResult, error) {
 	err = f.update(func(tx Tx) error {
 		out = out[:0]
 		for _, h := range hosts {
-			mac := h.MAC.String()
-			r := RevertResult{Host: h.Hostname, MAC: mac, ID: newRevertID(now)}
-			obs, err := tx.GetObserved(mac)
+			r, err := f.revertHostTx(tx, s, h, who, "", now)
 			if err != nil {
 				return err
 			}
-			if obs == nil {
-				r.Note = "host never checked in: no old image known; assignment unchanged"
-			} else if obs.Images.Old == "" {
-				r.Note = "host reported no old image: the init will boot its current image; assignment unchanged"
-			} else if img := s.imageByDigest[obs.Images.Old]; img == nil {
-				r.Note = "host's old image " + short(obs.Images.Old) + " is not declared; assignment unchanged"
-			} else {
-				r.PinnedTo = img.Ref()
-				if err := tx.PutOverride(OverrideHost, mac, Override{Image: img.Ref(), By: who, Time: now, Note: "revert " + r.ID}); err != nil {
-					return err
-				}
-				tx.Changed(ChangeOverride, OverrideHost+"/"+mac)
-			}
-			if err := tx.PutRevert(mac, PendingRevert{ID: r.ID, By: who, Time: now}); err != nil {
-				return err
-			}
-			tx.Changed(ChangeRevert, mac)
 			detail := "revert " + r.ID
 			if r.PinnedTo != "" {
 				detail += ", assigned " + r.PinnedTo
 			}
-			if err := f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "revert", Target: h.Hostname + " " + mac,
-				Host: h.Hostname, MAC: mac, Detail: detail}); err != nil {
+			if err := f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "revert", Target: h.Hostname + " " + r.MAC,
+				Host: h.Hostname, MAC: r.MAC, Detail: detail}); err != nil {
 				return err
 			}
 			out = append(out, r)
@@ -945,6 +956,14 @@ func (f *Fleet) SetRollout(who, remote string, r Rollout, del bool) error {
 			if err := tx.DeleteRollout(r.Name); err != nil {
 				return err
 			}
+			// Its progress goes with it (a rollout of the YAML keeps
+			// its own: the API cannot delete it).
+			if !slices.ContainsFunc(d.Rollouts, func(y *Rollout) bool { return y.Name == r.Name }) {
+				if err := tx.DeleteRolloutProgress(r.Name); err != nil {
+					return err
+				}
+				tx.Changed(ChangeRolloutProgress, r.Name)
+			}
 			tx.Changed(ChangeRollout, r.Name)
 			return f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "rollout-delete", Target: "rollout " + r.Name})
 		})
@@ -960,24 +979,20 @@ func (f *Fleet) SetRollout(who, remote string, r Rollout, del bool) error {
 	if r.Group != "" && d.Groups[r.Group] == nil {
 		return fmt.Errorf("rollout %s: unknown group %q", r.Name, r.Group)
 	}
-	if r.Group == "" && len(r.Hosts) == 0 {
-		return fmt.Errorf("rollout %s: needs a group or a list of hosts", r.Name)
-	}
-	if r.Percent < 0 || r.Percent > 100 {
-		return fmt.Errorf("rollout %s: percent %d out of 0..100", r.Name, r.Percent)
-	}
-	for _, h := range r.Hosts {
-		if d.FindHost(h) == nil {
-			return fmt.Errorf("rollout %s: unknown host %q", r.Name, h)
-		}
+	if err := d.checkRollout(&r); err != nil {
+		return fmt.Errorf("rollout %s: %w", r.Name, err)
 	}
 	err := f.update(func(tx Tx) error {
 		if err := tx.PutRollout(APIRollout{Rollout: r, By: who, Time: f.now()}); err != nil {
 			return err
 		}
 		tx.Changed(ChangeRollout, r.Name)
-		return f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "rollout", Target: "rollout " + r.Name,
-			Detail: fmt.Sprintf("image %s, group %q, %d%%, hosts %v", r.Image, r.Group, r.Percent, r.Hosts)})
+		detail := fmt.Sprintf("image %s, group %q, %d%%, hosts %v", r.Image, r.Group, r.Percent, r.Hosts)
+		if r.IsAuto() {
+			b, _ := json.Marshal(r)
+			detail = "rollout with waves: " + string(b)
+		}
+		return f.auditTx(tx, AuditEntry{Who: who, Remote: remote, Action: "rollout", Target: "rollout " + r.Name, Detail: detail})
 	})
 	if err != nil {
 		return err

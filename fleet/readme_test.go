@@ -256,3 +256,34 @@ func TestReadmeHTTPTable(t *testing.T) {
 		t.Errorf("found no routes registered in fleet and pxe: the pattern no longer finds them")
 	}
 }
+
+// The README's worked rollout loads beside its fleet directory and means
+// what the README says: web-08 first, alone, and a window in Berlin time.
+func TestReadmeRollout(t *testing.T) {
+	dir, _ := readmeFleet(t)
+	writeFile(t, filepath.Join(dir, "rollout-web-2.yaml"), readmeBlock(t, "# /etc/hnboot/fleet/rollout-web-2.yaml"))
+	d, err := Load(dir)
+	if err != nil {
+		t.Fatalf("Load(README's fleet and rollout) = %v", err)
+	}
+	var r *Rollout
+	for _, x := range d.Rollouts {
+		if x.Name == "web-2-waves" {
+			r = x
+		}
+	}
+	if r == nil || !r.IsAuto() {
+		t.Fatalf("README's rollout web-2-waves not loaded as a rollout with waves: %+v", d.Rollouts)
+	}
+	spec, err := d.rolloutSpec(r, d.Image(r.Image).Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := spec.Plan(d.rolloutTarget(r))
+	if w, ok := plan[d.FindHost("web-08").MAC.String()]; !ok || w != 0 || len(spec.Waves) != 4 || spec.MaxRebooting != 5 || !spec.Revert {
+		t.Errorf("README's rollout: plan %v, spec %+v; want web-08 in wave 1 of 4", plan, spec)
+	}
+	if got := spec.Window.String(); got != "Sun,Sat 01:00-05:00 Europe/Berlin" {
+		t.Errorf("window %q", got)
+	}
+}

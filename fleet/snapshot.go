@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sort"
+	"time"
 
+	"github.com/hnboot/hnboot/fleet/rollout"
 	"github.com/hnboot/hnboot/internal/hostconfig"
 )
 
@@ -18,6 +20,7 @@ type snapshot struct {
 	hosts         []*resolvedHost // in YAML order
 	byMAC         map[string]*resolvedHost
 	rollouts      []rolloutView
+	autos         map[string]*autoRollout // rollouts with waves, by name
 	warnings      []string
 }
 
@@ -33,6 +36,9 @@ type rolloutView struct {
 	Rollout
 	Origin  string   `json:"origin"` // "api" or file:line
 	Members []string `json:"members"`
+	// State is the phase of a rollout with waves (pending until started);
+	// its Members are the hosts it assigns its image now.
+	State string `json:"state,omitempty"`
 }
 
 // buildInput is the database's part of the desired state.
@@ -41,6 +47,10 @@ type buildInput struct {
 	groupOv  map[string]Override // by group
 	rollouts []APIRollout
 	reverts  map[string]PendingRevert // by MAC
+	// The rollouts with waves: their phases, and the hosts they assign
+	// their image (by MAC).
+	phases       map[string]string
+	rolloutHosts map[string]rolloutAssigned
 }
 
 // rolloutMembers: the listed hosts, plus ceil(percent) of the group's hosts
@@ -103,11 +113,17 @@ func build(d *Desired, in buildInput) *snapshot {
 	api := append([]APIRollout(nil), in.rollouts...)
 	sort.Slice(api, func(i, j int) bool { return api[i].Time.After(api[j].Time) })
 	for _, r := range api {
-		ros = append(ros, ro{r.Rollout, "api"})
+		if !r.IsAuto() {
+			ros = append(ros, ro{r.Rollout, "api"})
+		}
 	}
 	for i := len(d.Rollouts) - 1; i >= 0; i-- {
-		ros = append(ros, ro{*d.Rollouts[i], d.Rollouts[i].Pos.String()})
+		if !d.Rollouts[i].IsAuto() {
+			ros = append(ros, ro{*d.Rollouts[i], d.Rollouts[i].Pos.String()})
+		}
 	}
+	s.autos = resolveAutos(d, in.rollouts, func(w string) { s.warnings = append(s.warnings, w) })
+	autoMembers := map[string][]string{}
 	rolloutOf := map[*Host]string{}
 	rolloutImg := map[*Host]*Image{}
 	for _, x := range ros {
@@ -145,6 +161,11 @@ func build(d *Desired, in buildInput) *snapshot {
 			if img := overrideImg(ov, "group "+h.Group); img != nil {
 				rh.image, rh.source = img, fmt.Sprintf("assigned to group %s by %s at %s", h.Group, ov.By, ov.Time.UTC().Format("2006-01-02 15:04"))
 			}
+		}
+		if ra, ok := in.rolloutHosts[mac]; ok && rh.image == nil && s.autos[ra.rollout] != nil {
+			a := s.autos[ra.rollout]
+			rh.image, rh.source = a.image, fmt.Sprintf("rollout %s, wave %d (%s)", a.r.Name, ra.wave+1, a.origin)
+			autoMembers[a.r.Name] = append(autoMembers[a.r.Name], h.Hostname)
 		}
 		if rh.image == nil && rolloutImg[h] != nil {
 			rh.image, rh.source = rolloutImg[h], rolloutOf[h]
@@ -193,6 +214,19 @@ func build(d *Desired, in buildInput) *snapshot {
 		if d.Groups[g] == nil {
 			s.warnings = append(s.warnings, "override for group "+g+": group no longer declared; ignored")
 		}
+	}
+	names := make([]string, 0, len(s.autos))
+	for n := range s.autos {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		a := s.autos[n]
+		v := rolloutView{Rollout: a.r, Origin: a.origin, Members: autoMembers[n], State: in.phases[n]}
+		if v.State == "" {
+			v.State = "pending"
+		}
+		s.rollouts = append(s.rollouts, v)
 	}
 	s.warnings = append(s.warnings, d.imageWarnings...)
 	sort.Strings(s.warnings)
@@ -243,10 +277,40 @@ func (f *Fleet) readBuildInput() (buildInput, error) {
 		if in.rollouts, err = tx.ListRollouts(); err != nil {
 			return err
 		}
-		in.reverts, err = tx.ListReverts()
-		return err
+		if in.reverts, err = tx.ListReverts(); err != nil {
+			return err
+		}
+		return readRolloutHosts(tx, &in)
 	})
 	return in, err
+}
+
+// readRolloutHosts reads the rollouts with waves' phases and the hosts
+// they assign their image.
+func readRolloutHosts(tx Tx, in *buildInput) error {
+	ps, err := tx.ListRolloutProgress()
+	if err != nil {
+		return err
+	}
+	in.phases, in.rolloutHosts = map[string]string{}, map[string]rolloutAssigned{}
+	moved := map[string]time.Time{}
+	for _, p := range ps {
+		in.phases[p.Name] = p.State
+		hs, err := tx.ListRolloutHosts(p.Name)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			// The rollout that moved the host last wins: a new rollout
+			// takes over the hosts of one that is done.
+			rh := rollout.Host{State: h.State, Moved: h.Moved}
+			if t, taken := moved[h.MAC]; rh.Assigned() && (!taken || h.Moved.After(t)) {
+				in.rolloutHosts[h.MAC] = rolloutAssigned{rollout: p.Name, wave: h.Wave}
+				moved[h.MAC] = h.Moved
+			}
+		}
+	}
+	return nil
 }
 
 // imageName is "name@version (sha256:0123456789ab)" for a declared image,

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hnboot/hnboot/internal/checkin"
 )
 
 // sqlCore is what both backends share: the SQL (one dialect subset that
@@ -489,27 +491,71 @@ func (t *sqlTx) DeleteRolloutProgress(name string) error {
 
 func (t *sqlTx) PutRolloutHost(h RolloutHost) error {
 	_, err := t.exec("store the progress of "+h.MAC+" in rollout "+h.Rollout,
-		`INSERT INTO rollout_hosts (rollout, mac, wave, state, reason, updated_ns) VALUES ($1, $2, $3, $4, $5, $6)
+		`INSERT INTO rollout_hosts (rollout, mac, wave, state, reason, updated_ns, moved_ns, from_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		 ON CONFLICT (rollout, mac) DO UPDATE SET wave = excluded.wave, state = excluded.state,
-		   reason = excluded.reason, updated_ns = excluded.updated_ns`,
-		h.Rollout, h.MAC, h.Wave, h.State, h.Reason, ns(h.Updated))
+		   reason = excluded.reason, updated_ns = excluded.updated_ns, moved_ns = excluded.moved_ns, from_digest = excluded.from_digest`,
+		h.Rollout, h.MAC, h.Wave, h.State, h.Reason, ns(h.Updated), ns(h.Moved), h.From)
 	return err
 }
 
 func (t *sqlTx) ListRolloutHosts(rollout string) ([]RolloutHost, error) {
 	var out []RolloutHost
 	err := t.rows("read the hosts of rollout "+rollout,
-		`SELECT rollout, mac, wave, state, reason, updated_ns FROM rollout_hosts WHERE rollout = $1 ORDER BY wave, mac`,
+		`SELECT rollout, mac, wave, state, reason, updated_ns, moved_ns, from_digest FROM rollout_hosts WHERE rollout = $1 ORDER BY wave, mac`,
 		func(rs *sql.Rows) error {
 			var h RolloutHost
-			var upd int64
-			if err := rs.Scan(&h.Rollout, &h.MAC, &h.Wave, &h.State, &h.Reason, &upd); err != nil {
+			var upd, moved int64
+			if err := rs.Scan(&h.Rollout, &h.MAC, &h.Wave, &h.State, &h.Reason, &upd, &moved, &h.From); err != nil {
 				return err
 			}
-			h.Updated = fromNS(upd)
+			h.Updated, h.Moved = fromNS(upd), fromNS(moved)
 			out = append(out, h)
 			return nil
 		}, rollout)
+	return out, err
+}
+
+func (t *sqlTx) PutFacts(mac string, at time.Time, f *checkin.Facts) error {
+	body, err := mustJSON(f)
+	if err != nil {
+		return fmt.Errorf("fleet database: encode the facts of %s: %w", mac, err)
+	}
+	_, err = t.exec("store the facts of "+mac,
+		`INSERT INTO host_facts (mac, time_ns, body) VALUES ($1, $2, $3)
+		 ON CONFLICT (mac) DO UPDATE SET time_ns = excluded.time_ns, body = excluded.body`, mac, ns(at), body)
+	return err
+}
+
+func (t *sqlTx) ListFacts() (map[string]HostFacts, error) {
+	out := map[string]HostFacts{}
+	err := t.rows("read the hosts' facts", `SELECT mac, time_ns, body FROM host_facts`, func(rs *sql.Rows) error {
+		var mac string
+		var tn int64
+		var body []byte
+		if err := rs.Scan(&mac, &tn, &body); err != nil {
+			return err
+		}
+		hf := HostFacts{Time: fromNS(tn)}
+		if err := json.Unmarshal(body, &hf.Facts); err != nil {
+			return err
+		}
+		out[mac] = hf
+		return nil
+	})
+	return out, err
+}
+
+func (t *sqlTx) GetFacts(mac string) (*HostFacts, error) {
+	var out *HostFacts
+	err := t.rows("read the facts of "+mac, `SELECT time_ns, body FROM host_facts WHERE mac = $1`, func(rs *sql.Rows) error {
+		var tn int64
+		var body []byte
+		if err := rs.Scan(&tn, &body); err != nil {
+			return err
+		}
+		out = &HostFacts{Time: fromNS(tn)}
+		return json.Unmarshal(body, &out.Facts)
+	}, mac)
 	return out, err
 }
 

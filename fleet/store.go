@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/pxe"
 )
 
@@ -65,6 +66,7 @@ const (
 	ChangeRevert          = "revert"           // keys: MACs
 	ChangeRollout         = "rollout"          // keys: rollout names
 	ChangeRolloutProgress = "rollout-progress" // keys: rollout names
+	ChangeFacts           = "facts"            // keys: MACs
 	ChangeAudit           = "audit"            // keys: actions
 )
 
@@ -117,6 +119,12 @@ type Tx interface {
 	PutRolloutHost(h RolloutHost) error
 	ListRolloutHosts(rollout string) ([]RolloutHost, error)
 
+	// PutFacts stores the facts a host's agent reported (inventory).
+	PutFacts(mac string, at time.Time, f *checkin.Facts) error
+	// ListFacts returns the facts of every host that reported some.
+	ListFacts() (map[string]HostFacts, error)
+	GetFacts(mac string) (*HostFacts, error)
+
 	AppendAudit(e AuditEntry) error
 	QueryAudit(q AuditQuery) ([]AuditEntry, error)
 	// PruneAudit removes entries older than before.
@@ -127,6 +135,12 @@ type Tx interface {
 
 	getMeta(key string) (string, bool, error)
 	setMeta(key, value string) error
+}
+
+// HostFacts are a host's facts and when they were reported.
+type HostFacts struct {
+	Time time.Time `json:"time"`
+	checkin.Facts
 }
 
 // Override kinds.
@@ -151,9 +165,11 @@ type RolloutHost struct {
 	Rollout string    `json:"rollout"`
 	MAC     string    `json:"mac"`
 	Wave    int       `json:"wave"`
-	State   string    `json:"state"` // pending, staging, rebooting, trial, confirmed, failed, reverted
+	State   string    `json:"state"` // pending, staging, rebooting, trial, confirmed, failed, reverted, skipped
 	Reason  string    `json:"reason,omitempty"`
 	Updated time.Time `json:"updated"`
+	Moved   time.Time `json:"moved,omitzero"` // when the rollout assigned it the image
+	From    string    `json:"from,omitempty"` // the digest it ran then
 }
 
 // AuditQuery selects audit entries; zero fields match everything.

@@ -11,10 +11,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem"
-	"github.com/diskfs/go-diskfs/filesystem/squashfs"
+
+	"github.com/hnboot/hnboot/internal/imagefs"
 
 	"github.com/hnboot/hnboot/internal/durable"
 )
@@ -123,32 +122,12 @@ func extractBoot(image, dir string) error {
 }
 
 // openImageFS opens a whole-disk ext4 or squashfs image read-only.
-// diskfs.GetFilesystem does not recognise every squashfs image (small
-// ones, here), so squashfs is also tried directly.
 func openImageFS(image string) (filesystem.FileSystem, func(), error) {
-	d, err := diskfs.Open(image, diskfs.WithOpenMode(diskfs.ReadOnly))
-	if err != nil {
-		return nil, nil, fmt.Errorf("extract: open %s: %w", image, err)
-	}
-	if fsys, err := d.GetFilesystem(0); err == nil {
-		return fsys, func() { d.Close() }, nil
-	}
-	d.Close()
-	f, err := os.Open(image)
+	im, err := imagefs.Open(image)
 	if err != nil {
 		return nil, nil, fmt.Errorf("extract: %w", err)
 	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("extract: %w", err)
-	}
-	fsys, err := squashfs.Read(file.New(f, true), st.Size(), 0, 0)
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("extract: %s: neither ext4 nor squashfs: %w", image, err)
-	}
-	return fsys, func() { f.Close() }, nil
+	return im, func() { im.Close() }, nil
 }
 
 // pickBootFile returns the first regular file matching patterns, in order;

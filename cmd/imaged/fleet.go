@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -26,8 +27,11 @@ first token of a tokens file, or a file holding just the token) and --json
 		{Name: "status", Short: "hosts: desired against observed image, state, last check-in", Run: fleetStatus},
 		{Name: "assign", Short: "assign an image to a host or group (TARGET IMAGE), or clear it", Run: fleetAssign},
 		{Name: "revert", Short: "the big red button: revert a host or group on its next boot", Run: fleetRevert},
-		{Name: "rollout", Short: "list rollouts, or create, advance or delete one", Run: fleetRollout},
+		{Name: "rollout", Short: "list rollouts; start, pause, resume, abort one with waves, or show its status", Group: rolloutGroup},
 		{Name: "why", Short: "the server's last decisions for a host, in words", Run: fleetWhy},
+		{Name: "hosts", Short: "the inventory: hosts with their facts, by label", Run: fleetHosts},
+		{Name: "host", Short: "one host in full: facts, slots, packages, last boots", Run: fleetHost},
+		{Name: "packages", Short: "which hosts run which version of a package", Run: fleetPackages},
 		{Name: "known-hosts", Short: "ssh_known_hosts from the hosts' reported keys", Run: fleetKnownHosts},
 		{Name: "audit", Short: "the admin audit log", Run: fleetAudit},
 		{Name: "publish", Short: "upload an image and its manifest, and register it as name@version", Run: fleetPublish},
@@ -85,10 +89,14 @@ Example:
 const fleetRolloutUsage = `Usage: imaged fleet rollout [flags]
        imaged fleet rollout [flags] --name N --image I [--group G] [--hosts a,b] --percent P
        imaged fleet rollout [flags] --name N --delete
+       imaged fleet rollout start|pause|resume|abort|status [flags] NAME
 
 Without --name, lists the rollouts (from the YAML and the API) with their
-members. With --name, creates or advances an API rollout: the listed hosts
-plus P percent of the group get image I; --delete removes it.
+members (for a rollout with waves, its state and the hosts it assigns its
+image now). With --name, creates or advances an API rollout: the listed
+hosts plus P percent of the group get image I; --delete removes it. A
+rollout with waves runs itself once started: see "imaged fleet rollout
+--help" for its commands.
 
 Example:
   imaged fleet rollout --server http://imaged:8080 --name canary --image base@1.3 --group web --percent 10
@@ -314,6 +322,7 @@ func fleetRollout(_ context.Context, name string, args []string, std cli.IO) err
 			fleet.Rollout
 			Origin  string   `json:"origin"`
 			Members []string `json:"members"`
+			State   string   `json:"state"`
 		}
 		if err := c.c.get("/api/rollouts", &ros); err != nil {
 			return err
@@ -321,7 +330,15 @@ func fleetRollout(_ context.Context, name string, args []string, std cli.IO) err
 		tw := tabwriter.NewWriter(std.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ROLLOUT\tIMAGE\tGROUP\tPERCENT\tORIGIN\tMEMBERS")
 		for _, r := range ros {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%s\n", r.Name, r.Image, dash(r.Group), r.Percent, r.Origin, strings.Join(r.Members, ","))
+			pct := fmt.Sprintf("%d%%", r.Percent)
+			if r.IsAuto() {
+				pct = fmt.Sprintf("%d waves, %s", len(r.Waves), r.State)
+			}
+			members := strings.Join(r.Members, ",")
+			if len(r.Members) > 8 {
+				members = fmt.Sprintf("%s,... (%d hosts)", strings.Join(r.Members[:8], ","), len(r.Members))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Image, dash(strings.TrimSpace(strings.Join(append(r.Groups, r.Group), " "))), pct, r.Origin, members)
 		}
 		return tw.Flush()
 	}
@@ -401,6 +418,15 @@ func fleetAudit(_ context.Context, name string, args []string, std cli.IO) error
 	}
 	return tw.Flush()
 }
+
+func jsonUnmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("fleet: the server's answer: %w", err)
+	}
+	return nil
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
 
 func dash(s string) string {
 	if s == "" {

@@ -8,6 +8,7 @@
 //	mkimage test IMAGE [--health agent.yaml] [--deadline 10m] [--firmware uefi|bios] [--kvm auto|on|off] [--json]
 //	mkimage keygen --out KEY
 //	mkimage verify [--key KEY.pub] IMAGE
+//	mkimage diff [--json] A B
 //	mkimage initramfs --kernel-modules DIR --out FILE [--init PATH] [--busybox PATH] [--modules a,b]
 //	mkimage disk --root IMG [--new IMG] [--old IMG] --out DISK --size SIZE [--efi-size 128M] [--hostpart-fs ext4]
 //	mkimage version
@@ -55,6 +56,7 @@ unprivileged.`,
 		{Name: "probe", Short: "(inside the VM mkimage test boots) run the health checks and report", Run: runProbe},
 		{Name: "keygen", Short: "an ed25519 key pair for signing manifests", Run: runKeygen},
 		{Name: "verify", Short: "check an image against its manifest (and signature)", Run: runVerify},
+		{Name: "diff", Short: "packages and files added, removed and changed between two images", Run: runDiff},
 		{Name: "version", Short: "print mkimage's version", Run: runVersion},
 	},
 	Footer: "SOURCE_DATE_EPOCH (seconds since 1970) makes every output reproducible.",

@@ -51,6 +51,7 @@ func TestHelp(t *testing.T) {
 		"mkimage probe",
 		"mkimage keygen",
 		"mkimage verify",
+		"mkimage diff",
 		"mkimage version",
 	})
 }

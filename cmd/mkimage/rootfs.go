@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/cli"
+	"github.com/hnboot/hnboot/internal/dpkg"
+	"github.com/hnboot/hnboot/internal/imagefs"
 
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -46,6 +48,9 @@ in it) are added, so GRUB can load both from the loop-mounted image.
 Beside the image, FILE.json is its manifest: name, version, sha256, size, fs,
 kernel_release, build_time. With --sign-key (from "mkimage keygen") it also
 holds an ed25519 signature over the manifest; check it with "mkimage verify".
+FILE.packages.json lists the installed packages (name, version,
+architecture) from the tree's var/lib/dpkg/status, or says the tree has
+none; it names the image's sha256 and is signed with the same key.
 
 With SOURCE_DATE_EPOCH set, image and manifest are reproducible: the same
 source gives the same bytes (UUID and hash seed are derived from the epoch
@@ -183,7 +188,59 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 		signed = "signed by key " + m.KeyID
 	}
 	fmt.Fprintf(stdout, "%s: manifest, sha256 %s, %s\n", mpath, m.SHA256, signed)
+	l, err := writePackages(res.Path, m.SHA256, signer)
+	if err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	if l.Source == manifest.SourceNone {
+		fmt.Fprintf(stdout, "%s: no packages recorded: %s\n", manifest.PackagesFor(res.Path), l.Note)
+	} else {
+		fmt.Fprintf(stdout, "%s: %d packages (%s)\n", manifest.PackagesFor(res.Path), len(l.Packages), l.Source)
+	}
 	return nil
+}
+
+// writePackages records the image's installed packages beside it, read
+// from the image itself (the tree may have been a tarball): Debian's
+// var/lib/dpkg/status, or a list that says there is none.
+func writePackages(image, sum string, signer *manifest.PrivateKey) (*manifest.PackageList, error) {
+	pkgs, source, note, err := imagePackages(image)
+	if err != nil {
+		return nil, err
+	}
+	l := manifest.NewPackageList(sum, source, note, pkgs)
+	if signer != nil {
+		if err := l.Sign(signer); err != nil {
+			return nil, fmt.Errorf("sign the package list: %w", err)
+		}
+	}
+	return l, l.WriteFile(manifest.PackagesFor(image))
+}
+
+// imagePackages reads an image's package database.
+func imagePackages(image string) ([]manifest.Package, string, string, error) {
+	im, err := imagefs.Open(image)
+	if err != nil {
+		return nil, "", "", err
+	}
+	defer im.Close()
+	ok, err := imagefs.Exists(im, dpkg.StatusFile)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("%s: /%s: %w", image, dpkg.StatusFile, err)
+	}
+	if !ok {
+		return nil, manifest.SourceNone, "the tree has no /" + dpkg.StatusFile + " (not a Debian tree, or dpkg's database was removed)", nil
+	}
+	f, err := im.Open(dpkg.StatusFile)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("%s: /%s: %w", image, dpkg.StatusFile, err)
+	}
+	defer f.Close()
+	pkgs, err := dpkg.Installed(f)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("%s: /%s: %w", image, dpkg.StatusFile, err)
+	}
+	return pkgs, manifest.SourceDpkg, "", nil
 }
 
 func buildTime(o rootfs.Options) time.Time {

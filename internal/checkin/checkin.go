@@ -52,7 +52,8 @@ const (
 //	  "reboot_policy": "window Sat,Sun 02:00-04:00",
 //	  "rebooting": "…",                     why, in the last check-in before the agent reboots
 //	  "last_boot": {"n": 0, "time": "…", "image": "hn-root.img", "action": "boot", "warnings": 0, "errors": 0, "summary": "…"},
-//	  "services": [{"name": "node-exporter", "state": "running", "pid": 312, "starts": 1, "restarts": 0}]
+//	  "services": [{"name": "node-exporter", "state": "running", "pid": 312, "starts": 1, "restarts": 0}],
+//	  "facts": {"cpu": …, "memory_bytes": …, "disks": […], "nics": […], "firmware": …, "system": …}  see Facts
 //	}
 //
 // Digests are "sha256:" and 64 lowercase hex digits, or empty. Parse says
@@ -85,6 +86,8 @@ type Checkin struct {
 	Rebooting    string    `json:"rebooting,omitempty"`
 	LastBoot     *Boot     `json:"last_boot,omitempty"`
 	Services     []Service `json:"services,omitempty"`
+	// Facts are the host's hardware (facts.go), from the agent.
+	Facts *Facts `json:"facts,omitempty"`
 }
 
 // Slots are the digests of the image files on hostpart, where known.

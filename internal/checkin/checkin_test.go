@@ -190,6 +190,14 @@ func TestParseRefuses(t *testing.T) {
 		{"two keys in one", `{` + mac + `,"ssh_host_keys":["` + key + `\n` + key + `"]}`, "ssh_host_keys[0]"},
 		{"garbage line before a key", `{` + mac + `,"ssh_host_keys":["garbage\n` + key + `"]}`, "ssh_host_keys[0]"},
 		{"too many keys", `{` + mac + `,"ssh_host_keys":[` + many(maxKeys+1, `"`+key+`"`) + `]}`, "ssh_host_keys"},
+		{"facts: disk model with escape", `{` + mac + `,"facts":{"disks":[{"name":"sda","model":"\u001b[2J","size_bytes":1}]}}`, "facts.disks[0].model"},
+		{"facts: disk name with slash space", `{` + mac + `,"facts":{"disks":[{"name":"sd a","size_bytes":1}]}}`, "facts.disks[0].name"},
+		{"facts: negative disk size", `{` + mac + `,"facts":{"disks":[{"name":"sda","size_bytes":-1}]}}`, "facts.disks[0].size_bytes"},
+		{"facts: NIC MAC", `{` + mac + `,"facts":{"nics":[{"name":"eno1","mac":"nope","link":true}]}}`, "facts.nics[0].mac"},
+		{"facts: LLDP system name with newline", `{` + mac + `,"facts":{"nics":[{"name":"eno1","link":true,"lldp":{"system_name":"leaf\nfake log"}}]}}`, "facts.nics[0].lldp.system_name"},
+		{"facts: LLDP VLAN", `{` + mac + `,"facts":{"nics":[{"name":"eno1","link":true,"lldp":{"vlan":5000}}]}}`, "facts.nics[0].lldp"},
+		{"facts: too many NICs", `{` + mac + `,"facts":{"nics":[` + many(maxNICs+1, `{"name":"e","link":true}`) + `]}}`, "facts.nics"},
+		{"facts: cpu count", `{` + mac + `,"facts":{"cpu":{"count":-2}}}`, "facts.cpu.count"},
 	} {
 		c, err := parseString(tc.body)
 		if got := errField(t, err); got != tc.field {

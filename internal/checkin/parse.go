@@ -147,6 +147,12 @@ func (c *Checkin) check() *Error {
 			return bad(n.name, fmt.Errorf("%d is out of 0..%d", n.v, n.max))
 		}
 	}
+	if c.Facts != nil {
+		if err := c.Facts.check(); err != nil {
+			err.MAC = c.MAC
+			return err
+		}
+	}
 	c.Fingerprints = nil
 	for i, k := range c.SSHHostKeys {
 		key, fp, err := hostKey(k)
@@ -174,6 +180,9 @@ func (c *Checkin) Tidy() {
 	}
 	for _, t := range c.texts() {
 		*t.p = tidyText(*t.p, t.multiline, t.max)
+	}
+	if c.Facts != nil {
+		c.Facts.tidy()
 	}
 }
 

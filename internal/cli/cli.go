@@ -55,6 +55,11 @@ type Group struct {
 	Commands []Command
 	// Footer is printed after the command list (environment, notes).
 	Footer string
+	// Default, if set, runs when no command is given or the first
+	// argument is a flag other than --help: a group that also is a
+	// command of its own ("imaged fleet rollout" lists, "imaged fleet
+	// rollout start NAME" acts).
+	Default func(ctx context.Context, name string, args []string, io IO) error
 }
 
 // Main runs the program g named prog and returns its exit status,
@@ -67,6 +72,9 @@ func Main(ctx context.Context, prog string, g *Group, args []string, stdin io.Re
 // is a usage error; "help", -h and --help print the group's usage on
 // stdout ("help CMD" prints CMD's).
 func (g *Group) Run(ctx context.Context, name string, args []string, std IO) error {
+	if g.Default != nil && (len(args) == 0 || strings.HasPrefix(args[0], "-") && args[0] != "-h" && args[0] != "-help" && args[0] != "--help") {
+		return g.Default(ctx, name, args, std)
+	}
 	if len(args) == 0 {
 		return &UsageError{Cmd: name, Msg: "no command given", Usage: g.Usage(name)}
 	}

@@ -186,3 +186,46 @@ func TestDigestSparse(t *testing.T) {
 		}
 	}
 }
+
+// A manifest signed as mkimage signed them before package lists existed
+// (testdata/old-signed.json, kept as bytes) still parses and verifies:
+// the package list is a companion file, so neither the Manifest struct
+// nor its canonical bytes changed, and inits and agents in the field
+// verify new manifests as before.
+// Its package list verifies with the same key and names the same image.
+func TestOldSignedManifestVerifies(t *testing.T) {
+	pub, err := ReadPublicKey("testdata/old-signed.pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ReadFile("testdata/old-signed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.CheckSignature([]PublicKey{pub}); err != nil {
+		t.Errorf("old signed manifest: %v", err)
+	}
+	l, err := ReadPackages("testdata/packages-signed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CheckSignature([]PublicKey{pub}); err != nil || l.SHA256 != m.SHA256 || len(l.Packages) != 2 {
+		t.Errorf("package list: %v, sha256 %s (manifest %s), %d packages", err, l.SHA256, m.SHA256, len(l.Packages))
+	}
+	// A changed list no longer verifies; neither does a manifest's
+	// signature pasted onto it (another domain).
+	l.Packages[0].Version = "2.36-9+deb12u11"
+	if err := l.CheckSignature([]PublicKey{pub}); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("tampered package list: %v, want ErrBadSignature", err)
+	}
+}
+
+func TestDiffPackages(t *testing.T) {
+	a := []Package{{"bash", "5.2.15-2+b7", "amd64"}, {"libssl3", "3.0.15-1~deb12u1", "amd64"}, {"tzdata", "2024a-0+deb12u1", "all"}}
+	b := []Package{{"bash", "5.2.15-2+b7", "amd64"}, {"libssl3", "3.0.16-1~deb12u1", "amd64"}, {"curl", "7.88.1-10+deb12u8", "amd64"}}
+	added, removed, changed := DiffPackages(a, b)
+	if len(added) != 1 || added[0].Name != "curl" || len(removed) != 1 || removed[0].Name != "tzdata" ||
+		len(changed) != 1 || changed[0] != (PackageChange{"libssl3", "amd64", "3.0.15-1~deb12u1", "3.0.16-1~deb12u1"}) {
+		t.Errorf("DiffPackages = %v, %v, %v", added, removed, changed)
+	}
+}
