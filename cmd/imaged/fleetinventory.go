@@ -87,14 +87,14 @@ func fleetHosts(_ context.Context, name string, args []string, std cli.IO) error
 				cpu = fmt.Sprintf("%d× %s", f.CPU.Count, f.CPU.Model)
 			}
 			if f.MemoryBytes > 0 {
-				mem = bytesText(f.MemoryBytes)
+				mem = human(f.MemoryBytes)
 			}
 			var total int64
 			for _, d := range f.Disks {
 				total += d.SizeBytes
 			}
 			if len(f.Disks) > 0 {
-				disks = fmt.Sprintf("%d, %s", len(f.Disks), bytesText(total))
+				disks = fmt.Sprintf("%d, %s", len(f.Disks), human(total))
 			}
 			fw = firmwareText(f.Firmware.Mode, f.Firmware.SecureBoot)
 			for _, n := range f.NICs {
@@ -117,19 +117,6 @@ func firmwareText(mode, sb string) string {
 		return mode + ", Secure Boot " + sb
 	}
 	return mode
-}
-
-func bytesText(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func fleetHost(_ context.Context, name string, args []string, std cli.IO) error {
@@ -168,7 +155,7 @@ func printHost(w io.Writer, h fleet.HostInventory) {
 		fmt.Fprintf(w, "\nfacts (reported %s):\n", f.Time.Local().Format(time.DateTime))
 		fmt.Fprintf(w, "  system:    %s %s, serial %s\n", dash(f.System.Vendor), dash(f.System.Product), dash(f.System.Serial))
 		fmt.Fprintf(w, "  firmware:  %s; %s %s %s\n", firmwareText(f.Firmware.Mode, f.Firmware.SecureBoot), dash(f.Firmware.Vendor), f.Firmware.Version, f.Firmware.Date)
-		fmt.Fprintf(w, "  cpu:       %d× %s\n  memory:    %s\n", f.CPU.Count, dash(f.CPU.Model), bytesText(f.MemoryBytes))
+		fmt.Fprintf(w, "  cpu:       %d× %s\n  memory:    %s\n", f.CPU.Count, dash(f.CPU.Model), human(f.MemoryBytes))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  DISK\tMODEL\tSERIAL\tSIZE\t")
 		for _, d := range f.Disks {
@@ -176,7 +163,7 @@ func printHost(w io.Writer, h fleet.HostInventory) {
 			if d.Rotational {
 				kind = "hdd"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s %s\t\n", d.Name, dash(d.Model), dash(d.Serial), bytesText(d.SizeBytes), kind)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s %s\t\n", d.Name, dash(d.Model), dash(d.Serial), human(d.SizeBytes), kind)
 		}
 		tw.Flush()
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/layout"
@@ -265,17 +266,8 @@ func fleetPrune(_ context.Context, name string, args []string, std cli.IO) error
 	return nil
 }
 
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+// human formats a byte count in binary units (go-humanize: "404 MiB").
+func human(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 
 func age(d time.Duration) string {
 	switch {

@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/hnboot/hnboot/internal/cli"
 )
 
@@ -122,20 +123,8 @@ func parseSize(s string) (int64, error) {
 	return int64(f * mult), nil
 }
 
-// human formats a byte count.
-func human(n int64) string {
-	switch {
-	case n >= 1<<40:
-		return fmt.Sprintf("%.2f TiB", float64(n)/(1<<40))
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+// human formats a byte count in binary units (go-humanize: "56 MiB").
+func human(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 
 func runVersion(_ context.Context, name string, args []string, std cli.IO) error {
 	fs := cli.NewFlagSet(name, "Usage: mkimage version\n\nPrints mkimage's version and the Go version it was built with.\n", std)

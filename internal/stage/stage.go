@@ -36,6 +36,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dustin/go-humanize"
 	"github.com/hnboot/hnboot/hostpart"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
@@ -278,7 +279,7 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 	if err != nil {
 		// Keep what arrived, durably, for the next run to resume from.
 		part.Sync()
-		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, sizeStr(total), partName, err)
+		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, SizeString(total), partName, err)
 	}
 	if total >= 0 && done != total {
 		part.Sync()
@@ -412,10 +413,10 @@ func checkSpace(dir string, st hostpart.State, need int64, req Request) error {
 	}
 	hint := "free space on it"
 	if b := st.Slot(layout.SlotBroken); b.Present {
-		hint = fmt.Sprintf("remove %s (%s, %s; not needed to revert) or free other space", b.File, b.Label(), sizeStr(b.Size))
+		hint = fmt.Sprintf("remove %s (%s, %s; not needed to revert) or free other space", b.File, b.Label(), SizeString(b.Size))
 	}
 	return fmt.Errorf("%w %s to stage %s: need %s more (plus %s kept free), %s available; %s",
-		ErrNoSpace, dir, label(req), sizeStr(need), sizeStr(req.Reserve), sizeStr(avail), hint)
+		ErrNoSpace, dir, label(req), SizeString(need), SizeString(req.Reserve), SizeString(avail), hint)
 }
 
 func label(req Request) string {
@@ -428,25 +429,14 @@ func label(req Request) string {
 	return req.Source.String()
 }
 
-// sizeStr prints bytes in binary units.
-func sizeStr(n int64) string {
+// SizeString prints bytes in binary units ("1.5 GiB", go-humanize), or
+// "unknown" for a negative count (a server that sent no length).
+func SizeString(n int64) string {
 	if n < 0 {
 		return "unknown"
 	}
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return humanize.IBytes(uint64(n))
 }
-
-// SizeString prints bytes in binary units ("1.5 GiB"), for messages.
-func SizeString(n int64) string { return sizeStr(n) }
 
 // copyHashing copies r to w and into h. Reading the network, hashing and
 // writing the disk run side by side (three goroutines passing 1 MiB
