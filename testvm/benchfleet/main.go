@@ -34,6 +34,7 @@ import (
 
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/pgtest"
+	"github.com/hnboot/hnboot/testvm"
 )
 
 var (
@@ -285,7 +286,7 @@ func measure(name, server, cli, dir, fleetDir, tokens string, backend ...string)
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 	r.rate = float64(len(all)) / wall.Seconds()
 	r.p50, r.p99 = all[len(all)/2], all[len(all)*99/100]
-	logf("%s: %.0f check-ins/s, p50 %v, p99 %v, %d refused; peak RSS so far %d MiB", name, r.rate, r.p50, r.p99, r.refused, peakRSS(cmd.Process.Pid)/1024)
+	logf("%s: %.0f check-ins/s, p50 %v, p99 %v, %d refused; peak RSS so far %d MiB", name, r.rate, r.p50, r.p99, r.refused, testvm.PeakRSS(cmd.Process.Pid)/1024)
 
 	// imaged fleet status, as an operator runs it: the best of three.
 	for i := range 3 {
@@ -323,7 +324,7 @@ func measure(name, server, cli, dir, fleetDir, tokens string, backend ...string)
 			r.stored++
 		}
 	}
-	r.rss = peakRSS(cmd.Process.Pid)
+	r.rss = testvm.PeakRSS(cmd.Process.Pid)
 	logf("%s: fleet status %v (%d hosts, %d with a check-in), peak RSS %d MiB", name, r.status, r.statusHosts, r.stored, r.rss/1024)
 	if r.stored != *hosts {
 		return r, errors.New("not every host's check-in is in the status")
@@ -381,22 +382,6 @@ func ms(d time.Duration) string {
 		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
 	}
 	return fmt.Sprintf("%.0f ms", float64(d)/1e6)
-}
-
-// peakRSS is VmHWM of pid in KiB.
-func peakRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:")), "%d", &kb)
-			return kb
-		}
-	}
-	return 0
 }
 
 type syncBuf struct {

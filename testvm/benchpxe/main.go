@@ -243,7 +243,7 @@ http { sendfile on; tcp_nopush on; access_log off; types { } default_type applic
 	if err != nil {
 		return err
 	}
-	rss := peakRSS(srv.Process.Pid)
+	rss := testvm.PeakRSS(srv.Process.Pid)
 	rows = append(rows, row{fmt.Sprintf("boot storm, %d hosts: DHCP+TFTP+DHCP+script+kernel+initramfs", *stormHosts),
 		fmt.Sprintf("all served in %v (%d failed)", took.Round(time.Millisecond), failed), "-", "-", "-"})
 	rows = append(rows, row{"imaged peak RSS (whole run)", fmt.Sprintf("%.0f MiB", float64(rss)/1024), "-", "-", "-"})
@@ -564,20 +564,4 @@ func storm(c *dhcpClient, n int) (time.Duration, int, error) {
 		logf("storm: first failure: %v", e)
 	}
 	return time.Since(start), int(failed.Load()), nil
-}
-
-// peakRSS is VmHWM of pid in KiB.
-func peakRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:")), "%d", &kb)
-			return kb
-		}
-	}
-	return 0
 }
