@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"

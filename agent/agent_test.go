@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"

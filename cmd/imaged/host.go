@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/agent"
-	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"

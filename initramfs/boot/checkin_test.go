@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/hostpart"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
