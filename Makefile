@@ -19,7 +19,10 @@ TEST_TIMEOUT ?= 60m
 FUZZTIME ?= 50000x
 FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
 
-.PHONY: all build deps test unit e2e demo bench fuzz clean
+# The Debian package's version (a native package: no Debian revision).
+VERSION ?= 0.1.0
+
+.PHONY: all build deps test unit e2e demo deb bench fuzz clean
 
 all: build
 
@@ -59,6 +62,11 @@ e2e: deps build
 demo: deps build
 	$(GO) run ./testvm/demo
 
+# hnboot_$(VERSION)_amd64.deb in the current directory (scripts/mkdeb.sh:
+# dpkg-deb, man pages from the binaries' --help, lintian-clean).
+deb: build
+	GO=$(GO) scripts/mkdeb.sh $(VERSION) $(BIN) .
+
 # Speed tables, each side by side with the reference tool.
 bench: deps build
 	$(GO) run ./testvm/bench
@@ -69,4 +77,4 @@ bench: deps build
 	$(GO) run ./testvm/benchrollout
 
 clean:
-	rm -rf $(BIN) out
+	rm -rf $(BIN) out hnboot_*.deb

@@ -249,11 +249,33 @@ func (a *Agent) Tick(ctx context.Context) error {
 	return a.tick(ctx, true)
 }
 
+// readHashed is hostpart.Read with the digests: hashing an image missing
+// from the digest cache takes minutes on a slow host and knows no ctx, so
+// a stop (SIGTERM, systemctl stop) returns at once and leaves the hashing
+// to end with the process.
+func readHashed(ctx context.Context, dir string) (hostpart.State, error) {
+	type read struct {
+		st  hostpart.State
+		err error
+	}
+	done := make(chan read, 1)
+	go func() {
+		st, err := hostpart.Read(dir, hostpart.ReadOptions{Hash: true, Boots: 1})
+		done <- read{st, err}
+	}()
+	select {
+	case <-ctx.Done():
+		return hostpart.State{}, ctx.Err()
+	case r := <-done:
+		return r.st, r.err
+	}
+}
+
 // tick is Tick; with startStaging false it starts no staging (Once's report
 // round).
 func (a *Agent) tick(ctx context.Context, startStaging bool) error {
 	a.init()
-	st, err := hostpart.Read(a.Dir, hostpart.ReadOptions{Hash: true, Boots: 1})
+	st, err := readHashed(ctx, a.Dir)
 	if err != nil {
 		return err
 	}
@@ -324,7 +346,7 @@ func (a *Agent) tick(ctx context.Context, startStaging bool) error {
 		return err
 	}
 	if changed {
-		if st, err = hostpart.Read(a.Dir, hostpart.ReadOptions{Hash: true, Boots: 1}); err != nil {
+		if st, err = readHashed(ctx, a.Dir); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,8 @@ PKGS=(qemu-system-x86 ovmf postgresql grub-efi-amd64-bin grub-pc-bin ipxe e2fspr
       squashfs-tools dosfstools mtools kmod busybox-static cpio debootstrap
       dnsmasq-base nginx tftpd-hpa gdisk iproute2 zstd xz-utils btrfs-progs xfsprogs
       squashfs-tools-ng mmdebstrap)
+# make deb and its test (strip, lintian); the demo's dashboard screenshots.
+PKGS+=(binutils lintian chromium)
 
 log() { echo "deps: $*" >&2; }
 

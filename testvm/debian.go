@@ -154,6 +154,19 @@ var debianModuleDirs = []string{"kernel/fs", "kernel/lib", "kernel/crypto", "ker
 // adds /boot/vmlinuz and /boot/initramfs (checked with CheckBootFiles).
 // Only /etc/hn-image differs between them.
 func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string]string, error) {
+	return f.DebianImagesWith(ctx, nil, names...)
+}
+
+// File is a file a test adds to an image tree.
+type File struct {
+	Body []byte
+	Mode os.FileMode
+}
+
+// DebianImagesWith is DebianImages with extra files (path relative to the
+// root: content), written last: "usr/local/sbin/hntest-report" replaces
+// the report service's script.
+func (f *Fixture) DebianImagesWith(ctx context.Context, extra map[string]File, names ...string) (map[string]string, error) {
 	base, err := DebianBase(ctx, f.Log)
 	if err != nil {
 		return nil, err
@@ -188,19 +201,19 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 	if out, err := exec.CommandContext(ctx, depmod, "-b", tree, f.Release).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("depmod -b %s %s: %v: %s", tree, f.Release, err, out)
 	}
-	files := map[string]struct {
-		body string
-		mode os.FileMode
-	}{
-		"usr/local/sbin/hntest-report":      {body: debianReport, mode: 0o755},
-		"etc/systemd/system/hntest.service": {body: debianReportUnit, mode: 0o644},
+	files := map[string]File{
+		"usr/local/sbin/hntest-report":      {Body: []byte(debianReport), Mode: 0o755},
+		"etc/systemd/system/hntest.service": {Body: []byte(debianReportUnit), Mode: 0o644},
+	}
+	for name, c := range extra {
+		files[name] = c
 	}
 	for name, c := range files {
 		p := filepath.Join(tree, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(p, []byte(c.body), c.mode); err != nil {
+		if err := os.WriteFile(p, c.Body, c.Mode); err != nil {
 			return nil, err
 		}
 	}

@@ -45,7 +45,7 @@ if grep -q 'source: *files/imaged' "$RECIPE"; then
 fi
 if grep -q 'source: *files/hnboot-agent.service' "$RECIPE"; then
   mkdir -p "$dir/files"
-  cp "$here/../../scripts/hnboot-agent.service" "$dir/files/hnboot-agent.service"
+  cp "$here/../../packaging/deb/hnboot-agent.service" "$dir/files/hnboot-agent.service"
 fi
 
 mkdir -p "$OUT"
