@@ -90,7 +90,7 @@ hosts:
 func (fl *fetchLab) start() {
 	fl.t.Helper()
 	f := fixture(fl.t)
-	args := []string{"serve", "--interface", "br0", "--http", labBackend, "--http-url", "http://" + labHTTP,
+	args := []string{"serve", "--interface", "br0", "--http", labBackend, "--admin", labAdmin, "--http-url", "http://" + labHTTP,
 		"--cache", filepath.Join(fl.state, "cache"), "--cmdline", fetchCmdline, "--log-level", "debug", "--answer-rs",
 		"--dhcp-mode", "full", "--pool", labNet + ".100-" + labNet + ".150",
 		"--state", filepath.Join(fl.state, "fleet"), "--observed", filepath.Join(fl.state, "fleet.db"),
@@ -207,7 +207,7 @@ func TestPXEFetchAssigned(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := fl.ns.Command(ctx, fixture(t).Imaged, "fleet", "assign", "--server", "http://"+labBackend,
+	out, err := fl.ns.Command(ctx, fixture(t).Imaged, "fleet", "assign", "--server", "http://"+labAdmin,
 		"--token-file", filepath.Join(fl.state, "tokens"), "pxe-fetch", "B@2").CombinedOutput()
 	if err != nil {
 		t.Fatalf("imaged fleet assign pxe-fetch B@2: %v\n%s", err, out)

@@ -114,7 +114,7 @@ func TestServeDBDefaultImportsOldStore(t *testing.T) {
 	}
 	os.WriteFile(observed, old, 0o600)
 	f := &serveFlags{state: dir, observed: observed, mode: "off", keepBoots: 10}
-	cfg, cleanup, _, err := serveConfig(f, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	cfg, cleanup, _, _, err := serveConfig(f, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"crypto/tls"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// plainHTTPGuard(peer, tls, allow) = status: credentials cross the
+// network in clear only from loopback, over TLS, or when allowed.
+func TestPlainHTTPGuard(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})
+	for _, c := range []struct {
+		remote string
+		tls    bool
+		allow  bool
+		want   int
+	}{
+		{"127.0.0.1:5000", false, false, 200},
+		{"[::1]:5000", false, false, 200},
+		{"10.0.0.7:5000", false, false, 403},
+		{"10.0.0.7:5000", false, true, 200},
+		{"10.0.0.7:5000", true, false, 200},
+		{"[fe80::1]:5000", false, false, 403},
+	} {
+		r := httptest.NewRequest("GET", "/api/status", nil)
+		r.RemoteAddr = c.remote
+		if c.tls {
+			r.TLS = &tls.ConnectionState{}
+		}
+		w := httptest.NewRecorder()
+		plainHTTPGuard(ok, c.allow).ServeHTTP(w, r)
+		if w.Code != c.want {
+			t.Errorf("guard(%s, tls=%v, allow=%v) = %d, want %d", c.remote, c.tls, c.allow, w.Code, c.want)
+		}
+	}
+}
+
+// TestServeAdminListener: imaged serve puts the admin API on --admin,
+// with a self-signed certificate kept across restarts and its
+// fingerprint logged; the boot listener answers admin paths with 404;
+// imaged fleet checks the pinned fingerprint.
+func TestServeAdminListener(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "fleet")
+	if err := os.CopyFS(state, os.DirFS("../../fleet/testdata/example")); err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("ops "+testToken+"\n"), 0o600)
+	start := func() (boot, admin, fp string, stop func()) {
+		t.Helper()
+		cmd := exec.Command(os.Args[0], "serve", "--server-ip", "127.0.0.1", "--dhcp-mode", "off", "--tftp", "off",
+			"--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--tls-self-signed", "--tokens", tokens,
+			"--state", state, "--observed", filepath.Join(dir, "lib", "fleet.db"), "--cache", filepath.Join(dir, "cache"))
+		os.MkdirAll(filepath.Join(dir, "lib"), 0o755)
+		cmd.Env = append(os.Environ(), "IMAGED_TEST_MAIN=1")
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stop = func() { cmd.Process.Kill(); cmd.Wait() }
+		reAdmin := regexp.MustCompile(`admin: serving .* url=(\S+) fingerprint=(sha256:[0-9a-f]{64})`)
+		reBoot := regexp.MustCompile(`msg=serving .* http=(\S+)`)
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			a, b := reAdmin.FindStringSubmatch(out.String()), reBoot.FindStringSubmatch(out.String())
+			if a != nil && b != nil {
+				return "http://" + b[1], a[1], a[2], stop
+			}
+			if time.Now().After(deadline) {
+				stop()
+				t.Fatalf("imaged serve did not log both listeners within 20 s\n%s", out.String())
+			}
+		}
+	}
+	boot, admin, fp, stop := start()
+	if !strings.HasPrefix(admin, "https://127.0.0.1:") {
+		t.Errorf("admin url %q, want https on loopback", admin)
+	}
+	resp, err := http.Get(boot + "/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("GET boot /api/status = %d, want 404 (the admin API is not on the boot listener)", resp.StatusCode)
+	}
+	out, stderr, code := imaged("fleet", "status", "--server", admin, "--fingerprint", fp, "--token-file", tokens)
+	if code != 0 || !strings.Contains(out, "web-01") {
+		t.Errorf("imaged fleet status --fingerprint (right) = %d %q %q, want the hosts", code, out, stderr)
+	}
+	wrong := "sha256:" + strings.Repeat("0", 64)
+	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--fingerprint", wrong, "--token-file", tokens); code == 0 || !strings.Contains(stderr, "not the pinned") {
+		t.Errorf("imaged fleet status --fingerprint (wrong) = %d %q, want refused: not the pinned certificate", code, stderr)
+	}
+	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--token-file", tokens); code == 0 || !strings.Contains(stderr, "certificate") {
+		t.Errorf("imaged fleet status without --ca or --fingerprint = %d %q, want a certificate error", code, stderr)
+	}
+	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--ca", filepath.Join(dir, "lib", "admin.crt"), "--token-file", tokens); code != 0 {
+		t.Errorf("imaged fleet status --ca admin.crt = %d %q, want it to work", code, stderr)
+	}
+	stop()
+	_, _, fp2, stop2 := start()
+	defer stop2()
+	if fp2 != fp {
+		t.Errorf("fingerprint after a restart = %s, want the kept %s", fp2, fp)
+	}
+}
