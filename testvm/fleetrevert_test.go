@@ -27,7 +27,13 @@ func (l *lab) labAPI(t *testing.T, method, path, token, body string) (int, strin
 	if body != "" {
 		args = append(args, "-H", "Content-Type: application/json", "--data", body)
 	}
-	args = append(args, "http://"+labAdmin+path)
+	// The admin API is on the admin listener; what hosts fetch (iPXE
+	// scripts, kernels, blobs) on the boot HTTP.
+	addr := labAdmin
+	if !strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/metrics") {
+		addr = labHTTP
+	}
+	args = append(args, "http://"+addr+path)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := l.ns.Command(ctx, "curl", args...).Output()

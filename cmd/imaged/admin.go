@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,19 +14,22 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/fleet/dashboard"
+	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/tlscert"
 )
 
 // adminFlags are imaged serve's admin listener: where the admin API and
 // the dashboard listen, apart from the boot HTTP, and their TLS.
 type adminFlags struct {
-	addr              string
-	tlsCert, tlsKey   string
-	selfSigned        bool
-	tlsNames          multiFlag
-	allowInsecure     bool
-	certDir           string // where --tls-self-signed keeps its pair
-	users, sessionTTL string
+	addr            string
+	tlsCert, tlsKey string
+	selfSigned      bool
+	tlsNames        multiFlag
+	allowInsecure   bool
+	certDir         string // where --tls-self-signed keeps its pair
+	users           string
+	sessionTTL      time.Duration
 }
 
 // adminListener is the admin API's listener and its TLS, opened before
@@ -152,4 +157,50 @@ func adminClient(server, caFile, fingerprint string, timeout time.Duration) (*ht
 		tr.TLSClientConfig = cfg
 	}
 	return &http.Client{Timeout: timeout, Transport: tr}, nil
+}
+
+const passwdUsage = `Usage: imaged passwd [NAME ROLE]
+
+Reads a password from standard input (one line) and prints its bcrypt
+hash; with NAME and ROLE (viewer or operator), the whole line of an
+imaged serve --users file.
+
+Example:
+  printf '%s\n' "$PASSWORD" | imaged passwd alice operator >> /etc/hnboot/users
+`
+
+func runPasswd(_ context.Context, name string, args []string, std cli.IO) error {
+	fs := cli.NewFlagSet(name, passwdUsage, std)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := fs.WantArgs(0, 2, "NAME ROLE"); err != nil {
+		return err
+	}
+	if n := len(fs.Args()); n == 1 {
+		return fs.Usagef("give NAME and ROLE, or neither")
+	} else if n == 2 && fs.Arg(1) != string(dashboard.RoleViewer) && fs.Arg(1) != string(dashboard.RoleOperator) {
+		return fs.Usagef("role %q: want viewer or operator", fs.Arg(1))
+	}
+	line, err := bufio.NewReader(std.Stdin).ReadString('\n')
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = errors.New("passwd: no password on standard input")
+		}
+		return err
+	}
+	if len(pw) > 72 {
+		return errors.New("passwd: bcrypt uses only the first 72 bytes of a password: give a shorter one")
+	}
+	h, err := dashboard.HashPassword(pw)
+	if err != nil {
+		return fmt.Errorf("passwd: %w", err)
+	}
+	if len(fs.Args()) == 2 {
+		fmt.Fprintf(std.Stdout, "%s %s %s\n", fs.Arg(0), fs.Arg(1), h)
+	} else {
+		fmt.Fprintln(std.Stdout, h)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hnboot/hnboot/fleet/dashboard"
 )
 
 // plainHTTPGuard(peer, tls, allow) = status: credentials cross the
@@ -112,5 +115,22 @@ func TestServeAdminListener(t *testing.T) {
 	defer stop2()
 	if fp2 != fp {
 		t.Errorf("fingerprint after a restart = %s, want the kept %s", fp2, fp)
+	}
+}
+
+// imaged passwd makes a users-file line that the dashboard accepts.
+func TestPasswd(t *testing.T) {
+	var o, e bytes.Buffer
+	if code := run([]string{"passwd", "alice", "operator"}, strings.NewReader("s3cret pass\n"), &o, &e); code != 0 {
+		t.Fatalf("imaged passwd = %d: %s", code, e.String())
+	}
+	p := filepath.Join(t.TempDir(), "users")
+	os.WriteFile(p, o.Bytes(), 0o600)
+	us, err := dashboard.ReadUsers(p)
+	if err != nil || us["alice"].Role != dashboard.RoleOperator {
+		t.Fatalf("ReadUsers(imaged passwd's line %q) = %v, %v; want alice, operator", o.String(), us, err)
+	}
+	if code := run([]string{"passwd", "alice", "admin"}, strings.NewReader("x\n"), &o, &e); code != 2 {
+		t.Errorf("imaged passwd alice admin = %d, want 2 (no such role)", code)
 	}
 }

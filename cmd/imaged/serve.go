@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/fleet/dashboard"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -112,6 +113,8 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	fs.StringVar(&f.admin.tlsKey, "tls-key", "", "admin listener: TLS private key (PEM)")
 	fs.BoolVar(&f.admin.selfSigned, "tls-self-signed", false, "admin listener: TLS with a self-signed certificate made on the first start and kept as admin.crt/admin.key beside --observed; its fingerprint is logged (pin it with imaged fleet --fingerprint)")
 	fs.Var(&f.admin.tlsNames, "tls-name", "admin listener: a host name or IP address the self-signed certificate is for, besides localhost (repeatable)")
+	fs.StringVar(&f.admin.users, "users", "", `dashboard: users file, "NAME ROLE BCRYPT-HASH" lines (ROLE viewer or operator; make a hash with imaged passwd); admin tokens log in as operators`)
+	fs.DurationVar(&f.admin.sessionTTL, "session-ttl", 8*time.Hour, "dashboard: a login lasts this long")
 	fs.BoolVar(&f.admin.allowInsecure, "allow-insecure-admin", false, "admin listener: accept tokens, passwords and sessions over plain HTTP from other machines (anyone on the path can read them)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also logs ignored DHCP requests)")
 	if err := fs.Parse(args); err != nil {
@@ -260,7 +263,21 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 				}
 			}
 		}
-		return cfg, func() { fl.Close() }, runBG, fl.Handler(), nil
+		users, err := dashboard.ReadUsers(f.admin.users)
+		if err != nil {
+			fl.Close()
+			return cfg, nop, nil, nil, fmt.Errorf("--users: %w", err)
+		}
+		ui, err := dashboard.New(fl, dashboard.Options{Users: users, SessionTTL: f.admin.sessionTTL, Logger: log})
+		if err != nil {
+			fl.Close()
+			return cfg, nop, nil, nil, err
+		}
+		admin := http.NewServeMux()
+		admin.Handle("/ui/", ui)
+		admin.Handle("/ui", ui)
+		admin.Handle("/", fl.Handler())
+		return cfg, func() { fl.Close() }, runBG, admin, nil
 	}
 
 	dir := pxe.NewStaticDirectory()
