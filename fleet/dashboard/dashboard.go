@@ -508,7 +508,9 @@ func flatten(v any) []kv {
 		return nil
 	}
 	var m any
-	json.Unmarshal(b, &m)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // 2147483648, not 2.147483648e+09
+	dec.Decode(&m)
 	var out []kv
 	var walk func(prefix string, x any)
 	walk = func(prefix string, x any) {
