@@ -46,7 +46,7 @@ func main() {
 	}
 }
 
-func mac(i int) string { return fmt.Sprintf("52:54:04:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff) }
+func mac(i int) string  { return fmt.Sprintf("52:54:04:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff) }
 func dig(c byte) string { return "sha256:" + strings.Repeat(string(c), 64) }
 
 func run() error {
