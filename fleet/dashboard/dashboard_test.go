@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hnboot/hnboot/fleet"
 	"github.com/hnboot/hnboot/internal/checkin"
@@ -278,5 +279,85 @@ func TestHostsFilterPages(t *testing.T) {
 	_, page, _ := get(t, c, srv.URL+"/ui/hosts?group=web&sort=state")
 	if !strings.Contains(page, "4 hosts") || strings.Contains(page, "db-01") {
 		t.Errorf("hosts?group=web: want the 4 web hosts and not db-01:\n%s", page)
+	}
+}
+
+// Under TLS the session cookie is Secure: the browser never sends it in
+// clear.
+func TestCookieSecureUnderTLS(t *testing.T) {
+	plain, _ := testServer(t)
+	tlsSrv := httptest.NewTLSServer(plain.Config.Handler)
+	defer tlsSrv.Close()
+	for _, c := range []struct {
+		srv    *httptest.Server
+		secure bool
+	}{{plain, false}, {tlsSrv, true}} {
+		cl := c.srv.Client()
+		cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		_, _, h := post(t, cl, c.srv.URL+"/ui/login", url.Values{"token": {testToken}}, nil)
+		if got := strings.Contains(h.Get("Set-Cookie"), "Secure"); got != c.secure {
+			t.Errorf("%s: cookie %q Secure = %v, want %v", c.srv.URL, h.Get("Set-Cookie"), got, c.secure)
+		}
+	}
+}
+
+// The event stream says "change" when a host checks in, and needs a
+// session.
+func TestEventStream(t *testing.T) {
+	srv, f := testServer(t)
+	if code, _, _ := get(t, browser(t), srv.URL+"/ui/events"); code != http.StatusUnauthorized {
+		t.Errorf("GET /ui/events without a session = %d, want 401", code)
+	}
+	c := browser(t)
+	login(t, srv, c, url.Values{"token": {testToken}})
+	resp, err := c.Get(srv.URL + "/ui/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("Content-Type %q, want text/event-stream", ct)
+	}
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		var all string
+		for {
+			n, err := resp.Body.Read(buf)
+			all += string(buf[:n])
+			if strings.Contains(all, "event: change") || err != nil {
+				got <- all
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // the stream waits for the next change
+	ci, _ := checkin.Parse(strings.NewReader(`{"mac":"52:54:00:00:00:02","booted":"sha256:1111111111111111111111111111111111111111111111111111111111111111"}`))
+	if err := f.Checkin(ci); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "event: change") {
+			t.Errorf("stream %q, want an event: change", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10 s of a check-in")
+	}
+}
+
+func TestReadUsersRefuses(t *testing.T) {
+	h, _ := HashPassword("x")
+	for _, c := range []struct{ file, want string }{
+		{"alice admin " + h + "\n", `role "admin"`},
+		{"alice operator plaintext\n", "not bcrypt"},
+		{"alice operator\n", "want NAME ROLE BCRYPT-HASH"},
+		{"alice viewer " + h + "\nalice operator " + h + "\n", "there twice"},
+	} {
+		p := filepath.Join(t.TempDir(), "users")
+		os.WriteFile(p, []byte(c.file), 0o600)
+		if _, err := ReadUsers(p); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ReadUsers(%q) = %v, want an error with %q", c.file, err, c.want)
+		}
 	}
 }
