@@ -41,3 +41,7 @@ func (f *Fleet) MatchToken(tok string) (string, bool) { return f.tokens.Load().m
 // ImagePackages is the package list of the image with digest d, for the
 // dashboard's images page (Source "unknown" when it has none).
 func (f *Fleet) ImagePackages(d string) ImagePackages { return f.imagePackages(f.snap.Load(), d) }
+
+// AuditAction records an action that changes nothing in the fleet, such
+// as a dashboard login, in the audit log.
+func (f *Fleet) AuditAction(e AuditEntry) error { return f.audit(e) }

@@ -259,8 +259,17 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	}
 	id, _ := d.ss.create(name, role)
 	http.SetCookie(w, cookie(r, id, int(d.opts.SessionTTL/time.Second)))
-	d.log.Info("dashboard: login", "user", name, "role", role, "remote", r.RemoteAddr)
+	d.auditSession(name, r, "login", "dashboard, as "+string(role))
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// auditSession puts a login or logout in the audit log; with the
+// database away it is only logged (reading the dashboard goes on).
+func (d *Dashboard) auditSession(user string, r *http.Request, action, detail string) {
+	d.log.Info("dashboard: "+action, "user", user, "remote", r.RemoteAddr)
+	if err := d.f.AuditAction(fleet.AuditEntry{Who: user, Remote: r.RemoteAddr, Action: action, Target: "dashboard", Detail: detail}); err != nil {
+		d.log.Warn("dashboard: audit "+action, "user", user, "err", err)
+	}
 }
 
 // logout ends the session on the server (its cookie is worth nothing
@@ -271,7 +280,7 @@ func (d *Dashboard) logout(w http.ResponseWriter, r *http.Request) {
 			d.render(w, http.StatusForbidden, "message", d.base(ss, "Refused", "", "The form's CSRF token is missing or wrong."))
 			return
 		}
-		d.log.Info("dashboard: logout", "user", ss.User, "remote", r.RemoteAddr)
+		d.auditSession(ss.User, r, "logout", "dashboard")
 	}
 	d.ss.end(r)
 	http.SetCookie(w, cookie(r, "", -1))

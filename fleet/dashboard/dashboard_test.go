@@ -28,6 +28,13 @@ func testServer(t *testing.T) (*httptest.Server, *fleet.Fleet) {
 	if err := os.CopyFS(filepath.Join(dir, "fleet"), os.DirFS("../testdata/example")); err != nil {
 		t.Fatal(err)
 	}
+	// A rollout with waves beside the example's plain one.
+	rf, err := os.OpenFile(filepath.Join(dir, "fleet", "rollouts.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf.WriteString("  - name: web-1.3\n    image: base@1.3\n    groups: [web]\n    waves:\n      - hosts: [web-01]\n      - percent: 100\n")
+	rf.Close()
 	tokens := filepath.Join(dir, "tokens")
 	os.WriteFile(tokens, []byte("ops "+testToken+"\n"), 0o600)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -167,8 +174,11 @@ func TestActionsRefusedAndAllowed(t *testing.T) {
 			t.Errorf("%s: POST /ui/revert = %d, want %d\n%.300s", c.name, code, c.want, body)
 		}
 	}
-	if n := len(f.Audit(0)); n != 0 {
-		t.Fatalf("refused requests left %d audit entries, want none", n)
+	if es := actions(f); len(es) != 0 {
+		t.Fatalf("refused requests left audit entries %+v, want none", es)
+	}
+	if got := f.Audit(0); len(got) != 2 || got[0].Action != "login" || got[1].Who != "vera" {
+		t.Errorf("audit log %+v, want the two logins", got)
 	}
 	code, _, h := post(t, op, srv.URL+"/ui/revert", with(revert, "csrf", csrf), nil)
 	if code != http.StatusSeeOther || !strings.HasPrefix(h.Get("Location"), "/ui/reverted?") {
@@ -178,7 +188,7 @@ func TestActionsRefusedAndAllowed(t *testing.T) {
 	if !strings.Contains(page, "0 of 1 hosts applied") || !strings.Contains(page, "web-01") || !strings.Contains(page, "pending") {
 		t.Errorf("reverted page does not list web-01 as pending:\n%s", page)
 	}
-	es := f.Audit(0)
+	es := actions(f)
 	if len(es) != 1 || es[0].Who != "ops" || es[0].Action != "revert" || es[0].Host != "web-01" {
 		t.Errorf("audit after the revert = %+v, want one revert of web-01 by ops", es)
 	}
@@ -360,4 +370,44 @@ func TestReadUsersRefuses(t *testing.T) {
 			t.Errorf("ReadUsers(%q) = %v, want an error with %q", c.file, err, c.want)
 		}
 	}
+}
+
+// The rollout buttons: start and pause a rollout with waves, audited.
+func TestRolloutActions(t *testing.T) {
+	srv, f := testServer(t)
+	c := browser(t)
+	csrf := login(t, srv, c, url.Values{"token": {testToken}})
+	for _, a := range []struct{ action, state string }{{"start", "running"}, {"pause", "paused"}} {
+		if code, body, _ := post(t, c, srv.URL+"/ui/rollouts/web-1.3/"+a.action, url.Values{"csrf": {csrf}}, nil); code != http.StatusSeeOther {
+			t.Fatalf("POST %s = %d\n%s", a.action, code, body)
+		}
+		st, err := f.RolloutStatus("web-1.3")
+		if err != nil || st.State != a.state {
+			t.Errorf("after %s: state %q, %v; want %s", a.action, st.State, err, a.state)
+		}
+	}
+	_, page, _ := get(t, c, srv.URL+"/ui/rollouts")
+	if !strings.Contains(page, "web-1.3: base@1.3") || !strings.Contains(page, ">paused<") || !strings.Contains(page, "/ui/rollouts/web-1.3/resume") {
+		t.Errorf("rollouts page lacks web-1.3 paused with a resume button:\n%s", page)
+	}
+	var acts []string
+	for _, e := range actions(f) {
+		if e.Who == "ops" && e.Target == "rollout web-1.3" {
+			acts = append(acts, e.Action+" "+e.Detail)
+		}
+	}
+	if len(acts) < 2 {
+		t.Errorf("audit of rollout web-1.3 by ops: %q, want the start and the pause", acts)
+	}
+}
+
+// actions are the audit entries but logins and logouts.
+func actions(f *fleet.Fleet) []fleet.AuditEntry {
+	var out []fleet.AuditEntry
+	for _, e := range f.Audit(0) {
+		if e.Action != "login" && e.Action != "logout" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
