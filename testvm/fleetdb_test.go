@@ -290,7 +290,10 @@ hosts:
 	wantConsole(t, con, "hn.revert="+id, "action=revert", "checked in")
 	(&lab{log: s1.log}).waitLog(t, 30*time.Second, `kind=checkin `, macRe(mac), `revert_applied=`+regexp.QuoteMeta(id))
 
-	// Both servers tell the same story, the CLI's way.
+	// Both servers tell the same story, the CLI's way (a context of its
+	// own: the boot before took what it took on a busy machine).
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	var lines [2]string
 	for i, url := range []string{admin1, admin2} {
 		out, err := l.ns.Command(ctx, f.Imaged, "fleet", "status", "--server", url, "--token-file", tokens).CombinedOutput()

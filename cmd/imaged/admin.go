@@ -79,6 +79,12 @@ func listenAdmin(f *adminFlags, log *slog.Logger) (*adminListener, error) {
 		a.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		a.fingerprint = tlscert.LeafFingerprint(cert)
 		a.url = "https://" + ln.Addr().String()
+	} else if host, _, _ := net.SplitHostPort(ln.Addr().String()); !net.ParseIP(host).IsLoopback() {
+		if f.allowInsecure {
+			log.Warn("admin: plain HTTP beyond loopback with --allow-insecure-admin: tokens, passwords and session cookies cross the network readable", "addr", ln.Addr().String())
+		} else {
+			log.Warn("admin: plain HTTP beyond loopback: requests from other machines are refused; give --tls-self-signed or --tls-cert/--tls-key", "addr", ln.Addr().String())
+		}
 	}
 	return a, nil
 }
