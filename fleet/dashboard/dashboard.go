@@ -558,8 +558,19 @@ func (d *Dashboard) host(w http.ResponseWriter, r *http.Request, ss *session) (p
 	if inv.Facts != nil {
 		facts = flatten(inv.Facts)
 	}
+	des := d.f.Desired()
+	refOf := map[string]string{}
+	for _, img := range des.Images {
+		refOf[img.Digest] = img.Ref()
+	}
+	type slot struct{ Name, Ref, Digest string }
+	var slots []slot
+	for _, s := range []slot{{"current", "", inv.Slots.Current}, {"new", "", inv.Slots.New}, {"old", "", inv.Slots.Old}, {"broken", "", inv.Slots.Broken}} {
+		s.Ref = refOf[s.Digest]
+		slots = append(slots, s)
+	}
 	p.Title = "Host " + inv.Hostname
-	p.Data = map[string]any{"Inv": inv, "Why": why, "Facts": facts, "Keys": keys, "Images": imageRefs(d.f.Desired()),
+	p.Data = map[string]any{"Inv": inv, "Why": why, "Slots": slots, "Facts": facts, "Keys": keys, "Images": imageRefs(d.f.Desired()),
 		"Name": inv.Hostname, "Labels": inv.Labels}
 	return p, "host", nil
 }

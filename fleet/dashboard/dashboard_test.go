@@ -234,6 +234,7 @@ func TestHostileCheckinEscaped(t *testing.T) {
 	evil := `<script>alert("x")</script>`
 	c, err := checkin.Parse(strings.NewReader(`{"mac":"52:54:00:00:00:01","source":"agent","hostname":"web-01","kernel":` + jsonString(evil) +
 		`,"booted":"sha256:1111111111111111111111111111111111111111111111111111111111111111",` +
+		`"images":{"current":"sha256:1111111111111111111111111111111111111111111111111111111111111111"},` +
 		`"facts":{"cpu":{"model":"x"},"firmware":{},"nics":[{"name":"eth0","link":true,"lldp":{"system_name":` + jsonString(evil) + `}}]}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +254,9 @@ func TestHostileCheckinEscaped(t *testing.T) {
 		}
 	}
 	_, page, _ := get(t, b, srv.URL+"/ui/hosts/web-01")
+	if !strings.Contains(page, `<th scope="row">current</th><td>base@1.2</td>`) {
+		t.Errorf("host page does not name the current slot's image base@1.2")
+	}
 	if n := strings.Count(page, "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"); n < 2 {
 		t.Errorf("host page shows the kernel and the switch's name as text %d times, want 2:\n%s", n, page)
 	}
