@@ -595,6 +595,12 @@ func (d *Dashboard) image(w http.ResponseWriter, r *http.Request, ss *session) (
 	}
 	pk := d.f.ImagePackages(img.Digest)
 	data := map[string]any{"Image": img, "Ref": ref, "Packages": pk, "Images": imageRefs(des)}
+	// The manifest beside the image (IMAGE.json), as mkimage wrote it.
+	if m, err := manifest.ReadFile(img.Path + ".json"); err == nil {
+		data["Manifest"] = m
+	} else {
+		data["ManifestErr"] = err.Error()
+	}
 	if other := r.URL.Query().Get("diff"); other != "" {
 		o := des.Image(other)
 		if o == nil {

@@ -290,6 +290,9 @@ func TestHostsFilterPages(t *testing.T) {
 	srv, _ := testServer(t)
 	c := browser(t)
 	login(t, srv, c, url.Values{"token": {testToken}})
+	if code, page, _ := get(t, c, srv.URL+"/ui/images/base@1.3?diff=base@1.2"); code != 200 || !strings.Contains(page, "From base@1.2 to this image") || !strings.Contains(page, "<dt>Manifest</dt>") {
+		t.Errorf("image page = %d, want the manifest and the diff section:\n%s", code, page)
+	}
 	_, page, _ := get(t, c, srv.URL+"/ui/hosts?group=web&sort=state")
 	if !strings.Contains(page, "4 hosts") || strings.Contains(page, "db-01") {
 		t.Errorf("hosts?group=web: want the 4 web hosts and not db-01:\n%s", page)
