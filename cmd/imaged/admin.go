@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -209,4 +210,17 @@ func runPasswd(_ context.Context, name string, args []string, std cli.IO) error 
 		fmt.Fprintln(std.Stdout, h)
 	}
 	return nil
+}
+
+// tlsHint says what to do about a certificate the client does not trust.
+func tlsHint(err error) string {
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	switch {
+	case errors.As(err, &ua):
+		return " (a self-signed server: give --fingerprint sha256:HEX as imaged serve logs it, or --ca admin.crt)"
+	case errors.As(err, &hn):
+		return " (the certificate is not for this name: imaged serve --tls-name NAME, or --fingerprint)"
+	}
+	return ""
 }

@@ -104,7 +104,7 @@ func TestServeAdminListener(t *testing.T) {
 	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--fingerprint", wrong, "--token-file", tokens); code == 0 || !strings.Contains(stderr, "not the pinned") {
 		t.Errorf("imaged fleet status --fingerprint (wrong) = %d %q, want refused: not the pinned certificate", code, stderr)
 	}
-	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--token-file", tokens); code == 0 || !strings.Contains(stderr, "certificate") {
+	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--token-file", tokens); code == 0 || !strings.Contains(stderr, "give --fingerprint") {
 		t.Errorf("imaged fleet status without --ca or --fingerprint = %d %q, want a certificate error", code, stderr)
 	}
 	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--ca", filepath.Join(dir, "lib", "admin.crt"), "--token-file", tokens); code != 0 {
