@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet/dashboard"
+	"github.com/hnboot/hnboot/internal/manifest"
+	"github.com/hnboot/hnboot/internal/rootfs"
 )
 
 // plainHTTPGuard(peer, tls, allow) = status: credentials cross the
@@ -62,7 +65,8 @@ func TestServeAdminListener(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(os.Args[0], "serve", "--server-ip", "127.0.0.1", "--dhcp-mode", "off", "--tftp", "off",
 			"--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--tls-self-signed", "--tokens", tokens,
-			"--state", state, "--observed", filepath.Join(dir, "lib", "fleet.db"), "--cache", filepath.Join(dir, "cache"))
+			"--state", state, "--observed", filepath.Join(dir, "lib", "fleet.db"), "--cache", filepath.Join(dir, "cache"),
+			"--images", filepath.Join(dir, "images"))
 		os.MkdirAll(filepath.Join(dir, "lib"), 0o755)
 		cmd.Env = append(os.Environ(), "IMAGED_TEST_MAIN=1")
 		var out syncBuffer
@@ -109,6 +113,22 @@ func TestServeAdminListener(t *testing.T) {
 	}
 	if _, stderr, code := imaged("fleet", "status", "--server", admin, "--ca", filepath.Join(dir, "lib", "admin.crt"), "--token-file", tokens); code != 0 {
 		t.Errorf("imaged fleet status --ca admin.crt = %d %q, want it to work", code, stderr)
+	}
+	// A publish streams the image through the TLS listener.
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
+	os.WriteFile(filepath.Join(src, "etc", "motd"), []byte("hello\n"), 0o644)
+	img := filepath.Join(dir, "web.img")
+	if _, err := rootfs.Build(context.Background(), rootfs.Options{From: src, Out: img, Size: 8 << 20, Boot: rootfs.BootOptions{Disabled: true}}); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := manifest.New(img, manifest.Fields{Name: "web", Version: "7", FS: "ext4", BuildTime: time.Unix(1700000000, 0)})
+	m.WriteFile(img + ".json")
+	if out, stderr, code := imaged("fleet", "publish", "--server", admin, "--fingerprint", fp, "--token-file", tokens, img); code != 0 {
+		t.Errorf("imaged fleet publish over TLS = %d %q %q", code, out, stderr)
+	}
+	if out, _, _ := imaged("fleet", "images", "--server", admin, "--fingerprint", fp, "--token-file", tokens); !strings.Contains(out, "web@7") {
+		t.Errorf("imaged fleet images after the publish: %q, want web@7", out)
 	}
 	stop()
 	_, _, fp2, stop2 := start()
