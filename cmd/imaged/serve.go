@@ -252,6 +252,16 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		cfg.Recorder = pxe.Recorders{fl, logRec}
 		cfg.Checkin = fl.Checkin
 		cfg.Extra = fl.HostHandler() // the admin API is on --admin
+		users, err := dashboard.ReadUsers(f.admin.users)
+		if err != nil {
+			fl.Close()
+			return cfg, nop, nil, nil, fmt.Errorf("--users: %w", err)
+		}
+		ui, err := dashboard.New(fl, dashboard.Options{Users: users, UsersFile: f.admin.users, SessionTTL: f.admin.sessionTTL, Logger: log})
+		if err != nil {
+			fl.Close()
+			return cfg, nop, nil, nil, err
+		}
 		runBG := func(ctx context.Context, hup <-chan os.Signal) {
 			go fl.Run(ctx)
 			for {
@@ -259,19 +269,10 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 				case <-ctx.Done():
 					return
 				case <-hup:
-					fl.Reload() // logs its own error and keeps the last good state
+					fl.Reload()      // logs its own error and keeps the last good state
+					ui.ReloadUsers() // the same
 				}
 			}
-		}
-		users, err := dashboard.ReadUsers(f.admin.users)
-		if err != nil {
-			fl.Close()
-			return cfg, nop, nil, nil, fmt.Errorf("--users: %w", err)
-		}
-		ui, err := dashboard.New(fl, dashboard.Options{Users: users, SessionTTL: f.admin.sessionTTL, Logger: log})
-		if err != nil {
-			fl.Close()
-			return cfg, nop, nil, nil, err
 		}
 		admin := http.NewServeMux()
 		admin.Handle("/ui/", ui)

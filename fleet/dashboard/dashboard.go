@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -38,6 +39,7 @@ var staticFS embed.FS
 // Options configure the dashboard.
 type Options struct {
 	Users        map[string]User // from ReadUsers
+	UsersFile    string          // where Users came from, for ReloadUsers
 	SessionTTL   time.Duration   // 0 → 8h
 	OfflineAfter time.Duration   // a host not heard from for this long is offline; 0 → 15m
 	PageSize     int             // hosts per page; 0 → 100
@@ -51,6 +53,7 @@ type Dashboard struct {
 	opts  Options
 	log   *slog.Logger
 	ss    *sessions
+	users atomic.Pointer[map[string]User]
 	pages map[string]*template.Template
 	mux   *http.ServeMux
 }
@@ -74,6 +77,7 @@ func New(f *fleet.Fleet, opts Options) (*Dashboard, error) {
 	}
 	d := &Dashboard{f: f, opts: opts, log: opts.Logger, pages: map[string]*template.Template{},
 		ss: &sessions{m: map[[32]byte]*session{}, ttl: opts.SessionTTL, now: opts.Now}}
+	d.users.Store(&opts.Users)
 	for _, p := range []string{"login", "overview", "hosts", "host", "images", "image", "rollouts", "audit", "reverted", "message"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
@@ -222,7 +226,7 @@ func (d *Dashboard) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 		return
 	}
-	d.render(w, http.StatusOK, "login", page{Title: "Log in", Data: map[string]any{"Next": safeNext(r.URL.Query().Get("next")), "Users": len(d.opts.Users) > 0}})
+	d.render(w, http.StatusOK, "login", page{Title: "Log in", Data: map[string]any{"Next": safeNext(r.URL.Query().Get("next")), "Users": len(*d.users.Load()) > 0}})
 }
 
 // safeNext keeps a redirect after login on the dashboard.
@@ -243,7 +247,7 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 			name, role, ok = n, RoleOperator, true
 		}
 	} else if user := r.PostFormValue("user"); user != "" {
-		u, known := d.opts.Users[user]
+		u, known := (*d.users.Load())[user]
 		if !known {
 			_ = (User{hash: dummyHash}).check(r.PostFormValue("password"))
 		} else if u.check(r.PostFormValue("password")) {
@@ -254,13 +258,30 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		d.log.Warn("dashboard: login refused", "user", r.PostFormValue("user"), "remote", r.RemoteAddr)
 		d.render(w, http.StatusUnauthorized, "login", page{Title: "Log in", Error: "Wrong token, or wrong user or password.",
-			Data: map[string]any{"Next": next, "Users": len(d.opts.Users) > 0}})
+			Data: map[string]any{"Next": next, "Users": len(*d.users.Load()) > 0}})
 		return
 	}
 	id, _ := d.ss.create(name, role)
 	http.SetCookie(w, cookie(r, id, int(d.opts.SessionTTL/time.Second)))
 	d.auditSession(name, r, "login", "dashboard, as "+string(role))
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// ReloadUsers reads the users file again (imaged serve does on SIGHUP);
+// a file that does not load keeps the users it had. Sessions stay: a
+// removed user's session ends at its expiry or logout.
+func (d *Dashboard) ReloadUsers() error {
+	if d.opts.UsersFile == "" {
+		return nil
+	}
+	us, err := ReadUsers(d.opts.UsersFile)
+	if err != nil {
+		d.log.Error("dashboard: users file not reloaded; keeping the last good one", "err", err)
+		return err
+	}
+	d.users.Store(&us)
+	d.log.Info("dashboard: users reloaded", "users", len(us))
+	return nil
 }
 
 // auditSession puts a login or logout in the audit log; with the

@@ -418,3 +418,36 @@ func actions(f *fleet.Fleet) []fleet.AuditEntry {
 	}
 	return out
 }
+
+// ReloadUsers takes a changed users file and keeps the last good one
+// when the file breaks.
+func TestReloadUsers(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "users")
+	h, _ := HashPassword("pw")
+	os.WriteFile(p, []byte("ann viewer "+h+"\n"), 0o600)
+	us, err := ReadUsers(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, f := testServer(t)
+	srv.Close()
+	d, err := New(f, Options{Users: us, UsersFile: p, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(p, []byte("bob operator "+h+"\n"), 0o600)
+	if err := d.ReloadUsers(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := (*d.users.Load())["bob"]; !ok {
+		t.Errorf("after a reload bob is not a user")
+	}
+	os.WriteFile(p, []byte("broken line\n"), 0o600)
+	if err := d.ReloadUsers(); err == nil {
+		t.Errorf("ReloadUsers of a broken file = nil, want the error")
+	}
+	if _, ok := (*d.users.Load())["bob"]; !ok {
+		t.Errorf("a broken file dropped the last good users")
+	}
+}
