@@ -31,6 +31,7 @@ type adminFlags struct {
 	certDir         string // where --tls-self-signed keeps its pair
 	users           string
 	sessionTTL      time.Duration
+	offlineAfter    time.Duration
 }
 
 // adminListener is the admin API's listener and its TLS, opened before

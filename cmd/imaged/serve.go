@@ -115,6 +115,7 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	fs.Var(&f.admin.tlsNames, "tls-name", "admin listener: a host name or IP address the self-signed certificate is for, besides localhost (repeatable)")
 	fs.StringVar(&f.admin.users, "users", "", `dashboard: users file, "NAME ROLE BCRYPT-HASH" lines (ROLE viewer or operator; make a hash with imaged passwd); admin tokens log in as operators`)
 	fs.DurationVar(&f.admin.sessionTTL, "session-ttl", 8*time.Hour, "dashboard: a login lasts this long")
+	fs.DurationVar(&f.admin.offlineAfter, "offline-after", 15*time.Minute, "dashboard: a host not heard from for this long shows as offline (agents check in every minute; hosts without one only at boot)")
 	fs.BoolVar(&f.admin.allowInsecure, "allow-insecure-admin", false, "admin listener: accept tokens, passwords and sessions over plain HTTP from other machines (anyone on the path can read them)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also logs ignored DHCP requests)")
 	if err := fs.Parse(args); err != nil {
@@ -257,7 +258,7 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 			fl.Close()
 			return cfg, nop, nil, nil, fmt.Errorf("--users: %w", err)
 		}
-		ui, err := dashboard.New(fl, dashboard.Options{Users: users, UsersFile: f.admin.users, SessionTTL: f.admin.sessionTTL, Logger: log})
+		ui, err := dashboard.New(fl, dashboard.Options{Users: users, UsersFile: f.admin.users, SessionTTL: f.admin.sessionTTL, OfflineAfter: f.admin.offlineAfter, Logger: log})
 		if err != nil {
 			fl.Close()
 			return cfg, nop, nil, nil, err
