@@ -76,7 +76,7 @@ Examples:
 `
 
 const fleetRevertUsage = `Usage: imaged fleet revert [flags] TARGET
-       imaged fleet revert [flags] (--host H | --group G)
+       imaged fleet revert [flags] (--host H | --group G | --all)
 
 Reverts each host of TARGET: PXE-booting hosts get hn.revert=ID on their
 next boot, hosts running the agent are told at their next check-in; a host
@@ -277,11 +277,16 @@ func fleetAssign(_ context.Context, name string, args []string, std cli.IO) erro
 func fleetRevert(_ context.Context, name string, args []string, std cli.IO) error {
 	c := newFleetCmd(name, fleetRevertUsage, std, true)
 	host, group := c.targetFlags()
+	all := c.Bool("all", false, "every host of the fleet (the whole-fleet red button)")
 	if err := c.parse(args, 0, 1, "TARGET"); err != nil {
 		return err
 	}
-	body := map[string]string{"host": *host, "group": *group}
+	body := map[string]any{"host": *host, "group": *group}
 	switch {
+	case *all && (*host != "" || *group != "" || c.NArg() > 0):
+		return c.Usagef("--all is every host: no TARGET, --host or --group with it")
+	case *all:
+		body = map[string]any{"all": true}
 	case *host != "" && *group != "":
 		return c.Usagef("name a host or a group, not both")
 	case (*host != "" || *group != "") && c.NArg() > 0:
