@@ -16,6 +16,7 @@ import (
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
+	"github.com/hnboot/hnboot/internal/digestcache"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
 )
@@ -92,6 +93,7 @@ func (b *Boot) recoverOverNetwork(ctx context.Context) (out Outcome, why string,
 		return out, fmt.Sprintf("fetching the assigned image %s failed: %v", a.Label(), err), false
 	}
 	b.staging.State, b.staging.Done, b.staging.Total = "staged", res.Size, res.Size
+	b.reloadDigests()
 	rres, err := rotate.RecoverImage(b.rotateFS(), rotate.Options{
 		Complete: completeImage(dir, b.digests),
 		Log:      func(msg string) { b.Log.Info("rotate: " + msg) },
@@ -111,6 +113,14 @@ func (b *Boot) recoverOverNetwork(ctx context.Context) (out Outcome, why string,
 	b.teardownImage()
 	b.rememberFailed(failed, a.Digest, "installed by a recovery, did not boot: "+err.Error())
 	return Outcome{}, fmt.Sprintf("the recovered image %s does not boot either: %v", a.Label(), err), false
+}
+
+// reloadDigests picks up the digest staging recorded in the cache on
+// disk, so the checks that follow do not hash the download again (keys
+// are inodes: the entry follows the file through the renames).
+func (b *Boot) reloadDigests() {
+	b.saveDigests()
+	b.digests = digestcache.Load(b.Paths.Hostpart)
 }
 
 // rememberFailed adds digest to the failure memory, so no later boot
