@@ -162,6 +162,7 @@ func (b *Boot) findHostpart() error {
 	start := b.Sys.Now()
 	wait, why := HostpartWait(b.cfg)
 	all := false
+	var allDone time.Time
 	for {
 		dev, info, err := b.Sys.FindPartition(b.cfg.Hostpart)
 		if err == nil {
@@ -175,9 +176,10 @@ func (b *Boot) findHostpart() error {
 			// A disk whose driver has no alias we know: load everything.
 			b.Log.Info("hostpart not found yet; loading every driver in the initramfs")
 			b.Sys.LoadAll()
-			all = true
+			all, allDone = true, b.Sys.Now()
 		}
-		if waited > wait {
+		// Drivers loaded late get time to probe, however long loading took.
+		if waited > wait && (!all || b.Sys.Now().Sub(allDone) > time.Second) {
 			return fmt.Errorf("no partition matches %s after %v (%s): %w. Label the host partition: e2label DEV hostpart, or set hn.hostpart= on the kernel command line", b.cfg.Hostpart, wait, why, err)
 		}
 		b.Sys.Sleep(100 * time.Millisecond)

@@ -158,6 +158,20 @@ func TestUsageHasDiskless(t *testing.T) {
 	}
 }
 
+// A disk whose driver only LoadAll brings, and LoadAll slow: the init
+// still waits for the partition to show up before it boots from RAM.
+func TestFindHostpartAfterSlowLoadAll(t *testing.T) {
+	w := newWorld(t, map[string][]byte{layout.Current: imgA})
+	srv := newImaged(t)
+	w.sys.http = &httpgetClient
+	srv.assign(srv.publish(t, "A", imgA, nil, false))
+	w.sys.slowAll, w.sys.lateDisk = 4*time.Second, 700*time.Millisecond
+	out := w.boot("hn.server=" + srv.URL)
+	if out.Image != layout.Current || w.sys.switched != "A" || strings.Contains(w.console(), "diskless") {
+		t.Errorf("boot ended with %+v, switched to %q; want A from hostpart\n%s", out, w.sys.switched, w.console())
+	}
+}
+
 var garbage = []byte(strings.Repeat("not an image, just garbage\n", 4096))
 
 // TestRunDiskless boots fake hosts without hostpart (or told to ignore

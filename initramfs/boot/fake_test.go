@@ -96,8 +96,12 @@ type fakeSys struct {
 	netHang     bool // NetUp waits for the context
 	noHostpart  bool
 	hostpartErr error // mounting hostpart fails so
-	http        *httpget.Client
-	skew        time.Duration
+	// lateDisk: hostpart's driver has no known alias: the partition shows
+	// up lateDisk after LoadAll, which takes slowAll.
+	lateDisk, slowAll time.Duration
+	allDone           time.Time
+	http              *httpget.Client
+	skew              time.Duration
 }
 
 func (s *fakeSys) log(format string, a ...any) {
@@ -115,10 +119,14 @@ func (s *fakeSys) Release() string {
 }
 func (s *fakeSys) LoadHardware()                           {}
 func (s *fakeSys) LoadModules(why string, names ...string) {}
-func (s *fakeSys) LoadAll()                                { s.log("loadall") }
+func (s *fakeSys) LoadAll() {
+	s.log("loadall")
+	s.Sleep(s.slowAll)
+	s.allDone = s.Now()
+}
 
 func (s *fakeSys) FindPartition(spec string) (string, blkid.Info, error) {
-	if s.noHostpart {
+	if s.noHostpart || s.lateDisk > 0 && (s.allDone.IsZero() || s.Now().Sub(s.allDone) < s.lateDisk) {
 		return "", blkid.Info{}, errors.New("no such partition")
 	}
 	return "/dev/vda2", blkid.Info{Type: "ext4", Label: layout.HostpartLabel}, nil
