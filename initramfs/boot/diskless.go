@@ -208,7 +208,6 @@ func (b *Boot) bootDiskless(ctx context.Context, why string) Outcome {
 		return b.rescue(fmt.Errorf("diskless: downloading the assigned image %s into RAM: %w", a.Label(), err))
 	}
 	b.Log.Info("diskless: the assigned image is in RAM", "image", a.Label(), "bytes", res.Size)
-	b.reloadDigests()
 	// Generated anew at every boot: there is nowhere to keep them.
 	b.id = startIdentity(ram, b.Sys.Now)
 	b.checkinDiskless(ctx, server, mac)

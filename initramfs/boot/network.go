@@ -225,6 +225,9 @@ func (b *Boot) FetchAssigned(ctx context.Context, server string, as Assigned, di
 		},
 	}
 	res, err := stage.Stage(ctx, dir, req)
+	if err == nil && dir == b.Paths.Hostpart {
+		b.reloadDigests() // staging recorded the digest: the checks that follow need not hash the image again
+	}
 	if err == nil && res.Already == "" {
 		b.Log.Info("image downloaded", "file", file, "digest", res.Digest, "bytes", res.Downloaded, "reused", res.Reused,
 			"took", res.Took.Round(time.Millisecond), "MB/s", mbps(res.Downloaded, res.Took), "manifest", res.Manifest)

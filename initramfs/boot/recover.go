@@ -93,7 +93,6 @@ func (b *Boot) recoverOverNetwork(ctx context.Context) (out Outcome, why string,
 		return out, fmt.Sprintf("fetching the assigned image %s failed: %v", a.Label(), err), false
 	}
 	b.staging.State, b.staging.Done, b.staging.Total = "staged", res.Size, res.Size
-	b.reloadDigests()
 	rres, err := rotate.RecoverImage(b.rotateFS(), rotate.Options{
 		Complete: completeImage(dir, b.digests),
 		Log:      func(msg string) { b.Log.Info("rotate: " + msg) },
