@@ -303,7 +303,7 @@ func TestRunRecovery(t *testing.T) {
 		{"corrupt download: rescue, remembered as failed", "hn.server=SRV", map[string][]byte{layout.Current: garbage},
 			func(t *testing.T, w *world, srv *fakeImaged) { srv.corrupt = true },
 			false, nil, []string{"no recovery over the network: fetching the assigned image B 1", "is corrupt"}},
-		{"the recovered image does not boot either: rescue", "hn.server=SRV", map[string][]byte{layout.Current: garbage},
+		{"the recovered image does not boot either: rescue, remembered as failed", "hn.server=SRV", map[string][]byte{layout.Current: garbage},
 			func(t *testing.T, w *world, srv *fakeImaged) { w.sys.noInit["B"] = true },
 			false, []string{layout.CurrentBroken}, []string{"the recovered image B 1", "does not boot either"}},
 	} {
@@ -326,6 +326,10 @@ func TestRunRecovery(t *testing.T) {
 				if !w.exists(f) {
 					t.Errorf("%s not kept aside", f)
 				}
+			}
+			fm, _ := stage.LoadFailed(w.paths.Hostpart)
+			if _, failed := fm[digestOf(imgB)]; failed != strings.Contains(tc.name, "remembered as failed") {
+				t.Errorf("B in the failure memory: %v", failed)
 			}
 			for _, f := range []string{layout.Recover, layout.RecoverPart, layout.Journal} {
 				if w.exists(f) {
