@@ -69,6 +69,9 @@ type System interface {
 	// NetUp configures ifname (DHCP unless it has an address) by ctx's
 	// deadline.
 	NetUp(ctx context.Context, ifname string) (netup.Lease, error)
+	// NetDown undoes what NetUp configured (not an address that was
+	// there before), leaving the link up for the image's network manager.
+	NetDown(lease netup.Lease) error
 	// HTTP is the client for imaged: plain http, every wait bounded.
 	HTTP() HTTP
 
