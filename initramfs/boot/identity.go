@@ -123,10 +123,11 @@ func (b *Boot) applyIdentity(id identity.Identity) (hostconfig.Config, error) {
 	return res.Config, nil
 }
 
-// handOverNIC removes the init's DHCP lease from the boot NIC before
-// switch_root, so the image's systemd-networkd or ifupdown configures
-// the fleet's network (a static address) on a clean link, not beside
-// the init's address and routes.
+// handOverNIC removes the init's DHCP lease from the boot NIC and sets
+// it down before switch_root (netup.Down), so the image's udev names it
+// and its systemd-networkd or ifupdown configures the fleet's network (a
+// static address) on a clean link, not beside the init's address and
+// routes.
 func (b *Boot) handOverNIC() {
 	if b.network == nil || !b.network.Lease.Ours() {
 		return
@@ -136,5 +137,5 @@ func (b *Boot) handOverNIC() {
 		b.Log.Warn("cannot hand the boot NIC over to the image; its network manager may find the init's lease", "interface", l.Interface, "err", err)
 		return
 	}
-	b.Log.Info("boot NIC handed over to the image: the init's lease removed, link left up", "interface", l.Interface, "address", l.Address.String())
+	b.Log.Info("boot NIC handed over to the image: the init's lease removed, link down", "interface", l.Interface, "address", l.Address.String())
 }

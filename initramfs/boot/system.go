@@ -70,7 +70,8 @@ type System interface {
 	// deadline.
 	NetUp(ctx context.Context, ifname string) (netup.Lease, error)
 	// NetDown undoes what NetUp configured (not an address that was
-	// there before), leaving the link up for the image's network manager.
+	// there before) and sets the link down, for the image's udev and
+	// network manager (netup.Down).
 	NetDown(lease netup.Lease) error
 	// HTTP is the client for imaged: plain http, every wait bounded.
 	HTTP() HTTP

@@ -13,13 +13,14 @@ import (
 // to take away.
 func (l Lease) Ours() bool { return l.Server != nil && l.Address != nil }
 
-// Down hands the NIC of a lease Up configured over to the image's network
-// manager before switch_root: it removes the IPv4 routes through the NIC
-// and the leased address, and leaves the link up with its MTU, so
-// systemd-networkd or ifupdown in the booted system starts from a clean
-// link and configures what the fleet says (a static address, another
-// one from DHCP), not beside the init's lease. It does nothing for a
-// lease that is not ours.
+// Down hands the NIC of a lease Up configured over to the image before
+// switch_root: it removes the IPv4 routes through the NIC and the leased
+// address and sets the link down, as the kernel left it before Up, with
+// its MTU. The booted system then finds the NIC as on any boot: its udev
+// can give it the image's name (the kernel renames no link that is up),
+// and systemd-networkd or ifupdown brings it up with what the fleet says
+// (a static address, a VLAN, DHCP again), not beside the init's lease. It
+// does nothing for a lease that is not ours.
 func Down(l Lease) error {
 	if !l.Ours() {
 		return nil
@@ -43,6 +44,9 @@ func Down(l Lease) error {
 	}
 	if err := netlink.AddrDel(link, &netlink.Addr{IPNet: l.Address}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 		errs = append(errs, fmt.Errorf("delete address %s: %w", l.Address, err))
+	}
+	if err := netlink.LinkSetDown(link); err != nil {
+		errs = append(errs, fmt.Errorf("set the link down: %w", err))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("netup: hand over %s: %w", l.Interface, errors.Join(errs...))

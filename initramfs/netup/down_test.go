@@ -12,7 +12,8 @@ import (
 
 // Down removes what a DHCP lease configured (address, default route,
 // classless routes) from a NIC in a network namespace of the test's own,
-// and leaves the link up; a lease that was not ours is left alone.
+// and sets the link down with its MTU; a lease that was not ours is left
+// alone.
 func TestDown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("TestDown needs root (a network namespace): run the tests as root")
@@ -74,6 +75,9 @@ func TestDown(t *testing.T) {
 	if addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4); len(addrs) != 1 {
 		t.Errorf("Down of a lease not ours changed the addresses: %v", addrs)
 	}
+	if l, _ := netlink.LinkByName("eth0"); l.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("Down of a lease not ours set the link down")
+	}
 
 	if err := Down(Lease{Interface: "eth0", Address: lease, Server: net.IPv4(10, 0, 0, 1)}); err != nil {
 		t.Fatal(err)
@@ -85,8 +89,8 @@ func TestDown(t *testing.T) {
 		t.Errorf("routes after Down = %v, want none", routes)
 	}
 	link, _ = netlink.LinkByName("eth0")
-	if link.Attrs().Flags&net.FlagUp == 0 || link.Attrs().MTU != 1400 {
-		t.Errorf("link after Down: flags %v, MTU %d; want up, 1400", link.Attrs().Flags, link.Attrs().MTU)
+	if link.Attrs().Flags&net.FlagUp != 0 || link.Attrs().MTU != 1400 {
+		t.Errorf("link after Down: flags %v, MTU %d; want down, 1400", link.Attrs().Flags, link.Attrs().MTU)
 	}
 	// Again: nothing left to remove is no error.
 	if err := Down(Lease{Interface: "eth0", Address: lease, Server: net.IPv4(10, 0, 0, 1)}); err != nil {
