@@ -125,8 +125,8 @@ echo "HNTEST pid1=$(cat /proc/1/comm)"
 # addresses and the fleet's files.
 if [ -f /etc/hntest/want-address ]; then
   want=$(cat /etc/hntest/want-address)
-  i=0
-  while [ $i -lt 90 ] && ! ip -4 -o addr show | grep -q " inet $want "; do sleep 1; i=$((i+1)); done
+  end=$(($(date +%s) + 60))
+  while [ "$(date +%s)" -lt $end ] && ! ip -4 -o addr show | grep -q " inet $want "; do sleep 1; done
 fi
 echo "HNTEST networkd=$(systemctl is-active systemd-networkd)"
 echo "HNTEST addresses=$(ip -4 -o addr show scope global | while read -r n dev fam addr rest; do printf '%s=%s ' "$dev" "$addr"; done)"
@@ -235,6 +235,12 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 		if err := os.Symlink(unit, link); err != nil {
 			return nil, err
 		}
+	}
+	// No login on the serial console: the getty's vhangup of ttyS0 would
+	// cut the report service's output when the report runs long (waiting
+	// for networkd).
+	if err := os.Symlink("/dev/null", filepath.Join(tree, "etc/systemd/system/serial-getty@ttyS0.service")); err != nil {
+		return nil, err
 	}
 	for _, d := range []string{"hostpart", "boot/loader"} {
 		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {

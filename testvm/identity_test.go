@@ -58,7 +58,7 @@ func (fl *fetchLab) bootDebian(image string) string {
 	if _, err := vm.Expect(`HNTEST booted image=`+image, debianBootTimeout); err != nil {
 		fl.t.Fatal(err)
 	}
-	if _, err := vm.Expect(`HNTEST end`, 120*time.Second); err != nil {
+	if _, err := vm.Expect(`HNTEST end`, 180*time.Second); err != nil {
 		fl.t.Fatal(err)
 	}
 	fl.t.Logf("PXE boot to systemd's report: %v", vm.Since().Round(time.Millisecond))
@@ -107,6 +107,7 @@ func TestPXEIdentityNetworkd(t *testing.T) {
 		t.Fatalf("console lacks the booted system's addresses\n%s", tail(con, 80))
 	}
 	addrs := m[1]
+	t.Logf("booted system's addresses: %s(the init's lease was %s)", addrs, lease[1])
 	if !strings.Contains(addrs, "="+addr) {
 		t.Errorf("the booted system's addresses are %q, want the fleet's %s (configured by networkd)", addrs, addr)
 	}
