@@ -371,6 +371,7 @@ func (b *Boot) bootImage(name string) (Outcome, error) {
 			return Outcome{}, fmt.Errorf("move %s into the new root: %w", b.Paths.Hostpart, err)
 		}
 	}
+	b.handOverNIC()
 	b.Log.Info("switching root", "image", name, "init", init)
 	if err := b.Sys.SwitchRoot(root, init); err != nil {
 		// The old root is gone at this point; nothing left but rescue.
@@ -402,25 +403,11 @@ func (b *Boot) instantiate() error {
 	for _, n := range id.Notes {
 		b.Log.Warn("identity: " + n)
 	}
-	var cached identity.HostConf
-	if f, err := os.Open(filepath.Join(b.Paths.Hostpart, layout.HostConf)); err == nil {
-		// A bad line is reported; the good ones still apply.
-		cached, err = identity.ParseHostConf(f)
-		f.Close()
-		if err != nil {
-			b.Log.Error("host.conf has errors; using its valid lines", "err", err)
-		}
-	}
-	kc := identity.FromKernelIP(b.cfg.IP)
-	if b.cfg.Hostname != "" {
-		kc.Hostname = b.cfg.Hostname
-	}
-	_, mac, _ := b.Sys.BootNIC(b.cfg.BootIF)
-	hc := identity.Merge(kc, identity.HostConf{}, cached, identity.Defaults(mac))
-	root := b.Paths.NewRoot
-	if err := identity.Apply(root, id, hc); err != nil {
+	hc, err := b.applyIdentity(id)
+	if err != nil {
 		return err
 	}
+	root := b.Paths.NewRoot
 	binds, err := identity.StateBinds(root, filepath.Join(b.Paths.Hostpart, layout.DataDir), hc.StateDirs)
 	if err != nil {
 		b.Log.Error("state directories", "err", err)

@@ -212,6 +212,11 @@ func (s *fakeSys) NetUp(ctx context.Context, ifname string) (netup.Lease, error)
 	return netup.Lease{Interface: ifname, Address: &net.IPNet{IP: net.IPv4(10, 0, 0, 50), Mask: net.CIDRMask(24, 32)}, Server: net.IPv4(10, 0, 0, 1)}, nil
 }
 
+func (s *fakeSys) NetDown(l netup.Lease) error {
+	s.log("netdown %s %s ours=%v", l.Interface, l.Address, l.Ours())
+	return nil
+}
+
 func (s *fakeSys) HTTP() HTTP {
 	if s.http == nil {
 		return &httpget.Client{}
@@ -249,6 +254,7 @@ type fakeImaged struct {
 	*httptest.Server
 	mu       sync.Mutex
 	assigned *Assigned // nil: 404
+	config   string    // JSON fields of the host configuration added to the answer ("" none)
 	blobs    map[string][]byte
 	manif    map[string][]byte
 	corrupt  bool  // flip a byte of every blob
@@ -267,7 +273,7 @@ func newImaged(t *testing.T) *fakeImaged {
 
 func (f *fakeImaged) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	assigned, hang, corrupt, cut := f.assigned, f.hang, f.corrupt, f.cutAt
+	assigned, config, hang, corrupt, cut := f.assigned, f.config, f.hang, f.corrupt, f.cutAt
 	key := strings.TrimPrefix(r.URL.Path, "/blobs/")
 	blob, isBlob := f.blobs[key]
 	man, isMan := f.manif[strings.TrimSuffix(key, ".json")]
@@ -292,7 +298,11 @@ func (f *fakeImaged) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error": "not in the fleet"}`, 404)
 			return
 		}
-		json.NewEncoder(w).Encode(assigned)
+		body, _ := json.Marshal(assigned)
+		if config != "" { // the answer is a fleet.DesiredHost: the configuration inline
+			body = append(append(body[:len(body)-1], ','), config[1:]...)
+		}
+		w.Write(body)
 	case strings.HasSuffix(key, ".json") && isMan:
 		w.Write(man)
 	case isBlob:

@@ -69,6 +69,10 @@ type System interface {
 	// NetUp configures ifname (DHCP unless it has an address) by ctx's
 	// deadline.
 	NetUp(ctx context.Context, ifname string) (netup.Lease, error)
+	// NetDown undoes what NetUp configured (not an address that was
+	// there before) and sets the link down, for the image's udev and
+	// network manager (netup.Down).
+	NetDown(lease netup.Lease) error
 	// HTTP is the client for imaged: plain http, every wait bounded.
 	HTTP() HTTP
 
