@@ -75,6 +75,7 @@ bench: deps build
 	$(GO) run ./testvm/benchfleet
 	$(GO) run ./testvm/benchbuild
 	$(GO) run ./testvm/benchrollout
+	$(GO) run ./testvm/benchui
 
 clean:
 	rm -rf $(BIN) out hnboot_*.deb

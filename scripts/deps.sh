@@ -10,9 +10,9 @@ CACHE=${HNBOOT_CACHE:-/var/cache/hnboot}
 PKGS=(qemu-system-x86 ovmf postgresql grub-efi-amd64-bin grub-pc-bin ipxe e2fsprogs
       squashfs-tools dosfstools mtools kmod busybox-static cpio debootstrap
       dnsmasq-base nginx tftpd-hpa gdisk iproute2 zstd xz-utils btrfs-progs xfsprogs
-      squashfs-tools-ng mmdebstrap)
-# make deb and its test (strip, lintian); the demo's dashboard screenshots.
-PKGS+=(binutils lintian chromium)
+      squashfs-tools-ng mmdebstrap chromium)
+# make deb and its test: strip and lintian.
+PKGS+=(binutils lintian)
 
 log() { echo "deps: $*" >&2; }
 

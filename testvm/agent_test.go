@@ -332,15 +332,15 @@ hosts:
 	os.Mkdir(filepath.Join(state, "fleet"), 0o755)
 	os.Rename(filepath.Join(state, "fleet.yaml"), filepath.Join(state, "fleet", "fleet.yaml"))
 
-	srvAddr := freePort(t)
+	srvAddr, adminAddr := freePort(t), freePort(t)
 	srv := &serveProc{t: t, bin: f.Imaged, addr: srvAddr, log: new(bytes.Buffer), args: []string{"serve",
-		"--interface", "lo", "--dhcp-mode", "off", "--tftp", "off", "--http", srvAddr,
+		"--interface", "lo", "--dhcp-mode", "off", "--tftp", "off", "--http", srvAddr, "--admin", adminAddr,
 		"--http-url", "http://" + agentServerIP, "--state", filepath.Join(state, "fleet"),
 		"--observed", filepath.Join(state, "fleet.db"), "--tokens", filepath.Join(state, "tokens"),
 		"--open-reads", "--cache", filepath.Join(state, "cache")}}
 	srv.start()
 	defer srv.kill()
-	base := "http://" + srvAddr
+	base := "http://" + adminAddr // the admin API; the guest reaches srvAddr through px
 
 	px := &proxy{backend: srvAddr, served: map[string]int64{}, ranges: map[string][]string{}, corrupt: dC, rate: 4 << 20}
 	pl, err := net.Listen("tcp", "127.0.0.1:0")

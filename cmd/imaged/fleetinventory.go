@@ -21,8 +21,8 @@ their first NIC that heard one. --label keeps the hosts that have every
 label given (labels come from the fleet's YAML, on hosts and groups).
 
 Examples:
-  imaged fleet hosts --server http://imaged:8080 --label rack=r12
-  imaged fleet hosts --server http://imaged:8080 --json
+  imaged fleet hosts --server http://127.0.0.1:8081 --label rack=r12
+  imaged fleet hosts --server http://127.0.0.1:8081 --json
 `
 
 const fleetHostUsage = `Usage: imaged fleet host [flags] HOST|MAC
@@ -33,7 +33,7 @@ link and LLDP neighbour, firmware and Secure Boot, uptime), the image
 slots, the packages of the image it runs, and its last boots.
 
 Example:
-  imaged fleet host --server http://imaged:8080 web-07
+  imaged fleet host --server http://127.0.0.1:8081 web-07
 `
 
 const fleetPackagesUsage = `Usage: imaged fleet packages [flags] NAME [--version V] [--label KEY=VALUE]...
@@ -43,8 +43,8 @@ the images the hosts reported running (mkimage rootfs records them), not
 guessed. Hosts whose image's packages are not known are listed with why.
 
 Example:
-  imaged fleet packages --server http://imaged:8080 openssl
-  imaged fleet packages --server http://imaged:8080 openssl --version 3.0.15-1~deb12u1
+  imaged fleet packages --server http://127.0.0.1:8081 openssl
+  imaged fleet packages --server http://127.0.0.1:8081 openssl --version 3.0.15-1~deb12u1
 `
 
 type labelFlags []string
