@@ -22,7 +22,7 @@ FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
 # The Debian package's version (a native package: no Debian revision).
 VERSION ?= 0.1.0
 
-.PHONY: all build deps test unit e2e demo deb bench fuzz clean
+.PHONY: all build deps test unit e2e demo demo-host deb bench fuzz clean
 
 all: build
 
@@ -58,8 +58,14 @@ unit:
 e2e: deps build
 	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./testvm/
 
-# Builds images, boots a host in QEMU, then shows an update and a revert.
+# The fleet: imaged serve in a network namespace, two QEMU hosts PXE-boot
+# from it, an update rolls out, the big red button reverts them; the
+# dashboard's screenshots go to out/demo/.
 demo: deps build
+	$(GO) run ./testvm/fleetdemo
+
+# One host's disk: first boot, an update and a revert.
+demo-host: deps build
 	$(GO) run ./testvm/demo
 
 # hnboot_$(VERSION)_amd64.deb in the current directory (scripts/mkdeb.sh:

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,30 +96,11 @@ func ciOldImage(t *testing.T, f *Fixture) string {
 // reachable, and reaches the server in the lab through it.
 func forward(t *testing.T, ns, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&NetNS{Name: ns}).Forward("127.0.0.1:0", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	dial := nsDial(ns)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s, err := dial(context.Background(), "tcp", addr)
-				if err != nil {
-					return
-				}
-				defer s.Close()
-				go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, s)
-			}()
-		}
-	}()
 	return ln.Addr().String()
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -126,6 +127,35 @@ func (n *NetNS) Listen(addr string) (net.Listener, error) {
 		return err
 	})
 	return l, err
+}
+
+// Forward listens on local (outside the namespace, e.g. 127.0.0.1:0) and
+// connects each connection to addr inside it: a browser or client on this
+// machine reaches a server in the lab. Closing the listener stops it.
+func (n *NetNS) Forward(local, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", local)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s, err := n.DialContext(context.Background(), "tcp", addr)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
+				io.Copy(c, s)
+			}()
+		}
+	}()
+	return ln, nil
 }
 
 // DialContext connects from inside the namespace.

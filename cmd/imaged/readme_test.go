@@ -59,6 +59,7 @@ var readmeSkip = []struct {
 	check       []string
 }{
 	{"make demo", "boots QEMU for minutes; testvm's end-to-end tests boot the same way", []string{"make", "-n", "demo"}},
+	{"make demo-host", "boots QEMU for minutes; testvm's end-to-end tests boot the same way", []string{"make", "-n", "demo-host"}},
 	{"make test", "this test is part of make test", []string{"make", "-n", "test"}},
 	{"make deb", "builds and lints the package; testvm's TestDebPackage does", []string{"make", "-n", "deb"}},
 	{"apt install ./hnboot_0.1.0_amd64.deb", "installs on this machine; TestDebPackage installs it in a Debian VM", []string{"make", "-n", "deb"}},

@@ -40,7 +40,7 @@ func (c consoleFilter) Write(p []byte) (int, error) {
 }
 
 func run(args []string, out io.Writer) error {
-	dir := "out/demo"
+	dir := "out/demo-host"
 	if len(args) > 0 {
 		dir = args[0]
 	}
