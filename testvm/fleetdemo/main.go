@@ -57,7 +57,7 @@ func run(ctx context.Context, out string) error {
 		return err
 	}
 	for _, h := range []string{"web-1", "web-2"} {
-		fmt.Printf("  %s: runs %s (revert %s applied), %d boots\n", h, res.Final[h], res.RevertID[h], res.Boots[h])
+		fmt.Printf("  %s: runs %s, %d boots; audit: %s\n", h, res.Final[h], res.Boots[h], res.RevertID[h])
 	}
 	return nil
 }
