@@ -19,10 +19,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
 	"github.com/hnboot/hnboot/supervisor"
@@ -435,7 +435,7 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 		})
 		a.mu.Lock()
 		s := a.staging
-		s.Reused = res.Reused
+		res.Report(s)
 		if err != nil {
 			s.State, s.Error = "failed", err.Error()
 			if errors.Is(err, stage.ErrRefused) {

@@ -16,10 +16,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/agent"
-	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
 )
@@ -263,6 +263,11 @@ func hostStage(ctx context.Context, dir, src, dg, name, version string, force bo
 	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", layout.New, res.Digest, stage.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
 	if res.Reused > 0 {
 		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", stage.SizeString(res.Reused))
+	}
+	if res.Delta != nil {
+		fmt.Fprintf(stdout, "\n%s", res.Delta)
+	} else if res.Fallback != "" {
+		fmt.Fprintf(stdout, "\ndownloaded whole, not by delta: %s", res.Fallback)
 	}
 	if res.Manifest != "" {
 		fmt.Fprintf(stdout, "\nwith its manifest %s (%s)", layout.ManifestFor(layout.New), res.Manifest)

@@ -63,6 +63,22 @@ func (c *Client) Get(ctx context.Context, rawURL string, offset int64) (*Respons
 	if offset > 0 {
 		hdr = append(hdr, [2]string{"Range", "bytes=" + strconv.FormatInt(offset, 10) + "-"})
 	}
+	return c.get(ctx, rawURL, hdr)
+}
+
+// GetRange fetches bytes [start, end) of rawURL (Range: bytes=start-end-1);
+// a server that honours it answers 206, one that does not 200 with the
+// whole file. Redirects are followed as by Get.
+func (c *Client) GetRange(ctx context.Context, rawURL string, start, end int64) (*Response, error) {
+	return c.get(ctx, rawURL, [][2]string{{"Range", RangeHeader(start, end)}})
+}
+
+// RangeHeader is the Range value for bytes [start, end).
+func RangeHeader(start, end int64) string {
+	return "bytes=" + strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(end-1, 10)
+}
+
+func (c *Client) get(ctx context.Context, rawURL string, hdr [][2]string) (*Response, error) {
 	for i := 0; ; i++ {
 		resp, err := c.Do(ctx, "GET", rawURL, hdr, nil)
 		if err != nil {

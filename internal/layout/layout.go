@@ -21,6 +21,7 @@ const (
 	ManifestSuffix = ".json"     // IMAGE.json: the manifest that follows its image
 	PartSuffix     = ".part"     // a download in progress; never booted, never promoted
 	RejectedSuffix = ".rejected" // a staged image that failed verification
+	ChunksSuffix   = ".chunks"   // IMAGE.chunks: its chunk index (package chunkindex), for delta updates
 )
 
 // Files derived from the slots.
