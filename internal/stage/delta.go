@@ -63,7 +63,7 @@ type DeltaStats struct {
 
 // String is the one-line summary for logs and imaged stage.
 func (d DeltaStats) String() string {
-	return fmt.Sprintf("delta: %d of %d chunks (%s) from local images, %d chunks (%s) fetched in %d ranges, %s resumed",
+	return fmt.Sprintf("%d of %d chunks (%s) from local images, %d chunks (%s) fetched in %d ranges, %s resumed",
 		d.LocalChunks, d.Chunks, SizeString(d.LocalBytes), d.FetchedChunks, SizeString(d.FetchedBytes), d.Ranges, SizeString(d.Resumed))
 }
 
@@ -515,7 +515,7 @@ func stageDelta(ctx context.Context, res *Result, req Request, hs HTTPSource, g 
 	if err != nil {
 		return "", err
 	}
-	log.Info("stage: "+d.st.String(), "source", req.Source.String(), "scanned", d.st.Scanned, "scan", d.st.Scan.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+	log.Info("stage: by delta: "+d.st.String(), "source", req.Source.String(), "scanned", d.st.Scanned, "scan", d.st.Scan.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 	return got, nil
 }
 
