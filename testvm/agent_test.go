@@ -171,7 +171,7 @@ type proxy struct {
 	// noChunks answers 404 for the chunk indexes (/blobs/D.chunks), so
 	// hosts download images whole (the tests of resuming a download).
 	noChunks bool
-	checks  []map[string]any
+	checks   []map[string]any
 	// transport reaches the backend; nil is http.DefaultTransport (the
 	// PXE lab's proxy dials into its namespace).
 	transport http.RoundTripper

@@ -274,7 +274,7 @@ func TestPXEFetchResumesAfterServerCrash(t *testing.T) {
 	fl := newFetchLab(t, "52:54:00:77:00:31", "B@2")
 	fl.px.mu.Lock()
 	fl.px.noChunks = true // a whole download, resumed (deltas resume in internal/stage's tests)
-	fl.px.rate = 4 << 20 // slow enough to be cut mid-way under TCG
+	fl.px.rate = 4 << 20  // slow enough to be cut mid-way under TCG
 	fl.px.cutDig, fl.px.cutAt = fl.dB, fl.sizeB/3
 	fl.px.cut = fl.kill
 	fl.px.mu.Unlock()
