@@ -69,6 +69,7 @@ bench: deps build
 	$(GO) run ./testvm/benchfleet
 	$(GO) run ./testvm/benchbuild
 	$(GO) run ./testvm/benchrollout
+	$(GO) run ./testvm/benchdelta
 
 clean:
 	rm -rf $(BIN) out

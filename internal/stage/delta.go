@@ -79,9 +79,9 @@ func fallback(format string, args ...any) error {
 }
 
 // bridgeGap: local chunks between two missing runs are fetched with them
-// when they add up to at most this many bytes; one request fewer costs
-// less than the bytes on a LAN.
-const bridgeGap = 64 << 10
+// when they add up to at most this many bytes: one request fewer (a
+// header each way, a round trip) for a few bytes more.
+const bridgeGap = 4 << 10
 
 // deltaIndex fetches and checks the chunk index the manifest names.
 func deltaIndex(ctx context.Context, s HTTPSource, g RangeGetter, m *manifest.Manifest, want string) (*chunkindex.Index, int64, error) {

@@ -313,3 +313,34 @@ func TestDeltaResumesFullDownloadPart(t *testing.T) {
 		t.Fatalf("delta after a cut full download: %+v, want about 3 MiB resumed", res.Delta)
 	}
 }
+
+// Chunks come from every local image, not only the current one, and a
+// chunk that repeats in the image is fetched once and copied from the
+// part after that.
+func TestDeltaOtherSlotsAndRepeats(t *testing.T) {
+	r := rand.New(rand.NewSource(5))
+	rnd := func(n int) []byte { b := make([]byte, n); r.Read(b); return b }
+	x, old := rnd(2<<20), rnd(4<<20)
+	update := append(append(append([]byte{}, x...), x...), old...) // x twice, then what hn-root-old.img has
+	srv := newDeltaServer(t, update)
+	dir := deltaHostpart(t, rnd(1<<20)) // the current image shares nothing
+	if err := os.WriteFile(filepath.Join(dir, layout.Old), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, dir, update)
+	d := res.Delta
+	if d == nil {
+		t.Fatalf("no delta: %s", res.Fallback)
+	}
+	if len(d.Scanned) != 2 || d.Scanned[1] != layout.Old {
+		t.Errorf("scanned %v, want %s and %s", d.Scanned, layout.Current, layout.Old)
+	}
+	// x once (plus the chunks around its two ends), nothing of old.
+	if limit := int64(len(x) + 4*chunkindex.MaxSize); d.FetchedBytes > limit || d.FetchedBytes < int64(len(x)) {
+		t.Errorf("fetched %d bytes, want about x's %d once (at most %d)", d.FetchedBytes, len(x), limit)
+	}
+}
