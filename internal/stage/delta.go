@@ -27,11 +27,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/digest"
+	"github.com/hnboot/hnboot/internal/durable"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/httpget"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -56,7 +59,9 @@ type DeltaStats struct {
 	IndexBytes    int64 `json:"index_bytes"`    // the chunk index
 	Resumed       int64 `json:"resumed"`        // bytes an earlier run left in the part that verified
 	Ranges        int   `json:"ranges"`         // Range requests
-	// Scanned are the local images read for chunks, Scan the time it took.
+	// Indexed are the local images whose kept index said where their
+	// chunks are; Scanned those read for chunks, Scan the time both took.
+	Indexed []string      `json:"indexed,omitempty"`
 	Scanned []string      `json:"scanned,omitempty"`
 	Scan    time.Duration `json:"scan"`
 }
@@ -132,23 +137,75 @@ type deltaRun struct {
 	st       DeltaStats
 }
 
+// local is an image in the directory that chunks can come from.
+type local struct {
+	path   string
+	digest string // "" when not known without hashing
+	size   int64
+}
+
 // localImages are the images in dir that chunks can come from, in the
-// order they are scanned: the current one first (the update's base).
-func localImages(dir string) []string {
-	var out []string
+// order they are read: the current one first (the update's base).
+func localImages(dir string, st hostpart.State) []local {
+	var out []local
 	for _, s := range layout.Slots {
+		im := st.Slot(s.Slot)
 		p := filepath.Join(dir, s.File)
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 {
-			out = append(out, p)
+			out = append(out, local{path: p, digest: SlotDigest(dir, im), size: fi.Size()})
 		}
 	}
 	return out
 }
 
+// The chunk indexes of the images on hostpart, by digest
+// (.hnboot/chunks/<hex>.chunks): kept when an image is staged by delta,
+// so the next delta finds its chunks without reading the image.
+
+func chunksFile(digest string) string {
+	return layout.ChunksDir + "/" + strings.TrimPrefix(digest, "sha256:") + layout.ChunksSuffix
+}
+
+// knownIndex is the kept index of a local image, nil when there is none
+// or it does not describe the file.
+func knownIndex(dir string, l local) *chunkindex.Index {
+	if l.digest == "" {
+		return nil
+	}
+	f, err := os.Open(filepath.Join(dir, chunksFile(l.digest)))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	ix, _, err := chunkindex.Read(f, l.size)
+	if err != nil || ix.Digest() != l.digest || ix.Size != l.size {
+		return nil
+	}
+	return ix
+}
+
+// keepIndex stores the index of a staged image and removes those of
+// images no longer in a slot.
+func keepIndex(dir string, ix *chunkindex.Index, keep map[string]bool) error {
+	fsys := durable.Root(dir)
+	if err := fsys.WriteFile(chunksFile(ix.Digest()), ix.Marshal()); err != nil {
+		return err
+	}
+	keep[ix.Digest()] = true
+	ents, _ := os.ReadDir(filepath.Join(dir, layout.ChunksDir))
+	for _, e := range ents {
+		hex, ok := strings.CutSuffix(e.Name(), layout.ChunksSuffix)
+		if !ok || !keep["sha256:"+hex] {
+			fsys.Remove(layout.ChunksDir + "/" + e.Name())
+		}
+	}
+	return nil
+}
+
 // fetchDelta builds the image in part. have is how much of the part an
 // earlier run of the same digest left (0 for none). It returns the
 // image's digest.
-func (d *deltaRun) fetch(ctx context.Context, have int64, locals []string) (string, error) {
+func (d *deltaRun) fetch(ctx context.Context, dir string, have int64, locals []local) (string, error) {
 	ix := d.ix
 	d.st.Chunks = len(ix.Chunks)
 	h := sha256.New()
@@ -205,15 +262,43 @@ func (d *deltaRun) fetch(ctx context.Context, have int64, locals []string) (stri
 			f.Close()
 		}
 	}()
-	for k, p := range locals {
-		fi, err := os.Stat(p)
+	found := func(f *os.File, off int64, n int, sum [32]byte) bool {
+		if lengths[uint32(n)] == 0 {
+			return false
+		}
+		l := need[sum]
+		if l == nil || l.f != nil {
+			return false
+		}
+		l.f, l.off = f, off
+		lengths[uint32(n)]--
+		missing -= int64(n)
+		return true
+	}
+	// Images whose index was kept: their chunks are known unread.
+	var scan []local
+	for _, lc := range locals {
+		ix := knownIndex(dir, lc)
+		if ix == nil {
+			scan = append(scan, lc)
+			continue
+		}
+		f, err := os.Open(lc.path)
 		if err != nil {
 			continue
 		}
+		files = append(files, f)
+		d.st.Indexed = append(d.st.Indexed, filepath.Base(lc.path))
+		for _, c := range ix.Chunks {
+			found(f, c.Offset, int(c.Length), c.Sum)
+		}
+	}
+	for k, lc := range scan {
+		p := lc.path
 		// Reading an image for chunks runs at several times a gigabit
 		// link's speed: after the first (the base of the update), another
 		// is read only when what is still missing outweighs a quarter of it.
-		if missing == 0 || (k > 0 && missing < fi.Size()/4) {
+		if missing == 0 || ((k > 0 || len(d.st.Indexed) > 0) && missing < lc.size/4) {
 			break
 		}
 		f, err := os.Open(p)
@@ -223,27 +308,10 @@ func (d *deltaRun) fetch(ctx context.Context, have int64, locals []string) (stri
 		}
 		files = append(files, f)
 		d.st.Scanned = append(d.st.Scanned, filepath.Base(p))
-		errDone := errors.New("done")
-		err = chunkindex.Split(f, func(off int64, data []byte) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if lengths[uint32(len(data))] == 0 {
-				return nil
-			}
-			l := need[sha256.Sum256(data)]
-			if l == nil || l.f != nil {
-				return nil
-			}
-			l.f, l.off = f, off
-			lengths[uint32(len(data))]--
-			missing -= int64(len(data))
-			if missing == 0 {
-				return errDone
-			}
-			return nil
+		err = scanImage(ctx, f, func(off int64, data []byte) bool {
+			return lengths[uint32(len(data))] > 0 && found(f, off, len(data), sha256.Sum256(data)) && missing == 0
 		})
-		if err != nil && err != errDone {
+		if err != nil {
 			if ctx.Err() != nil {
 				return "", ctx.Err()
 			}
@@ -333,6 +401,51 @@ func (d *deltaRun) fetch(ctx context.Context, have int64, locals []string) (stri
 	}
 	return got, nil
 }
+
+// scanImage chunks f and calls fn with each chunk, until fn says it has
+// all it needs. The chunker runs on its own goroutine and fn (hashing)
+// on this one: on two CPUs the scan takes the time of the slower of the
+// two, not of their sum.
+func scanImage(ctx context.Context, f *os.File, fn func(off int64, data []byte) (done bool)) error {
+	type piece struct {
+		off int64
+		b   []byte
+	}
+	const n = 16
+	free, full := make(chan []byte, n), make(chan piece, n)
+	for range n {
+		free <- make([]byte, chunkindex.MaxSize)
+	}
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		defer close(full)
+		errc <- chunkindex.Split(f, func(off int64, data []byte) error {
+			var b []byte
+			select {
+			case b = <-free:
+			case <-stop:
+				return errStop
+			}
+			full <- piece{off, append(b[:0], data...)}
+			return ctx.Err()
+		})
+	}()
+	done := false
+	for p := range full {
+		if !done && fn(p.off, p.b) {
+			done = true
+			close(stop)
+		}
+		free <- p.b
+	}
+	if err := <-errc; err != nil && err != errStop {
+		return err
+	}
+	return nil
+}
+
+var errStop = errors.New("stop")
 
 // run is the end of the range to fetch from chunk i: the chunks to fetch
 // after it, with short runs of other chunks between them.
@@ -499,7 +612,7 @@ func isFallback(err error) bool {
 
 // stageDelta builds the image in part by delta. On success res.Delta,
 // res.Reused and res.Downloaded say how.
-func stageDelta(ctx context.Context, res *Result, req Request, hs HTTPSource, g RangeGetter, man *manifest.Manifest, part *os.File, have int64, locals []string, log *slog.Logger) (string, error) {
+func stageDelta(ctx context.Context, dir string, st hostpart.State, res *Result, req Request, hs HTTPSource, g RangeGetter, man *manifest.Manifest, part *os.File, have int64, log *slog.Logger) (string, error) {
 	ix, n, err := deltaIndex(ctx, hs, g, man, req.Digest)
 	res.Downloaded += n
 	if err != nil {
@@ -508,14 +621,23 @@ func stageDelta(ctx context.Context, res *Result, req Request, hs HTTPSource, g 
 	d := &deltaRun{ix: ix, url: hs.URL, get: g, part: part, progress: req.Progress, log: log}
 	d.st.IndexBytes = n
 	start := time.Now()
-	got, err := d.fetch(ctx, have, locals)
+	got, err := d.fetch(ctx, dir, have, localImages(dir, st))
 	res.Delta = &d.st
 	res.Reused = d.st.Resumed
 	res.Downloaded += d.st.FetchedBytes
 	if err != nil {
 		return "", err
 	}
-	log.Info("stage: by delta: "+d.st.String(), "source", req.Source.String(), "scanned", d.st.Scanned, "scan", d.st.Scan.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+	keep := map[string]bool{}
+	for _, im := range st.Images {
+		if dg := SlotDigest(dir, im); dg != "" {
+			keep[dg] = true
+		}
+	}
+	if err := keepIndex(dir, ix, keep); err != nil {
+		log.Warn("stage: cannot keep the chunk index for the next delta", "err", err)
+	}
+	log.Info("stage: by delta: "+d.st.String(), "source", req.Source.String(), "indexed", d.st.Indexed, "scanned", d.st.Scanned, "scan", d.st.Scan.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 	return got, nil
 }
 

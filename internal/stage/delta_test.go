@@ -77,6 +77,13 @@ func newDeltaServer(t *testing.T, img []byte) *deltaServer {
 
 func (s *deltaServer) url() string { return s.URL + "/blobs/" + sha(s.data) }
 
+// sent is the blob bytes sent so far, and the Range headers asked.
+func (s *deltaServer) sent() (int64, []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blobBytes, append([]string(nil), s.ranges...)
+}
+
 func (s *deltaServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -170,20 +177,21 @@ func TestDeltaReusesLocalChunks(t *testing.T) {
 	if d == nil {
 		t.Fatalf("Stage = %+v, want a delta (fallback: %s)", res, res.Fallback)
 	}
+	sent, ranges := srv.sent()
 	// 3000 + 100 KiB + 200 KiB changed: a few chunks around each.
-	if limit := int64(len(update) / 10); d.FetchedBytes > limit || srv.blobBytes != d.FetchedBytes {
-		t.Errorf("fetched %d bytes (server sent %d), want at most %d of %d", d.FetchedBytes, srv.blobBytes, limit, len(update))
+	if limit := int64(len(update) / 10); d.FetchedBytes > limit || sent != d.FetchedBytes {
+		t.Errorf("fetched %d bytes (server sent %d), want at most %d of %d", d.FetchedBytes, sent, limit, len(update))
 	}
 	if d.LocalBytes+d.FetchedBytes != int64(len(update)) || d.LocalChunks+d.FetchedChunks != d.Chunks {
 		t.Errorf("local %d + fetched %d bytes, %d + %d of %d chunks: do not add up to the image", d.LocalBytes, d.FetchedBytes, d.LocalChunks, d.FetchedChunks, d.Chunks)
 	}
-	for _, r := range srv.ranges {
+	for _, r := range ranges {
 		if !strings.HasPrefix(r, "bytes=") || strings.HasSuffix(r, "-") {
 			t.Errorf("blob request with Range %q, want only bounded ranges", r)
 		}
 	}
-	if d.Ranges != len(srv.ranges) || d.Ranges > 6 {
-		t.Errorf("%d range requests (server saw %d), want at most 6 for three changes", d.Ranges, len(srv.ranges))
+	if d.Ranges != len(ranges) || d.Ranges > 6 {
+		t.Errorf("%d range requests (server saw %d), want at most 6 for three changes", d.Ranges, len(ranges))
 	}
 	if res.Downloaded != d.FetchedBytes+d.IndexBytes {
 		t.Errorf("Downloaded %d, want fetched %d + index %d", res.Downloaded, d.FetchedBytes, d.IndexBytes)
@@ -282,9 +290,11 @@ func TestDeltaServerDiesMidway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	total := first.blobBytes + second.blobBytes
-	if waste := total - alone.blobBytes; waste > chunkindex.MaxSize+bridgeGap {
-		t.Errorf("two runs fetched %d + %d bytes, one uninterrupted run %d: %d fetched twice, want at most one chunk", first.blobBytes, second.blobBytes, alone.blobBytes, waste)
+	b1, _ := first.sent()
+	b2, _ := second.sent()
+	b3, _ := alone.sent()
+	if waste := b1 + b2 - b3; waste > chunkindex.MaxSize+bridgeGap {
+		t.Errorf("two runs fetched %d + %d bytes, one uninterrupted run %d: %d fetched twice, want at most one chunk", b1, b2, b3, waste)
 	}
 	if res2.Delta.FetchedBytes >= res3.Delta.FetchedBytes {
 		t.Errorf("the resumed run fetched %d bytes, as much as a fresh one (%d)", res2.Delta.FetchedBytes, res3.Delta.FetchedBytes)
@@ -342,5 +352,47 @@ func TestDeltaOtherSlotsAndRepeats(t *testing.T) {
 	// x once (plus the chunks around its two ends), nothing of old.
 	if limit := int64(len(x) + 4*chunkindex.MaxSize); d.FetchedBytes > limit || d.FetchedBytes < int64(len(x)) {
 		t.Errorf("fetched %d bytes, want about x's %d once (at most %d)", d.FetchedBytes, len(x), limit)
+	}
+}
+
+// An image staged by delta keeps its index (.hnboot/chunks/HEX.chunks):
+// once it is the current image, the next delta takes its chunks from the
+// index without reading it, and indexes of images gone are removed.
+func TestDeltaKeepsIndexForNextUpdate(t *testing.T) {
+	base, v2 := deltaImages(6)
+	v3 := append([]byte{}, v2...)
+	copy(v3[3<<20:], bytes.Repeat([]byte("v3"), 50<<10))
+	dir := deltaHostpart(t, base)
+	stageOK := func(img []byte) Result {
+		t.Helper()
+		srv := newDeltaServer(t, img)
+		res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(img), Size: int64(len(img)), Reserve: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStaged(t, dir, img)
+		return res
+	}
+	if res := stageOK(v2); res.Delta == nil || len(res.Delta.Scanned) != 1 || len(res.Delta.Indexed) != 0 {
+		t.Fatalf("first delta: %+v, want hn-root.img scanned", res.Delta)
+	}
+	kept := filepath.Join(dir, layout.ChunksDir, strings.TrimPrefix(sha(v2), "sha256:")+layout.ChunksSuffix)
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("index of the staged image not kept: %v", err)
+	}
+	// The rotation at the next boot: new becomes current (with its
+	// manifest), current becomes old.
+	for _, mv := range [][2]string{{layout.Current, layout.Old}, {layout.New, layout.Current}, {layout.ManifestFor(layout.New), layout.ManifestFor(layout.Current)}} {
+		if err := os.Rename(filepath.Join(dir, mv[0]), filepath.Join(dir, mv[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := stageOK(v3)
+	if d := res.Delta; d == nil || len(d.Indexed) != 1 || d.Indexed[0] != layout.Current || len(d.Scanned) != 0 || d.FetchedBytes > 300<<10 {
+		t.Fatalf("second delta: %+v, want hn-root.img's chunks from its kept index, nothing scanned, about 100 KiB fetched", res.Delta)
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, layout.ChunksDir))
+	if len(ents) != 2 {
+		t.Errorf("kept indexes %v, want v2's (current) and v3's (staged)", ents)
 	}
 }

@@ -251,7 +251,7 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 	var done, n int64
 	hs, rg, why := deltaSource(req, man)
 	if rg != nil {
-		got, err = stageDelta(ctx, &res, req, hs, rg, man, part, have, localImages(dir), log)
+		got, err = stageDelta(ctx, dir, st, &res, req, hs, rg, man, part, have, log)
 		switch {
 		case err == nil:
 			done, n = man.Size, res.Downloaded
