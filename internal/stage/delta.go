@@ -56,11 +56,12 @@ type DeltaStats struct {
 	LocalBytes    int64 `json:"local_bytes"`    //
 	FetchedChunks int   `json:"fetched_chunks"` // fetched from the server this time
 	FetchedBytes  int64 `json:"fetched_bytes"`  // with the index: what went over the network
-	IndexBytes    int64 `json:"index_bytes"`    // the chunk index
+	IndexBytes    int64 `json:"index_bytes"`    // the chunk indexes fetched
 	Resumed       int64 `json:"resumed"`        // bytes an earlier run left in the part that verified
 	Ranges        int   `json:"ranges"`         // Range requests
-	// Indexed are the local images whose kept index said where their
-	// chunks are; Scanned those read for chunks, Scan the time both took.
+	// Indexed are the local images whose index (kept, or from the
+	// server) said where their chunks are; Scanned those read for chunks,
+	// Scan the time both took.
 	Indexed []string      `json:"indexed,omitempty"`
 	Scanned []string      `json:"scanned,omitempty"`
 	Scan    time.Duration `json:"scan"`
@@ -184,6 +185,38 @@ func knownIndex(dir string, l local) *chunkindex.Index {
 	return ix
 }
 
+// serverIndex fetches the index of a local image from the server, when
+// the image's URL names it by digest (imaged's /blobs/DIGEST, or a cache
+// laid out the same) and the manifest beside the local image (checked
+// when it was staged) names the index's sha256; nil otherwise.
+func (d *deltaRun) serverIndex(ctx context.Context, dir string, l local) *chunkindex.Index {
+	want := d.ix.Digest()
+	base, ok := strings.CutSuffix(d.url, want)
+	if !ok || l.digest == "" || l.digest == want {
+		return nil
+	}
+	m, err := manifest.ReadFile(l.path + layout.ManifestSuffix)
+	if err != nil || "sha256:"+m.SHA256 != l.digest || m.Size != l.size || m.Chunks == "" {
+		return nil
+	}
+	u := base + l.digest + layout.ChunksSuffix
+	resp, err := d.get.Get(ctx, u, 0)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return nil
+	}
+	ix, b, err := chunkindex.Read(resp.Body, l.size)
+	d.st.IndexBytes += int64(len(b))
+	if err != nil || chunkindex.Sum(b) != m.Chunks || ix.Digest() != l.digest || ix.Size != l.size {
+		d.log.Warn("stage: delta: the server's index of a local image does not match its manifest; reading the image", "url", u, "err", err)
+		return nil
+	}
+	return ix
+}
+
 // keepIndex stores the index of a staged image and removes those of
 // images no longer in a slot.
 func keepIndex(dir string, ix *chunkindex.Index, keep map[string]bool) error {
@@ -275,10 +308,14 @@ func (d *deltaRun) fetch(ctx context.Context, dir string, have int64, locals []l
 		missing -= int64(n)
 		return true
 	}
-	// Images whose index was kept: their chunks are known unread.
+	// Images whose index was kept, or is on the server: their chunks are
+	// known unread.
 	var scan []local
 	for _, lc := range locals {
 		ix := knownIndex(dir, lc)
+		if ix == nil && missing > 0 {
+			ix = d.serverIndex(ctx, dir, lc)
+		}
 		if ix == nil {
 			scan = append(scan, lc)
 			continue
@@ -624,7 +661,7 @@ func stageDelta(ctx context.Context, dir string, st hostpart.State, res *Result,
 	got, err := d.fetch(ctx, dir, have, localImages(dir, st))
 	res.Delta = &d.st
 	res.Reused = d.st.Resumed
-	res.Downloaded += d.st.FetchedBytes
+	res.Downloaded += d.st.FetchedBytes + d.st.IndexBytes - n
 	if err != nil {
 		return "", err
 	}

@@ -50,7 +50,8 @@ type deltaServer struct {
 	corruptRng  bool  // flip bytes in every answer to a bounded range (bytes=a-b)
 	dieAfter    int64 // after this many blob bytes, drop the connection and stop serving
 	noChunks    bool
-	wrongChunks bool // serve another image's index
+	wrongChunks bool              // serve another image's index
+	others      map[string][]byte // DIGEST.chunks of other images
 }
 
 func newDeltaServer(t *testing.T, img []byte) *deltaServer {
@@ -92,7 +93,14 @@ func (s *deltaServer) serve(w http.ResponseWriter, r *http.Request) {
 		w.Write(s.man)
 		return
 	case strings.HasSuffix(r.URL.Path, layout.ChunksSuffix):
+		d := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/blobs/"), layout.ChunksSuffix)
 		switch {
+		case d != sha(s.data):
+			if b, ok := s.others[d]; ok {
+				w.Write(b)
+			} else {
+				http.NotFound(w, r)
+			}
 		case s.noChunks:
 			http.NotFound(w, r)
 		case s.wrongChunks:
@@ -394,5 +402,51 @@ func TestDeltaKeepsIndexForNextUpdate(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Join(dir, layout.ChunksDir))
 	if len(ents) != 2 {
 		t.Errorf("kept indexes %v, want v2's (current) and v3's (staged)", ents)
+	}
+}
+
+// On the first delta of a host (no index kept), the index of the current
+// image comes from the server when the URL names images by digest and
+// the manifest beside the image names it: nothing is read from the image
+// for chunks. A server index that does not match the manifest is not
+// used: the image is read instead.
+func TestDeltaCurrentIndexFromServer(t *testing.T) {
+	base, update := deltaImages(7)
+	for _, good := range []bool{true, false} {
+		srv := newDeltaServer(t, update)
+		dir := deltaHostpart(t, base)
+		// The current image came with its manifest (and an index the
+		// server publishes by digest).
+		p := filepath.Join(dir, layout.Current)
+		ix, sum, err := chunkindex.WriteFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := manifest.New(p, manifest.Fields{Name: "web", Version: "1"})
+		m.Chunks = sum
+		m.WriteFile(p + layout.ManifestSuffix)
+		os.Remove(p + layout.ChunksSuffix)
+		srv.mu.Lock()
+		srv.others = map[string][]byte{ix.Digest(): ix.Marshal()}
+		if !good {
+			other, _ := chunkindex.Build(bytes.NewReader(update))
+			srv.others[ix.Digest()] = other.Marshal()
+		}
+		srv.mu.Unlock()
+		res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStaged(t, dir, update)
+		d := res.Delta
+		if d == nil {
+			t.Fatalf("no delta: %s", res.Fallback)
+		}
+		if good && (len(d.Indexed) != 1 || len(d.Scanned) != 0 || d.LocalBytes < int64(len(update))*8/10) {
+			t.Errorf("with the server's index of hn-root.img: %+v, want it indexed, not scanned", d)
+		}
+		if !good && (len(d.Indexed) != 0 || len(d.Scanned) != 1) {
+			t.Errorf("with a wrong server index of hn-root.img: %+v, want it scanned", d)
+		}
 	}
 }
