@@ -85,9 +85,12 @@ func fallback(format string, args ...any) error {
 }
 
 // bridgeGap: local chunks between two missing runs are fetched with them
-// when they add up to at most this many bytes: one request fewer (a
-// header each way, a round trip) for a few bytes more.
-const bridgeGap = 4 << 10
+// when they add up to at most this many bytes. None: measured on a real
+// update, bridging 4 KiB gaps cut the ranges from 2343 to 674 but added
+// 4.4 MB (18 %) to what is fetched; with the connection kept between
+// ranges (httpget.GetRange, net/http) a range costs a round trip, not a
+// connection.
+const bridgeGap = 0
 
 // deltaIndex fetches and checks the chunk index the manifest names.
 func deltaIndex(ctx context.Context, s HTTPSource, g RangeGetter, m *manifest.Manifest, want string) (*chunkindex.Index, int64, error) {
@@ -654,6 +657,9 @@ func stageDelta(ctx context.Context, dir string, st hostpart.State, res *Result,
 	res.Downloaded += n
 	if err != nil {
 		return "", err
+	}
+	if ci, ok := g.(interface{ CloseIdle() }); ok {
+		defer ci.CloseIdle() // the connection kept between ranges
 	}
 	d := &deltaRun{ix: ix, url: hs.URL, get: g, part: part, progress: req.Progress, log: log}
 	d.st.IndexBytes = n
