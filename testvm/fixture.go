@@ -126,6 +126,8 @@ echo "HNTEST sshkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
 echo "HNTEST data0=$(readlink /data0)"
 echo "HNTEST hostpart=$(ls /hostpart | tr '\n' ' ')"
 grep -q ' /hostpart ' /proc/mounts && echo "HNTEST hostpart-mounted"
+test -e /hostpart || echo "HNTEST no-hostpart"
+test -e /data0 || test -L /data0 || echo "HNTEST no-data0"
 grep -q 'LABEL=EFI-BOOT /boot/loader' /etc/fstab && echo "HNTEST fstab-ok"
 for f in /etc/hntest/*; do
   [ -f "$f" ] && echo "HNTEST file $f $(tr '\n' ' ' <"$f")"

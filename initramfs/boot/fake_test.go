@@ -84,19 +84,24 @@ type fakeSys struct {
 	cmdline string
 	release string
 
-	mu         sync.Mutex
-	calls      []string
-	loops      map[string]string // loop device -> file
-	mounted    map[string]string // target -> image name
-	noInit     map[string]bool   // images without /sbin/init
-	badMount   map[string]bool   // images that fail to mount
-	switched   string
-	rescued    error
-	netErr     error
-	netHang    bool // NetUp waits for the context
-	noHostpart bool
-	http       *httpget.Client
-	skew       time.Duration
+	mu          sync.Mutex
+	calls       []string
+	loops       map[string]string // loop device -> file
+	mounted     map[string]string // target -> image name
+	noInit      map[string]bool   // images without /sbin/init
+	badMount    map[string]bool   // images that fail to mount
+	switched    string
+	rescued     error
+	netErr      error
+	netHang     bool // NetUp waits for the context
+	noHostpart  bool
+	hostpartErr error // mounting hostpart fails so
+	// lateDisk: hostpart's driver has no known alias: the partition shows
+	// up lateDisk after LoadAll, which takes slowAll.
+	lateDisk, slowAll time.Duration
+	allDone           time.Time
+	http              *httpget.Client
+	skew              time.Duration
 }
 
 func (s *fakeSys) log(format string, a ...any) {
@@ -114,10 +119,14 @@ func (s *fakeSys) Release() string {
 }
 func (s *fakeSys) LoadHardware()                           {}
 func (s *fakeSys) LoadModules(why string, names ...string) {}
-func (s *fakeSys) LoadAll()                                { s.log("loadall") }
+func (s *fakeSys) LoadAll() {
+	s.log("loadall")
+	s.Sleep(s.slowAll)
+	s.allDone = s.Now()
+}
 
 func (s *fakeSys) FindPartition(spec string) (string, blkid.Info, error) {
-	if s.noHostpart {
+	if s.noHostpart || s.lateDisk > 0 && (s.allDone.IsZero() || s.Now().Sub(s.allDone) < s.lateDisk) {
 		return "", blkid.Info{}, errors.New("no such partition")
 	}
 	return "/dev/vda2", blkid.Info{Type: "ext4", Label: layout.HostpartLabel}, nil
@@ -133,7 +142,7 @@ func (s *fakeSys) Mount(source, target, fstype, data string, flags uintptr) erro
 	defer s.mu.Unlock()
 	switch {
 	case target == s.paths.Hostpart:
-		return nil
+		return s.hostpartErr
 	case target == s.paths.Image:
 		name := imageName(s.loops[source])
 		if s.badMount[name] {
@@ -382,8 +391,11 @@ func newWorld(t *testing.T, slots map[string][]byte) *world {
 		RW:        filepath.Join(root, "run/rw"),
 		NewRoot:   filepath.Join(root, "newroot"),
 		Initramfs: filepath.Join(root, "initramfs"),
+		RAM:       filepath.Join(root, "run/ram"),
+		Proc:      filepath.Join(root, "proc"),
 	}
 	os.MkdirAll(p.Hostpart, 0o755)
+	writeMeminfo(t, p.Proc, 8<<30)
 	for name, b := range slots {
 		if err := os.WriteFile(filepath.Join(p.Hostpart, name), b, 0o644); err != nil {
 			t.Fatal(err)
