@@ -61,6 +61,7 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 		curc <- cur{d}
 	}()
 
+	b.waitNICDrivers()
 	ifname, mac, err := b.bootNIC()
 	if err == nil {
 		lease, lerr := b.Sys.NetUp(bctx, ifname)

@@ -59,6 +59,7 @@ const (
 	AgentState    = StateDir + "/agent.json"     // the agent's memory across restarts
 	Server        = StateDir + "/server"         // the imaged URL of the last successful check-in
 	RandomSeed    = StateDir + "/random-seed"    // entropy credited to the kernel at the next boot
+	DefaultMAC    = StateDir + "/default-mac"    // the boot NIC's MAC, for the default hostname without loading NIC drivers
 )
 
 // Labels of the disk's partitions and filesystems.
