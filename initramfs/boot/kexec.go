@@ -26,7 +26,8 @@ const (
 // header's "HdrS" at 0x202, protocol 2.00 or later, and kernel_version at
 // 0x20e, the string's offset minus 0x200. Two small reads: u-root's
 // bzimage package, which parses the whole image to answer this, brought
-// its cpio, ls and xz packages into the init.
+// its cpio, ls and xz packages into the init (496 KB of the binary, 171
+// KB of the zstd archive).
 func bzImageVersion(r io.ReaderAt) (string, error) {
 	var h [0x10]byte
 	if _, err := r.ReadAt(h[:], 0x200); err != nil {
