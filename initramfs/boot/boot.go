@@ -89,7 +89,16 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 	if err := b.findHostpart(); err != nil {
 		return b.lastResort(ctx, err)
 	}
-	b.checkDisk()
+	// The disk check reads the GPT and EFI-BOOT while the kernel loads
+	// the filesystem's module: its reads wait on the disk, the module's
+	// relocations on the CPU.
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		b.checkDisk()
+	}()
+	b.Sys.LoadModules("hostpart's filesystem", fsModule(b.info.Type))
+	<-checked
 	if err := b.mountHostpart(); err != nil {
 		return b.lastResort(ctx, err)
 	}
@@ -176,7 +185,6 @@ func (b *Boot) findHostpart() error {
 		if err == nil {
 			b.dev, b.info = dev, info
 			b.Log.Info("found hostpart", "spec", b.cfg.Hostpart, "device", dev, "fs", info.Type)
-			b.Sys.LoadModules("hostpart's filesystem", fsModule(info.Type))
 			return nil
 		}
 		waited := b.Sys.Now().Sub(start)
