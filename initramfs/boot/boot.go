@@ -145,6 +145,7 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 // before the shell.
 func (b *Boot) lastResort(_ context.Context, reason error) Outcome {
 	b.Log.Error("cannot boot: " + reason.Error())
+	b.loadNICDrivers() // the rescue shell has the network cards
 	if b.mounted {
 		b.saveLog("rescue")
 	}
@@ -213,15 +214,28 @@ func (b *Boot) startNICDrivers() {
 	}
 	load, why := NetworkDecision(server, b.cfg.BootIF, b.rememberedMAC)
 	b.Log.Info(why)
-	if !load {
-		return
+	if load {
+		b.beginNICDrivers()
 	}
+}
+
+func (b *Boot) beginNICDrivers() {
 	done := make(chan struct{})
 	b.nicDrivers = done
 	go func() {
 		defer close(done)
 		b.Sys.LoadNetworkDrivers()
 	}()
+}
+
+// loadNICDrivers loads the NIC drivers (unless a goroutine does already)
+// and waits for them: whatever needs a NIC calls it, also where
+// NetworkDecision was not asked (no hostpart, the rescue shell).
+func (b *Boot) loadNICDrivers() {
+	if b.nicDrivers == nil {
+		b.beginNICDrivers()
+	}
+	<-b.nicDrivers
 }
 
 // waitNICDrivers waits for the NIC drivers startNICDrivers loads; it
