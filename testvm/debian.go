@@ -5,13 +5,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/hnboot/hnboot/internal/testkernel"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hnboot/hnboot/internal/testkernel"
 )
 
 // A real Debian system for the end-to-end tests: debootstrap's minbase
@@ -24,7 +27,9 @@ const (
 )
 
 // DebianPackages are added to minbase: systemd as init, udev, kmod for
-// modules, iproute2 for the network the init configures.
+// modules, iproute2 for the network the init configures. The images
+// enable systemd-networkd (in the systemd package), which applies the
+// network files the init writes.
 var DebianPackages = []string{"systemd-sysv", "udev", "kmod", "iproute2"}
 
 // CacheDir is where scripts/deps.sh and the tests keep downloads.
@@ -118,6 +123,20 @@ echo "HNTEST hostpart=$(ls /hostpart | tr '\n' ' ')"
 echo "HNTEST data0-dir=$(test -d /data0/ && echo yes)"
 echo "HNTEST multi-user=$(systemctl is-active multi-user.target)"
 echo "HNTEST pid1=$(cat /proc/1/comm)"
+# The fleet's files: may name an address the image's networkd is to
+# configure (TestPXEIdentityNetworkd): wait for it, then report the
+# addresses and the fleet's files.
+if [ -f /etc/hntest/want-address ]; then
+  want=$(cat /etc/hntest/want-address)
+  end=$(($(date +%s) + 60))
+  while [ "$(date +%s)" -lt $end ] && ! ip -4 -o addr show | grep -q " inet $want "; do sleep 1; done
+fi
+echo "HNTEST networkd=$(systemctl is-active systemd-networkd)"
+echo "HNTEST addresses=$(ip -4 -o addr show scope global | while read -r n dev fam addr rest; do printf '%s=%s ' "$dev" "$addr"; done)"
+for f in /etc/hntest/*; do
+  [ -f "$f" ] && echo "HNTEST file $f $(stat -c %a:%U:%G "$f") $(cat "$f" | tr '\n' ' ')"
+done
+[ -f /etc/hnboot/identity.env ] && echo "HNTEST identity.env $(cat /etc/hnboot/identity.env | tr '\n' ' ')"
 if [ -f /hostpart/hn-root.trial ]; then
   echo "HNTEST trial=$(cat /hostpart/hn-root.trial)"
   rm /hostpart/hn-root.trial && echo "HNTEST confirmed"
@@ -208,7 +227,22 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return nil, err
 	}
-	if err := os.Symlink("/etc/systemd/system/hntest.service", filepath.Join(wants, "hntest.service")); err != nil {
+	for link, unit := range map[string]string{
+		filepath.Join(wants, "hntest.service"):                                                 "/etc/systemd/system/hntest.service",
+		filepath.Join(wants, "systemd-networkd.service"):                                       "/lib/systemd/system/systemd-networkd.service",
+		filepath.Join(tree, "etc/systemd/system/sockets.target.wants/systemd-networkd.socket"): "/lib/systemd/system/systemd-networkd.socket",
+	} {
+		if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.Symlink(unit, link); err != nil {
+			return nil, err
+		}
+	}
+	// No login on the serial console: the getty's vhangup of ttyS0 would
+	// cut the report service's output when the report runs long (waiting
+	// for networkd).
+	if err := os.Symlink("/dev/null", filepath.Join(tree, "etc/systemd/system/serial-getty@ttyS0.service")); err != nil {
 		return nil, err
 	}
 	for _, d := range []string{"hostpart", "boot/loader"} {
@@ -233,4 +267,136 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 		imgs[name] = img
 	}
 	return imgs, nil
+}
+
+// DebianUpdateAdd is the package DebianUpdated installs beside the
+// upgrades, as an update that adds a tool does.
+const DebianUpdateAdd = "less"
+
+// DebianUpdated returns DebianBase after a real security update: inside
+// a copy of the tree, apt-get upgrade from the suite, its -updates and
+// its -security suites (this machine's Debian and Debian security
+// mirrors), and apt-get install DebianUpdateAdd; then apt's lists and
+// downloads are removed, as from the base. Made once, kept in
+// CacheDir()/debian-update-<hash>. DebianBase is the suite's current
+// point release as debootstrap installs it (no -updates, no -security),
+// so the difference is the fixes published since that point release.
+func DebianUpdated(ctx context.Context, log io.Writer) (string, error) {
+	if log == nil {
+		log = io.Discard
+	}
+	base, err := DebianBase(ctx, log)
+	if err != nil {
+		return "", err
+	}
+	mirror, security := DebianMirror(), debianSecurityMirror()
+	sources := fmt.Sprintf("deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n", mirror, DebianSuite, mirror, DebianSuite, security, DebianSuite)
+	sum := sha256.Sum256([]byte(base + "\n" + sources + DebianUpdateAdd))
+	dir := filepath.Join(CacheDir(), fmt.Sprintf("debian-update-%x", sum[:6]))
+	if _, err := os.Stat(filepath.Join(dir, "sbin", "init")); err == nil {
+		fmt.Fprintf(log, "testvm: updated Debian root cached in %s\n", dir)
+		return dir, nil
+	}
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", base, tmp).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("copy %s: %v: %s", base, err, out)
+	}
+	fail := func(err error) (string, error) { os.RemoveAll(tmp); return "", err }
+	if err := os.WriteFile(filepath.Join(tmp, "etc/apt/sources.list"), []byte(sources), 0o644); err != nil {
+		return fail(err)
+	}
+	// No service starts inside the chroot; the resolver of this machine
+	// while apt runs.
+	policy := filepath.Join(tmp, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return fail(err)
+	}
+	resolv := filepath.Join(tmp, "etc/resolv.conf")
+	oldResolv, rerr := os.ReadFile(resolv)
+	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		os.Remove(resolv)
+		os.WriteFile(resolv, b, 0o644)
+	}
+	proc := filepath.Join(tmp, "proc")
+	if err := unix.Mount("proc", proc, "proc", 0, ""); err != nil {
+		return fail(fmt.Errorf("mount proc in %s (needs root): %w", tmp, err))
+	}
+	start := time.Now()
+	fmt.Fprintf(log, "testvm: updating a copy of %s: apt-get upgrade from %s-updates and %s-security, install %s\n", base, DebianSuite, DebianSuite, DebianUpdateAdd)
+	var aerr error
+	for _, args := range [][]string{
+		{"apt-get", "update"},
+		{"apt-get", "-y", "-o", "Dpkg::Options::=--force-confold", "upgrade"},
+		{"apt-get", "-y", "--no-install-recommends", "install", DebianUpdateAdd},
+		{"apt-get", "clean"},
+	} {
+		cmd := exec.CommandContext(ctx, "chroot", append([]string{tmp}, args...)...)
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			aerr = fmt.Errorf("chroot %s %s: %v\n%s", tmp, strings.Join(args, " "), err, tail(string(out), 20))
+			break
+		}
+	}
+	unix.Unmount(proc, unix.MNT_DETACH)
+	if aerr != nil {
+		return fail(aerr)
+	}
+	os.Remove(policy)
+	os.Remove(resolv)
+	if rerr == nil {
+		os.WriteFile(resolv, oldResolv, 0o644)
+	}
+	lists, _ := filepath.Glob(filepath.Join(tmp, "var/lib/apt/lists/*"))
+	for _, l := range lists {
+		os.RemoveAll(l)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(log, "testvm: update took %v\n", time.Since(start).Round(time.Second))
+	return dir, nil
+}
+
+// debianSecurityMirror is the first Debian security URI of the machine's
+// apt sources, else deb.debian.org's.
+func debianSecurityMirror() string {
+	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(l), ":")
+			if !ok || !strings.EqualFold(k, "URIs") {
+				continue
+			}
+			for _, u := range strings.Fields(v) {
+				if strings.HasSuffix(strings.TrimRight(u, "/"), "/debian-security") {
+					return u
+				}
+			}
+		}
+	}
+	return "http://deb.debian.org/debian-security"
+}
+
+// DpkgVersions reads a tree's installed packages and their versions.
+func DpkgVersions(root string) (map[string]string, error) {
+	b, err := os.ReadFile(filepath.Join(root, "var/lib/dpkg/status"))
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	var name string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Package: "); ok {
+			name = v
+		}
+		if v, ok := strings.CutPrefix(l, "Version: "); ok && name != "" {
+			m[name] = v
+		}
+	}
+	return m, nil
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hnboot/hnboot/initramfs/netup"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
@@ -18,6 +19,7 @@ import (
 type networkOutcome struct {
 	Server, ServerWhy string
 	NetErr            error
+	Lease             netup.Lease // what NetUp configured, handed over before switch_root
 	Assigned          Assigned
 	AssignedErr       error
 	Fetch             Fetch
@@ -64,6 +66,7 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 	ifname, mac, err := b.bootNIC()
 	if err == nil {
 		lease, lerr := b.Sys.NetUp(bctx, ifname)
+		out.Lease = lease
 		if err = lerr; err == nil {
 			b.Log.Info("network up", "lease", lease.String(), "mac", mac, "took", b.since(start))
 		}
@@ -159,7 +162,11 @@ func (b *Boot) fetchAndPromote(ctx context.Context, server string, as Assigned, 
 	a := as.Image
 	b.staging = &checkin.Staging{Digest: a.Digest, Image: a.Label(), State: "downloading", Total: a.Size}
 	res, err := b.FetchAssigned(ctx, server, as, b.Paths.Hostpart, layout.New)
-	b.staging.Reused, b.staging.Done = res.Reused, res.Reused+res.Downloaded
+	res.Report(b.staging)
+	b.staging.Done = res.Reused + res.Downloaded
+	if res.Delta != nil {
+		b.staging.Done = res.Reused + res.Delta.LocalBytes + res.Delta.FetchedBytes
+	}
 	if err != nil {
 		b.staging.State, b.staging.Error = "failed", err.Error()
 		var de *stage.DigestError
@@ -226,9 +233,17 @@ func (b *Boot) FetchAssigned(ctx context.Context, server string, as Assigned, di
 		},
 	}
 	res, err := stage.Stage(ctx, dir, req)
+	if err == nil && dir == b.Paths.Hostpart {
+		b.reloadDigests() // staging recorded the digest: the checks that follow need not hash the image again
+	}
 	if err == nil && res.Already == "" {
 		b.Log.Info("image downloaded", "file", file, "digest", res.Digest, "bytes", res.Downloaded, "reused", res.Reused,
 			"took", res.Took.Round(time.Millisecond), "MB/s", mbps(res.Downloaded, res.Took), "manifest", res.Manifest)
+		if d := res.Delta; d != nil {
+			b.Log.Info("image built by delta: "+d.String(), "indexed", d.Indexed, "scanned", d.Scanned, "scan", d.Scan.Round(time.Millisecond))
+		} else if res.Fallback != "" {
+			b.Log.Info("image downloaded whole, not by delta", "why", res.Fallback)
+		}
 	}
 	return res, err
 }
