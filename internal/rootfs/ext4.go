@@ -29,10 +29,12 @@ func base(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
 // command, or (cmd == "") a pad: allocate until the data written so far
 // reaches pad data blocks of the layout (see layout.go).
 type ext4Op struct {
-	cmd   string
-	ino   uint32 // a write or mknod: the inode number debugfs must report
-	entry bool   // the command creates an entry of the tree (for progress)
-	pad   int64
+	cmd    string
+	ino    uint32 // a write or mknod: the inode number debugfs must report
+	entry  bool   // the command creates an entry of the tree (for progress)
+	blocks int64  // the data blocks the command is expected to allocate
+	pad    int64
+	sync   bool // a pad where the session asks debugfs where it is
 }
 
 // The inodes of an empty filesystem mkfs.ext4 made: the root, lost+found,
@@ -68,8 +70,9 @@ func ext4Script(t *Tree, epoch int64, hasEpoch bool, xattrFile func(v []byte) (s
 	inos := map[string]uint32{"": rootIno}
 	cwd := ""
 	cmd := func(format string, args ...any) error { return emit(ext4Op{cmd: fmt.Sprintf(format, args...)}) }
+	var blocks int64 // of the entry being written
 	entry := func(ino uint32, format string, args ...any) error {
-		return emit(ext4Op{cmd: fmt.Sprintf(format, args...), ino: ino, entry: true})
+		return emit(ext4Op{cmd: fmt.Sprintf(format, args...), ino: ino, entry: true, blocks: blocks})
 	}
 	one := func(e *Entry) error {
 		if strings.ContainsAny(e.Path, "\n\r") || strings.ContainsAny(e.Target, "\n\r") {
@@ -86,6 +89,7 @@ func ext4Script(t *Tree, epoch int64, hasEpoch bool, xattrFile func(v []byte) (s
 			name = "./" + base(e.Path)
 		}
 		q := debugfsQuote(name)
+		blocks = t.ownBlocks(e)
 		var defMode uint32
 		var ino uint32
 		var err error
@@ -171,7 +175,7 @@ func ext4Script(t *Tree, epoch int64, hasEpoch bool, xattrFile func(v []byte) (s
 	}
 	// The same walk, with a pad at the end of every window.
 	l := newLayout(t)
-	pad := func(at int64) error { return emit(ext4Op{pad: at}) }
+	pad := func(at, window int64) error { return emit(ext4Op{pad: at, sync: window >= syncMin}) }
 	var dir func(p string, start int64) error
 	dir = func(p string, start int64) error {
 		if err := one(t.entries[p]); err != nil {
@@ -192,13 +196,13 @@ func ext4Script(t *Tree, epoch int64, hasEpoch bool, xattrFile func(v []byte) (s
 			}
 			at += s.size
 			if s.size >= padMin && !s.dir {
-				if err := pad(at); err != nil {
+				if err := pad(at, s.size); err != nil {
 					return err
 				}
 			}
 		}
 		if l.size[p] >= padMin && p != "" {
-			return pad(start + l.size[p])
+			return pad(start+l.size[p], l.size[p])
 		}
 		return nil
 	}
@@ -207,7 +211,7 @@ func ext4Script(t *Tree, epoch int64, hasEpoch bool, xattrFile func(v []byte) (s
 			return err
 		}
 	}
-	if err := pad(0); err != nil { // the anchor: see writeExt4
+	if err := pad(0, syncMin); err != nil { // the anchor: see writeExt4
 		return err
 	}
 	return dir("", 0)
@@ -286,10 +290,14 @@ func (m freeMap) anchor() int64 {
 
 // writeExt4 makes an ext4 image of t at img: mkfs.ext4 of an empty
 // filesystem, then one debugfs session that creates every entry. The
-// commands are streamed to debugfs as they are made; at each pad, the
-// session asks debugfs for its first free block (allocation is first-fit
-// from the start of the filesystem, so that is where the next data goes)
-// and makes the padding file take the blocks up to the layout's position.
+// commands are streamed to debugfs as they are made. At each pad the
+// padding file takes the blocks up to the layout's position (fallocate
+// allocates only free blocks, so a wrong guess costs layout, never
+// data): where debugfs stands is estimated from the entries sent since
+// the last sync pad, where the session asked debugfs for its first free
+// block (allocation is first-fit from the start of the filesystem, so that
+// is where the next data goes). Syncing only at large windows keeps the
+// round trips, which wait for debugfs, to a few dozen.
 // debugfs runs with -n: it does not verify the checksums of the metadata
 // it reads back (it wrote them itself a moment ago), which halves its
 // work; it still writes every checksum.
@@ -353,7 +361,8 @@ func writeExt4(ctx context.Context, t *Tree, img, stage string, o *Options, uuid
 	// Windows cost slack; a tree that leaves too little room for it is
 	// packed without.
 	base := free.anchor()
-	pads := base+newLayout(t).size[""] <= free.total()*9/10
+	planned := newLayout(t).size[""]
+	pads := base+planned <= free.total()*9/10
 
 	// stdbuf: debugfs answers each query on its own line, not when its
 	// stdio buffer fills.
@@ -416,7 +425,10 @@ func writeExt4(ctx context.Context, t *Tree, img, stage string, o *Options, uuid
 		close(replies)
 	}()
 	w := bufio.NewWriterSize(stdin, 256<<10)
-	var padBlocks int64 // the padding file's length, in blocks
+	var (
+		padBlocks int64 // the padding file's length, in blocks
+		at        int64 // where debugfs allocates next, in data blocks: estimated, or asked at a sync pad
+	)
 	send := func(op ext4Op) error {
 		if op.cmd != "" {
 			if op.ino != 0 {
@@ -424,28 +436,35 @@ func writeExt4(ctx context.Context, t *Tree, img, stage string, o *Options, uuid
 				want = append(want, op.ino)
 				mu.Unlock()
 			}
+			at += op.blocks
 			w.WriteString(op.cmd)
 			return w.WriteByte('\n')
 		}
-		w.WriteString("ffb 1 0\n")
-		if err := w.Flush(); err != nil {
-			return err
+		if op.sync {
+			// A round trip: debugfs runs what it was sent, then answers.
+			w.WriteString("ffb 1 0\n")
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			r, ok := <-replies
+			if !ok {
+				return errors.New("debugfs ended early")
+			}
+			fields := strings.Fields(strings.TrimPrefix(r, "Free blocks found: "))
+			if len(fields) == 0 || strings.HasPrefix(r, "No free") {
+				return nil // full: the write that needs the space reports it
+			}
+			p, err := strconv.ParseInt(fields[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("debugfs ffb: %q", r)
+			}
+			at = free.data(p)
 		}
-		r, ok := <-replies
-		if !ok {
-			return errors.New("debugfs ended early")
-		}
-		fields := strings.Fields(strings.TrimPrefix(r, "Free blocks found: "))
-		if len(fields) == 0 || strings.HasPrefix(r, "No free") {
-			return nil // full: the write that needs the space reports it
-		}
-		p, err := strconv.ParseInt(fields[0], 10, 64)
-		if err != nil {
-			return fmt.Errorf("debugfs ffb: %q", r)
-		}
-		if k := base + op.pad - free.data(p); k > 0 {
+		// Padding never takes the room the rest of the tree needs.
+		if k := base + op.pad - at; k > 0 && at+k+(planned-op.pad)+free.total()/50 <= free.total() {
 			fmt.Fprintf(w, "fallocate %s %d %d\n", debugfsQuote(padName), padBlocks, padBlocks+k-1)
 			padBlocks += k
+			at += k
 		}
 		return nil
 	}
@@ -466,12 +485,6 @@ func writeExt4(ctx context.Context, t *Tree, img, stage string, o *Options, uuid
 	if err != nil {
 		return fmt.Errorf("debugfs -n -w -f - %s: %w: %s", img, err, strings.TrimSpace(stderr.String()))
 	}
-	if inoErr != nil {
-		return fmt.Errorf("debugfs %s: %w", img, inoErr)
-	}
-	if progress != nil {
-		progress(total, total)
-	}
 	// debugfs reports failed commands on stderr and still exits 0.
 	var errs []string
 	for _, l := range strings.Split(stderr.String(), "\n") {
@@ -488,6 +501,14 @@ func writeExt4(ctx context.Context, t *Tree, img, stage string, o *Options, uuid
 			errs = append(errs[:10], fmt.Sprintf("... and %d more", len(errs)-10))
 		}
 		return fmt.Errorf("debugfs could not write %s%s:\n  %s", img, hint, strings.Join(errs, "\n  "))
+	}
+	// A failed command is the likelier cause of a numbering surprise, so
+	// it is reported first.
+	if inoErr != nil {
+		return fmt.Errorf("debugfs %s: %w", img, inoErr)
+	}
+	if progress != nil {
+		progress(total, total)
 	}
 	return nil
 }

@@ -31,7 +31,10 @@ var (
 	// whose path hashes to 0 mod runFiles (so about every runFiles
 	// files), a boundary that adding or changing other files does not move.
 	runFiles = uint32(32)
-	dirBits  = 4
+	// syncMin: at the end of windows this large (8 MiB), the writer asks
+	// debugfs where it stands instead of estimating (see writeExt4).
+	syncMin = int64(2048)
+	dirBits = 4
 )
 
 // window is the space a unit needing need blocks takes in the layout.

@@ -1,9 +1,10 @@
 // Command benchrootfs times `mkimage rootfs` (ext4 and squashfs) against
 // the reference tools on the same tree, `mkfs.ext4 -d` and `mksquashfs`,
 // and prints a markdown table: median wall time of several rounds (the
-// tools alternate within a round, so load on the machine hits them alike)
-// and image size. mkimage's time includes what the references do not do:
-// generalizing, reproducible metadata, fsync and the sha256 manifest.
+// tools alternate within a round, so load on the machine hits them alike),
+// CPU time (user + system, children included) and image size. mkimage's
+// time includes what the references do not do: generalizing, reproducible
+// metadata, fsync and the sha256 manifest.
 // A second table measures layout reuse: images of the tree and of an
 // updated copy (ten packages' files rewritten, one package added, see
 // updateTree), and the share of the new image's non-zero 4 KiB blocks found
@@ -171,6 +172,7 @@ func run(tree string, rounds int) error {
 		return layoutReuse(tmp, tree, mkimage, mkfs, ext4Size)
 	}
 	times := make([][]time.Duration, len(tools))
+	cpus := make([][]time.Duration, len(tools))
 	sizes := make([]int64, len(tools))
 	// Warm the page cache so the first tool does not pay for everyone.
 	exec.Command("sh", "-c", fmt.Sprintf("tar -C %q -cf - . > /dev/null", tree)).Run()
@@ -184,6 +186,9 @@ func run(tree string, rounds int) error {
 				return fmt.Errorf("%s: %v: %s", t.name, err, out)
 			}
 			times[i] = append(times[i], time.Since(start))
+			// CPU time (user + system, the tool's children included):
+			// what the build costs, less hostage to other load than wall time.
+			cpus[i] = append(cpus[i], c.ProcessState.UserTime()+c.ProcessState.SystemTime())
 			st, err := os.Stat(o)
 			if err != nil {
 				return err
@@ -203,8 +208,8 @@ func run(tree string, rounds int) error {
 	}
 	treeSize, _ := exec.Command("du", "-sh", tree).Output()
 	fmt.Printf("Root image build, tree %s (%s), median of %d rounds, %s\n\n", strings.Fields(string(treeSize))[0], desc, rounds, time.Now().Format("2006-01-02"))
-	fmt.Println("| fs | tool | time | image | time vs reference | size vs reference |")
-	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: |")
+	fmt.Println("| fs | tool | time | CPU | image | time vs reference | CPU vs reference | size vs reference |")
+	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 	med := func(d []time.Duration) time.Duration {
 		s := append([]time.Duration(nil), d...)
 		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
@@ -212,8 +217,9 @@ func run(tree string, rounds int) error {
 	}
 	for i := 0; i < len(tools); i += 2 {
 		m, r := med(times[i]), med(times[i+1])
-		fmt.Printf("| %s | %s | %.2f s | %.1f MiB | %.2f× | %.2f× |\n", tools[i].fs, tools[i].name, m.Seconds(), float64(sizes[i])/(1<<20), m.Seconds()/r.Seconds(), float64(sizes[i])/float64(sizes[i+1]))
-		fmt.Printf("| %s | %s | %.2f s | %.1f MiB | 1.00× | 1.00× |\n", tools[i+1].fs, tools[i+1].name, r.Seconds(), float64(sizes[i+1])/(1<<20))
+		mc, rc := med(cpus[i]), med(cpus[i+1])
+		fmt.Printf("| %s | %s | %.2f s | %.2f s | %.1f MiB | %.2f× | %.2f× | %.2f× |\n", tools[i].fs, tools[i].name, m.Seconds(), mc.Seconds(), float64(sizes[i])/(1<<20), m.Seconds()/r.Seconds(), mc.Seconds()/rc.Seconds(), float64(sizes[i])/float64(sizes[i+1]))
+		fmt.Printf("| %s | %s | %.2f s | %.2f s | %.1f MiB | 1.00× | 1.00× | 1.00× |\n", tools[i+1].fs, tools[i+1].name, r.Seconds(), rc.Seconds(), float64(sizes[i+1])/(1<<20))
 	}
 	fmt.Println("\nmkimage includes generalizing, reproducible metadata (SOURCE_DATE_EPOCH), fsync and the sha256 manifest; ext4 sizes are allocated bytes of equally long images.")
 	return layoutReuse(tmp, tree, mkimage, mkfs, ext4Size)
