@@ -19,32 +19,28 @@ import (
 // window only; a window that does change class moves what follows inside
 // its parent's window, and so on up. The space left in windows stays free
 // space of the filesystem.
-var (
+const (
 	// padMin is the smallest window, in blocks: smaller units share
-	// their parent's, so small directories cost no slack (and no debugfs
-	// round trip).
-	padMin = int64(128)
+	// their parent's, so small directories cost no slack.
+	padMin = 128
 	// classBits: a window is need rounded up to a multiple of
 	// 2^(⌊log2 need⌋-classBits) blocks, at most 1/16 more than need.
 	classBits = 4
 	// runFiles: a run of small files in a directory ends after a file
 	// whose path hashes to 0 mod runFiles (so about every runFiles
 	// files), a boundary that adding or changing other files does not move.
-	runFiles = uint32(32)
+	runFiles = 32
 	// syncMin: at the end of windows this large (8 MiB), the writer asks
 	// debugfs where it stands instead of estimating (see writeExt4).
-	syncMin = int64(2048)
-	dirBits = 4
+	syncMin = 2048
 )
 
 // window is the space a unit needing need blocks takes in the layout.
-func window(need int64) int64 { return windowBits(need, classBits) }
-
-func windowBits(need int64, cb int) int64 {
+func window(need int64) int64 {
 	if need < padMin {
 		return need
 	}
-	step := int64(1) << max(bits.Len64(uint64(need))-1-cb, 0)
+	step := int64(1) << max(bits.Len64(uint64(need))-1-classBits, 0)
 	return (need + step - 1) / step * step
 }
 
@@ -114,7 +110,7 @@ func (l *layout) dirSize(p string) int64 {
 	for _, s := range l.segments(p) {
 		need += s.size
 	}
-	w := windowBits(need, dirBits)
+	w := window(need)
 	l.size[p] = w
 	return w
 }
