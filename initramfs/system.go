@@ -150,6 +150,8 @@ func (s *linuxSystem) NetUp(ctx context.Context, ifname string) (netup.Lease, er
 	return netup.Up(ctx, ifname)
 }
 
+func (s *linuxSystem) NetDown(l netup.Lease) error { return netup.Down(l) }
+
 func (s *linuxSystem) HTTP() boot.HTTP { return s.http }
 
 func (s *linuxSystem) Random() randseed.Kernel { return randseed.Linux{} }

@@ -24,7 +24,9 @@ const (
 )
 
 // DebianPackages are added to minbase: systemd as init, udev, kmod for
-// modules, iproute2 for the network the init configures.
+// modules, iproute2 for the network the init configures. The images
+// enable systemd-networkd (in the systemd package), which applies the
+// network files the init writes.
 var DebianPackages = []string{"systemd-sysv", "udev", "kmod", "iproute2"}
 
 // CacheDir is where scripts/deps.sh and the tests keep downloads.
@@ -118,6 +120,20 @@ echo "HNTEST hostpart=$(ls /hostpart | tr '\n' ' ')"
 echo "HNTEST data0-dir=$(test -d /data0/ && echo yes)"
 echo "HNTEST multi-user=$(systemctl is-active multi-user.target)"
 echo "HNTEST pid1=$(cat /proc/1/comm)"
+# The fleet's files: may name an address the image's networkd is to
+# configure (TestPXEIdentityNetworkd): wait for it, then report the
+# addresses and the fleet's files.
+if [ -f /etc/hntest/want-address ]; then
+  want=$(cat /etc/hntest/want-address)
+  end=$(($(date +%s) + 60))
+  while [ "$(date +%s)" -lt $end ] && ! ip -4 -o addr show | grep -q " inet $want "; do sleep 1; done
+fi
+echo "HNTEST networkd=$(systemctl is-active systemd-networkd)"
+echo "HNTEST addresses=$(ip -4 -o addr show scope global | while read -r n dev fam addr rest; do printf '%s=%s ' "$dev" "$addr"; done)"
+for f in /etc/hntest/*; do
+  [ -f "$f" ] && echo "HNTEST file $f $(stat -c %a:%U:%G "$f") $(cat "$f" | tr '\n' ' ')"
+done
+[ -f /etc/hnboot/identity.env ] && echo "HNTEST identity.env $(cat /etc/hnboot/identity.env | tr '\n' ' ')"
 if [ -f /hostpart/hn-root.trial ]; then
   echo "HNTEST trial=$(cat /hostpart/hn-root.trial)"
   rm /hostpart/hn-root.trial && echo "HNTEST confirmed"
@@ -208,7 +224,22 @@ func (f *Fixture) DebianImages(ctx context.Context, names ...string) (map[string
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return nil, err
 	}
-	if err := os.Symlink("/etc/systemd/system/hntest.service", filepath.Join(wants, "hntest.service")); err != nil {
+	for link, unit := range map[string]string{
+		filepath.Join(wants, "hntest.service"):                                                 "/etc/systemd/system/hntest.service",
+		filepath.Join(wants, "systemd-networkd.service"):                                       "/lib/systemd/system/systemd-networkd.service",
+		filepath.Join(tree, "etc/systemd/system/sockets.target.wants/systemd-networkd.socket"): "/lib/systemd/system/systemd-networkd.socket",
+	} {
+		if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.Symlink(unit, link); err != nil {
+			return nil, err
+		}
+	}
+	// No login on the serial console: the getty's vhangup of ttyS0 would
+	// cut the report service's output when the report runs long (waiting
+	// for networkd).
+	if err := os.Symlink("/dev/null", filepath.Join(tree, "etc/systemd/system/serial-getty@ttyS0.service")); err != nil {
 		return nil, err
 	}
 	for _, d := range []string{"hostpart", "boot/loader"} {

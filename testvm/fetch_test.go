@@ -39,6 +39,7 @@ type fetchLab struct {
 	imaged     *exec.Cmd
 	done       chan error
 	mac        string
+	cmdline    string // the hosts' kernel command line (imaged serve --cmdline)
 	disk       string
 	dA, dB     string
 	sizeB      int64
@@ -48,15 +49,7 @@ type fetchLab struct {
 func newFetchLab(t *testing.T, mac, assigned string) *fetchLab {
 	t.Helper()
 	imgs := pxeImages(t)
-	fl := &fetchLab{lab: newLab(t, 1), t: t, state: t.TempDir(), mac: mac,
-		dA: fileDigest(t, imgs["PA"]), dB: fileDigest(t, imgs["PB"])}
-	fi, err := os.Stat(imgs["PB"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl.sizeB = fi.Size()
-	dir := filepath.Join(fl.state, "fleet")
-	os.Mkdir(dir, 0o755)
+	dA, dB := fileDigest(t, imgs["PA"]), fileDigest(t, imgs["PB"])
 	yaml := fmt.Sprintf(`images:
   - {name: A, version: "1", digest: %s, path: %s}
   - {name: B, version: "2", digest: %s, path: %s}
@@ -64,7 +57,26 @@ hosts:
   - mac: %s
     hostname: pxe-fetch
     image: %s
-`, fl.dA, imgs["PA"], fl.dB, imgs["PB"], mac, assigned)
+`, dA, imgs["PA"], dB, imgs["PB"], mac, assigned)
+	fl := newFleetLab(t, mac, yaml, fetchCmdline)
+	fl.dA, fl.dB = dA, dB
+	fi, err := os.Stat(imgs["PB"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl.sizeB = fi.Size()
+	fl.disk = pxeDisk(t, imgs["PA"])
+	return fl
+}
+
+// newFleetLab is a lab whose imaged serves the fleet directory of yaml
+// behind the counting proxy, with cmdline for its hosts; the caller
+// makes the disk.
+func newFleetLab(t *testing.T, mac, yaml, cmdline string) *fetchLab {
+	t.Helper()
+	fl := &fetchLab{lab: newLab(t, 1), t: t, state: t.TempDir(), mac: mac, cmdline: cmdline}
+	dir := filepath.Join(fl.state, "fleet")
+	os.Mkdir(dir, 0o755)
 	if err := os.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +94,6 @@ hosts:
 	t.Cleanup(func() { hs.Close() })
 	fl.start()
 	t.Cleanup(fl.stop)
-	fl.disk = pxeDisk(t, imgs["PA"])
 	return fl
 }
 
@@ -91,7 +102,7 @@ func (fl *fetchLab) start() {
 	fl.t.Helper()
 	f := fixture(fl.t)
 	args := []string{"serve", "--interface", "br0", "--http", labBackend, "--http-url", "http://" + labHTTP,
-		"--cache", filepath.Join(fl.state, "cache"), "--cmdline", fetchCmdline, "--log-level", "debug", "--answer-rs",
+		"--cache", filepath.Join(fl.state, "cache"), "--cmdline", fl.cmdline, "--log-level", "debug", "--answer-rs",
 		"--dhcp-mode", "full", "--pool", labNet + ".100-" + labNet + ".150",
 		"--state", filepath.Join(fl.state, "fleet"), "--observed", filepath.Join(fl.state, "fleet.db"),
 		"--tokens", filepath.Join(fl.state, "tokens")}

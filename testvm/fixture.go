@@ -126,7 +126,13 @@ echo "HNTEST sshkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
 echo "HNTEST data0=$(readlink /data0)"
 echo "HNTEST hostpart=$(ls /hostpart | tr '\n' ' ')"
 grep -q ' /hostpart ' /proc/mounts && echo "HNTEST hostpart-mounted"
+test -e /hostpart || echo "HNTEST no-hostpart"
+test -e /data0 || test -L /data0 || echo "HNTEST no-data0"
 grep -q 'LABEL=EFI-BOOT /boot/loader' /etc/fstab && echo "HNTEST fstab-ok"
+for f in /etc/hntest/*; do
+  [ -f "$f" ] && echo "HNTEST file $f $(tr '\n' ' ' <"$f")"
+done
+[ -f /etc/hnboot/identity.env ] && echo "HNTEST identity.env $(tr '\n' ' ' </etc/hnboot/identity.env)"
 if [ -f /hostpart/hn-root.trial ]; then
   echo "HNTEST trial=$(cat /hostpart/hn-root.trial)"
   if [ -e /etc/hn-confirm ]; then rm /hostpart/hn-root.trial && echo "HNTEST confirmed"; fi

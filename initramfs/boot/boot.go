@@ -7,10 +7,10 @@
 // gives it the real system; the tests a fake one and a temporary
 // directory, so a whole boot runs in milliseconds.
 //
-// The seams for what comes next: FetchAssigned downloads the assigned
-// image into any directory and file name (hn-root-new.img on hostpart
-// here; a diskless host's RAM or a recovery's hn-root.img next), and
-// lastResort is where the boot goes when no local image boots.
+// FetchAssigned downloads the assigned image into any directory and file
+// name: hn-root-new.img on hostpart for an update (network.go), a
+// diskless host's RAM (diskless.go), a recovery's hn-root-recover.img
+// (recover.go), where the boot goes when no local image boots.
 package boot
 
 import (
@@ -57,6 +57,8 @@ type Boot struct {
 	staging    *checkin.Staging // this boot's download, for the check-in
 	mounted    bool             // hostpart is mounted
 	network    *networkOutcome  // what the talk with imaged gave
+	diskless   bool             // the image runs from RAM (Paths.Hostpart is Paths.RAM)
+	recovering bool             // a recovery over the network was tried
 }
 
 // Outcome is how a boot ended. With the real System only a rescue
@@ -77,12 +79,15 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 	b.readCmdline()
 	b.Sys.LoadHardware()
 	b.Sys.LoadModules("hn.modules", b.cfg.Modules...)
+	if b.cfg.Diskless {
+		return b.withoutHostpart(ctx, DiskInput{Cfg: b.cfg})
+	}
 	if err := b.findHostpart(); err != nil {
-		return b.lastResort(ctx, err)
+		return b.withoutHostpart(ctx, DiskInput{Cfg: b.cfg, FindErr: err})
 	}
 	b.checkDisk()
 	if err := b.mountHostpart(); err != nil {
-		return b.lastResort(ctx, err)
+		return b.withoutHostpart(ctx, DiskInput{Cfg: b.cfg, MountErr: err})
 	}
 	b.seedRandom()
 	// SSH host keys and machine-id: generated once; on a first boot
@@ -120,11 +125,9 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 	return b.lastResort(ctx, fmt.Errorf("no image could be booted; last error: %w", lastErr))
 }
 
-// lastResort is where a boot goes when nothing local boots: the rescue
-// shell with the reason. Recovery over the network (fetch the assigned
-// image with FetchAssigned, write it as hn-root.img, boot it) goes here,
-// before the shell.
-func (b *Boot) lastResort(_ context.Context, reason error) Outcome {
+// rescue is the end of a boot that found nothing to boot (recover.go's
+// lastResort tries the network first): the rescue shell with the reason.
+func (b *Boot) rescue(reason error) Outcome {
 	b.Log.Error("cannot boot: " + reason.Error())
 	if b.mounted {
 		b.saveLog("rescue")
@@ -157,7 +160,9 @@ func (b *Boot) readCmdline() {
 // asynchronously after their modules load.
 func (b *Boot) findHostpart() error {
 	start := b.Sys.Now()
+	wait, why := HostpartWait(b.cfg)
 	all := false
+	var allDone time.Time
 	for {
 		dev, info, err := b.Sys.FindPartition(b.cfg.Hostpart)
 		if err == nil {
@@ -171,10 +176,11 @@ func (b *Boot) findHostpart() error {
 			// A disk whose driver has no alias we know: load everything.
 			b.Log.Info("hostpart not found yet; loading every driver in the initramfs")
 			b.Sys.LoadAll()
-			all = true
+			all, allDone = true, b.Sys.Now()
 		}
-		if waited > 30*time.Second {
-			return fmt.Errorf("no partition matches %s after 30 s: %w. Label the host partition: e2label DEV hostpart, or set hn.hostpart= on the kernel command line", b.cfg.Hostpart, err)
+		// Drivers loaded late get time to probe, however long loading took.
+		if waited > wait && (!all || b.Sys.Now().Sub(allDone) > time.Second) {
+			return fmt.Errorf("no partition matches %s after %v (%s): %w. Label the host partition: e2label DEV hostpart, or set hn.hostpart= on the kernel command line", b.cfg.Hostpart, wait, why, err)
 		}
 		b.Sys.Sleep(100 * time.Millisecond)
 	}
@@ -224,7 +230,8 @@ func (b *Boot) seedRandom() {
 	b.Log.Info("random seed", "credited", r.Credited, "why", r.Why, "pool_ready", r.Ready, "next_creditable", r.Next)
 }
 
-func (b *Boot) rotate() (rotate.Result, error) {
+// rotateFS is hostpart for the rotation.
+func (b *Boot) rotateFS() rotate.FS {
 	fsys := rotate.OSFS(b.Paths.Hostpart)
 	if n := b.cfg.CrashTest; n > 0 {
 		// hn.crashtest=N simulates a power cut after N rotation steps: the
@@ -236,6 +243,11 @@ func (b *Boot) rotate() (rotate.Result, error) {
 			}
 		})
 	}
+	return fsys
+}
+
+func (b *Boot) rotate() (rotate.Result, error) {
+	fsys := b.rotateFS()
 	tr := loadTrust(filepath.Join(b.Paths.Initramfs, layout.TrustedKeyInitramfs), filepath.Join(b.Paths.Hostpart, layout.TrustedKey))
 	if tr.required() {
 		b.Log.Info("staged images must be signed", "trusted", tr.describe())
@@ -318,7 +330,7 @@ func (b *Boot) bootImage(name string) (Outcome, error) {
 		return Outcome{}, fmt.Errorf("mount %s (%s, from %s) read-only: %w", dev, info.Type, path, err)
 	}
 	b.Log.Info("mounted image read-only", "image", path, "loop", dev, "fs", info.Type)
-	if b.maybeKexec(name) { // DESIGN.md §3 step 5
+	if !b.diskless && b.maybeKexec(name) { // DESIGN.md §3 step 5; the image in RAM would not survive a kexec
 		return Outcome{Image: name, Kexec: true}, nil
 	}
 
@@ -341,6 +353,7 @@ func (b *Boot) bootImage(name string) (Outcome, error) {
 	if err := b.instantiate(); err != nil {
 		return Outcome{}, fmt.Errorf("instantiate host: %w", err)
 	}
+	b.disklessRoot()
 	init := b.cfg.Init
 	if _, err := os.Lstat(filepath.Join(root, init)); err != nil { // Lstat: Debian's /sbin/init is an absolute symlink, valid only inside the new root
 		return Outcome{}, fmt.Errorf("image %s has no %s: %w", name, init, err)
@@ -352,15 +365,17 @@ func (b *Boot) bootImage(name string) (Outcome, error) {
 	}
 	b.saveLog(name)
 	// Move hostpart under the new root rather than mounting it twice.
-	hp := filepath.Join(root, b.Paths.Hostpart)
-	os.MkdirAll(hp, 0o755)
-	if err := b.Sys.MoveMount(b.Paths.Hostpart, hp); err != nil {
-		return Outcome{}, fmt.Errorf("move %s into the new root: %w", b.Paths.Hostpart, err)
+	if hp := filepath.Join(root, b.Paths.Hostpart); !b.diskless {
+		os.MkdirAll(hp, 0o755)
+		if err := b.Sys.MoveMount(b.Paths.Hostpart, hp); err != nil {
+			return Outcome{}, fmt.Errorf("move %s into the new root: %w", b.Paths.Hostpart, err)
+		}
 	}
+	b.handOverNIC()
 	b.Log.Info("switching root", "image", name, "init", init)
 	if err := b.Sys.SwitchRoot(root, init); err != nil {
 		// The old root is gone at this point; nothing left but rescue.
-		return b.lastResort(context.Background(), fmt.Errorf("switch_root to %s: %w", init, err)), nil
+		return b.rescue(fmt.Errorf("switch_root to %s: %w", init, err)), nil
 	}
 	return Outcome{Image: name}, nil
 }
@@ -388,25 +403,11 @@ func (b *Boot) instantiate() error {
 	for _, n := range id.Notes {
 		b.Log.Warn("identity: " + n)
 	}
-	var cached identity.HostConf
-	if f, err := os.Open(filepath.Join(b.Paths.Hostpart, layout.HostConf)); err == nil {
-		// A bad line is reported; the good ones still apply.
-		cached, err = identity.ParseHostConf(f)
-		f.Close()
-		if err != nil {
-			b.Log.Error("host.conf has errors; using its valid lines", "err", err)
-		}
-	}
-	kc := identity.FromKernelIP(b.cfg.IP)
-	if b.cfg.Hostname != "" {
-		kc.Hostname = b.cfg.Hostname
-	}
-	_, mac, _ := b.Sys.BootNIC(b.cfg.BootIF)
-	hc := identity.Merge(kc, identity.HostConf{}, cached, identity.Defaults(mac))
-	root := b.Paths.NewRoot
-	if err := identity.Apply(root, id, hc); err != nil {
+	hc, err := b.applyIdentity(id)
+	if err != nil {
 		return err
 	}
+	root := b.Paths.NewRoot
 	binds, err := identity.StateBinds(root, filepath.Join(b.Paths.Hostpart, layout.DataDir), hc.StateDirs)
 	if err != nil {
 		b.Log.Error("state directories", "err", err)

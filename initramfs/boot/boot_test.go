@@ -121,7 +121,7 @@ func TestRun(t *testing.T) {
 			want{current: "A", console: []string{"no image could be booted", "has no /sbin/init"}}},
 		{"no hostpart: rescue", "", nil,
 			func(t *testing.T, w *world, srv *fakeImaged) { w.sys.noHostpart = true },
-			want{console: []string{"no partition matches LABEL=hostpart after 30 s", "loadall"}}},
+			want{console: []string{"no partition matches LABEL=hostpart after 30s", "loadall"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, tc.slots)

@@ -18,11 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/initramfs/cmdline"
 	"github.com/hnboot/hnboot/initramfs/rotate"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/digestcache"
+	"github.com/hnboot/hnboot/internal/hostpart"
 	"github.com/hnboot/hnboot/internal/layout"
 )
 

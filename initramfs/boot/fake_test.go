@@ -84,19 +84,24 @@ type fakeSys struct {
 	cmdline string
 	release string
 
-	mu         sync.Mutex
-	calls      []string
-	loops      map[string]string // loop device -> file
-	mounted    map[string]string // target -> image name
-	noInit     map[string]bool   // images without /sbin/init
-	badMount   map[string]bool   // images that fail to mount
-	switched   string
-	rescued    error
-	netErr     error
-	netHang    bool // NetUp waits for the context
-	noHostpart bool
-	http       *httpget.Client
-	skew       time.Duration
+	mu          sync.Mutex
+	calls       []string
+	loops       map[string]string // loop device -> file
+	mounted     map[string]string // target -> image name
+	noInit      map[string]bool   // images without /sbin/init
+	badMount    map[string]bool   // images that fail to mount
+	switched    string
+	rescued     error
+	netErr      error
+	netHang     bool // NetUp waits for the context
+	noHostpart  bool
+	hostpartErr error // mounting hostpart fails so
+	// lateDisk: hostpart's driver has no known alias: the partition shows
+	// up lateDisk after LoadAll, which takes slowAll.
+	lateDisk, slowAll time.Duration
+	allDone           time.Time
+	http              *httpget.Client
+	skew              time.Duration
 }
 
 func (s *fakeSys) log(format string, a ...any) {
@@ -114,10 +119,14 @@ func (s *fakeSys) Release() string {
 }
 func (s *fakeSys) LoadHardware()                           {}
 func (s *fakeSys) LoadModules(why string, names ...string) {}
-func (s *fakeSys) LoadAll()                                { s.log("loadall") }
+func (s *fakeSys) LoadAll() {
+	s.log("loadall")
+	s.Sleep(s.slowAll)
+	s.allDone = s.Now()
+}
 
 func (s *fakeSys) FindPartition(spec string) (string, blkid.Info, error) {
-	if s.noHostpart {
+	if s.noHostpart || s.lateDisk > 0 && (s.allDone.IsZero() || s.Now().Sub(s.allDone) < s.lateDisk) {
 		return "", blkid.Info{}, errors.New("no such partition")
 	}
 	return "/dev/vda2", blkid.Info{Type: "ext4", Label: layout.HostpartLabel}, nil
@@ -133,7 +142,7 @@ func (s *fakeSys) Mount(source, target, fstype, data string, flags uintptr) erro
 	defer s.mu.Unlock()
 	switch {
 	case target == s.paths.Hostpart:
-		return nil
+		return s.hostpartErr
 	case target == s.paths.Image:
 		name := imageName(s.loops[source])
 		if s.badMount[name] {
@@ -203,6 +212,11 @@ func (s *fakeSys) NetUp(ctx context.Context, ifname string) (netup.Lease, error)
 	return netup.Lease{Interface: ifname, Address: &net.IPNet{IP: net.IPv4(10, 0, 0, 50), Mask: net.CIDRMask(24, 32)}, Server: net.IPv4(10, 0, 0, 1)}, nil
 }
 
+func (s *fakeSys) NetDown(l netup.Lease) error {
+	s.log("netdown %s %s ours=%v", l.Interface, l.Address, l.Ours())
+	return nil
+}
+
 func (s *fakeSys) HTTP() HTTP {
 	if s.http == nil {
 		return &httpget.Client{}
@@ -240,6 +254,7 @@ type fakeImaged struct {
 	*httptest.Server
 	mu       sync.Mutex
 	assigned *Assigned // nil: 404
+	config   string    // JSON fields of the host configuration added to the answer ("" none)
 	blobs    map[string][]byte
 	manif    map[string][]byte
 	corrupt  bool  // flip a byte of every blob
@@ -258,7 +273,7 @@ func newImaged(t *testing.T) *fakeImaged {
 
 func (f *fakeImaged) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	assigned, hang, corrupt, cut := f.assigned, f.hang, f.corrupt, f.cutAt
+	assigned, config, hang, corrupt, cut := f.assigned, f.config, f.hang, f.corrupt, f.cutAt
 	key := strings.TrimPrefix(r.URL.Path, "/blobs/")
 	blob, isBlob := f.blobs[key]
 	man, isMan := f.manif[strings.TrimSuffix(key, ".json")]
@@ -283,7 +298,11 @@ func (f *fakeImaged) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error": "not in the fleet"}`, 404)
 			return
 		}
-		json.NewEncoder(w).Encode(assigned)
+		body, _ := json.Marshal(assigned)
+		if config != "" { // the answer is a fleet.DesiredHost: the configuration inline
+			body = append(append(body[:len(body)-1], ','), config[1:]...)
+		}
+		w.Write(body)
 	case strings.HasSuffix(key, ".json") && isMan:
 		w.Write(man)
 	case isBlob:
@@ -372,8 +391,11 @@ func newWorld(t *testing.T, slots map[string][]byte) *world {
 		RW:        filepath.Join(root, "run/rw"),
 		NewRoot:   filepath.Join(root, "newroot"),
 		Initramfs: filepath.Join(root, "initramfs"),
+		RAM:       filepath.Join(root, "run/ram"),
+		Proc:      filepath.Join(root, "proc"),
 	}
 	os.MkdirAll(p.Hostpart, 0o755)
+	writeMeminfo(t, p.Proc, 8<<30)
 	for name, b := range slots {
 		if err := os.WriteFile(filepath.Join(p.Hostpart, name), b, 0o644); err != nil {
 			t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hnboot/hnboot/initramfs/netup"
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/stage"
@@ -18,6 +19,7 @@ import (
 type networkOutcome struct {
 	Server, ServerWhy string
 	NetErr            error
+	Lease             netup.Lease // what NetUp configured, handed over before switch_root
 	Assigned          Assigned
 	AssignedErr       error
 	Fetch             Fetch
@@ -64,6 +66,7 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 	ifname, mac, err := b.bootNIC()
 	if err == nil {
 		lease, lerr := b.Sys.NetUp(bctx, ifname)
+		out.Lease = lease
 		if err = lerr; err == nil {
 			b.Log.Info("network up", "lease", lease.String(), "mac", mac, "took", b.since(start))
 		}
@@ -225,6 +228,9 @@ func (b *Boot) FetchAssigned(ctx context.Context, server string, as Assigned, di
 		},
 	}
 	res, err := stage.Stage(ctx, dir, req)
+	if err == nil && dir == b.Paths.Hostpart {
+		b.reloadDigests() // staging recorded the digest: the checks that follow need not hash the image again
+	}
 	if err == nil && res.Already == "" {
 		b.Log.Info("image downloaded", "file", file, "digest", res.Digest, "bytes", res.Downloaded, "reused", res.Reused,
 			"took", res.Took.Round(time.Millisecond), "MB/s", mbps(res.Downloaded, res.Took), "manifest", res.Manifest)

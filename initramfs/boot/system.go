@@ -69,6 +69,10 @@ type System interface {
 	// NetUp configures ifname (DHCP unless it has an address) by ctx's
 	// deadline.
 	NetUp(ctx context.Context, ifname string) (netup.Lease, error)
+	// NetDown undoes what NetUp configured (not an address that was
+	// there before) and sets the link down, for the image's udev and
+	// network manager (netup.Down).
+	NetDown(lease netup.Lease) error
 	// HTTP is the client for imaged: plain http, every wait bounded.
 	HTTP() HTTP
 
@@ -95,6 +99,12 @@ type Paths struct {
 	RW        string // the tmpfs for the overlay's upper and work dirs
 	NewRoot   string // the overlay: the root switched to
 	Initramfs string // the initramfs root, for its trusted key (layout.TrustedKeyInitramfs)
+	// RAM is the tmpfs a diskless host downloads its image into (it plays
+	// hostpart's part for that boot); under /run, so it moves into the
+	// new root with switch_root and the loop device's file stays there.
+	RAM string
+	// Proc is /proc, for MemAvailable; "" is /proc.
+	Proc string
 }
 
 // DefaultPaths are the init's.
@@ -104,4 +114,6 @@ var DefaultPaths = Paths{
 	RW:        "/run/hnboot/rw",
 	NewRoot:   "/newroot",
 	Initramfs: "/",
+	RAM:       "/run/hnboot/ram",
+	Proc:      "/proc",
 }

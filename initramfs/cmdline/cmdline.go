@@ -24,6 +24,11 @@ const (
 	DefaultTries         = 3
 	DefaultInit          = "/sbin/init"
 	DefaultCheckinBudget = 5 * time.Second
+	// DefaultDiskWait is how long the init waits for hostpart before it
+	// gives up on the disk; DefaultDisklessWait when a server is known
+	// (hn.server=), since the host can then boot from RAM.
+	DefaultDiskWait     = 30 * time.Second
+	DefaultDisklessWait = 5 * time.Second
 )
 
 // Config is what the init needs from the command line. Zero values of the
@@ -51,6 +56,12 @@ type Config struct {
 	BootIF    string // BOOTIF=01-aa-bb-..: the MAC (aa:bb:..) of the NIC the firmware booted from
 	Kexeced   string // hn.kexeced=IMAGE: set by the init on the kernel it kexecs into
 	NoKexec   bool   // hn.nokexec
+	// Diskless (hn.diskless): leave any disk alone and boot the assigned
+	// image from RAM.
+	Diskless bool
+	// DiskWait is how long to wait for hostpart (hn.diskwait=); 0: the
+	// default (DefaultDiskWait, DefaultDisklessWait with hn.server=).
+	DiskWait time.Duration
 }
 
 // Split splits a command line into words the way the kernel does
@@ -139,6 +150,24 @@ var Keys = []Key{
 				return fmt.Errorf("hn.checkin=%q is not a duration or off; using %v", v, DefaultCheckinBudget)
 			}
 			c.Network, c.NoCheckin = d, false
+			return nil
+		}},
+	{Name: "hn.diskless", Help: "boot the assigned image from RAM (needs hn.server=), leaving any disk alone; a host without hostpart does so by itself",
+		set: func(c *Config, _ *pending, v string, hasVal bool) error {
+			b, ok := parseBool(v, hasVal)
+			if !ok {
+				return fmt.Errorf("hn.diskless=%q is not a boolean; ignoring it", v)
+			}
+			c.Diskless = b
+			return nil
+		}},
+	{Name: "hn.diskwait", Value: "DURATION", Def: DefaultDiskWait.String() + ", " + DefaultDisklessWait.String() + " with hn.server=", Help: "how long the init waits for hostpart before it boots from RAM (with a server) or stops in the rescue shell",
+		set: func(c *Config, _ *pending, v string, _ bool) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 || d > time.Hour {
+				return fmt.Errorf("hn.diskwait=%q is not a duration up to 1h; using the default", v)
+			}
+			c.DiskWait = d
 			return nil
 		}},
 	{Name: "hn.fetch", Value: "off", Help: "never download the assigned image at boot (leave it to the agent)",

@@ -94,6 +94,10 @@ func TestParse(t *testing.T) {
 		{"bad checkin", "hn.checkin=5", def(nil), []string{"hn.checkin"}},
 		{"bad BOOTIF", "BOOTIF=01-52-54", def(nil), []string{"BOOTIF"}},
 		{"bad fetch", "hn.fetch=sometimes", def(nil), []string{"hn.fetch"}},
+		{"diskless", "hn.diskless hn.diskwait=2s", def(func(c *Config) { c.Diskless = true; c.DiskWait = 2 * time.Second }), nil},
+		{"diskless off", "hn.diskless=0", def(nil), nil},
+		{"bad diskless", "hn.diskless=perhaps", def(nil), []string{"hn.diskless"}},
+		{"bad diskwait", "hn.diskwait=forever hn.diskwait=-1s", def(nil), []string{"hn.diskwait", "hn.diskwait"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -233,6 +233,7 @@ var handExtras = []struct {
 	{"journal=repair-from-old", map[string]string{layout.Journal: "repair\nfrom old\n"}, ""},
 	{"journal=repair-from-new-revert", map[string]string{layout.Journal: "repair\nfrom new\nrevert\n", layout.RevertTrigger: ""}, ""},
 	{"journal=garbage", map[string]string{layout.Journal: "frobnicate\nx y\n"}, ""},
+	{"journal=recover", map[string]string{layout.Journal: "recover\n"}, ""}, // a recovery's, without its download
 }
 
 func handStates() []crashCase {

@@ -40,6 +40,8 @@
 //	         rename IMG.json->current.json; write the trial (for a staged
 //	         image) or remove it; for a revert request remove system-revert
 //	         and record the ID; remove journal
+//	recover (RecoverImage, when no local image boots and a downloaded
+//	         one replaces them): see recover.go
 //
 // Each boot also removes manifests that describe no image (an orphan, or
 // one Complete says describes another image); the staged image's own
@@ -147,6 +149,9 @@ const (
 	// Repair: hn-root.img was missing or incomplete; another image
 	// (Result.Repaired) became hn-root.img.
 	Repair
+	// Recover: no local image booted; a downloaded one became hn-root.img
+	// and the others were kept aside (RecoverImage).
+	Recover
 )
 
 func (a Action) String() string {
@@ -161,6 +166,8 @@ func (a Action) String() string {
 		return "reject"
 	case Repair:
 		return "repair"
+	case Recover:
+		return "recover"
 	}
 	return "Action(" + strconv.Itoa(int(a)) + ")"
 }
@@ -198,6 +205,7 @@ const (
 	opRevertWithout = "revert-without-old" // revert requested, no old image: clear the triggers only
 	opReject        = "reject"
 	opRepair        = "repair"
+	opRecover       = "recover" // RecoverImage
 )
 
 type journal struct {
@@ -236,7 +244,7 @@ func decodeJournal(b []byte) (journal, error) {
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	var j journal
 	switch lines[0] {
-	case opPromote, opRevert, opRevertWithout, opReject, opRepair:
+	case opPromote, opRevert, opRevertWithout, opReject, opRepair, opRecover:
 		j.op = lines[0]
 	default:
 		return j, fmt.Errorf("unknown operation %q", lines[0])
@@ -482,6 +490,12 @@ func (r *runner) replay() (ended bool, err error) {
 		// its way, so this journal may be found beside a missing current.
 		r.note("finishing an interrupted rejection of %s (found %s)", layout.New, layout.Journal)
 		return false, r.finishReject(true)
+	case opRecover:
+		// A recovery sets hn-root.img aside before the downloaded image
+		// takes its place. Finished, the boot goes on as a fresh one.
+		r.note("finishing an interrupted recovery from %s (found %s)", layout.Recover, layout.Journal)
+		_, err := r.finishRecover(true)
+		return false, err
 	}
 	cur, err := r.currentComplete()
 	if err != nil {

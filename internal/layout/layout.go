@@ -21,12 +21,24 @@ const (
 	ManifestSuffix = ".json"     // IMAGE.json: the manifest that follows its image
 	PartSuffix     = ".part"     // a download in progress; never booted, never promoted
 	RejectedSuffix = ".rejected" // a staged image that failed verification
+	BrokenSuffix   = ".broken"   // an image a network recovery replaced; kept aside, never booted
 )
 
 // Files derived from the slots.
 const (
 	Rejected = New + RejectedSuffix // hn-root-new.img.rejected
 	NewPart  = New + PartSuffix     // hn-root-new.img.part: the staging download
+)
+
+// Network recovery (the init, when no local image boots): the assigned
+// image is downloaded as Recover, then installed as Current, and the
+// images that did not boot are kept aside as CurrentBroken and OldBroken
+// for the operator (each with its manifest, NAME.broken.json).
+const (
+	Recover       = "hn-root-recover.img"  // the downloaded replacement; never booted under this name
+	RecoverPart   = Recover + PartSuffix   // its download in progress
+	CurrentBroken = Current + BrokenSuffix // hn-root.img.broken
+	OldBroken     = Old + BrokenSuffix     // hn-root-old.img.broken
 )
 
 // Triggers on hostpart.
