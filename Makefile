@@ -17,7 +17,7 @@ TEST_TIMEOUT ?= 60m
 # end a run while it minimizes a new input, which go test reports as a failure
 # ("context deadline exceeded"). `make fuzz FUZZTIME=10m` for a real run.
 FUZZTIME ?= 50000x
-FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
+FUZZ_TARGETS := FuzzDHCPReply:./pxe FuzzCleanTFTPPath:./pxe FuzzHTTPPath:./pxe FuzzChunkIndex:./internal/chunkindex
 
 .PHONY: all build deps test unit e2e demo bench fuzz clean
 
@@ -42,11 +42,13 @@ test: deps build
 	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
-# The DHCP handler, TFTP file names and HTTP paths, from the seeds in pxe/testdata.
+# The DHCP handler, TFTP file names and HTTP paths (seeds in pxe/testdata), and
+# the chunk index of delta updates (a hostile index): each NAME:PACKAGE.
 fuzz:
-	@for t in $(FUZZ_TARGETS); do \
-	  echo "fuzz $$t for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./pxe || exit 1; \
+	@for tp in $(FUZZ_TARGETS); do \
+	  t=$${tp%%:*}; p=$${tp#*:}; \
+	  echo "fuzz $$t ($$p) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
 	done
 
 unit:
@@ -67,6 +69,8 @@ bench: deps build
 	$(GO) run ./testvm/benchfleet
 	$(GO) run ./testvm/benchbuild
 	$(GO) run ./testvm/benchrollout
+	$(GO) run ./testvm/benchui
+	$(GO) run ./testvm/benchdelta
 
 clean:
 	rm -rf $(BIN) out

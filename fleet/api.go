@@ -87,8 +87,9 @@ func (ts *tokenSet) match(tok string) (string, bool) {
 	return ts.names[found], true
 }
 
-// Handler is the admin API and the metrics, to be mounted at /api/ and
-// /metrics. Admin actions (POST) need "Authorization: Bearer TOKEN";
+// Handler is the admin API and the metrics, served on the admin listener
+// (imaged serve --admin), apart from the boot HTTP that serves
+// HostHandler. Admin actions (POST) need "Authorization: Bearer TOKEN";
 // GETs too unless OpenReads. Host endpoints (POST /api/checkin, GET
 // /api/hosts/{mac}/desired) are open: hosts hold no admin token.
 //
@@ -286,6 +287,36 @@ func (f *Fleet) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, kh)
 	}))
+	f.hostHandlers(mux)
+	f.publishHandlers(mux)
+	metrics := f.metricsHandler()
+	mux.HandleFunc("GET /metrics", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
+		metrics.ServeHTTP(w, r)
+	}))
+	mux.HandleFunc("/api/", f.count(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	}))
+	return mux
+}
+
+// HostHandler is what the boot network reaches (the boot listener's
+// /api/): the two endpoints hosts call, which need no token. Every other
+// /api/ path answers 404 naming the admin listener, so a client pointed
+// at the boot address learns where to go.
+func (f *Fleet) HostHandler() http.Handler {
+	mux := http.NewServeMux()
+	f.hostHandlers(mux)
+	mux.HandleFunc("/api/", f.count(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("%s %s: not on the boot listener: the admin API and the dashboard are on imaged serve's --admin address", r.Method, r.URL.Path))
+	}))
+	mux.HandleFunc("/metrics", f.count(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, errors.New("/metrics is on imaged serve's --admin address"))
+	}))
+	return mux
+}
+
+// hostHandlers are the open endpoints of hosts: check-in and desired.
+func (f *Fleet) hostHandlers(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/checkin", f.count(func(w http.ResponseWriter, r *http.Request) {
 		c, err := checkin.Parse(r.Body)
 		if err != nil {
@@ -321,15 +352,6 @@ func (f *Fleet) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, dh)
 	}))
-	f.publishHandlers(mux)
-	metrics := f.metricsHandler()
-	mux.HandleFunc("GET /metrics", f.read(func(w http.ResponseWriter, r *http.Request, _ string) {
-		metrics.ServeHTTP(w, r)
-	}))
-	mux.HandleFunc("/api/", f.count(func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
-	}))
-	return mux
 }
 
 // actionCode is the status of a refused admin action: 503 when the

@@ -115,6 +115,7 @@ type Fleet struct {
 	apiCodes        sync.Map                  // int → *atomic.Uint64
 	persistCh       chan Boot
 	done            chan struct{}
+	changes         changes // wakes the dashboard's event stream
 	wg              sync.WaitGroup
 }
 
@@ -418,6 +419,7 @@ func (f *Fleet) Desired() *Desired { return f.snap.Load().desired }
 // persisted in the background (known MACs only), so Record never waits on
 // the disk.
 func (f *Fleet) Record(ev Event) {
+	defer f.changes.notify()
 	if ev.Kind == pxe.KindCheckin {
 		if ev.Err == "" {
 			return
@@ -495,6 +497,9 @@ func (f *Fleet) Checkin(c *checkin.Checkin) error {
 	}
 	select {
 	case err := <-p.done:
+		if err == nil {
+			f.changes.notify()
+		}
 		return err
 	case <-f.ciDone:
 		select {
@@ -769,6 +774,9 @@ type Target struct {
 	Host  string `json:"host,omitempty"`
 	Group string `json:"group,omitempty"`
 	Name  string `json:"target,omitempty"`
+	// All is every host of the fleet: the whole-fleet red button (revert
+	// only; an assignment names a host or a group).
+	All bool `json:"all,omitempty"`
 }
 
 // resolve turns a Name into a Host or a Group: a host (by hostname or
@@ -793,6 +801,9 @@ func (t Target) resolve(d *Desired) (Target, error) {
 }
 
 func (t Target) String() string {
+	if t.All {
+		return "the whole fleet"
+	}
 	if t.Host != "" {
 		return "host " + t.Host
 	}
@@ -802,6 +813,10 @@ func (t Target) String() string {
 // hosts resolves t against the desired state.
 func (t Target) hosts(d *Desired) ([]*Host, error) {
 	switch {
+	case t.All && (t.Host != "" || t.Group != "" || t.Name != ""):
+		return nil, errors.New("the whole fleet, or a host or a group: not both")
+	case t.All:
+		return d.Hosts, nil
 	case t.Host != "" && t.Group != "":
 		return nil, errors.New("name a host or a group, not both")
 	case t.Host != "":
@@ -831,6 +846,9 @@ func (f *Fleet) Assign(who, remote string, t Target, image string) (Target, erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d := f.snap.Load().desired
+	if t.All {
+		return t, errors.New("assign names a host or a group (a rollout moves the whole fleet)")
+	}
 	t, err := t.resolve(d)
 	if err != nil {
 		return t, err

@@ -260,6 +260,7 @@ func (f *Fleet) rebuildLocked(d *Desired) {
 		f.log.Warn("fleet: " + w)
 	}
 	f.snap.Store(s)
+	f.changes.notify()
 }
 
 func (f *Fleet) readBuildInput() (buildInput, error) {

@@ -160,7 +160,7 @@ hosts:
 	l.serve(t, "--dhcp-mode", "full", "--pool", labNet+".100-"+labNet+".150",
 		"--state", desired, "--observed", filepath.Join(state, "fleet.db"), "--tokens", tokens,
 		"--images", filepath.Join(state, "images"))
-	server := "http://" + forward(t, l.ns.Name, labHTTP)
+	server := "http://" + forward(t, l.ns.Name, labAdmin)
 
 	// The pipeline, as CI runs it.
 	recipeDir := t.TempDir()

@@ -27,7 +27,13 @@ func (l *lab) labAPI(t *testing.T, method, path, token, body string) (int, strin
 	if body != "" {
 		args = append(args, "-H", "Content-Type: application/json", "--data", body)
 	}
-	args = append(args, "http://"+labHTTP+path)
+	// The admin API is on the admin listener; what hosts fetch (iPXE
+	// scripts, kernels, blobs) on the boot HTTP.
+	addr := labAdmin
+	if !strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/metrics") {
+		addr = labHTTP
+	}
+	args = append(args, "http://"+addr+path)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := l.ns.Command(ctx, "curl", args...).Output()
@@ -185,7 +191,7 @@ hosts:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := l.ns.Command(ctx, f.Imaged, "fleet", "why", "--server", "http://"+labHTTP, "--token-file", tokens, mac).CombinedOutput()
+	out, err := l.ns.Command(ctx, f.Imaged, "fleet", "why", "--server", "http://"+labAdmin, "--token-file", tokens, mac).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "applied revert "+id) {
 		t.Errorf("imaged fleet why %s: %v\n%s", mac, err, out)
 	}

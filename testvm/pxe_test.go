@@ -26,6 +26,9 @@ const (
 	labNet    = "10.77.0"
 	labServer = labNet + ".1"
 	labHTTP   = labServer + ":8080"
+	// labAdmin is imaged serve's admin API in the lab: loopback of the
+	// namespace, which the boot network (the bridge) does not reach.
+	labAdmin = "127.0.0.1:8081"
 	// What every PXE-booted test host gets on its command line. hn.checkin
 	// is generous: TCG on a shared machine is slow.
 	labCmdline = "console=ttyS0 panic=-1 hn.hostpart=LABEL=hostpart hn.checkin=60s"
@@ -139,7 +142,7 @@ func (l *lab) serve(t *testing.T, args ...string) {
 	f := fixture(t)
 	// --answer-rs: the lab bridge has no IPv6 router, and without an
 	// advertisement iPXE waits ~15 s in "Configuring" before its script.
-	all := append([]string{"serve", "--interface", "br0", "--http", labHTTP,
+	all := append([]string{"serve", "--interface", "br0", "--http", labHTTP, "--admin", labAdmin,
 		"--cache", t.TempDir(), "--cmdline", labCmdline, "--log-level", "debug", "--answer-rs"}, args...)
 	cmd := l.ns.Command(context.Background(), f.Imaged, all...)
 	cmd.Stdout, cmd.Stderr = l.log, l.log

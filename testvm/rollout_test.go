@@ -137,15 +137,16 @@ hosts:
 	tokens := filepath.Join(state, "tokens")
 	os.WriteFile(tokens, []byte("e2e "+token+"\n"), 0o600)
 
-	srvAddr := freePort(t)
+	srvAddr, adminAddr := freePort(t), freePort(t)
 	srv := &serveProc{t: t, bin: f.Imaged, addr: srvAddr, log: new(bytes.Buffer), args: []string{"serve",
-		"--interface", "lo", "--dhcp-mode", "off", "--tftp", "off", "--http", srvAddr,
+		"--interface", "lo", "--dhcp-mode", "off", "--tftp", "off", "--http", srvAddr, "--admin", adminAddr,
 		"--http-url", "http://" + agentServerIP, "--state", fleetDir,
 		"--observed", filepath.Join(state, "fleet.db"), "--tokens", tokens,
 		"--open-reads", "--cache", filepath.Join(state, "cache")}}
 	srv.start()
 	defer srv.kill()
-	base := "http://" + srvAddr
+	base := "http://" + srvAddr // the boot listener, where hosts speak
+	admin := "http://" + adminAddr
 
 	px := &proxy{backend: srvAddr, served: map[string]int64{}, ranges: map[string][]string{}}
 	pl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -191,13 +192,13 @@ hosts:
 		t.Fatal(err)
 	}
 	waitState(t, "the server to see A on the canary", 90*time.Second, vm, func() bool {
-		h := fleetStatus(t, base)
+		h := fleetStatus(t, admin)
 		return h.Current.Digest == dA && h.State == fleet.StateOK
 	})
 
 	// Rollout to-b: the canary alone first.
-	adminPost(t, base, "/api/rollouts/to-b/start", token, nil)
-	st := rolloutStatus(t, base, "to-b")
+	adminPost(t, admin, "/api/rollouts/to-b/start", token, nil)
+	st := rolloutStatus(t, admin, "to-b")
 	if st.State != "running" || st.Waves[0].Hosts != 1 || st.Waves[1].Hosts != 4 {
 		t.Fatalf("to-b after start: %+v", st)
 	}
@@ -214,9 +215,9 @@ hosts:
 		t.Fatal(err)
 	}
 	waitState(t, "to-b's canary confirmed and the rollout done", 3*time.Minute, vm, func() bool {
-		return rolloutStatus(t, base, "to-b").State == "done"
+		return rolloutStatus(t, admin, "to-b").State == "done"
 	})
-	st = rolloutStatus(t, base, "to-b")
+	st = rolloutStatus(t, admin, "to-b")
 	t.Logf("to-b done after %v: %s", time.Since(start).Round(time.Second), st.Reason)
 	if !st.Waves[1].Started.After(st.Waves[0].GateMet) && !st.Waves[1].Started.Equal(st.Waves[0].GateMet) {
 		t.Errorf("wave 2 started %v, before the canary's gate %v", st.Waves[1].Started, st.Waves[0].GateMet)
@@ -228,7 +229,7 @@ hosts:
 	}
 
 	// Rollout to-bad: the canary boots Bad on trial, its health fails.
-	adminPost(t, base, "/api/rollouts/to-bad/start", token, nil)
+	adminPost(t, admin, "/api/rollouts/to-bad/start", token, nil)
 	if err := vm.Wait(4 * time.Minute); err != nil {
 		t.Fatalf("waiting for the canary to reboot into Bad: %v", err)
 	}
@@ -236,8 +237,8 @@ hosts:
 	if _, err := vm.Expect(`HNTEST booted image=agentBad`, bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	waitState(t, "to-bad halted", 3*time.Minute, vm, func() bool { return rolloutStatus(t, base, "to-bad").State == "halted" })
-	st = rolloutStatus(t, base, "to-bad")
+	waitState(t, "to-bad halted", 3*time.Minute, vm, func() bool { return rolloutStatus(t, admin, "to-bad").State == "halted" })
+	st = rolloutStatus(t, admin, "to-bad")
 	t.Logf("to-bad halted: %s", st.Reason)
 	if !strings.Contains(st.Reason, "wave 1:") || !strings.Contains(st.Reason, "health checks failed") || !st.Waves[1].Started.IsZero() {
 		t.Errorf("to-bad: %s (%s), wave 2 started %v; want halted in wave 1 by the failed health checks, wave 2 never started", st.State, st.Reason, st.Waves[1].Started)
@@ -268,11 +269,11 @@ hosts:
 		t.Fatal(err)
 	}
 	waitState(t, "the server to see B current and Bad broken", 2*time.Minute, vm, func() bool {
-		h := fleetStatus(t, base)
+		h := fleetStatus(t, admin)
 		return h.Current.Digest == dB && h.LastCheckin != nil && h.LastCheckin.Images.Broken == dBad
 	})
 	var audit []fleet.AuditEntry
-	resp, err := http.Get(base + "/api/audit?host=agent-host")
+	resp, err := http.Get(admin + "/api/audit?host=agent-host")
 	if err == nil {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()

@@ -20,9 +20,11 @@ import (
 
 var fleetGroup = &cli.Group{
 	Doc: `imaged fleet is the admin client of imaged serve's API. Every command takes
---server URL ($IMAGED_SERVER), --token-file FILE ($IMAGED_TOKEN_FILE: the
-first token of a tokens file, or a file holding just the token) and --json
-(print the API's JSON).`,
+--server URL ($IMAGED_SERVER: imaged serve's --admin address, e.g.
+http://127.0.0.1:8081 or https://imaged:8081), --token-file FILE
+($IMAGED_TOKEN_FILE: the first token of a tokens file, or a file holding
+just the token), for https --ca FILE ($IMAGED_CA) or --fingerprint
+sha256:HEX ($IMAGED_FINGERPRINT), and --json (print the API's JSON).`,
 	Commands: []cli.Command{
 		{Name: "status", Short: "hosts: desired against observed image, state, last check-in", Run: fleetStatus},
 		{Name: "assign", Short: "assign an image to a host or group (TARGET IMAGE), or clear it", Run: fleetAssign},
@@ -53,7 +55,7 @@ outdated, failed, revert-pending, never-seen) and its last check-in; then
 check-ins from unknown MACs and the supervised services.
 
 Example:
-  imaged fleet status --server http://imaged:8080 --token-file ~/.hnboot-token
+  imaged fleet status --server http://127.0.0.1:8081 --token-file ~/.hnboot-token
 `
 
 const fleetAssignUsage = `Usage: imaged fleet assign [flags] TARGET IMAGE
@@ -68,13 +70,13 @@ the host assignments of its members.
 ` + targetRule + `
 
 Examples:
-  imaged fleet assign --server http://imaged:8080 web base@1.3      # group web
-  imaged fleet assign --server http://imaged:8080 web-07 base@1.3   # one host
-  imaged fleet assign --server http://imaged:8080 --host web-07 --clear
+  imaged fleet assign --server http://127.0.0.1:8081 web base@1.3      # group web
+  imaged fleet assign --server http://127.0.0.1:8081 web-07 base@1.3   # one host
+  imaged fleet assign --server http://127.0.0.1:8081 --host web-07 --clear
 `
 
 const fleetRevertUsage = `Usage: imaged fleet revert [flags] TARGET
-       imaged fleet revert [flags] (--host H | --group G)
+       imaged fleet revert [flags] (--host H | --group G | --all)
 
 Reverts each host of TARGET: PXE-booting hosts get hn.revert=ID on their
 next boot, hosts running the agent are told at their next check-in; a host
@@ -83,7 +85,7 @@ whose old image is known is also assigned it, so it is not updated again.
 ` + targetRule + `
 
 Example:
-  imaged fleet revert --server http://imaged:8080 web-07
+  imaged fleet revert --server http://127.0.0.1:8081 web-07
 `
 
 const fleetRolloutUsage = `Usage: imaged fleet rollout [flags]
@@ -99,7 +101,7 @@ rollout with waves runs itself once started: see "imaged fleet rollout
 --help" for its commands.
 
 Example:
-  imaged fleet rollout --server http://imaged:8080 --name canary --image base@1.3 --group web --percent 10
+  imaged fleet rollout --server http://127.0.0.1:8081 --name canary --image base@1.3 --group web --percent 10
 `
 
 const fleetWhyUsage = `Usage: imaged fleet why [flags] HOST|MAC [--boots N]
@@ -109,7 +111,7 @@ and check-ins: which image it should run and why (host, group, channel,
 rollout, override), what it booted, reverts.
 
 Example:
-  imaged fleet why --server http://imaged:8080 52:54:00:12:34:56
+  imaged fleet why --server http://127.0.0.1:8081 52:54:00:12:34:56
 `
 
 const fleetKnownHostsUsage = `Usage: imaged fleet known-hosts [--server URL] [--token-file FILE]
@@ -124,7 +126,7 @@ Prints the admin actions (who, what, on which target), oldest first: the
 last N that match the filters.
 
 Example:
-  imaged fleet audit --server http://imaged:8080 --since 24h --host web-07
+  imaged fleet audit --server http://127.0.0.1:8081 --since 24h --host web-07
 `
 
 type fleetClient struct {
@@ -136,6 +138,7 @@ type fleetClient struct {
 type fleetCmd struct {
 	*cli.FlagSet
 	server, tokenFile *string
+	ca, fingerprint   *string
 	asJSON            *bool
 	std               cli.IO
 	c                 *fleetClient
@@ -144,7 +147,9 @@ type fleetCmd struct {
 func newFleetCmd(name, usage string, std cli.IO, json bool) *fleetCmd {
 	fs := cli.NewFlagSet(name, usage, std)
 	c := &fleetCmd{FlagSet: fs, std: std, asJSON: new(bool)}
-	c.server = fs.String("server", os.Getenv("IMAGED_SERVER"), "imaged serve's HTTP address `URL`, e.g. http://imaged:8080 ($IMAGED_SERVER)")
+	c.server = fs.String("server", os.Getenv("IMAGED_SERVER"), "imaged serve's admin address `URL` (its --admin), e.g. http://127.0.0.1:8081 or https://imaged:8081 ($IMAGED_SERVER)")
+	c.ca = fs.String("ca", os.Getenv("IMAGED_CA"), "https: trust the server's certificate if it chains to one in this PEM `FILE` (e.g. imaged serve's admin.crt) ($IMAGED_CA)")
+	c.fingerprint = fs.String("fingerprint", os.Getenv("IMAGED_FINGERPRINT"), "https: trust only the server certificate with this `sha256:HEX` fingerprint, as imaged serve logs it ($IMAGED_FINGERPRINT)")
 	c.tokenFile = fs.String("token-file", os.Getenv("IMAGED_TOKEN_FILE"), "bearer token: a `FILE` holding it, or a tokens file (its first token) ($IMAGED_TOKEN_FILE)")
 	if json {
 		c.asJSON = fs.Bool("json", false, "print the API's JSON")
@@ -164,7 +169,11 @@ func (c *fleetCmd) parse(args []string, min, max int, what string) error {
 	if *c.server == "" {
 		return c.Usagef("--server URL (or $IMAGED_SERVER) is required")
 	}
-	c.c = &fleetClient{server: strings.TrimRight(*c.server, "/"), http: &http.Client{Timeout: 30 * time.Second}}
+	hc, err := adminClient(*c.server, *c.ca, *c.fingerprint, 30*time.Second)
+	if err != nil {
+		return c.Usagef("%v", err)
+	}
+	c.c = &fleetClient{server: strings.TrimRight(*c.server, "/"), http: hc}
 	if *c.tokenFile != "" {
 		tok, err := readFirstToken(*c.tokenFile)
 		if err != nil {
@@ -268,11 +277,16 @@ func fleetAssign(_ context.Context, name string, args []string, std cli.IO) erro
 func fleetRevert(_ context.Context, name string, args []string, std cli.IO) error {
 	c := newFleetCmd(name, fleetRevertUsage, std, true)
 	host, group := c.targetFlags()
+	all := c.Bool("all", false, "every host of the fleet (the whole-fleet red button)")
 	if err := c.parse(args, 0, 1, "TARGET"); err != nil {
 		return err
 	}
-	body := map[string]string{"host": *host, "group": *group}
+	body := map[string]any{"host": *host, "group": *group}
 	switch {
+	case *all && (*host != "" || *group != "" || c.NArg() > 0):
+		return c.Usagef("--all is every host: no TARGET, --host or --group with it")
+	case *all:
+		body = map[string]any{"all": true}
 	case *host != "" && *group != "":
 		return c.Usagef("name a host or a group, not both")
 	case (*host != "" || *group != "") && c.NArg() > 0:
@@ -534,7 +548,7 @@ func (c *fleetClient) do(method, path string, body any) ([]byte, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fleet: %w", err)
+		return nil, fmt.Errorf("fleet: %w%s", err, tlsHint(err))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -64,6 +64,7 @@ func TestFleetCLI(t *testing.T) {
 		{[]string{"assign", "nope", "base@1.3", "--token-file", tok}, []string{`unknown host or group "nope"`}},
 		{[]string{"assign", "--host", "web-01", "base@7", "--token-file", tok}, []string{`error: imaged: fleet: POST /api/assign: 400 Bad Request: unknown image "base@7"`}},
 		{[]string{"revert", "db-01", "--token-file", tok}, []string{"db-01  52:54:00:00:00:10  r", "base@1.2", "hn.revert=ID"}},
+		{[]string{"revert", "--all", "db-01", "--token-file", tok}, []string{"error: ", "--all is every host"}},
 		{[]string{"rollout", "--name", "c", "--image", "base@1.3", "--group", "web", "--percent", "50", "--token-file", tok}, []string{"rollout c: base@1.3 at 50%"}},
 		{[]string{"rollout", "--token-file", tok}, []string{"ROLLOUT", "c ", "50%", "api", "canary-1.3"}},
 		{[]string{"why", "db-01", "--token-file", tok}, []string{"db-01 (52:54:00:00:00:10, group db): state revert-pending", "should run base@1.2"}},
@@ -72,6 +73,7 @@ func TestFleetCLI(t *testing.T) {
 		{[]string{"audit", "--action", "revert", "--host", "52:54:00:00:00:10", "--actor", "ops", "--since", "1h", "--token-file", tok}, []string{"ops  revert  db-01 52:54:00:00:00:10  revert r"}},
 		{[]string{"audit", "--host", "web-01", "--token-file", tok}, []string{"ops  assign  host web-01  image base@1.3\n"}},
 		{[]string{"audit", "--since", "yesterday", "--token-file", tok}, []string{`400 Bad Request: since: "yesterday": want RFC 3339`}},
+		{[]string{"revert", "--all", "--token-file", tok}, []string{"web-01  52:54:00:00:00:01", "web-04  52:54:00:00:00:04", "db-01   52:54:00:00:00:10"}},
 		{[]string{"bogus", "--token-file", tok}, []string{`error: imaged fleet: unknown command "bogus"`}},
 	} {
 		args := append([]string{"fleet", c.args[0], "--server", url}, c.args[1:]...)
@@ -114,7 +116,7 @@ func TestServeDBDefaultImportsOldStore(t *testing.T) {
 	}
 	os.WriteFile(observed, old, 0o600)
 	f := &serveFlags{state: dir, observed: observed, mode: "off", keepBoots: 10}
-	cfg, cleanup, _, err := serveConfig(f, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	cfg, cleanup, _, _, err := serveConfig(f, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,5 +127,23 @@ func TestServeDBDefaultImportsOldStore(t *testing.T) {
 	}
 	if _, err := os.Stat(observed + fleet.OldStoreSuffix); err != nil {
 		t.Errorf("old store not renamed aside: %v", err)
+	}
+}
+
+func TestStagingText(t *testing.T) {
+	for _, c := range []struct {
+		s    checkin.Staging
+		want string
+	}{
+		{checkin.Staging{Image: "web 2", State: "staged", Mode: "delta", Local: 900 << 20, Fetched: 30 << 20, Chunks: 1000, LocalChunks: 950, FetchedChunks: 50, TookMS: 4200},
+			"web 2 staged by delta: 900 MiB (950 of 1000 chunks) from the host's images, 30 MiB (50 chunks) fetched, in 4.2s"},
+		{checkin.Staging{Image: "web 2", State: "staged", Mode: "full", Fetched: 1 << 30, Fallback: "the manifest names no chunk index"},
+			"web 2 staged, downloaded whole: 1.0 GiB (not by delta: the manifest names no chunk index)"},
+		{checkin.Staging{State: "failed", Mode: "delta", Reused: 1 << 20, Error: "connection reset"},
+			"- failed by delta: 0 B (0 of 0 chunks) from the host's images, 0 B (0 chunks) fetched, 1.0 MiB resumed: connection reset"},
+	} {
+		if got := stagingText(&c.s); got != c.want {
+			t.Errorf("stagingText(%+v) = %q, want %q", c.s, got, c.want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/cli"
 )
 
@@ -21,8 +22,8 @@ their first NIC that heard one. --label keeps the hosts that have every
 label given (labels come from the fleet's YAML, on hosts and groups).
 
 Examples:
-  imaged fleet hosts --server http://imaged:8080 --label rack=r12
-  imaged fleet hosts --server http://imaged:8080 --json
+  imaged fleet hosts --server http://127.0.0.1:8081 --label rack=r12
+  imaged fleet hosts --server http://127.0.0.1:8081 --json
 `
 
 const fleetHostUsage = `Usage: imaged fleet host [flags] HOST|MAC
@@ -33,7 +34,7 @@ link and LLDP neighbour, firmware and Secure Boot, uptime), the image
 slots, the packages of the image it runs, and its last boots.
 
 Example:
-  imaged fleet host --server http://imaged:8080 web-07
+  imaged fleet host --server http://127.0.0.1:8081 web-07
 `
 
 const fleetPackagesUsage = `Usage: imaged fleet packages [flags] NAME [--version V] [--label KEY=VALUE]...
@@ -43,8 +44,8 @@ the images the hosts reported running (mkimage rootfs records them), not
 guessed. Hosts whose image's packages are not known are listed with why.
 
 Example:
-  imaged fleet packages --server http://imaged:8080 openssl
-  imaged fleet packages --server http://imaged:8080 openssl --version 3.0.15-1~deb12u1
+  imaged fleet packages --server http://127.0.0.1:8081 openssl
+  imaged fleet packages --server http://127.0.0.1:8081 openssl --version 3.0.15-1~deb12u1
 `
 
 type labelFlags []string
@@ -151,6 +152,9 @@ func printHost(w io.Writer, h fleet.HostInventory) {
 		fmt.Fprintf(w, "checked in %s; kernel %s; up %v\n", h.LastCheckin.Local().Format(time.DateTime), dash(h.Kernel), (time.Duration(h.Uptime) * time.Second).String())
 	}
 	fmt.Fprintf(w, "slots:     current %s, old %s, new %s, broken %s\n", shortOr(h.Slots.Current), shortOr(h.Slots.Old), shortOr(h.Slots.New), shortOr(h.Slots.Broken))
+	if h.Checkin != nil && h.Checkin.Staging != nil {
+		fmt.Fprintf(w, "staging:   %s\n", stagingText(h.Checkin.Staging))
+	}
 	if f := h.Facts; f != nil {
 		fmt.Fprintf(w, "\nfacts (reported %s):\n", f.Time.Local().Format(time.DateTime))
 		fmt.Fprintf(w, "  system:    %s %s, serial %s\n", dash(f.System.Vendor), dash(f.System.Product), dash(f.System.Serial))
@@ -269,4 +273,30 @@ func fleetPackages(_ context.Context, name string, args []string, std cli.IO) er
 		fmt.Fprintln(std.Stdout)
 	}
 	return nil
+}
+
+// stagingText is a host's last staging in one line: what, its state, and
+// how the image came (a delta's local and fetched share).
+func stagingText(s *checkin.Staging) string {
+	t := strings.TrimSpace(dash(s.Image) + " " + s.State)
+	switch s.Mode {
+	case "delta":
+		t += fmt.Sprintf(" by delta: %s (%d of %d chunks) from the host's images, %s (%d chunks) fetched",
+			human(s.Local), s.LocalChunks, s.Chunks, human(s.Fetched), s.FetchedChunks)
+	case "full":
+		t += fmt.Sprintf(", downloaded whole: %s", human(s.Fetched))
+	}
+	if s.Reused > 0 {
+		t += fmt.Sprintf(", %s resumed", human(s.Reused))
+	}
+	if s.TookMS > 0 {
+		t += fmt.Sprintf(", in %v", (time.Duration(s.TookMS) * time.Millisecond).Round(time.Millisecond))
+	}
+	if s.Fallback != "" {
+		t += " (not by delta: " + s.Fallback + ")"
+	}
+	if s.Error != "" {
+		t += ": " + s.Error
+	}
+	return t
 }

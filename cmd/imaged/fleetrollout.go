@@ -37,7 +37,7 @@ var rolloutActionDoc = map[string]string{
 
 func rolloutActionCmd(action string) func(context.Context, string, []string, cli.IO) error {
 	return func(_ context.Context, name string, args []string, std cli.IO) error {
-		usage := fmt.Sprintf("Usage: %s [flags] NAME\n\n%s\nThe action is audited under the token's name.\n\nExample:\n  %s --server http://imaged:8080 web-3\n",
+		usage := fmt.Sprintf("Usage: %s [flags] NAME\n\n%s\nThe action is audited under the token's name.\n\nExample:\n  %s --server http://127.0.0.1:8081 web-3\n",
 			name, rolloutActionDoc[action], name)
 		c := newFleetCmd(name, usage, std, true)
 		revert := new(bool)
@@ -76,7 +76,7 @@ hosts by state, and each host with its state (pending, staging,
 rebooting, trial, confirmed, failed, reverted, skipped) and the reason.
 
 Example:
-  imaged fleet rollout status --server http://imaged:8080 web-3
+  imaged fleet rollout status --server http://127.0.0.1:8081 web-3
 `
 
 func rolloutStatusCmd(_ context.Context, name string, args []string, std cli.IO) error {

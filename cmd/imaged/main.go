@@ -27,6 +27,7 @@ var program = &cli.Group{
 		{Name: "stage", Short: "stage an image (file or URL) as hn-root-new.img", Run: runStage},
 		{Name: "revert", Short: "drop system-revert: the next boot goes back to hn-root-old.img", Run: runRevert},
 		{Name: "mark-good", Short: "confirm the current trial boot", Run: runMarkGood},
+		{Name: "passwd", Short: "a bcrypt hash of a password, for imaged serve --users", Run: runPasswd},
 		{Name: "fleet", Short: "admin client of imaged serve: status, assign, revert, rollout, why, ...", Group: fleetGroup},
 	},
 }

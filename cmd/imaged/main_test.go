@@ -29,6 +29,7 @@ func TestHelp(t *testing.T) {
 		"imaged stage",
 		"imaged revert",
 		"imaged mark-good",
+		"imaged passwd",
 		"imaged fleet",
 		"imaged fleet status",
 		"imaged fleet assign",

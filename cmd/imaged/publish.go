@@ -31,7 +31,7 @@ it trusts keys (serve --trust), and refuses a name@version that exists
 with another digest. Publishing what is already there is a no-op.
 
 Example:
-  imaged fleet publish --server http://imaged:8080 --token-file ci.token web-42.img
+  imaged fleet publish --server http://127.0.0.1:8081 --token-file ci.token web-42.img
 `
 
 const fleetImagesUsage = `Usage: imaged fleet images [--server URL] [--token-file FILE] [--json]
@@ -41,7 +41,7 @@ name@version, digest, size, age, where it comes from, and how many hosts
 run it, are assigned it, or keep it in another slot (old, new, broken).
 
 Example:
-  imaged fleet images --server http://imaged:8080
+  imaged fleet images --server http://127.0.0.1:8081
 `
 
 const fleetPruneUsage = `Usage: imaged fleet prune [--apply] [--server URL] [--token-file FILE] [--json]
@@ -53,8 +53,8 @@ name@version, and the blob when no other name has its bytes). Images
 declared in the YAML files are never removed.
 
 Example:
-  imaged fleet prune --server http://imaged:8080            # what would go
-  imaged fleet prune --server http://imaged:8080 --apply
+  imaged fleet prune --server http://127.0.0.1:8081            # what would go
+  imaged fleet prune --server http://127.0.0.1:8081 --apply
 `
 
 func fleetPublish(ctx context.Context, name string, args []string, std cli.IO) error {
@@ -168,7 +168,7 @@ func (c *fleetClient) upload(ctx context.Context, path, img string, offset, size
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	// No overall timeout: a big image on a slow link takes what it takes.
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Transport: c.http.Transport}).Do(req)
 	if err != nil {
 		return cr.n, nil, fmt.Errorf("PATCH %s: %w", path, err)
 	}

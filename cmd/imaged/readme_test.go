@@ -42,7 +42,7 @@ import (
 // the test's directory, the test kernel's modules and serve's state;
 // PGURL a database of a private PostgreSQL cluster.
 var readmeSubst = []struct{ old, new, why string }{
-	{"--server ...", "--server http://127.0.0.1:8080 --token-file ~/.hnboot-token", "the README's placeholder for the server flags"},
+	{"--server ...", "--server http://127.0.0.1:8081 --token-file ~/.hnboot-token", "the README's placeholder for the server flags (the admin listener)"},
 	{"http://imaged:8080", "http://127.0.0.1:8080", "the server runs on the namespace's loopback"},
 	{"--interface br0", "--interface lo", "the namespace's only interface"},
 	{"--interface br1", "--interface lo", "the namespace's only interface"},

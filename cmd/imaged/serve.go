@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/fleet/dashboard"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -68,6 +69,7 @@ type serveFlags struct {
 	services, serviceLogs                                          string
 	maxTFTP, blksize                                               int
 	logLevel                                                       string
+	admin                                                          adminFlags
 }
 
 func runServe(_ context.Context, name string, args []string, std cli.IO) error {
@@ -106,6 +108,15 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	fs.BoolVar(&f.openReads, "open-reads", false, "fleet mode: read-only API calls need no token")
 	fs.StringVar(&f.services, "services", "", "YAML file whose services: list imaged starts and keeps alive")
 	fs.StringVar(&f.serviceLogs, "service-logs", "/var/log/hnboot/services", "where supervised services' output is kept")
+	fs.StringVar(&f.admin.addr, "admin", "127.0.0.1:8081", `fleet mode: listen address of the admin API and the dashboard, apart from --http ("off" disables them)`)
+	fs.StringVar(&f.admin.tlsCert, "tls-cert", "", "admin listener: TLS certificate (PEM), with --tls-key")
+	fs.StringVar(&f.admin.tlsKey, "tls-key", "", "admin listener: TLS private key (PEM)")
+	fs.BoolVar(&f.admin.selfSigned, "tls-self-signed", false, "admin listener: TLS with a self-signed certificate made on the first start and kept as admin.crt/admin.key beside --observed; its fingerprint is logged (pin it with imaged fleet --fingerprint)")
+	fs.Var(&f.admin.tlsNames, "tls-name", "admin listener: a host name or IP address the self-signed certificate is for, besides localhost (repeatable)")
+	fs.StringVar(&f.admin.users, "users", "", `dashboard: users file, "NAME ROLE BCRYPT-HASH" lines (ROLE viewer or operator; make a hash with imaged passwd); admin tokens log in as operators`)
+	fs.DurationVar(&f.admin.sessionTTL, "session-ttl", 8*time.Hour, "dashboard: a login lasts this long")
+	fs.DurationVar(&f.admin.offlineAfter, "offline-after", 15*time.Minute, "dashboard: a host not heard from for this long shows as offline (agents check in every minute; hosts without one only at boot)")
+	fs.BoolVar(&f.admin.allowInsecure, "allow-insecure-admin", false, "admin listener: accept tokens, passwords and sessions over plain HTTP from other machines (anyone on the path can read them)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also logs ignored DHCP requests)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -131,11 +142,19 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 			return fmt.Errorf("serve: --services: %w", err)
 		}
 	}
-	cfg, cleanup, runBG, err := serveConfig(&f, log, sup)
+	cfg, cleanup, runBG, admin, err := serveConfig(&f, log, sup)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer cleanup()
+	var al *adminListener
+	if admin != nil && f.admin.addr != "off" {
+		f.admin.certDir = filepath.Dir(f.observed)
+		if al, err = listenAdmin(&f.admin, log); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		admin = plainHTTPGuard(admin, f.admin.allowInsecure)
+	}
 	srv, err := pxe.New(cfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -156,8 +175,23 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 	} else {
 		close(supDone)
 	}
+	adminDone := make(chan error, 1)
+	if al != nil {
+		go func() {
+			err := al.serve(ctx, admin, log)
+			if err != nil {
+				stop() // the boot server stops too: an imaged without its admin API is not what was asked for
+			}
+			adminDone <- err
+		}()
+	} else {
+		close(adminDone)
+	}
 	err = srv.Run(ctx)
 	stop()
+	if aerr := <-adminDone; err == nil {
+		err = aerr
+	}
 	<-supDone // every child reaped before imaged exits
 	return err
 }
@@ -166,7 +200,7 @@ func runServe(_ context.Context, name string, args []string, std cli.IO) error {
 // static mode otherwise. In fleet mode it also returns what runs beside
 // the server: the fleet's watch of its directory, and a reload on each
 // value of hup.
-func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context, <-chan os.Signal), error) {
+func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (pxe.Config, func(), func(context.Context, <-chan os.Signal), http.Handler, error) {
 	cfg := pxe.Config{
 		Interface: f.iface, HTTPAddr: f.httpAddr, HTTPBase: f.httpBase,
 		TFTPRoot: f.tftpRoot, IPXEDir: f.ipxeDir, TFTPAddr: f.tftpAddr, CacheDir: f.cache,
@@ -176,19 +210,19 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 	nop := func() {}
 	if f.serverIP != "" {
 		if cfg.ServerIP = net.ParseIP(f.serverIP).To4(); cfg.ServerIP == nil {
-			return cfg, nop, nil, fmt.Errorf("--server-ip %q is not an IPv4 address", f.serverIP)
+			return cfg, nop, nil, nil, fmt.Errorf("--server-ip %q is not an IPv4 address", f.serverIP)
 		}
 	}
 	dc, err := dhcpFlags(f)
 	if err != nil {
-		return cfg, nop, nil, err
+		return cfg, nop, nil, nil, err
 	}
 	cfg.DHCP = dc
 	logRec := pxe.RecorderFunc(func(e pxe.Event) { logEvent(log, e) })
 
 	if f.state != "" {
 		if len(f.hosts) > 0 || f.image != "" {
-			return cfg, nop, nil, errors.New("--state (fleet) and --host/--image (static) exclude each other")
+			return cfg, nop, nil, nil, errors.New("--state (fleet) and --host/--image (static) exclude each other")
 		}
 		db := f.db
 		if db == "" {
@@ -196,7 +230,7 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		}
 		if p := fleet.SQLitePath(db); p != "" {
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				return cfg, nop, nil, err
+				return cfg, nop, nil, nil, err
 			}
 		}
 		opts := fleet.Options{Dir: f.state, DB: db, Import: f.observed, ImageCache: f.observed + ".image-digests.json", KeepBoots: f.keepBoots, KeepAudit: f.keepAudit,
@@ -204,7 +238,7 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		for _, k := range f.trust {
 			pub, err := manifest.ReadPublicKey(k)
 			if err != nil {
-				return cfg, nop, nil, fmt.Errorf("--trust: %w", err)
+				return cfg, nop, nil, nil, fmt.Errorf("--trust: %w", err)
 			}
 			opts.TrustedKeys = append(opts.TrustedKeys, pub)
 		}
@@ -213,12 +247,22 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 		}
 		fl, err := fleet.New(opts)
 		if err != nil {
-			return cfg, nop, nil, err
+			return cfg, nop, nil, nil, err
 		}
 		cfg.Directory = fl
 		cfg.Recorder = pxe.Recorders{fl, logRec}
 		cfg.Checkin = fl.Checkin
-		cfg.Extra = fl.Handler()
+		cfg.Extra = fl.HostHandler() // the admin API is on --admin
+		users, err := dashboard.ReadUsers(f.admin.users)
+		if err != nil {
+			fl.Close()
+			return cfg, nop, nil, nil, fmt.Errorf("--users: %w", err)
+		}
+		ui, err := dashboard.New(fl, dashboard.Options{Users: users, UsersFile: f.admin.users, SessionTTL: f.admin.sessionTTL, OfflineAfter: f.admin.offlineAfter, Logger: log})
+		if err != nil {
+			fl.Close()
+			return cfg, nop, nil, nil, err
+		}
 		runBG := func(ctx context.Context, hup <-chan os.Signal) {
 			go fl.Run(ctx)
 			for {
@@ -226,11 +270,16 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 				case <-ctx.Done():
 					return
 				case <-hup:
-					fl.Reload() // logs its own error and keeps the last good state
+					fl.Reload()      // logs its own error and keeps the last good state
+					ui.ReloadUsers() // the same
 				}
 			}
 		}
-		return cfg, func() { fl.Close() }, runBG, nil
+		admin := http.NewServeMux()
+		admin.Handle("/ui/", ui)
+		admin.Handle("/ui", ui)
+		admin.Handle("/", fl.Handler())
+		return cfg, func() { fl.Close() }, runBG, admin, nil
 	}
 
 	dir := pxe.NewStaticDirectory()
@@ -250,7 +299,7 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 	if f.image != "" {
 		r, err := imageRef(f.image)
 		if err != nil {
-			return cfg, nop, nil, err
+			return cfg, nop, nil, nil, err
 		}
 		if f.allowUnknown {
 			dir.SetDefault(pxe.HostBoot{Image: r})
@@ -259,31 +308,31 @@ func serveConfig(f *serveFlags, log *slog.Logger, sup *supervisor.Supervisor) (p
 	for _, h := range f.hosts {
 		parts := strings.Split(h, ",")
 		if len(parts) < 2 || len(parts) > 3 {
-			return cfg, nop, nil, fmt.Errorf("--host %q: want MAC,HOSTNAME[,IMAGE-FILE]", h)
+			return cfg, nop, nil, nil, fmt.Errorf("--host %q: want MAC,HOSTNAME[,IMAGE-FILE]", h)
 		}
 		mac, err := pxe.ParseMAC(parts[0])
 		if err != nil {
-			return cfg, nop, nil, fmt.Errorf("--host %q: %w", h, err)
+			return cfg, nop, nil, nil, fmt.Errorf("--host %q: %w", h, err)
 		}
 		img := f.image
 		if len(parts) == 3 {
 			img = parts[2]
 		}
 		if img == "" {
-			return cfg, nop, nil, fmt.Errorf("--host %q: no image (give one or --image)", h)
+			return cfg, nop, nil, nil, fmt.Errorf("--host %q: no image (give one or --image)", h)
 		}
 		r, err := imageRef(img)
 		if err != nil {
-			return cfg, nop, nil, err
+			return cfg, nop, nil, nil, err
 		}
 		dir.Add(pxe.HostBoot{MAC: mac, Hostname: parts[1], Image: r})
 	}
 	if f.image == "" && len(f.hosts) == 0 {
-		return cfg, nop, nil, errors.New("nothing to boot: give --image FILE (with --allow-unknown), --host, or --state DIR")
+		return cfg, nop, nil, nil, errors.New("nothing to boot: give --image FILE (with --allow-unknown), --host, or --state DIR")
 	}
 	cfg.Directory = dir
 	cfg.Recorder = logRec
-	return cfg, nop, nil, nil
+	return cfg, nop, nil, nil, nil
 }
 
 func dhcpFlags(f *serveFlags) (pxe.DHCPConfig, error) {

@@ -108,7 +108,7 @@ func TestServeReloadsOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "serve", "--server-ip", "127.0.0.1", "--dhcp-mode", "off", "--tftp", "off",
-		"--http", "127.0.0.1:0", "--state", state, "--observed", filepath.Join(dir, "fleet.db"), "--cache", filepath.Join(dir, "cache"))
+		"--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--state", state, "--observed", filepath.Join(dir, "fleet.db"), "--cache", filepath.Join(dir, "cache"))
 	cmd.Env = append(os.Environ(), "IMAGED_TEST_MAIN=1")
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -2,10 +2,12 @@
 # From CI to the fleet: build an image from a recipe, prove it by booting
 # it, publish it to imaged serve, start a rollout to a canary group.
 #
-#   IMAGED_SERVER=http://imaged:8080 IMAGED_TOKEN_FILE=ci.token examples/ci/pipeline.sh
+#   IMAGED_SERVER=https://imaged:8081 IMAGED_FINGERPRINT=sha256:... IMAGED_TOKEN_FILE=ci.token examples/ci/pipeline.sh
 #
 # Environment (all but the first two have defaults):
-#   IMAGED_SERVER, IMAGED_TOKEN_FILE  the fleet server and a token file of its tokens
+#   IMAGED_SERVER, IMAGED_TOKEN_FILE  the fleet server's admin address (imaged serve --admin)
+#                                     and a token file of its tokens
+#   IMAGED_FINGERPRINT or IMAGED_CA    for https: the pinned certificate or its CA
 #   RECIPE          the recipe (default: web.yaml beside this script)
 #   VERSION         the image's version (default: git describe, else the time)
 #   OUT             where the image goes (default: out)
@@ -23,7 +25,7 @@
 # exits 1 for an unhealthy image, 3 when it could not test.
 set -eu
 
-: "${IMAGED_SERVER:?set IMAGED_SERVER to the fleet server, e.g. http://imaged:8080}"
+: "${IMAGED_SERVER:?set IMAGED_SERVER to the fleet server, e.g. https://imaged:8081 (imaged serve --admin)}"
 : "${IMAGED_TOKEN_FILE:?set IMAGED_TOKEN_FILE to a file holding an admin token}"
 export IMAGED_SERVER IMAGED_TOKEN_FILE
 here=$(cd "$(dirname "$0")" && pwd)

@@ -174,8 +174,7 @@ func (b *Boot) bootDiskless(ctx context.Context, why string) Outcome {
 	// Said once: the running system has no /hostpart and no /data0.
 	b.Log.Warn("diskless: "+why+"; /hostpart and /data0 are absent in the running system, and nothing it writes survives a reboot", "ram", b.Paths.RAM)
 	server := b.cfg.Server
-	as, mac, err := b.askServer(ctx, server)
-	b.network = &networkOutcome{Server: server, ServerWhy: "hn.server=", Assigned: as, AssignedErr: err}
+	as, mac, err := b.askServer(ctx, server, "hn.server=")
 	f := InstallDecision(InstallInput{Assigned: as, AssignedErr: err})
 	b.network.Fetch = f
 	if !f.Get {
@@ -220,30 +219,43 @@ func (b *Boot) bootDiskless(ctx context.Context, why string) Outcome {
 }
 
 // askServer brings up the boot NIC and asks server what this MAC should
-// run, within the network budget (hn.checkin=); a recovery reuses what
+// run, within the network budget (hn.checkin=), and keeps the outcome as
+// the boot's network phase's (the identity step applies imaged's answer;
+// the lease is handed over before switch_root). A recovery reuses what
 // this boot's network phase already learnt from the same server.
-func (b *Boot) askServer(ctx context.Context, server string) (Assigned, string, error) {
+func (b *Boot) askServer(ctx context.Context, server, why string) (Assigned, string, error) {
 	if n := b.network; n != nil && n.Server == server && n.NetErr == nil && n.AssignedErr == nil {
 		_, mac, err := b.Sys.BootNIC(b.cfg.BootIF)
 		return n.Assigned, mac, err
 	}
+	out := &networkOutcome{Server: server, ServerWhy: why}
+	if old := b.network; old != nil && old.Lease.Ours() {
+		out.Lease = old.Lease // configured by the network phase; NetUp keeps an address it finds
+	}
+	b.network = out
 	start := b.Sys.Now()
 	bctx, cancel := context.WithTimeout(ctx, b.cfg.Network)
 	defer cancel()
 	ifname, mac, err := b.bootNIC()
 	if err != nil {
-		return Assigned{}, mac, fmt.Errorf("no network interface: %w", err)
+		out.NetErr = fmt.Errorf("no network interface: %w", err)
+		return Assigned{}, mac, out.NetErr
 	}
 	lease, err := b.Sys.NetUp(bctx, ifname)
+	if lease.Ours() || !out.Lease.Ours() {
+		out.Lease = lease
+	}
 	if err != nil {
-		return Assigned{}, mac, fmt.Errorf("network not configured: %w", err)
+		out.NetErr = fmt.Errorf("network not configured: %w", err)
+		return Assigned{}, mac, out.NetErr
 	}
 	b.Log.Info("network up", "lease", lease.String(), "mac", mac, "took", b.since(start))
-	as, err := AskAssigned(bctx, b.Sys.HTTP(), server, mac)
-	if err == nil {
-		b.Log.Info("imaged assigns", "image", as.Image.Label(), "digest", as.Image.Digest, "size", as.Image.Size, "source", as.Source, "took", b.since(start))
+	out.Assigned, out.AssignedErr = AskAssigned(bctx, b.Sys.HTTP(), server, mac)
+	if out.AssignedErr == nil {
+		a := out.Assigned.Image
+		b.Log.Info("imaged assigns", "image", a.Label(), "digest", a.Digest, "size", a.Size, "source", out.Assigned.Source, "took", b.since(start))
 	}
-	return as, mac, err
+	return out.Assigned, mac, out.AssignedErr
 }
 
 // checkinDiskless tells imaged the host runs from RAM (best effort,

@@ -187,7 +187,8 @@ func TestRunDiskless(t *testing.T) {
 	}{
 		{"no hostpart, a server: B from RAM", "hn.server=SRV", nil,
 			func(t *testing.T, w *world, srv *fakeImaged) { w.sys.noHostpart = true },
-			"B", []string{"no hostpart: no partition matches LABEL=hostpart after 5s (hn.server= is set", "booting the assigned image from RAM", "MemAvailable is 8.0 GiB", "fetching the assigned image into RAM"}},
+			"B", []string{"no hostpart: no partition matches LABEL=hostpart after 5s (hn.server= is set", "booting the assigned image from RAM", "MemAvailable is 8.0 GiB", "fetching the assigned image into RAM",
+				"identity: hostname web-07 (from imaged)", "netdown eth0 10.0.0.50/24 ours=true"}},
 		{"hn.diskless: the disk is left alone", "hn.server=SRV hn.diskless", map[string][]byte{layout.Current: imgA},
 			nil, "B", []string{"hn.diskless is set; booting the assigned image from RAM"}},
 		{"hostpart does not mount: B from RAM", "hn.server=SRV", map[string][]byte{layout.Current: imgA},
@@ -282,7 +283,8 @@ func TestRunRecovery(t *testing.T) {
 		console []string
 	}{
 		{"garbage current and old: B recovered, garbage kept aside", "hn.server=SRV", map[string][]byte{layout.Current: garbage, layout.Old: garbage[1:]}, nil,
-			true, []string{layout.CurrentBroken, layout.OldBroken}, []string{"no image could be booted", "recovering over the network", "action=recover", "recovered: the assigned image is hn-root.img"}},
+			true, []string{layout.CurrentBroken, layout.OldBroken}, []string{"no image could be booted", "recovering over the network", "action=recover", "recovered: the assigned image is hn-root.img",
+				"identity: hostname web-07 (from imaged)", "netdown eth0 10.0.0.50/24 ours=true"}},
 		{"server remembered on hostpart", "", map[string][]byte{layout.Current: garbage},
 			func(t *testing.T, w *world, srv *fakeImaged) {
 				os.MkdirAll(filepath.Join(w.paths.Hostpart, layout.StateDir), 0o755)
@@ -293,7 +295,7 @@ func TestRunRecovery(t *testing.T) {
 			true, nil, []string{"hn-root.img is missing"}},
 		{"kexec'd boot, A does not start: recovered although it mounts", "hn.server=SRV hn.kexeced", map[string][]byte{layout.Current: imgA},
 			func(t *testing.T, w *world, srv *fakeImaged) { w.sys.noInit["A"] = true },
-			true, []string{layout.CurrentBroken}, []string{"has no /sbin/init"}},
+			true, []string{layout.CurrentBroken}, []string{"has no /sbin/init", "identity: hostname web-07 (from imaged)", "netdown eth0 10.0.0.50/24 ours=true"}},
 		{"server down: rescue with the reason", "hn.server=http://127.0.0.1:1", map[string][]byte{layout.Current: garbage}, nil,
 			false, nil, []string{"cannot boot: no image could be booted", "no recovery over the network: imaged did not say what to run", "connection refused"}},
 		{"no server known: rescue with the reason", "", map[string][]byte{layout.Current: garbage}, nil,

@@ -161,7 +161,11 @@ func (b *Boot) fetchAndPromote(ctx context.Context, server string, as Assigned, 
 	a := as.Image
 	b.staging = &checkin.Staging{Digest: a.Digest, Image: a.Label(), State: "downloading", Total: a.Size}
 	res, err := b.FetchAssigned(ctx, server, as, b.Paths.Hostpart, layout.New)
-	b.staging.Reused, b.staging.Done = res.Reused, res.Reused+res.Downloaded
+	res.Report(b.staging)
+	b.staging.Done = res.Reused + res.Downloaded
+	if res.Delta != nil {
+		b.staging.Done = res.Reused + res.Delta.LocalBytes + res.Delta.FetchedBytes
+	}
 	if err != nil {
 		b.staging.State, b.staging.Error = "failed", err.Error()
 		var de *stage.DigestError
@@ -234,6 +238,11 @@ func (b *Boot) FetchAssigned(ctx context.Context, server string, as Assigned, di
 	if err == nil && res.Already == "" {
 		b.Log.Info("image downloaded", "file", file, "digest", res.Digest, "bytes", res.Downloaded, "reused", res.Reused,
 			"took", res.Took.Round(time.Millisecond), "MB/s", mbps(res.Downloaded, res.Took), "manifest", res.Manifest)
+		if d := res.Delta; d != nil {
+			b.Log.Info("image built by delta: "+d.String(), "indexed", d.Indexed, "scanned", d.Scanned, "scan", d.Scan.Round(time.Millisecond))
+		} else if res.Fallback != "" {
+			b.Log.Info("image downloaded whole, not by delta", "why", res.Fallback)
+		}
 	}
 	return res, err
 }

@@ -68,7 +68,7 @@ func (b *Boot) recoverOverNetwork(ctx context.Context) (out Outcome, why string,
 		return out, swhy, false
 	}
 	b.Log.Warn("recovering over the network: fetching the assigned image to replace the local ones", "server", server, "because", swhy)
-	as, mac, err := b.askServer(ctx, server)
+	as, mac, err := b.askServer(ctx, server, swhy)
 	failed, ferr := stage.LoadFailed(dir)
 	if ferr != nil {
 		b.Log.Warn("failure memory unreadable", "err", ferr)

@@ -205,6 +205,15 @@ func measure(name, server, cli, dir, fleetDir, tokens string, backend ...string)
 	args := append([]string{"serve", "--server-ip", "127.0.0.1", "--dhcp-mode", "off", "--tftp", "off",
 		"--http", addr, "--state", fleetDir, "--tokens", tokens, "--cache", filepath.Join(dir, "cache-"+strings.Fields(name)[0]),
 		"--log-level", "warn"}, backend...)
+	// The imaged of this tree (server == cli) has its admin API on
+	// --admin; the old one built from git served it on --http.
+	adminAddr := addr
+	if server == cli {
+		if adminAddr, err = freePort(); err != nil {
+			return r, err
+		}
+		args = append(args, "--admin", adminAddr)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, server, args...)
@@ -224,11 +233,11 @@ func measure(name, server, cli, dir, fleetDir, tokens string, backend ...string)
 			<-done
 		}
 	}()
-	base := "http://" + addr
+	base, admin := "http://"+addr, "http://"+adminAddr
 	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency, MaxConnsPerHost: *concurrency}}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		req, _ := http.NewRequest("GET", base+"/api/status", nil)
+		req, _ := http.NewRequest("GET", admin+"/api/status", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
 		if err == nil {
@@ -291,7 +300,7 @@ func measure(name, server, cli, dir, fleetDir, tokens string, backend ...string)
 	// imaged fleet status, as an operator runs it: the best of three.
 	for i := range 3 {
 		t0 := time.Now()
-		c := exec.Command(cli, "fleet", "status", "--server", base, "--token-file", tokens)
+		c := exec.Command(cli, "fleet", "status", "--server", admin, "--token-file", tokens)
 		c.Stdout = io.Discard
 		var stderr bytes.Buffer
 		c.Stderr = &stderr
@@ -307,7 +316,7 @@ func measure(name, server, cli, dir, fleetDir, tokens string, backend ...string)
 			LastCheckin *json.RawMessage `json:"last_checkin"`
 		} `json:"hosts"`
 	}
-	req, _ := http.NewRequest("GET", base+"/api/status", nil)
+	req, _ := http.NewRequest("GET", admin+"/api/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := client.Do(req)
 	if err != nil {

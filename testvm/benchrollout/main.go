@@ -97,9 +97,10 @@ func writeFleet(dir string, n int) (map[string]string, error) {
 }
 
 type server struct {
-	cmd  *exec.Cmd
-	base string
-	log  bytes.Buffer
+	cmd   *exec.Cmd
+	base  string // the boot listener, where hosts check in
+	admin string // the admin API
+	log   bytes.Buffer
 }
 
 func startServer(imaged, dir string) (*server, error) {
@@ -109,10 +110,16 @@ func startServer(imaged, dir string) (*server, error) {
 	}
 	addr := l.Addr().String()
 	l.Close()
+	al, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	adminAddr := al.Addr().String()
+	al.Close()
 	tokens := filepath.Join(dir, "tokens")
 	os.WriteFile(tokens, []byte("bench "+token+"\n"), 0o600)
-	s := &server{base: "http://" + addr}
-	s.cmd = exec.Command(imaged, "serve", "--interface", "lo", "--dhcp-mode", "off", "--tftp", "off", "--http", addr,
+	s := &server{base: "http://" + addr, admin: "http://" + adminAddr}
+	s.cmd = exec.Command(imaged, "serve", "--interface", "lo", "--dhcp-mode", "off", "--tftp", "off", "--http", addr, "--admin", adminAddr,
 		"--state", filepath.Join(dir, "fleet"), "--db", "sqlite://"+filepath.Join(dir, "fleet.db"), "--observed", filepath.Join(dir, "none.db"),
 		"--tokens", tokens, "--open-reads", "--cache", filepath.Join(dir, "cache"))
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
@@ -120,7 +127,7 @@ func startServer(imaged, dir string) (*server, error) {
 		return nil, err
 	}
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(s.base + "/api/status"); err == nil {
+		if resp, err := http.Get(s.admin + "/api/status"); err == nil {
 			resp.Body.Close()
 			return s, nil
 		}
@@ -148,7 +155,7 @@ func (s *server) cpu() time.Duration {
 
 func (s *server) post(path string, body any) error {
 	b, _ := json.Marshal(body)
-	req, _ := http.NewRequest(http.MethodPost, s.base+path, bytes.NewReader(b))
+	req, _ := http.NewRequest(http.MethodPost, s.admin+path, bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -316,7 +323,7 @@ func inventory(imaged, dir string) error {
 		best := time.Duration(1 << 62)
 		for range 3 {
 			t0 := time.Now()
-			out, err := exec.Command(imaged, append(args, "--server", s.base)...).CombinedOutput()
+			out, err := exec.Command(imaged, append(args, "--server", s.admin)...).CombinedOutput()
 			if err != nil {
 				return 0, fmt.Errorf("imaged %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
