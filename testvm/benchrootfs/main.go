@@ -8,7 +8,8 @@
 // A second table measures layout reuse: images of the tree and of an
 // updated copy (ten packages' files rewritten, one package added, see
 // updateTree), and the share of the new image's non-zero 4 KiB blocks found
-// at the same offset, or anywhere, in the old one.
+// at the same offset, or anywhere, in the old one, and of the bytes of its
+// content-defined chunks (what delta updates fetch by) found in the old one.
 //
 //	go run ./testvm/benchrootfs            # a synthetic ~250 MiB tree
 //	go run ./testvm/benchrootfs DIR        # a tree of your own, e.g. debootstrap output
@@ -27,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/rootfs"
 	"github.com/hnboot/hnboot/testvm"
 )
@@ -342,8 +344,8 @@ func layoutReuse(tmp, tree, mkimage, mkfs string, ext4Size int64) error {
 		},
 	}
 	fmt.Printf("\nLayout reuse (ext4, same size): tree vs an update of it: %s\n\n", what)
-	fmt.Println("| tool | new image's non-zero 4 KiB blocks | at the same offset in the old image | anywhere in the old image |")
-	fmt.Println("| --- | ---: | ---: | ---: |")
+	fmt.Println("| tool | new image's non-zero 4 KiB blocks | at the same offset in the old image | anywhere in the old image | bytes of non-zero chunks (internal/chunkindex) found in the old image |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: |")
 	for _, name := range []string{"mkimage rootfs", "mkfs.ext4 -d"} {
 		a, b := filepath.Join(tmp, "reuse-a.img"), filepath.Join(tmp, "reuse-b.img")
 		for _, x := range [][2]string{{tree, a}, {upd, b}} {
@@ -355,7 +357,11 @@ func layoutReuse(tmp, tree, mkimage, mkfs string, ext4Size int64) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("| %s | %d | %.1f %% | %.1f %% |\n", name, r.Blocks, 100*r.SameShare(), 100*r.AnywhereShare())
+		cdc, err := chunkReuse(a, b)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| %s | %d | %.1f %% | %.1f %% | %.1f %% |\n", name, r.Blocks, 100*r.SameShare(), 100*r.AnywhereShare(), 100*cdc)
 		for _, p := range []string{a, b} {
 			os.Remove(p)
 			os.Remove(p + ".json")
@@ -363,4 +369,36 @@ func layoutReuse(tmp, tree, mkimage, mkfs string, ext4Size int64) error {
 		}
 	}
 	return nil
+}
+
+// chunkReuse is the share of the bytes of newImg's content-defined chunks
+// (the delta updates' chunks, all-zero ones left out) whose digest is
+// among oldImg's chunks: what a delta does not fetch.
+func chunkReuse(oldImg, newImg string) (float64, error) {
+	oi, err := chunkindex.BuildFile(oldImg)
+	if err != nil {
+		return 0, err
+	}
+	ni, err := chunkindex.BuildFile(newImg)
+	if err != nil {
+		return 0, err
+	}
+	old := map[[32]byte]bool{}
+	for _, c := range oi.Chunks {
+		old[c.Sum] = true
+	}
+	var found, total int64
+	for _, c := range ni.Chunks {
+		if z, ok := chunkindex.ZeroSum(c.Length); ok && z == c.Sum {
+			continue
+		}
+		total += int64(c.Length)
+		if old[c.Sum] {
+			found += int64(c.Length)
+		}
+	}
+	if total == 0 {
+		return 1, nil
+	}
+	return float64(found) / float64(total), nil
 }
