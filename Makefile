@@ -17,7 +17,7 @@ TEST_TIMEOUT ?= 60m
 # end a run while it minimizes a new input, which go test reports as a failure
 # ("context deadline exceeded"). `make fuzz FUZZTIME=10m` for a real run.
 FUZZTIME ?= 50000x
-FUZZ_TARGETS := FuzzDHCPReply FuzzCleanTFTPPath FuzzHTTPPath
+FUZZ_TARGETS := FuzzDHCPReply:./pxe FuzzCleanTFTPPath:./pxe FuzzHTTPPath:./pxe FuzzChunkIndex:./internal/chunkindex
 
 # The Debian package's version (a native package: no Debian revision).
 VERSION ?= 0.1.0
@@ -45,11 +45,13 @@ test: deps build
 	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
-# The DHCP handler, TFTP file names and HTTP paths, from the seeds in pxe/testdata.
+# The DHCP handler, TFTP file names and HTTP paths (seeds in pxe/testdata), and
+# the chunk index of delta updates (a hostile index): each NAME:PACKAGE.
 fuzz:
-	@for t in $(FUZZ_TARGETS); do \
-	  echo "fuzz $$t for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./pxe || exit 1; \
+	@for tp in $(FUZZ_TARGETS); do \
+	  t=$${tp%%:*}; p=$${tp#*:}; \
+	  echo "fuzz $$t ($$p) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
 	done
 
 unit:
@@ -82,6 +84,7 @@ bench: deps build
 	$(GO) run ./testvm/benchbuild
 	$(GO) run ./testvm/benchrollout
 	$(GO) run ./testvm/benchui
+	$(GO) run ./testvm/benchdelta
 
 clean:
 	rm -rf $(BIN) out hnboot_*.deb

@@ -457,7 +457,7 @@ func (a *Agent) startStaging(ctx context.Context, des Desired) {
 		})
 		a.mu.Lock()
 		s := a.staging
-		s.Reused = res.Reused
+		res.Report(s)
 		if err != nil {
 			s.State, s.Error = "failed", err.Error()
 			if errors.Is(err, stage.ErrRefused) {

@@ -25,6 +25,21 @@ var defaultTransport = &http.Transport{
 
 // Get implements stage.Getter.
 func (g NetGetter) Get(ctx context.Context, url string, offset int64) (*httpget.Response, error) {
+	rng := ""
+	if offset > 0 {
+		rng = "bytes=" + strconv.FormatInt(offset, 10) + "-"
+	}
+	return g.get(ctx, url, rng)
+}
+
+// GetRange implements stage.RangeGetter: bytes [start, end) of url.
+// Requests reuse connections (keep-alive), so the many small ranges of a
+// delta update do not each pay for a new one.
+func (g NetGetter) GetRange(ctx context.Context, url string, start, end int64) (*httpget.Response, error) {
+	return g.get(ctx, url, httpget.RangeHeader(start, end))
+}
+
+func (g NetGetter) get(ctx context.Context, url, rng string) (*httpget.Response, error) {
 	c := g.Client
 	if c == nil {
 		c = &http.Client{Transport: defaultTransport}
@@ -33,8 +48,8 @@ func (g NetGetter) Get(ctx context.Context, url string, offset int64) (*httpget.
 	if err != nil {
 		return nil, err
 	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	if rng != "" {
+		req.Header.Set("Range", rng)
 	}
 	resp, err := c.Do(req)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
@@ -29,6 +30,7 @@ import (
 //
 //	blobs/sha256-HEX.img        the image, content-addressed, immutable
 //	blobs/sha256-HEX.img.json   its manifest (the first one published with it)
+//	blobs/sha256-HEX.img.chunks its chunk index, when the manifest names one (delta updates)
 //	refs/NAME@VERSION.json      one manifest per published name@version
 //	uploads/HEX.part, HEX.json  an upload in progress and its manifest
 //
@@ -273,7 +275,20 @@ func (f *Fleet) receive(who, remote, dg string, offset int64, body io.Reader) (*
 		return rep, nil
 	}
 	pf.Close()
-	got, err := digest.File(part, nil)
+	// With a chunk index named in the manifest, the server makes the
+	// index itself in the same read that checks the digest: the bytes
+	// are the same as mkimage's, so the index is too, and a host checks
+	// it against the signed manifest anyway.
+	var ix *chunkindex.Index
+	var got string
+	if m.Chunks != "" {
+		ix, err = chunkindex.BuildFile(part)
+		if ix != nil {
+			got = ix.Digest()
+		}
+	} else {
+		got, err = digest.File(part, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
@@ -292,9 +307,16 @@ func (f *Fleet) receive(who, remote, dg string, offset int64, body io.Reader) (*
 	if err := os.MkdirAll(blobs, 0o755); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
-	// The manifest first, then the blob: a blob without its manifest
-	// beside it would be served without one.
+	// The index and the manifest first, then the blob: a blob without
+	// its manifest beside it would be served without one.
 	blob := blobPath(f.opts.Images, hex)
+	if ix != nil {
+		if b := ix.Marshal(); chunkindex.Sum(b) != m.Chunks {
+			f.log.Warn("publish: the manifest names another chunk index than this server makes (another chunking); hosts download the image whole", "image", rep.Image, "manifest", m.Chunks, "server", chunkindex.Sum(b))
+		} else if err := durable.WriteFile(blob+layout.ChunksSuffix, b, 0o444); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
+	}
 	if err := durable.WriteFile(layout.ManifestFor(blob), mb, 0o644); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
@@ -496,6 +518,7 @@ func (f *Fleet) Prune(who, remote string, apply bool) ([]PruneResult, error) {
 		if !digestsKept[r.Digest] && !sharedDigest(out, r) {
 			blob := blobPath(f.opts.Images, hex)
 			os.Remove(layout.ManifestFor(blob))
+			os.Remove(blob + layout.ChunksSuffix)
 			os.Remove(blob)
 		}
 	}

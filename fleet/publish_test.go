@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
 )
@@ -32,6 +34,11 @@ func testImage(t *testing.T, name, version, motd string, key *manifest.PrivateKe
 	}
 	m, err := manifest.New(img, manifest.Fields{Name: name, Version: version, FS: "ext4", BuildTime: time.Unix(1700000000, 0)})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// As mkimage rootfs: the chunk index beside the image, named in the
+	// manifest.
+	if _, m.Chunks, err = chunkindex.WriteFile(img); err != nil {
 		t.Fatal(err)
 	}
 	if key != nil {
@@ -115,6 +122,10 @@ func TestPublishResumeAndRegister(t *testing.T) {
 	}
 	if _, err := os.Stat(blob + ".json"); err != nil {
 		t.Errorf("the blob's manifest: %v", err)
+	}
+	// The server made the chunk index the manifest names (delta updates).
+	if b, err := os.ReadFile(blob + layout.ChunksSuffix); err != nil || chunkindex.Sum(b) != mustManifest(t, mb).Chunks {
+		t.Errorf("the blob's chunk index: %v, want the one the manifest names (%s)", err, mustManifest(t, mb).Chunks)
 	}
 	if img := e.f.Desired().Image("web@9"); img == nil || img.Path != blob {
 		t.Errorf("Desired().Image(web@9) = %+v, want the blob", img)

@@ -31,6 +31,7 @@ type HTTPConfig struct {
 //	GET  /images/{digest}/initramfs  initramfs of the image
 //	GET  /blobs/{digest}             the image file itself (Range, ETag)
 //	GET  /blobs/{digest}.json        its manifest (IMAGE.json beside the image), 404 if none
+//	GET  /blobs/{digest}.chunks      its chunk index (IMAGE.chunks, delta updates), 404 if none
 //	GET  /ipxe/{file}                iPXE binaries (UEFI HTTP boot)
 //	POST /checkin                    a host's check-in (checkin.Checkin JSON)
 //	GET  /api/hosts/{mac}/desired    without a fleet (extra nil): StaticDesired
@@ -250,13 +251,35 @@ func (h *HTTPHandler) bootFile(w http.ResponseWriter, r *http.Request) {
 
 func (h *HTTPHandler) blob(w http.ResponseWriter, r *http.Request) {
 	digest, isManifest := strings.CutSuffix(r.PathValue("digest"), layout.ManifestSuffix)
+	digest, isChunks := strings.CutSuffix(digest, layout.ChunksSuffix)
 	im, ok := h.image(digest)
 	if !ok {
 		fail(w, http.StatusNotFound, "no such image")
 		return
 	}
+	if isChunks && !isManifest {
+		// The chunk index (delta updates): immutable like the image, and
+		// trusted through the manifest's chunks digest, not through us.
+		f, err := os.Open(im.Path + layout.ChunksSuffix)
+		if errors.Is(err, os.ErrNotExist) {
+			fail(w, http.StatusNotFound, "no chunk index for "+im.Digest+" (mkimage rootfs writes IMAGE.chunks beside the image); hosts download it whole")
+			return
+		}
+		if err != nil {
+			h.log.Error("http: open", "path", im.Path+layout.ChunksSuffix, "err", err)
+			fail(w, http.StatusInternalServerError, "cannot open chunk index")
+			return
+		}
+		defer f.Close()
+		h.serveOpen(w, r, f, `"`+im.Digest+layout.ChunksSuffix+`"`, "application/octet-stream")
+		return
+	}
 	if !isManifest {
 		h.serveFile(w, r, im.Path, `"`+im.Digest+`"`)
+		return
+	}
+	if isChunks {
+		fail(w, http.StatusNotFound, "no such file")
 		return
 	}
 	// The manifest of a digest never changes either: a new build has a

@@ -235,7 +235,9 @@ func TestHTTPBlobManifest(t *testing.T) {
 	signed := testImage(t, "ext4")
 	body := `{"format":"hnboot-manifest-1","name":"root"}` + "\n"
 	os.WriteFile(signed.Path+".json", []byte(body), 0o644)
-	bare := testImage(t, "squashfs") // no manifest beside it
+	chunks := "HNCHUNKS index bytes"
+	os.WriteFile(signed.Path+".chunks", []byte(chunks), 0o644)
+	bare := testImage(t, "squashfs") // no manifest or chunk index beside it
 	h, _, _ := testHandler(t, true, signed, bare)
 
 	for _, c := range []struct {
@@ -247,6 +249,11 @@ func TestHTTPBlobManifest(t *testing.T) {
 		{"/blobs/" + signed.Digest + ".json", 200, body, "application/json"},
 		{"/blobs/" + signed.Digest, 200, "", "application/octet-stream"},
 		{"/blobs/" + bare.Digest + ".json", 404, "", ""},
+		{"/blobs/" + signed.Digest + ".chunks", 200, chunks, "application/octet-stream"},
+		{"/blobs/" + bare.Digest + ".chunks", 404, "", ""},
+		{"/blobs/" + signed.Digest + ".chunks.json", 404, "", ""},
+		{"/blobs/" + signed.Digest + ".json.chunks", 404, "", ""},
+		{"/blobs/sha256:..%2f..%2fetc%2fpasswd.chunks", 404, "", ""},
 		{"/blobs/sha256:" + strings.Repeat("0", 64) + ".json", 404, "", ""},
 		{"/blobs/" + signed.Digest + ".json.json", 404, "", ""},
 		{"/blobs/.json", 404, "", ""},

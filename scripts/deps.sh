@@ -10,7 +10,7 @@ CACHE=${HNBOOT_CACHE:-/var/cache/hnboot}
 PKGS=(qemu-system-x86 ovmf postgresql grub-efi-amd64-bin grub-pc-bin ipxe e2fsprogs
       squashfs-tools dosfstools mtools kmod busybox-static cpio debootstrap
       dnsmasq-base nginx tftpd-hpa gdisk iproute2 zstd xz-utils btrfs-progs xfsprogs
-      squashfs-tools-ng mmdebstrap chromium)
+      squashfs-tools-ng mmdebstrap chromium rsync zsync casync curl)
 # make deb and its test: strip and lintian.
 PKGS+=(binutils lintian)
 

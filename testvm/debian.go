@@ -5,13 +5,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/hnboot/hnboot/internal/testkernel"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hnboot/hnboot/internal/testkernel"
 )
 
 // A real Debian system for the end-to-end tests: debootstrap's minbase
@@ -277,4 +280,136 @@ func (f *Fixture) DebianImagesWith(ctx context.Context, extra map[string]File, n
 		imgs[name] = img
 	}
 	return imgs, nil
+}
+
+// DebianUpdateAdd is the package DebianUpdated installs beside the
+// upgrades, as an update that adds a tool does.
+const DebianUpdateAdd = "less"
+
+// DebianUpdated returns DebianBase after a real security update: inside
+// a copy of the tree, apt-get upgrade from the suite, its -updates and
+// its -security suites (this machine's Debian and Debian security
+// mirrors), and apt-get install DebianUpdateAdd; then apt's lists and
+// downloads are removed, as from the base. Made once, kept in
+// CacheDir()/debian-update-<hash>. DebianBase is the suite's current
+// point release as debootstrap installs it (no -updates, no -security),
+// so the difference is the fixes published since that point release.
+func DebianUpdated(ctx context.Context, log io.Writer) (string, error) {
+	if log == nil {
+		log = io.Discard
+	}
+	base, err := DebianBase(ctx, log)
+	if err != nil {
+		return "", err
+	}
+	mirror, security := DebianMirror(), debianSecurityMirror()
+	sources := fmt.Sprintf("deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n", mirror, DebianSuite, mirror, DebianSuite, security, DebianSuite)
+	sum := sha256.Sum256([]byte(base + "\n" + sources + DebianUpdateAdd))
+	dir := filepath.Join(CacheDir(), fmt.Sprintf("debian-update-%x", sum[:6]))
+	if _, err := os.Stat(filepath.Join(dir, "sbin", "init")); err == nil {
+		fmt.Fprintf(log, "testvm: updated Debian root cached in %s\n", dir)
+		return dir, nil
+	}
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", base, tmp).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("copy %s: %v: %s", base, err, out)
+	}
+	fail := func(err error) (string, error) { os.RemoveAll(tmp); return "", err }
+	if err := os.WriteFile(filepath.Join(tmp, "etc/apt/sources.list"), []byte(sources), 0o644); err != nil {
+		return fail(err)
+	}
+	// No service starts inside the chroot; the resolver of this machine
+	// while apt runs.
+	policy := filepath.Join(tmp, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return fail(err)
+	}
+	resolv := filepath.Join(tmp, "etc/resolv.conf")
+	oldResolv, rerr := os.ReadFile(resolv)
+	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		os.Remove(resolv)
+		os.WriteFile(resolv, b, 0o644)
+	}
+	proc := filepath.Join(tmp, "proc")
+	if err := unix.Mount("proc", proc, "proc", 0, ""); err != nil {
+		return fail(fmt.Errorf("mount proc in %s (needs root): %w", tmp, err))
+	}
+	start := time.Now()
+	fmt.Fprintf(log, "testvm: updating a copy of %s: apt-get upgrade from %s-updates and %s-security, install %s\n", base, DebianSuite, DebianSuite, DebianUpdateAdd)
+	var aerr error
+	for _, args := range [][]string{
+		{"apt-get", "update"},
+		{"apt-get", "-y", "-o", "Dpkg::Options::=--force-confold", "upgrade"},
+		{"apt-get", "-y", "--no-install-recommends", "install", DebianUpdateAdd},
+		{"apt-get", "clean"},
+	} {
+		cmd := exec.CommandContext(ctx, "chroot", append([]string{tmp}, args...)...)
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			aerr = fmt.Errorf("chroot %s %s: %v\n%s", tmp, strings.Join(args, " "), err, tail(string(out), 20))
+			break
+		}
+	}
+	unix.Unmount(proc, unix.MNT_DETACH)
+	if aerr != nil {
+		return fail(aerr)
+	}
+	os.Remove(policy)
+	os.Remove(resolv)
+	if rerr == nil {
+		os.WriteFile(resolv, oldResolv, 0o644)
+	}
+	lists, _ := filepath.Glob(filepath.Join(tmp, "var/lib/apt/lists/*"))
+	for _, l := range lists {
+		os.RemoveAll(l)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(log, "testvm: update took %v\n", time.Since(start).Round(time.Second))
+	return dir, nil
+}
+
+// debianSecurityMirror is the first Debian security URI of the machine's
+// apt sources, else deb.debian.org's.
+func debianSecurityMirror() string {
+	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(l), ":")
+			if !ok || !strings.EqualFold(k, "URIs") {
+				continue
+			}
+			for _, u := range strings.Fields(v) {
+				if strings.HasSuffix(strings.TrimRight(u, "/"), "/debian-security") {
+					return u
+				}
+			}
+		}
+	}
+	return "http://deb.debian.org/debian-security"
+}
+
+// DpkgVersions reads a tree's installed packages and their versions.
+func DpkgVersions(root string) (map[string]string, error) {
+	b, err := os.ReadFile(filepath.Join(root, "var/lib/dpkg/status"))
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	var name string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Package: "); ok {
+			name = v
+		}
+		if v, ok := strings.CutPrefix(l, "Version: "); ok && name != "" {
+			m[name] = v
+		}
+	}
+	return m, nil
 }

@@ -129,3 +129,21 @@ func TestServeDBDefaultImportsOldStore(t *testing.T) {
 		t.Errorf("old store not renamed aside: %v", err)
 	}
 }
+
+func TestStagingText(t *testing.T) {
+	for _, c := range []struct {
+		s    checkin.Staging
+		want string
+	}{
+		{checkin.Staging{Image: "web 2", State: "staged", Mode: "delta", Local: 900 << 20, Fetched: 30 << 20, Chunks: 1000, LocalChunks: 950, FetchedChunks: 50, TookMS: 4200},
+			"web 2 staged by delta: 900 MiB (950 of 1000 chunks) from the host's images, 30 MiB (50 chunks) fetched, in 4.2s"},
+		{checkin.Staging{Image: "web 2", State: "staged", Mode: "full", Fetched: 1 << 30, Fallback: "the manifest names no chunk index"},
+			"web 2 staged, downloaded whole: 1.0 GiB (not by delta: the manifest names no chunk index)"},
+		{checkin.Staging{State: "failed", Mode: "delta", Reused: 1 << 20, Error: "connection reset"},
+			"- failed by delta: 0 B (0 of 0 chunks) from the host's images, 0 B (0 chunks) fetched, 1.0 MiB resumed: connection reset"},
+	} {
+		if got := stagingText(&c.s); got != c.want {
+			t.Errorf("stagingText(%+v) = %q, want %q", c.s, got, c.want)
+		}
+	}
+}

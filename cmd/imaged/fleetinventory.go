@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/fleet"
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/cli"
 )
 
@@ -151,6 +152,9 @@ func printHost(w io.Writer, h fleet.HostInventory) {
 		fmt.Fprintf(w, "checked in %s; kernel %s; up %v\n", h.LastCheckin.Local().Format(time.DateTime), dash(h.Kernel), (time.Duration(h.Uptime) * time.Second).String())
 	}
 	fmt.Fprintf(w, "slots:     current %s, old %s, new %s, broken %s\n", shortOr(h.Slots.Current), shortOr(h.Slots.Old), shortOr(h.Slots.New), shortOr(h.Slots.Broken))
+	if h.Checkin != nil && h.Checkin.Staging != nil {
+		fmt.Fprintf(w, "staging:   %s\n", stagingText(h.Checkin.Staging))
+	}
 	if f := h.Facts; f != nil {
 		fmt.Fprintf(w, "\nfacts (reported %s):\n", f.Time.Local().Format(time.DateTime))
 		fmt.Fprintf(w, "  system:    %s %s, serial %s\n", dash(f.System.Vendor), dash(f.System.Product), dash(f.System.Serial))
@@ -269,4 +273,30 @@ func fleetPackages(_ context.Context, name string, args []string, std cli.IO) er
 		fmt.Fprintln(std.Stdout)
 	}
 	return nil
+}
+
+// stagingText is a host's last staging in one line: what, its state, and
+// how the image came (a delta's local and fetched share).
+func stagingText(s *checkin.Staging) string {
+	t := strings.TrimSpace(dash(s.Image) + " " + s.State)
+	switch s.Mode {
+	case "delta":
+		t += fmt.Sprintf(" by delta: %s (%d of %d chunks) from the host's images, %s (%d chunks) fetched",
+			human(s.Local), s.LocalChunks, s.Chunks, human(s.Fetched), s.FetchedChunks)
+	case "full":
+		t += fmt.Sprintf(", downloaded whole: %s", human(s.Fetched))
+	}
+	if s.Reused > 0 {
+		t += fmt.Sprintf(", %s resumed", human(s.Reused))
+	}
+	if s.TookMS > 0 {
+		t += fmt.Sprintf(", in %v", (time.Duration(s.TookMS) * time.Millisecond).Round(time.Millisecond))
+	}
+	if s.Fallback != "" {
+		t += " (not by delta: " + s.Fallback + ")"
+	}
+	if s.Error != "" {
+		t += ": " + s.Error
+	}
+	return t
 }

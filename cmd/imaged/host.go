@@ -37,7 +37,7 @@ trial state, what the next boot will do, images remembered as failed and
 the last boots.
 ` + hostpartNote
 
-const stageUsage = `Usage: imaged stage [--force] [--digest sha256:HEX] [--key KEY.pub]... [--name N --version V] [--hostpart DIR] FILE|URL
+const stageUsage = `Usage: imaged stage [--force] [--no-delta] [--digest sha256:HEX] [--key KEY.pub]... [--name N --version V] [--hostpart DIR] FILE|URL
 
 Copies or downloads an image to hn-root-new.img.part (resuming an earlier
 interrupted download of the same digest), checks its sha256, fsyncs it and
@@ -46,6 +46,9 @@ manifest (FILE.json, URL.json) goes first as hn-root-new.img.json when the
 source has one; with a trusted key (--key, hostpart's .hnboot/trusted.pub)
 it is required and its signature checked before anything is downloaded.
 An image this host reverted or rejected before is refused unless --force.
+From a URL whose manifest names a chunk index (URL.chunks), the image is
+built from the chunks of the images already on hostpart and only the
+missing chunks are fetched (Range requests); --no-delta downloads it whole.
 
 Examples:
   imaged stage web.img
@@ -96,6 +99,7 @@ func runStatus(_ context.Context, name string, args []string, std cli.IO) error 
 func runStage(ctx context.Context, name string, args []string, std cli.IO) error {
 	fs := cli.NewFlagSet(name, stageUsage, std)
 	force := fs.Bool("force", false, "stage even an image this host remembers as failed")
+	noDelta := fs.Bool("no-delta", false, "download the image whole, not by delta from the images on hostpart")
 	digest := fs.String("digest", "", "expected `sha256:HEX`; the download is refused if it differs (taken from a /blobs/sha256:... URL)")
 	iname := fs.String("name", "", "image name, shown by imaged status")
 	version := fs.String("version", "", "image version, shown by imaged status")
@@ -112,7 +116,7 @@ func runStage(ctx context.Context, name string, args []string, std cli.IO) error
 	if err != nil {
 		return fmt.Errorf("stage: --key: %w", err)
 	}
-	return hostStage(ctx, dir, fs.Arg(0), *digest, *iname, *version, *force, k, std.Stdout)
+	return hostStage(ctx, dir, fs.Arg(0), *digest, *iname, *version, *force, *noDelta, k, std.Stdout)
 }
 
 func runRevert(_ context.Context, name string, args []string, std cli.IO) error {
@@ -227,7 +231,7 @@ func hostStatus(dir string, jsonOut bool, stdout io.Writer) error {
 
 var blobRE = regexp.MustCompile(`/blobs/(sha256:[0-9a-f]{64})$`)
 
-func hostStage(ctx context.Context, dir, src, dg, name, version string, force bool, keys stage.Keys, stdout io.Writer) error {
+func hostStage(ctx context.Context, dir, src, dg, name, version string, force, noDelta bool, keys stage.Keys, stdout io.Writer) error {
 	var source stage.Source
 	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
 		source = stage.HTTPSource{URL: src, Client: agent.NetGetter{}}
@@ -239,7 +243,7 @@ func hostStage(ctx context.Context, dir, src, dg, name, version string, force bo
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	req := stage.Request{Source: source, Digest: dg, Name: name, Version: version, Force: force, Keys: keys, HashSlots: true}
+	req := stage.Request{Source: source, Digest: dg, Name: name, Version: version, Force: force, Keys: keys, HashSlots: true, NoDelta: noDelta}
 	bar := isTerminal(stdout)
 	if bar {
 		req.Progress = func(done, total int64) { progress(stdout, done, total) }
@@ -263,6 +267,11 @@ func hostStage(ctx context.Context, dir, src, dg, name, version string, force bo
 	fmt.Fprintf(stdout, "staged %s: %s, %s in %v", layout.New, res.Digest, stage.SizeString(res.Size), time.Since(start).Round(time.Millisecond))
 	if res.Reused > 0 {
 		fmt.Fprintf(stdout, " (%s resumed from an earlier download)", stage.SizeString(res.Reused))
+	}
+	if res.Delta != nil {
+		fmt.Fprintf(stdout, "\nby delta: %s", res.Delta)
+	} else if res.Fallback != "" {
+		fmt.Fprintf(stdout, "\ndownloaded whole, not by delta: %s", res.Fallback)
 	}
 	if res.Manifest != "" {
 		fmt.Fprintf(stdout, "\nwith its manifest %s (%s)", layout.ManifestFor(layout.New), res.Manifest)

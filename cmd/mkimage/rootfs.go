@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/dpkg"
 	"github.com/hnboot/hnboot/internal/imagefs"
@@ -162,10 +163,28 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 		fmt.Fprintf(stdout, "generalized: %s %s\n", c.Action, c.Path)
 	}
 	fields.FS, fields.KernelRelease, fields.BuildTime = res.FS, res.KernelRelease, buildTime(o)
+	// The chunk index (delta updates) reads the image beside the
+	// manifest's hash: two passes over a file in the page cache, on two
+	// CPUs.
+	type indexed struct {
+		ix  *chunkindex.Index
+		sum string
+		err error
+	}
+	ixc := make(chan indexed, 1)
+	go func() {
+		ix, sum, err := chunkindex.WriteFile(res.Path)
+		ixc <- indexed{ix, sum, err}
+	}()
 	m, err := manifest.New(res.Path, fields)
+	ci := <-ixc
 	if err != nil {
 		return fmt.Errorf("rootfs: manifest: %w", err)
 	}
+	if ci.err != nil {
+		return fmt.Errorf("rootfs: %w", ci.err)
+	}
+	m.Chunks = ci.sum
 	if signer != nil {
 		if err := m.Sign(signer); err != nil {
 			return fmt.Errorf("rootfs: sign: %w", err)
@@ -188,6 +207,7 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 		signed = "signed by key " + m.KeyID
 	}
 	fmt.Fprintf(stdout, "%s: manifest, sha256 %s, %s\n", mpath, m.SHA256, signed)
+	fmt.Fprintf(stdout, "%s: chunk index, %d chunks (delta updates)\n", res.Path+layout.ChunksSuffix, len(ci.ix.Chunks))
 	l, err := writePackages(res.Path, m.SHA256, signer)
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)

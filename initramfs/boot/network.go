@@ -135,9 +135,10 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 		"booted", rep.Booted, "digest_source", rep.BootedImage.Source, "took", b.since(start))
 }
 
-// bootNIC finds the boot NIC, waiting up to 2 s for NIC drivers, which
-// probe after their modules load.
+// bootNIC finds the boot NIC, once its drivers are loaded (loadNICDrivers)
+// waiting up to 2 s for them to probe.
 func (b *Boot) bootNIC() (ifname, mac string, err error) {
+	b.loadNICDrivers()
 	for i := 0; ; i++ {
 		ifname, mac, err = b.Sys.BootNIC(b.cfg.BootIF)
 		if err == nil && (b.cfg.BootIF == "" || mac == b.cfg.BootIF) {
@@ -161,7 +162,11 @@ func (b *Boot) fetchAndPromote(ctx context.Context, server string, as Assigned, 
 	a := as.Image
 	b.staging = &checkin.Staging{Digest: a.Digest, Image: a.Label(), State: "downloading", Total: a.Size}
 	res, err := b.FetchAssigned(ctx, server, as, b.Paths.Hostpart, layout.New)
-	b.staging.Reused, b.staging.Done = res.Reused, res.Reused+res.Downloaded
+	res.Report(b.staging)
+	b.staging.Done = res.Reused + res.Downloaded
+	if res.Delta != nil {
+		b.staging.Done = res.Reused + res.Delta.LocalBytes + res.Delta.FetchedBytes
+	}
 	if err != nil {
 		b.staging.State, b.staging.Error = "failed", err.Error()
 		var de *stage.DigestError
@@ -234,6 +239,11 @@ func (b *Boot) FetchAssigned(ctx context.Context, server string, as Assigned, di
 	if err == nil && res.Already == "" {
 		b.Log.Info("image downloaded", "file", file, "digest", res.Digest, "bytes", res.Downloaded, "reused", res.Reused,
 			"took", res.Took.Round(time.Millisecond), "MB/s", mbps(res.Downloaded, res.Took), "manifest", res.Manifest)
+		if d := res.Delta; d != nil {
+			b.Log.Info("image built by delta: "+d.String(), "indexed", d.Indexed, "scanned", d.Scanned, "scan", d.Scan.Round(time.Millisecond))
+		} else if res.Fallback != "" {
+			b.Log.Info("image downloaded whole, not by delta", "why", res.Fallback)
+		}
 	}
 	return res, err
 }

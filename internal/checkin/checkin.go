@@ -135,6 +135,18 @@ type Staging struct {
 	Total  int64  `json:"total,omitempty"`
 	Reused int64  `json:"reused,omitempty"` // bytes kept from an interrupted download
 	Error  string `json:"error,omitempty"`
+	// How the image came (when staged or failed): "delta" (chunks of the
+	// images on hostpart, the rest fetched) or "full"; for a delta the
+	// bytes and chunks copied locally and fetched, and the staging's
+	// time. Fallback says why a delta was not used.
+	Mode          string `json:"mode,omitempty"`
+	Local         int64  `json:"local,omitempty"`
+	Fetched       int64  `json:"fetched,omitempty"`
+	Chunks        int64  `json:"chunks,omitempty"`
+	LocalChunks   int64  `json:"local_chunks,omitempty"`
+	FetchedChunks int64  `json:"fetched_chunks,omitempty"`
+	TookMS        int64  `json:"took_ms,omitempty"`
+	Fallback      string `json:"fallback,omitempty"`
 }
 
 // Health is the agent's verdict on a boot so far (agent.Verdict).

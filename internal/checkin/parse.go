@@ -209,7 +209,7 @@ func (c *Checkin) words() []field {
 	fs := []field{{"action", &c.Action}, {"revert_applied", &c.RevertApplied},
 		{"booted_image.file", &c.BootedImage.File}, {"booted_image.source", &c.BootedImage.Source}}
 	if c.Staging != nil {
-		fs = append(fs, field{"staging.state", &c.Staging.State})
+		fs = append(fs, field{"staging.state", &c.Staging.State}, field{"staging.mode", &c.Staging.Mode})
 	}
 	if c.Health != nil {
 		fs = append(fs, field{"health.state", &c.Health.State})
@@ -249,7 +249,7 @@ func (c *Checkin) texts() []textField {
 		ts = append(ts, text(fmt.Sprintf("failures[%d].reason", i), &c.Failures[i].Reason))
 	}
 	if s := c.Staging; s != nil {
-		ts = append(ts, line("staging.image", &s.Image, maxLine), text("staging.error", &s.Error))
+		ts = append(ts, line("staging.image", &s.Image, maxLine), text("staging.error", &s.Error), text("staging.fallback", &s.Fallback))
 	}
 	if h := c.Health; h != nil {
 		ts = append(ts, text("health.reason", &h.Reason))
@@ -312,7 +312,9 @@ func (c *Checkin) counts() []count {
 	ns := []count{{"tries_left", int64(c.TriesLeft), maxTries}, {"uptime_seconds", c.UptimeSeconds, maxInt},
 		{"booted_image.size", c.BootedImage.Size, maxInt}}
 	if s := c.Staging; s != nil {
-		ns = append(ns, count{"staging.done", s.Done, maxInt}, count{"staging.total", s.Total, maxInt}, count{"staging.reused", s.Reused, maxInt})
+		ns = append(ns, count{"staging.done", s.Done, maxInt}, count{"staging.total", s.Total, maxInt}, count{"staging.reused", s.Reused, maxInt},
+			count{"staging.local", s.Local, maxInt}, count{"staging.fetched", s.Fetched, maxInt}, count{"staging.chunks", s.Chunks, maxInt},
+			count{"staging.local_chunks", s.LocalChunks, maxInt}, count{"staging.fetched_chunks", s.FetchedChunks, maxInt}, count{"staging.took_ms", s.TookMS, maxInt})
 	}
 	return ns
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/hnboot/hnboot/bootloader"
 	"github.com/hnboot/hnboot/internal/blkid"
+	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -236,6 +237,19 @@ func Build(ctx context.Context, o Options) (res *Result, err error) {
 				return nil, fmt.Errorf("disk: stage the manifest of %s: %w", im.flag, err)
 			}
 			log.Info("staged manifest", "manifest", layout.ManifestFor(im.name), "from", layout.ManifestFor(im.src))
+			// Its chunk index, where a host keeps those of its images
+			// (internal/stage): the first delta update needs no other.
+			m, merr := manifest.Parse(b)
+			cb, cerr := os.ReadFile(im.src + layout.ChunksSuffix)
+			if merr == nil && cerr == nil && m.Chunks != "" && chunkindex.Sum(cb) == m.Chunks {
+				p := filepath.Join(staging, layout.ChunksDir, m.SHA256+layout.ChunksSuffix)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					return nil, fmt.Errorf("disk: %w", err)
+				}
+				if err := os.WriteFile(p, cb, 0o644); err != nil {
+					return nil, fmt.Errorf("disk: stage the chunk index of %s: %w", im.flag, err)
+				}
+			}
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("disk: %s: %w", im.flag, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hnboot/hnboot/bootloader"
+	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
@@ -398,10 +399,17 @@ func TestBuildManifests(t *testing.T) {
 	if err := os.WriteFile(plain, full, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	var rootHex string
 	for _, img := range []string{root, newImg} {
 		m, err := manifest.New(img, manifest.Fields{Name: "t", Version: filepath.Base(img), FS: "ext4"})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if img == root { // as mkimage rootfs: its chunk index beside it
+			if _, m.Chunks, err = chunkindex.WriteFile(img); err != nil {
+				t.Fatal(err)
+			}
+			rootHex = m.SHA256
 		}
 		if err := m.WriteFile(layout.ManifestFor(img)); err != nil {
 			t.Fatal(err)
@@ -420,14 +428,19 @@ func TestBuildManifests(t *testing.T) {
 		{"hn-root.img.json", root + ".json"},
 		{"hn-root-new.img.json", newImg + ".json"},
 		{"hn-root-old.img.json", ""},
+		{layout.ChunksDir + "/" + rootHex + layout.ChunksSuffix, root + layout.ChunksSuffix}, // for the first delta update
 	} {
-		if got, want := strings.Contains(ls, " "+c.name+"\n"), c.from != ""; got != want {
-			t.Errorf("debugfs ls / has %s = %v, want %v:\n%s", c.name, got, want, ls)
+		if d, base := filepath.Split(c.name); d == "" {
+			if got, want := strings.Contains(ls, " "+c.name+"\n"), c.from != ""; got != want {
+				t.Errorf("debugfs ls / has %s = %v, want %v:\n%s", c.name, got, want, ls)
+			}
+		} else if l := run(t, "/sbin/debugfs", "-R", "ls -l /"+d, host); !strings.Contains(l, " "+base+"\n") {
+			t.Errorf("debugfs ls /%s lacks %s:\n%s", d, base, l)
 		}
 		if c.from == "" {
 			continue
 		}
-		dumped := filepath.Join(dir, "dumped-"+c.name)
+		dumped := filepath.Join(dir, "dumped-"+filepath.Base(c.name))
 		run(t, "/sbin/debugfs", "-R", "dump /"+c.name+" "+dumped, host)
 		a, _ := os.ReadFile(c.from)
 		b, _ := os.ReadFile(dumped)

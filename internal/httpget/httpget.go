@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -43,6 +44,46 @@ type Client struct {
 	// Dial connects; nil is net.Dialer.DialContext. Tests and benchmarks
 	// count or slow bytes here.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	mu   sync.Mutex
+	idle *idleConn // GetRange's connection between two ranges
+}
+
+// idleConn is a connection whose last response was read to its end and
+// that the server keeps open.
+type idleConn struct {
+	host string
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func (c *Client) takeIdle(host string) *idleConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ic := c.idle
+	c.idle = nil
+	if ic != nil && ic.host != host {
+		ic.conn.Close()
+		return nil
+	}
+	return ic
+}
+
+func (c *Client) putIdle(ic *idleConn) {
+	c.mu.Lock()
+	old := c.idle
+	c.idle = ic
+	c.mu.Unlock()
+	if old != nil {
+		old.conn.Close()
+	}
+}
+
+// CloseIdle closes the connection GetRange keeps between ranges.
+func (c *Client) CloseIdle() {
+	if ic := c.takeIdle(""); ic != nil {
+		ic.conn.Close()
+	}
 }
 
 // Response is a response whose status line and headers were read. The
@@ -63,8 +104,27 @@ func (c *Client) Get(ctx context.Context, rawURL string, offset int64) (*Respons
 	if offset > 0 {
 		hdr = append(hdr, [2]string{"Range", "bytes=" + strconv.FormatInt(offset, 10) + "-"})
 	}
+	return c.get(ctx, rawURL, hdr, false)
+}
+
+// GetRange fetches bytes [start, end) of rawURL (Range: bytes=start-end-1);
+// a server that honours it answers 206, one that does not 200 with the
+// whole file. Redirects are followed as by Get. Unlike every other
+// request it keeps the connection open (keep-alive) once the body is
+// read to its end and closed, for the next range: a delta update asks for
+// hundreds, and a new connection each would cost more than the bytes.
+func (c *Client) GetRange(ctx context.Context, rawURL string, start, end int64) (*Response, error) {
+	return c.get(ctx, rawURL, [][2]string{{"Range", RangeHeader(start, end)}}, true)
+}
+
+// RangeHeader is the Range value for bytes [start, end).
+func RangeHeader(start, end int64) string {
+	return "bytes=" + strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(end-1, 10)
+}
+
+func (c *Client) get(ctx context.Context, rawURL string, hdr [][2]string, keep bool) (*Response, error) {
 	for i := 0; ; i++ {
-		resp, err := c.Do(ctx, "GET", rawURL, hdr, nil)
+		resp, err := c.do(ctx, "GET", rawURL, hdr, nil, keep)
 		if err != nil {
 			return nil, err
 		}
@@ -94,6 +154,32 @@ func (c *Client) Post(ctx context.Context, rawURL, contentType string, body []by
 
 // Do sends one request (Connection: close) and reads the response header.
 func (c *Client) Do(ctx context.Context, method, rawURL string, header [][2]string, body []byte) (*Response, error) {
+	return c.do(ctx, method, rawURL, header, body, false)
+}
+
+func (c *Client) do(ctx context.Context, method, rawURL string, header [][2]string, body []byte, keep bool) (*Response, error) {
+	if keep {
+		// A kept connection the server has closed meanwhile fails at once:
+		// then once more on a new one.
+		u, _ := url.Parse(rawURL)
+		if u != nil {
+			host := u.Host
+			if u.Port() == "" {
+				host = net.JoinHostPort(u.Hostname(), "80")
+			}
+			if ic := c.takeIdle(host); ic != nil {
+				resp, err := c.send(ctx, method, rawURL, header, body, true, ic)
+				if err == nil || ctx.Err() != nil {
+					return resp, err
+				}
+			}
+		}
+	}
+	return c.send(ctx, method, rawURL, header, body, keep, nil)
+}
+
+// send sends one request on ic, or on a new connection when ic is nil.
+func (c *Client) send(ctx context.Context, method, rawURL string, header [][2]string, body []byte, keep bool, ic *idleConn) (*Response, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, rawURL, err)
@@ -120,9 +206,15 @@ func (c *Client) Do(ctx context.Context, method, rawURL string, header [][2]stri
 		var d net.Dialer
 		dial = d.DialContext
 	}
-	conn, err := dial(hctx, "tcp", host)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, rawURL, err)
+	var conn net.Conn
+	var br *bufio.Reader
+	if ic != nil {
+		conn, br = ic.conn, ic.br
+	} else {
+		if conn, err = dial(hctx, "tcp", host); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", method, rawURL, err)
+		}
+		br = bufio.NewReaderSize(conn, 64<<10)
 	}
 	// Cancelling ctx must end a read or write blocked on the network.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
@@ -147,7 +239,11 @@ func (c *Client) Do(ctx context.Context, method, rawURL string, header [][2]stri
 	if ua == "" {
 		ua = "hnboot"
 	}
-	fmt.Fprintf(&req, "User-Agent: %s\r\nConnection: close\r\n", ua)
+	connection := "close"
+	if keep {
+		connection = "keep-alive"
+	}
+	fmt.Fprintf(&req, "User-Agent: %s\r\nConnection: %s\r\n", ua, connection)
 	for k, v := range c.Header {
 		fmt.Fprintf(&req, "%s: %s\r\n", k, v)
 	}
@@ -163,7 +259,6 @@ func (c *Client) Do(ctx context.Context, method, rawURL string, header [][2]stri
 		return fail(err)
 	}
 
-	br := bufio.NewReaderSize(conn, 64<<10)
 	code, status, hdr, err := readHeader(br)
 	if err != nil {
 		return fail(err)
@@ -177,6 +272,9 @@ func (c *Client) Do(ctx context.Context, method, rawURL string, header [][2]stri
 	// through br returns it first. Without a length, the body ends with
 	// the connection.
 	b := &body_{r: br, conn: conn, stop: stop, idle: idle, ctx: ctx}
+	if keep && !strings.EqualFold(hdr.Get("Connection"), "close") {
+		b.keep = func() { c.putIdle(&idleConn{host: host, conn: conn, br: br}) }
+	}
 	switch {
 	case method == "HEAD" || code == 204 || code == 304 || code/100 == 1:
 		b.r = strings.NewReader("")
@@ -237,13 +335,15 @@ func readHeader(br *bufio.Reader) (int, string, textproto.MIMEHeader, error) {
 }
 
 // body_ is a response body: each read has IdleTimeout, and Close ends
-// the connection.
+// the connection, or keeps it for the next request (keep) when the body
+// of known length was read to its end.
 type body_ struct {
 	r    io.Reader
 	conn net.Conn
 	stop func() bool
 	idle time.Duration
 	ctx  context.Context
+	keep func()
 }
 
 func (b *body_) Read(p []byte) (int, error) {
@@ -270,7 +370,12 @@ func (b *body_) Read(p []byte) (int, error) {
 }
 
 func (b *body_) Close() error {
-	b.stop()
+	stopped := b.stop() // false: the context's end already cut the connection
+	if e, ok := b.r.(*exact); ok && e.n == 0 && b.keep != nil && stopped && b.ctx.Err() == nil {
+		b.conn.SetDeadline(time.Time{})
+		b.keep()
+		return nil
+	}
 	return b.conn.Close()
 }
 

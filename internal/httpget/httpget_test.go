@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -113,21 +114,21 @@ func TestDeadlines(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		url    string
-		client Client
+		client *Client
 		ctx    func() (context.Context, context.CancelFunc)
 		body   bool // the header arrives; the wait is in the body
 		want   string
 	}{
-		{"header, ctx deadline", silent, Client{}, func() (context.Context, context.CancelFunc) {
+		{"header, ctx deadline", silent, &Client{}, func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), 200*time.Millisecond)
 		}, false, "deadline"},
-		{"header, Timeout", silent, Client{Timeout: 200 * time.Millisecond}, func() (context.Context, context.CancelFunc) {
+		{"header, Timeout", silent, &Client{Timeout: 200 * time.Millisecond}, func() (context.Context, context.CancelFunc) {
 			return context.WithCancel(context.Background())
 		}, false, "deadline"},
-		{"body, idle", stalls, Client{IdleTimeout: 200 * time.Millisecond}, func() (context.Context, context.CancelFunc) {
+		{"body, idle", stalls, &Client{IdleTimeout: 200 * time.Millisecond}, func() (context.Context, context.CancelFunc) {
 			return context.WithCancel(context.Background())
 		}, true, "no data for 200ms"},
-		{"body, cancelled", stalls, Client{}, func() (context.Context, context.CancelFunc) {
+		{"body, cancelled", stalls, &Client{}, func() (context.Context, context.CancelFunc) {
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(200*time.Millisecond, cancel)
 			return ctx, cancel
@@ -207,4 +208,46 @@ func TestParseContentRange(t *testing.T) {
 			t.Errorf("ParseContentRange(%q) = %d, %d, %d, %v; want %d, %d, %d, %v", tc.in, s, e, tot, ok, tc.start, tc.end, tc.total, tc.ok)
 		}
 	}
+}
+
+// GetRange keeps its connection for the next range once a body is read
+// to its end, and opens a new one when the server closed the kept one.
+func TestGetRangeKeepAlive(t *testing.T) {
+	data := strings.Repeat("0123456789", 1000)
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(data))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c := &Client{}
+	get := func(a, b int64) {
+		t.Helper()
+		resp, err := c.GetRange(context.Background(), srv.URL, a, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 206 || string(got) != data[a:b] {
+			t.Fatalf("GetRange(%d, %d) = %d %q, %v; want 206 %q", a, b, resp.StatusCode, got, err, data[a:b])
+		}
+	}
+	for i := int64(0); i < 10; i++ {
+		get(i*100, i*100+50)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("10 ranges on %d connections, want 1", n)
+	}
+	srv.CloseClientConnections() // the server drops the idle connection
+	get(5000, 5100)
+	if n := conns.Load(); n != 2 {
+		t.Errorf("after the server closed it: %d connections, want 2", n)
+	}
+	c.CloseIdle()
 }

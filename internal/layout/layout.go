@@ -21,6 +21,7 @@ const (
 	ManifestSuffix = ".json"     // IMAGE.json: the manifest that follows its image
 	PartSuffix     = ".part"     // a download in progress; never booted, never promoted
 	RejectedSuffix = ".rejected" // a staged image that failed verification
+	ChunksSuffix   = ".chunks"   // IMAGE.chunks: its chunk index (package chunkindex), for delta updates
 	BrokenSuffix   = ".broken"   // an image a network recovery replaced; kept aside, never booted
 )
 
@@ -71,6 +72,8 @@ const (
 	AgentState    = StateDir + "/agent.json"     // the agent's memory across restarts
 	Server        = StateDir + "/server"         // the imaged URL of the last successful check-in
 	RandomSeed    = StateDir + "/random-seed"    // entropy credited to the kernel at the next boot
+	DefaultMAC    = StateDir + "/default-mac"    // the boot NIC's MAC, for the default hostname without loading NIC drivers
+	ChunksDir     = StateDir + "/chunks"         // <hex>.chunks: the chunk index of each image on hostpart staged by delta
 )
 
 // Labels of the disk's partitions and filesystems.

@@ -1,6 +1,7 @@
 // Package manifest describes a root image in a small JSON file beside it
 // (IMAGE.json): name, version, sha256, size, filesystem type, kernel
-// release and build time, optionally signed with ed25519.
+// release, build time and the digest of its chunk index, optionally
+// signed with ed25519.
 //
 // The signature is inside the manifest (key_id, signature). It covers the
 // canonical bytes: the domain string "hnboot-manifest-v1\n" followed by
@@ -23,6 +24,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 )
 
@@ -51,8 +53,14 @@ type Manifest struct {
 	FS            string `json:"fs"`     // ext4 or squashfs
 	KernelRelease string `json:"kernel_release"`
 	BuildTime     string `json:"build_time"` // RFC 3339, UTC; SOURCE_DATE_EPOCH when set
-	KeyID         string `json:"key_id,omitempty"`
-	Signature     string `json:"signature,omitempty"` // base64 ed25519 over domain + Canonical()
+	// Chunks is the sha256 of IMAGE.chunks, the image's chunk index
+	// (package chunkindex), "sha256:<hex>": signed with the rest, so the
+	// index a host builds a delta update from is as trusted as the image.
+	// Empty in manifests from before delta updates (their canonical bytes,
+	// and so their signatures, are unchanged: the field is omitted).
+	Chunks    string `json:"chunks,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+	Signature string `json:"signature,omitempty"` // base64 ed25519 over domain + Canonical()
 }
 
 // Fields are what the builder knows beyond the image's bytes.
@@ -219,6 +227,9 @@ func Parse(b []byte) (*Manifest, error) {
 	}
 	if m.Size <= 0 {
 		return nil, fmt.Errorf("%w: size %d", ErrFormat, m.Size)
+	}
+	if m.Chunks != "" && !digest.Valid(m.Chunks) {
+		return nil, fmt.Errorf("%w: chunks %q is not sha256:<64 hex>", ErrFormat, m.Chunks)
 	}
 	return &m, nil
 }

@@ -77,6 +77,10 @@ type Request struct {
 	// image in RAM for a diskless host, a replacement during recovery)
 	// stages through the same code.
 	File string
+	// NoDelta stages by full download only. By default an HTTP source
+	// whose manifest names a chunk index is staged by delta: the chunks
+	// of the images already in dir are copied and only the others fetched.
+	NoDelta bool
 }
 
 // Result says what Stage did.
@@ -93,6 +97,11 @@ type Result struct {
 	Already string `json:"already,omitempty"`
 	// Took is the time from connecting to the rename (or the failure).
 	Took time.Duration `json:"took,omitempty"`
+	// Delta says how a delta staging built the image (nil: a full
+	// download); Fallback why the image was not staged by delta, when
+	// one was possible or tried.
+	Delta    *DeltaStats `json:"delta,omitempty"`
+	Fallback string      `json:"fallback,omitempty"`
 }
 
 // ErrRefused is returned (wrapped) for a digest in the failure memory.
@@ -238,55 +247,37 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 		return res, fmt.Errorf("stage: %w", err)
 	}
 	defer part.Close()
-	h := sha256.New()
-	if have > 0 {
-		// Hash what an earlier run downloaded: a local read, no network.
-		n, err := io.Copy(h, io.NewSectionReader(part, 0, have))
-		if err != nil || n != have {
-			return res, fmt.Errorf("stage: read back %s: %v (read %d of %d bytes)", partPath, err, n, have)
+	var got string
+	var done, n int64
+	hs, rg, why := deltaSource(req, man)
+	if rg != nil {
+		got, err = stageDelta(ctx, dir, st, &res, req, hs, rg, man, part, have, log)
+		switch {
+		case err == nil:
+			done, n = man.Size, res.Downloaded
+		case isFallback(err) && ctx.Err() == nil:
+			why = err.Error()
+			fi, serr := part.Stat()
+			if serr != nil {
+				return res, fmt.Errorf("stage: %w", serr)
+			}
+			have = fi.Size() // a prefix of the image: the full download resumes after it
+		default:
+			part.Sync()
+			return res, fmt.Errorf("stage: delta update from %s interrupted (what arrived is kept in %s; staging again resumes): %w", req.Source, partName, err)
 		}
 	}
-	rc, from, total, err := req.Source.Open(ctx, have)
-	if err != nil {
-		return res, fmt.Errorf("stage: %w", err)
+	if why != "" && got == "" {
+		res.Fallback = why
+		log.Info("stage: full download, not a delta", "source", req.Source.String(), "why", why)
 	}
-	defer rc.Close()
-	if from != have {
-		log.Info("stage: source cannot resume; starting over", "source", req.Source.String(), "had", have)
-		have, h = 0, sha256.New()
-	}
-	if _, err := part.Seek(have, io.SeekStart); err != nil {
-		return res, fmt.Errorf("stage: seek %s: %w", partPath, err)
-	}
-	if err := part.Truncate(have); err != nil {
-		return res, fmt.Errorf("stage: truncate %s: %w", partPath, err)
-	}
-	res.Reused = have
-	if have > 0 {
-		log.Info("stage: resuming download", "source", req.Source.String(), "from", have, "total", total)
-	}
-	if req.Size > 0 && total >= 0 && total != req.Size {
-		return res, fmt.Errorf("stage: %s is %d bytes, but the server announced %d for %s", req.Source, total, req.Size, req.Digest)
-	}
-	if req.Size <= 0 && total > 0 {
-		if err := checkSpace(dir, st, total-have, req); err != nil {
+	if got == "" {
+		got, done, n, err = stageFull(ctx, &res, req, part, partPath, partName, have, dir, st, log)
+		if err != nil {
 			return res, err
 		}
 	}
-	n, err := copyHashing(ctx, part, rc, h, have, total, req.Progress)
-	res.Downloaded = n
-	done := have + n
-	if err != nil {
-		// Keep what arrived, durably, for the next run to resume from.
-		part.Sync()
-		return res, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, SizeString(total), partName, err)
-	}
-	if total >= 0 && done != total {
-		part.Sync()
-		return res, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, partName)
-	}
 	res.Size = done
-	got := digest.Of(h)
 	discard := func() {
 		part.Close()
 		fsys.Remove(partName)
@@ -358,6 +349,60 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 	}
 	log.Info("stage: staged", "file", file, "digest", got, "size", done, "reused", have, "downloaded", n, "manifest", res.Manifest)
 	return res, nil
+}
+
+// stageFull downloads the image into part from have on (what an earlier
+// run left), hashing while writing; it returns the digest, the size and
+// the bytes received.
+func stageFull(ctx context.Context, res *Result, req Request, part *os.File, partPath, partName string, have int64, dir string, st hostpart.State, log *slog.Logger) (string, int64, int64, error) {
+	h := sha256.New()
+	if have > 0 {
+		// Hash what an earlier run downloaded: a local read, no network.
+		n, err := io.Copy(h, io.NewSectionReader(part, 0, have))
+		if err != nil || n != have {
+			return "", 0, 0, fmt.Errorf("stage: read back %s: %v (read %d of %d bytes)", partPath, err, n, have)
+		}
+	}
+	rc, from, total, err := req.Source.Open(ctx, have)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("stage: %w", err)
+	}
+	defer rc.Close()
+	if from != have {
+		log.Info("stage: source cannot resume; starting over", "source", req.Source.String(), "had", have)
+		have, h = 0, sha256.New()
+	}
+	if _, err := part.Seek(have, io.SeekStart); err != nil {
+		return "", 0, 0, fmt.Errorf("stage: seek %s: %w", partPath, err)
+	}
+	if err := part.Truncate(have); err != nil {
+		return "", 0, 0, fmt.Errorf("stage: truncate %s: %w", partPath, err)
+	}
+	res.Reused = have
+	if have > 0 {
+		log.Info("stage: resuming download", "source", req.Source.String(), "from", have, "total", total)
+	}
+	if req.Size > 0 && total >= 0 && total != req.Size {
+		return "", 0, 0, fmt.Errorf("stage: %s is %d bytes, but the server announced %d for %s", req.Source, total, req.Size, req.Digest)
+	}
+	if req.Size <= 0 && total > 0 {
+		if err := checkSpace(dir, st, total-have, req); err != nil {
+			return "", 0, 0, err
+		}
+	}
+	n, err := copyHashing(ctx, part, rc, h, have, total, req.Progress)
+	res.Downloaded += n
+	done := have + n
+	if err != nil {
+		// Keep what arrived, durably, for the next run to resume from.
+		part.Sync()
+		return "", 0, 0, fmt.Errorf("stage: download from %s interrupted at %d of %s bytes (kept in %s; staging again resumes): %w", req.Source, done, SizeString(total), partName, err)
+	}
+	if total >= 0 && done != total {
+		part.Sync()
+		return "", 0, 0, fmt.Errorf("stage: download from %s ended at %d of %d bytes (kept in %s; staging again resumes)", req.Source, done, total, partName)
+	}
+	return digest.Of(h), done, n, nil
 }
 
 // SlotDigest is the digest of an image on hostpart without hashing it:

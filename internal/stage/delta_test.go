@@ -1,0 +1,452 @@
+package stage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/httpget"
+	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/manifest"
+)
+
+// deltaImages returns a base image (random data, with free space: zeros)
+// and an update of it: bytes inserted, bytes overwritten, a file
+// appended, as a package upgrade does to a filesystem image.
+func deltaImages(seed int64) (base, update []byte) {
+	r := rand.New(rand.NewSource(seed))
+	rnd := func(n int) []byte { b := make([]byte, n); r.Read(b); return b }
+	base = append(append(rnd(6<<20), make([]byte, 2<<20)...), rnd(1<<20)...)
+	update = append([]byte{}, base[:2<<20]...)
+	update = append(update, rnd(3000)...) // inserted
+	update = append(update, base[2<<20:]...)
+	copy(update[4<<20:], rnd(100<<10)) // overwritten
+	copy(update[6<<20+4096:], rnd(200<<10))
+	return base, update
+}
+
+// deltaServer serves one image as imaged (or a static server) does:
+// the blob with Range, BLOB.json and BLOB.chunks. It counts the bytes of
+// the blob it sends and the requests, can ignore Range, corrupt ranges,
+// or die after a number of blob bytes.
+type deltaServer struct {
+	*httptest.Server
+	data, man, chunks []byte
+
+	mu          sync.Mutex
+	blobBytes   int64
+	ranges      []string
+	noRange     bool  // answer 200 with the whole file to a Range request
+	corruptRng  bool  // flip bytes in every answer to a bounded range (bytes=a-b)
+	dieAfter    int64 // after this many blob bytes, drop the connection and stop serving
+	noChunks    bool
+	wrongChunks bool              // serve another image's index
+	others      map[string][]byte // DIGEST.chunks of other images
+}
+
+func newDeltaServer(t *testing.T, img []byte) *deltaServer {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(p, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, sum, err := chunkindex.WriteFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.New(p, manifest.Fields{Name: "web", Version: "2", FS: "ext4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Chunks = sum
+	cb, _ := os.ReadFile(p + layout.ChunksSuffix)
+	s := &deltaServer{data: img, man: m.Marshal(), chunks: cb}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *deltaServer) url() string { return s.URL + "/blobs/" + sha(s.data) }
+
+// sent is the blob bytes sent so far, and the Range headers asked.
+func (s *deltaServer) sent() (int64, []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blobBytes, append([]string(nil), s.ranges...)
+}
+
+func (s *deltaServer) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case strings.HasSuffix(r.URL.Path, layout.ManifestSuffix):
+		w.Write(s.man)
+		return
+	case strings.HasSuffix(r.URL.Path, layout.ChunksSuffix):
+		d := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/blobs/"), layout.ChunksSuffix)
+		switch {
+		case d != sha(s.data):
+			if b, ok := s.others[d]; ok {
+				w.Write(b)
+			} else {
+				http.NotFound(w, r)
+			}
+		case s.noChunks:
+			http.NotFound(w, r)
+		case s.wrongChunks:
+			ix, _ := chunkindex.Build(bytes.NewReader(s.data[:len(s.data)/2]))
+			w.Write(ix.Marshal())
+		default:
+			w.Write(s.chunks)
+		}
+		return
+	}
+	rng := r.Header.Get("Range")
+	s.ranges = append(s.ranges, rng)
+	if s.noRange {
+		r.Header.Del("Range")
+	}
+	data := s.data
+	if s.corruptRng && rng != "" && !strings.HasSuffix(rng, "-") {
+		data = append([]byte{}, data...)
+		for i := 0; i < len(data); i += 4096 {
+			data[i] ^= 0x55
+		}
+	}
+	http.ServeContent(&dyingWriter{ResponseWriter: w, s: s}, r, "", time.Time{}, bytes.NewReader(data))
+}
+
+type dyingWriter struct {
+	http.ResponseWriter
+	s *deltaServer
+}
+
+func (d *dyingWriter) Write(p []byte) (int, error) {
+	s := d.s
+	if s.dieAfter > 0 && s.blobBytes+int64(len(p)) > s.dieAfter {
+		n, _ := d.ResponseWriter.Write(p[:s.dieAfter-s.blobBytes])
+		s.blobBytes += int64(n)
+		d.ResponseWriter.(http.Flusher).Flush()
+		go s.Close() // the server goes away: nothing more is answered
+		panic(http.ErrAbortHandler)
+	}
+	n, err := d.ResponseWriter.Write(p)
+	s.blobBytes += int64(n)
+	return n, err
+}
+
+func sha(b []byte) string { d, _, _ := manifest.Digest(bytes.NewReader(b)); return "sha256:" + d }
+
+func deltaHostpart(t *testing.T, current []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, layout.Current), current, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func checkStaged(t *testing.T, dir string, want []byte) {
+	t.Helper()
+	got, err := os.ReadFile(filepath.Join(dir, layout.New))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s differs from the published image (%d bytes, want %d)", layout.New, len(got), len(want))
+	}
+	if _, err := os.Stat(filepath.Join(dir, layout.NewPart)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s left behind: %v", layout.NewPart, err)
+	}
+}
+
+// An update staged over a host that has the base image fetches only the
+// chunks that changed, with Range requests, and the result is the image.
+func TestDeltaReusesLocalChunks(t *testing.T) {
+	base, update := deltaImages(1)
+	srv := newDeltaServer(t, update)
+	dir := deltaHostpart(t, base)
+	res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, dir, update)
+	d := res.Delta
+	if d == nil {
+		t.Fatalf("Stage = %+v, want a delta (fallback: %s)", res, res.Fallback)
+	}
+	sent, ranges := srv.sent()
+	// 3000 + 100 KiB + 200 KiB changed: a few chunks around each.
+	if limit := int64(len(update) / 10); d.FetchedBytes > limit || sent != d.FetchedBytes {
+		t.Errorf("fetched %d bytes (server sent %d), want at most %d of %d", d.FetchedBytes, sent, limit, len(update))
+	}
+	if d.LocalBytes+d.FetchedBytes != int64(len(update)) || d.LocalChunks+d.FetchedChunks != d.Chunks {
+		t.Errorf("local %d + fetched %d bytes, %d + %d of %d chunks: do not add up to the image", d.LocalBytes, d.FetchedBytes, d.LocalChunks, d.FetchedChunks, d.Chunks)
+	}
+	for _, r := range ranges {
+		if !strings.HasPrefix(r, "bytes=") || strings.HasSuffix(r, "-") {
+			t.Errorf("blob request with Range %q, want only bounded ranges", r)
+		}
+	}
+	if d.Ranges != len(ranges) || d.Ranges > 6 {
+		t.Errorf("%d range requests (server saw %d), want at most 6 for three changes", d.Ranges, len(ranges))
+	}
+	if res.Downloaded != d.FetchedBytes+d.IndexBytes {
+		t.Errorf("Downloaded %d, want fetched %d + index %d", res.Downloaded, d.FetchedBytes, d.IndexBytes)
+	}
+}
+
+// Whatever keeps a delta from working falls back to a full download in
+// the same run, and the image is staged all the same.
+func TestDeltaFallsBack(t *testing.T) {
+	base, update := deltaImages(2)
+	cases := []struct {
+		name    string
+		set     func(*deltaServer)
+		client  Getter
+		noDelta bool
+		want    string // in Result.Fallback
+	}{
+		{"no index", func(s *deltaServer) { s.noChunks = true }, nil, false, "404"},
+		{"index of another image", func(s *deltaServer) { s.wrongChunks = true }, nil, false, "the manifest names"},
+		{"server ignores Range", func(s *deltaServer) { s.noRange = true }, nil, false, "does not serve ranges"},
+		{"ranges corrupted", func(s *deltaServer) { s.corruptRng = true }, nil, false, "do not match the chunk index"},
+		{"manifest without index", func(s *deltaServer) {
+			m, _ := manifest.Parse(s.man)
+			m.Chunks = ""
+			s.man = m.Marshal()
+		}, nil, false, "names no chunk index"},
+		{"client without ranges", func(*deltaServer) {}, plainGetter{}, false, "does not fetch ranges"},
+		{"turned off", func(*deltaServer) {}, nil, true, "off"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv := newDeltaServer(t, update)
+			c.set(srv)
+			dir := deltaHostpart(t, base)
+			res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url(), Client: c.client}, Digest: sha(update), Size: int64(len(update)), Reserve: 1, NoDelta: c.noDelta})
+			if err != nil {
+				t.Fatalf("Stage: %v (fallback %q)", err, res.Fallback)
+			}
+			checkStaged(t, dir, update)
+			if !strings.Contains(res.Fallback, c.want) {
+				t.Errorf("Fallback = %q, want it to say %q", res.Fallback, c.want)
+			}
+		})
+	}
+}
+
+// plainGetter fetches no ranges (a Getter only).
+type plainGetter struct{}
+
+func (plainGetter) Get(ctx context.Context, url string, offset int64) (*httpget.Response, error) {
+	return (&httpget.Client{}).Get(ctx, url, offset)
+}
+
+// The server dies in the middle of a delta update: the staging fails as
+// an interruption, keeps what arrived, and the next run (from another
+// server of the same image) reuses it and fetches only the rest.
+func TestDeltaServerDiesMidway(t *testing.T) {
+	base, update := deltaImages(3)
+	// Much to fetch: the host has only the first half of the base.
+	dir := deltaHostpart(t, base[:len(base)/2])
+	req := Request{Digest: sha(update), Size: int64(len(update)), Reserve: 1}
+
+	first := newDeltaServer(t, update)
+	first.dieAfter = 1 << 20
+	req.Source = HTTPSource{URL: first.url()}
+	res, err := Stage(context.Background(), dir, req)
+	if err == nil || Permanent(err) {
+		t.Fatalf("Stage with a server that dies = %v, want an interruption to resume", err)
+	}
+	if res.Delta == nil {
+		t.Fatalf("the first run was no delta (fallback %q)", res.Fallback)
+	}
+	fi, err := os.Stat(filepath.Join(dir, layout.NewPart))
+	if err != nil || fi.Size() == 0 {
+		t.Fatalf("nothing kept in %s after the server died: %v", layout.NewPart, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, layout.New)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s exists after an interrupted staging", layout.New)
+	}
+
+	second := newDeltaServer(t, update)
+	req.Source = HTTPSource{URL: second.url()}
+	res2, err := Stage(context.Background(), dir, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, dir, update)
+	if res2.Delta == nil || res2.Delta.Resumed == 0 {
+		t.Fatalf("second run: %+v, want a delta that resumed the part", res2)
+	}
+	// What the first server sent is not fetched again, but for the chunk
+	// it was cut in the middle of.
+	alone := newDeltaServer(t, update)
+	dir2 := deltaHostpart(t, base[:len(base)/2])
+	res3, err := Stage(context.Background(), dir2, Request{Source: HTTPSource{URL: alone.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, _ := first.sent()
+	b2, _ := second.sent()
+	b3, _ := alone.sent()
+	if waste := b1 + b2 - b3; waste > chunkindex.MaxSize+bridgeGap {
+		t.Errorf("two runs fetched %d + %d bytes, one uninterrupted run %d: %d fetched twice, want at most one chunk", b1, b2, b3, waste)
+	}
+	if res2.Delta.FetchedBytes >= res3.Delta.FetchedBytes {
+		t.Errorf("the resumed run fetched %d bytes, as much as a fresh one (%d)", res2.Delta.FetchedBytes, res3.Delta.FetchedBytes)
+	}
+}
+
+// A previous full download of the same image that was cut is resumed by
+// the delta: its chunks verify in place.
+func TestDeltaResumesFullDownloadPart(t *testing.T) {
+	base, update := deltaImages(4)
+	dir := deltaHostpart(t, base)
+	srv := newDeltaServer(t, update)
+	srv.dieAfter = 3 << 20
+	req := Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1, NoDelta: true}
+	if _, err := Stage(context.Background(), dir, req); err == nil {
+		t.Fatal("full download from a dying server succeeded")
+	}
+	srv2 := newDeltaServer(t, update)
+	req.Source, req.NoDelta = HTTPSource{URL: srv2.url()}, false
+	res, err := Stage(context.Background(), dir, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, dir, update)
+	if res.Delta == nil || res.Delta.Resumed < 2<<20 {
+		t.Fatalf("delta after a cut full download: %+v, want about 3 MiB resumed", res.Delta)
+	}
+}
+
+// Chunks come from every local image, not only the current one, and a
+// chunk that repeats in the image is fetched once and copied from the
+// part after that.
+func TestDeltaOtherSlotsAndRepeats(t *testing.T) {
+	r := rand.New(rand.NewSource(5))
+	rnd := func(n int) []byte { b := make([]byte, n); r.Read(b); return b }
+	x, old := rnd(2<<20), rnd(4<<20)
+	update := append(append(append([]byte{}, x...), x...), old...) // x twice, then what hn-root-old.img has
+	srv := newDeltaServer(t, update)
+	dir := deltaHostpart(t, rnd(1<<20)) // the current image shares nothing
+	if err := os.WriteFile(filepath.Join(dir, layout.Old), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, dir, update)
+	d := res.Delta
+	if d == nil {
+		t.Fatalf("no delta: %s", res.Fallback)
+	}
+	if len(d.Scanned) != 2 || d.Scanned[1] != layout.Old {
+		t.Errorf("scanned %v, want %s and %s", d.Scanned, layout.Current, layout.Old)
+	}
+	// x once (plus the chunks around its two ends), nothing of old.
+	if limit := int64(len(x) + 4*chunkindex.MaxSize); d.FetchedBytes > limit || d.FetchedBytes < int64(len(x)) {
+		t.Errorf("fetched %d bytes, want about x's %d once (at most %d)", d.FetchedBytes, len(x), limit)
+	}
+}
+
+// An image staged by delta keeps its index (.hnboot/chunks/HEX.chunks):
+// once it is the current image, the next delta takes its chunks from the
+// index without reading it, and indexes of images gone are removed.
+func TestDeltaKeepsIndexForNextUpdate(t *testing.T) {
+	base, v2 := deltaImages(6)
+	v3 := append([]byte{}, v2...)
+	copy(v3[3<<20:], bytes.Repeat([]byte("v3"), 50<<10))
+	dir := deltaHostpart(t, base)
+	stageOK := func(img []byte) Result {
+		t.Helper()
+		srv := newDeltaServer(t, img)
+		res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(img), Size: int64(len(img)), Reserve: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStaged(t, dir, img)
+		return res
+	}
+	if res := stageOK(v2); res.Delta == nil || len(res.Delta.Scanned) != 1 || len(res.Delta.Indexed) != 0 {
+		t.Fatalf("first delta: %+v, want hn-root.img scanned", res.Delta)
+	}
+	kept := filepath.Join(dir, layout.ChunksDir, strings.TrimPrefix(sha(v2), "sha256:")+layout.ChunksSuffix)
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("index of the staged image not kept: %v", err)
+	}
+	// The rotation at the next boot: new becomes current (with its
+	// manifest), current becomes old.
+	for _, mv := range [][2]string{{layout.Current, layout.Old}, {layout.New, layout.Current}, {layout.ManifestFor(layout.New), layout.ManifestFor(layout.Current)}} {
+		if err := os.Rename(filepath.Join(dir, mv[0]), filepath.Join(dir, mv[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := stageOK(v3)
+	if d := res.Delta; d == nil || len(d.Indexed) != 1 || d.Indexed[0] != layout.Current || len(d.Scanned) != 0 || d.FetchedBytes > 300<<10 {
+		t.Fatalf("second delta: %+v, want hn-root.img's chunks from its kept index, nothing scanned, about 100 KiB fetched", res.Delta)
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, layout.ChunksDir))
+	if len(ents) != 2 {
+		t.Errorf("kept indexes %v, want v2's (current) and v3's (staged)", ents)
+	}
+}
+
+// On the first delta of a host (no index kept), the index of the current
+// image comes from the server when the URL names images by digest and
+// the manifest beside the image names it: nothing is read from the image
+// for chunks. A server index that does not match the manifest is not
+// used: the image is read instead.
+func TestDeltaCurrentIndexFromServer(t *testing.T) {
+	base, update := deltaImages(7)
+	for _, good := range []bool{true, false} {
+		srv := newDeltaServer(t, update)
+		dir := deltaHostpart(t, base)
+		// The current image came with its manifest (and an index the
+		// server publishes by digest).
+		p := filepath.Join(dir, layout.Current)
+		ix, sum, err := chunkindex.WriteFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := manifest.New(p, manifest.Fields{Name: "web", Version: "1"})
+		m.Chunks = sum
+		m.WriteFile(p + layout.ManifestSuffix)
+		os.Remove(p + layout.ChunksSuffix)
+		srv.mu.Lock()
+		srv.others = map[string][]byte{ix.Digest(): ix.Marshal()}
+		if !good {
+			other, _ := chunkindex.Build(bytes.NewReader(update))
+			srv.others[ix.Digest()] = other.Marshal()
+		}
+		srv.mu.Unlock()
+		res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStaged(t, dir, update)
+		d := res.Delta
+		if d == nil {
+			t.Fatalf("no delta: %s", res.Fallback)
+		}
+		if good && (len(d.Indexed) != 1 || len(d.Scanned) != 0 || d.LocalBytes < int64(len(update))*8/10) {
+			t.Errorf("with the server's index of hn-root.img: %+v, want it indexed, not scanned", d)
+		}
+		if !good && (len(d.Indexed) != 0 || len(d.Scanned) != 1) {
+			t.Errorf("with a wrong server index of hn-root.img: %+v, want it scanned", d)
+		}
+	}
+}
