@@ -4,9 +4,11 @@
 // is given. The source is read into a Tree (metadata in memory, contents by
 // reference to local files), generalized, and written:
 //
-//   - ext4: mkfs.ext4 of an empty filesystem, then one debugfs batch that
-//     creates every entry in a fixed order and sets what debugfs does not
-//     (owners, modes, mtimes, device numbers, xattrs, hard link counts);
+//   - ext4: mkfs.ext4 of an empty filesystem, then one debugfs session,
+//     streamed, that creates every entry in a fixed order (sorted paths)
+//     and sets what debugfs does not (owners, modes, mtimes, device
+//     numbers, xattrs, hard link counts), with file data placed in
+//     windows that keep unchanged files where they were (layout.go);
 //   - squashfs: a PAX tarball of the tree piped into tar2sqfs
 //     (squashfs-tools-ng).
 package rootfs
@@ -54,7 +56,7 @@ type Options struct {
 	Boot       BootOptions
 	Log        *slog.Logger
 	// Progress, when set, is called as the image fills: done of total
-	// units (debugfs commands for ext4, content bytes for squashfs).
+	// units (entries for ext4, content bytes for squashfs).
 	Progress func(done, total int64)
 }
 
