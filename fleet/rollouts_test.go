@@ -305,12 +305,19 @@ func TestRolloutTwoServersRace(t *testing.T) {
 		var mu sync.Mutex
 		deadline := time.Now().Add(90 * time.Second)
 		for a.status(t, "race").State != rollout.Done && time.Now().Before(deadline) {
-			var wg sync.WaitGroup
+			// Both servers load their state, then step at the same moment:
+			// without the barrier a loaded machine runs one goroutine to
+			// the end before the other starts, and nothing races.
+			var wg, ready sync.WaitGroup
+			start := make(chan struct{})
 			for _, f := range []*Fleet{a.f, b} {
 				wg.Add(1)
+				ready.Add(1)
 				go func() {
 					defer wg.Done()
 					s := f.snap.Load()
+					ready.Done()
+					<-start
 					_, err := f.stepRollout(context.Background(), s, s.autos["race"])
 					if errors.Is(err, ErrConflict) {
 						mu.Lock()
@@ -321,6 +328,8 @@ func TestRolloutTwoServersRace(t *testing.T) {
 					}
 				}()
 			}
+			ready.Wait()
+			close(start)
 			wg.Wait()
 			time.Sleep(20 * time.Millisecond)
 		}

@@ -36,8 +36,12 @@ func TestPXEDiskless(t *testing.T) {
 	if strings.Contains(con, "HNTEST hostpart-mounted") {
 		t.Errorf("the diskless system has /hostpart mounted")
 	}
-	if got := fl.served(); got != fl.sizeB {
-		t.Errorf("proxy served %d bytes of B, want its %d", got, fl.sizeB)
+	// Staging may build B's repeated chunks (zeros) itself, by delta:
+	// at most B's size travels, and some of it did.
+	got := fl.served()
+	t.Logf("B into RAM: %d bytes of its %d served", got, fl.sizeB)
+	if got == 0 || got > fl.sizeB {
+		t.Errorf("proxy served %d bytes of B, want some and at most its %d", got, fl.sizeB)
 	}
 	fl.waitLog(t, 30*time.Second, `kind=checkin `, macRe(fl.mac), `booted=`+regexp.QuoteMeta(fl.dB))
 }

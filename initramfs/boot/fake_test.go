@@ -429,6 +429,10 @@ func (w *world) boot(cmdline string) Outcome {
 	w.mu.Unlock()
 	b := &Boot{Sys: w.sys, Paths: w.paths, Log: slog.New(slog.NewTextHandler(lockedWriter{w.mu, w.log}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	out := b.Run(context.Background())
+	if b.id != nil {
+		// A rescue does not wait for the host keys; the test's cleanup must.
+		<-b.id.done
+	}
 	if testing.Verbose() {
 		w.t.Logf("boot %q:\n%s", cmdline, w.console())
 	}
