@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -196,7 +197,7 @@ func (d *fleetDemo) step(name string) {
 // done ends a step: the dashboard's screenshot, the elapsed time.
 func (d *fleetDemo) done(ctx context.Context, name, page string) {
 	s := FleetDemoStep{Name: name, Elapsed: time.Since(d.start)}
-	if d.web != nil && page != "" {
+	if d.web != nil && d.o.Shots != "" && page != "" {
 		p := filepath.Join(d.o.Shots, fmt.Sprintf("%02d-%s.png", len(d.res.Steps)+1, name))
 		if err := d.web.shot(ctx, page, p); err != nil {
 			d.say("%v", err)
@@ -291,13 +292,13 @@ func RunFleetDemo(ctx context.Context, o FleetDemoOptions) (res *FleetDemoResult
 	d.api = "http://" + ln.Addr().String()
 	d.say("namespace %s; from this machine the admin API and dashboard are at %s (forwarded into the namespace)", d.ns.Name, d.api)
 	d.say("dashboard: %s/ui/   (token file %s)", d.api, d.tokens)
-	if o.Shots != "" {
-		if d.web, err = d.dashboard(ctx); err != nil {
-			return nil, err
-		}
-		if d.web != nil {
-			defer d.web.close()
-		}
+	// The browser also presses the big red button, so it starts
+	// with or without screenshots.
+	if d.web, err = d.dashboard(ctx); err != nil {
+		return nil, err
+	}
+	if d.web != nil {
+		defer d.web.close()
 	}
 	d.done(ctx, "serve", "/ui/")
 
@@ -358,11 +359,13 @@ func RunFleetDemo(ctx context.Context, o FleetDemoOptions) (res *FleetDemoResult
 	}
 	d.done(ctx, "rolled-out", "/ui/rollouts")
 
-	d.step("the big red button: imaged fleet revert " + demoGroup + " (the whole fleet back to what it ran before)")
-	if err := d.cli(ctx, "fleet", "revert", demoGroup); err != nil {
+	groupPage := "/ui/hosts?" + url.Values{"group": {demoGroup}}.Encode()
+	d.step("the big red button: pressed on the dashboard (" + groupPage + ": type " + demoGroup + " into #confirm-group, click #revert-group; the whole fleet back to what it ran before)")
+	reverted, err := d.pressRevert(ctx, groupPage)
+	if err != nil {
 		return nil, err
 	}
-	d.done(ctx, "revert-pressed", "/ui/")
+	d.done(ctx, "revert-pressed", reverted)
 	if err := d.waitHosts(ctx, "both hosts back on web@1", 6*time.Minute, func(h fleet.HostStatus) bool {
 		return h.Current.Digest == digests["1"] && h.State == fleet.StateOK && h.RevertPending == nil
 	}); err != nil {
@@ -399,8 +402,37 @@ func RunFleetDemo(ctx context.Context, o FleetDemoOptions) (res *FleetDemoResult
 	return res, nil
 }
 
+// pressRevert presses the group's big red button in the browser and
+// checks that the reverted page lists every host with the revert
+// pending (or already applied); it returns that page for the screenshot.
+// No CLI fallback: a demo that says it pressed the button on the
+// dashboard fails when it could not.
+func (d *fleetDemo) pressRevert(ctx context.Context, groupPage string) (string, error) {
+	if d.web == nil {
+		return "", fmt.Errorf("the big red button: this imaged has no dashboard (/ui/), nothing to press")
+	}
+	page, applied, rows, err := d.web.pressRevert(ctx, groupPage, "confirm-group", "revert-group", demoGroup)
+	if err != nil {
+		return "", fmt.Errorf("the big red button on the dashboard: %w", err)
+	}
+	d.say("dashboard %s: %s", page, applied)
+	for _, r := range rows {
+		d.say("dashboard: revert of %s", r)
+	}
+	if len(rows) != len(demoHosts) {
+		return "", fmt.Errorf("the big red button on the dashboard: %s lists %d hosts (%q), want %d", page, len(rows), rows, len(demoHosts))
+	}
+	for _, r := range rows {
+		if !strings.HasSuffix(r, " pending") && !strings.HasSuffix(r, " applied") {
+			return "", fmt.Errorf("the big red button on the dashboard: %s shows %q, want the revert pending", page, r)
+		}
+	}
+	return page, nil
+}
+
 // dashboard opens the browser on the dashboard and logs in; an imaged
-// without one (no /ui/) gives nil: the story goes on without screenshots.
+// without one (no /ui/) gives nil: the story goes on without screenshots
+// until the big red button, which needs the dashboard.
 func (d *fleetDemo) dashboard(ctx context.Context) (*browser, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", d.api+"/ui/login", nil)
 	if err != nil {

@@ -10,9 +10,10 @@ import (
 
 // TestFleetDemo runs make demo's story end to end (RunFleetDemo with this
 // run's fixture): two PXE-booted QEMU hosts with the agent, a rollout of
-// web@2 that finishes, the big red button on their group, and both hosts
-// back on web@1, each through a revert its init applied; a screenshot
-// of the dashboard after each step.
+// web@2 that finishes, the big red button on their group pressed in the
+// dashboard (headless chromium), and both hosts back on web@1, each
+// through a revert its init applied; a screenshot of the dashboard
+// after each step.
 func TestFleetDemo(t *testing.T) {
 	f := fixture(t)
 	var story syncLog
