@@ -24,19 +24,6 @@ const (
 	envFile     = layout.NetworkEnv
 )
 
-// Apply writes a host.conf-era configuration into root, for the callers
-// that merge HostConf layers, as before ApplyConfig: its values as
-// ParseHostConf and FromKernelIP accepted them, without ApplyConfig's
-// stricter check, and the network for networkd and network.env only, not
-// for ifupdown. A host.conf that booted before boots the same (Apply has
-// no log to say what it would refuse, and its callers fail the boot on an
-// error), and an ifupdown image whose scripts read network.env is not
-// configured twice.
-func Apply(root string, id Identity, hc HostConf) error {
-	_, err := applyConfig(root, id, hc.Config(), "", true)
-	return err
-}
-
 // Applied says what ApplyConfig wrote, for the log.
 type Applied struct {
 	Network string   // "networkd", or "networkd and ifupdown" for an image with ifupdown and without networkd enabled
@@ -70,10 +57,6 @@ type Applied struct {
 // symlink inside the image is refused rather than followed into the
 // initramfs).
 func ApplyConfig(root string, id Identity, c hostconfig.Config, bootMAC string) (Applied, error) {
-	return applyConfig(root, id, c, bootMAC, false)
-}
-
-func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, legacy bool) (Applied, error) {
 	var res Applied
 	r, err := os.OpenRoot(root)
 	if err != nil {
@@ -81,12 +64,9 @@ func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, 
 	}
 	defer r.Close()
 	a := applier{r: r, root: root}
-	if !legacy {
-		var problems []hostconfig.Problem
-		c, problems = c.Validate(bootMAC)
-		for _, p := range problems {
-			res.Problems = append(res.Problems, "refused "+p.String())
-		}
+	c, problems := c.Validate(bootMAC)
+	for _, p := range problems {
+		res.Problems = append(res.Problems, "refused "+p.String())
 	}
 
 	if c.Hostname != "" {
@@ -108,7 +88,6 @@ func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, 
 		a.write(o.Path, o.Content, o.Mode)
 	}
 	switch {
-	case legacy:
 	case !a.hasIfupdown() || a.networkdEnabled():
 		a.remove(layout.IfupdownFile) // one the image was built with
 	case ifupdownDefault(c.Network):
@@ -141,19 +120,12 @@ func applyConfig(root string, id Identity, c hostconfig.Config, bootMAC string, 
 	for _, f := range c.Files {
 		mode, err := hostconfig.FileMode(f.Mode)
 		if f.Mode == "" || err != nil {
-			mode = 0o644 // Apply's files, from host.conf-era callers
+			mode = 0o644 // Validate sets every mode; hostconfig.DefaultFileMode otherwise
 		}
 		uid, gid := -1, -1
 		if f.Owner != "" {
 			if uid, gid, err = a.owner(f.Owner); err != nil {
 				res.Problems = append(res.Problems, fmt.Sprintf("file %s: %v; not written", f.Path, err))
-				continue
-			}
-		}
-		if legacy {
-			// What cleanRootPath refuses, Apply always refused.
-			if _, err := cleanRootPath(f.Path); err != nil {
-				a.fail(fmt.Errorf("extra file: %w", err))
 				continue
 			}
 		}

@@ -127,27 +127,18 @@ func TestApplyConfig(t *testing.T) {
 	}
 }
 
-// Apply, the host.conf-era entry the init calls today, writes what
-// host.conf accepted even where ApplyConfig is stricter: a host that
-// booted keeps booting, and a refusal there would fail the boot.
-func TestApplyKeepsHostConfValues(t *testing.T) {
+// A host.conf value ApplyConfig is stricter about than ParseHostConf (a
+// network address as the host's, a gateway off its subnet) is a problem
+// to log, not an error that fails the boot, and the rest is written.
+func TestApplyConfigHostConfValues(t *testing.T) {
 	root := imageRoot(t)
 	hc := HostConf{Hostname: "h", IP: "10.0.0.0/24", Gateway: "192.168.1.1", Interface: "eth0"}
-	if err := Apply(root, Identity{}, hc); err != nil {
-		t.Fatalf("Apply(network address, gateway elsewhere) = %v, want nil", err)
+	res, err := ApplyConfig(root, Identity{}, hc.Config(), "")
+	if err != nil || len(res.Problems) == 0 {
+		t.Errorf("ApplyConfig(network address, gateway elsewhere) = %+v, %v, want problems, not an error", res, err)
 	}
-	if got := read(t, filepath.Join(root, "etc/systemd/network/10-hnboot.network")); !strings.Contains(got, "Address=10.0.0.0/24\nGateway=192.168.1.1\n") {
-		t.Errorf("Apply() networkd file = %q, want host.conf's address and gateway as they were", got)
-	}
-	deb := debianRoot(t, true)
-	if err := Apply(deb, Identity{}, hc); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(deb, "etc/network/interfaces.d/hnboot")); err == nil {
-		t.Errorf("Apply() wrote an ifupdown file: an image configured from network.env would be configured twice")
-	}
-	if _, err := ApplyConfig(imageRoot(t), Identity{}, hc.Config(), ""); err != nil {
-		t.Errorf("ApplyConfig(same) error = %v, want problems, not an error", err)
+	if got := read(t, filepath.Join(root, "etc/hostname")); got != "h\n" {
+		t.Errorf("ApplyConfig() /etc/hostname = %q, want h", got)
 	}
 }
 

@@ -18,7 +18,7 @@ import (
 )
 
 // DHCP is the IP value that asks for DHCP explicitly. An empty IP means
-// "not set at this level" (see Merge); if nothing sets one, DHCP is used.
+// "not set at this level" (see Resolve); if nothing sets one, DHCP is used.
 const DHCP = "dhcp"
 
 // HostConf is a host's configuration. Zero fields are unset.
@@ -151,29 +151,6 @@ func cleanRootPath(p string) (string, error) {
 	return clean, nil
 }
 
-// Marshal renders hc in host.conf format (Files are not representable and
-// are left out), so the init can cache what imaged sent on hostpart.
-func (hc HostConf) Marshal() []byte {
-	var b strings.Builder
-	b.WriteString("# host identity cache, written by hnboot; imaged and the kernel command line override it\n")
-	kv := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(&b, "%s = %s\n", k, v)
-		}
-	}
-	kv("hostname", hc.Hostname)
-	kv("ip", hc.IP)
-	kv("gateway", hc.Gateway)
-	kv("dns", strings.Join(hc.DNS, " "))
-	kv("interface", hc.Interface)
-	for _, d := range hc.StateDirs {
-		kv("state_dir", d)
-	}
-	kv("storage_id", hc.StorageID)
-	kv("cm_id", hc.ConfigMgmtID)
-	return []byte(b.String())
-}
-
 // FromKernelIP reads the kernel's ip= parameter:
 // client:server:gateway:netmask:hostname:device:autoconf:dns0:dns1:ntp0,
 // or one of the bare autoconf words (dhcp, on, any, both, bootp, rarp).
@@ -232,61 +209,4 @@ func classfulBits(a netip.Addr) int {
 	default:
 		return 24
 	}
-}
-
-// Merge combines configurations, highest priority first. DESIGN.md §3.6
-// order: Merge(kernel, imaged, cache, defaults). Each field comes from the
-// first layer that sets it; lists are taken whole, not concatenated, so a
-// higher layer can shorten a list. Files merge per path.
-func Merge(layers ...HostConf) HostConf {
-	var out HostConf
-	str := func(dst *string, src string) {
-		if *dst == "" {
-			*dst = src
-		}
-	}
-	for _, l := range layers {
-		str(&out.Hostname, l.Hostname)
-		str(&out.IP, l.IP)
-		str(&out.Gateway, l.Gateway)
-		str(&out.Interface, l.Interface)
-		str(&out.StorageID, l.StorageID)
-		str(&out.ConfigMgmtID, l.ConfigMgmtID)
-		if out.DNS == nil && len(l.DNS) > 0 {
-			out.DNS = append([]string(nil), l.DNS...)
-		}
-		if out.StateDirs == nil && len(l.StateDirs) > 0 {
-			out.StateDirs = append([]string(nil), l.StateDirs...)
-		}
-		for p, c := range l.Files {
-			if out.Files == nil {
-				out.Files = map[string]string{}
-			}
-			if _, ok := out.Files[p]; !ok {
-				out.Files[p] = c
-			}
-		}
-	}
-	// A static gateway or DNS makes no sense once DHCP won for the address.
-	if out.IP == DHCP || out.IP == "" {
-		out.Gateway = ""
-	}
-	return out
-}
-
-// DefaultHostname derives a stable name from a MAC address:
-// 52:54:00:12:34:56 → hn-525400123456.
-func DefaultHostname(mac string) string {
-	hw, err := net.ParseMAC(mac)
-	if err != nil || len(hw) == 0 {
-		return "hn-unknown"
-	}
-	return fmt.Sprintf("hn-%x", []byte(hw))
-}
-
-// Defaults is the lowest layer: a hostname from the MAC of the primary
-// interface (see nic.FirstEthernet) and DHCP. The interface stays unset so the
-// network config matches any en* or eth* name the image's udev picks.
-func Defaults(mac string) HostConf {
-	return HostConf{Hostname: DefaultHostname(mac), IP: DHCP}
 }

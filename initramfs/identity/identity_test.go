@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hnboot/hnboot/internal/hostconfig"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -32,11 +33,6 @@ cm_id = node7.puppet
 	}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("ParseHostConf() = %+v, %v, want %+v, nil", got, err, want)
-	}
-
-	round, err := ParseHostConf(bytes.NewReader(got.Marshal()))
-	if err != nil || !reflect.DeepEqual(round, want) {
-		t.Errorf("ParseHostConf(Marshal()) = %+v, %v, want %+v", round, err, want)
 	}
 }
 
@@ -86,44 +82,6 @@ func TestFromKernelIP(t *testing.T) {
 	for _, tt := range tests {
 		if got := FromKernelIP(tt.in); !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("FromKernelIP(%q) = %+v, want %+v", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestMerge(t *testing.T) {
-	kernel := HostConf{Hostname: "from-kernel"}
-	imaged := HostConf{Hostname: "from-imaged", IP: "10.0.0.5/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.2"},
-		Files: map[string]string{"/etc/a": "imaged"}, StorageID: "osd-1"}
-	cache := HostConf{Hostname: "cached", IP: "10.9.9.9/24", StateDirs: []string{"/var/lib/x"},
-		Files: map[string]string{"/etc/a": "cache", "/etc/b": "cache"}, ConfigMgmtID: "cm-cached"}
-	defaults := Defaults("52:54:00:12:34:56")
-
-	got := Merge(kernel, imaged, cache, defaults)
-	want := HostConf{Hostname: "from-kernel", IP: "10.0.0.5/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.2"},
-		StateDirs: []string{"/var/lib/x"}, Files: map[string]string{"/etc/a": "imaged", "/etc/b": "cache"},
-		StorageID: "osd-1", ConfigMgmtID: "cm-cached"}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Merge() = %+v, want %+v", got, want)
-	}
-
-	// Nothing but defaults: DHCP and the MAC-derived name.
-	got = Merge(HostConf{}, HostConf{}, HostConf{}, defaults)
-	if got.Hostname != "hn-525400123456" || got.IP != DHCP || got.Interface != "" {
-		t.Errorf("Merge(defaults only) = %+v, want hn-525400123456, dhcp, no interface", got)
-	}
-	// ip=dhcp on the kernel line beats a cached static address, and its
-	// gateway goes with it.
-	got = Merge(FromKernelIP("dhcp"), cache, HostConf{Gateway: "10.9.9.1"})
-	if got.IP != DHCP || got.Gateway != "" {
-		t.Errorf("Merge(ip=dhcp, static cache) = %+v, want IP dhcp and no gateway", got)
-	}
-}
-
-func TestDefaultHostname(t *testing.T) {
-	tests := map[string]string{"52:54:00:12:34:56": "hn-525400123456", "AA-BB-CC-DD-EE-FF": "hn-aabbccddeeff", "": "hn-unknown", "zz": "hn-unknown"}
-	for in, want := range tests {
-		if got := DefaultHostname(in); got != want {
-			t.Errorf("DefaultHostname(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -232,7 +190,7 @@ func imageRoot(t *testing.T) string {
 	return root
 }
 
-func TestApply(t *testing.T) {
+func TestApplyConfigWritesIdentity(t *testing.T) {
 	id, err := Ensure(t.TempDir(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -241,8 +199,9 @@ func TestApply(t *testing.T) {
 		Interface: "eno1", StorageID: "osd-7", ConfigMgmtID: "node7", Files: map[string]string{"/etc/motd": "hi\n"}}
 	root := imageRoot(t)
 	for i := 0; i < 2; i++ { // idempotent: a second run changes nothing
-		if err := Apply(root, id, hc); err != nil {
-			t.Fatalf("Apply() run %d error = %v", i+1, err)
+		res, err := ApplyConfig(root, id, hc.Config(), "")
+		if err != nil || len(res.Problems) > 0 {
+			t.Fatalf("ApplyConfig() run %d = %+v, %v, want no problems", i+1, res, err)
 		}
 	}
 	files := map[string]string{
@@ -263,11 +222,11 @@ func TestApply(t *testing.T) {
 	// The host.conf-era variables are still there, first, as they were.
 	if env := read(t, filepath.Join(root, "etc/hnboot/network.env")); !strings.HasPrefix(env, "# written by hnboot at every boot; source it: . /etc/hnboot/network.env\n"+
 		"HN_HOSTNAME='node7.example.com'\nHN_INTERFACE='eno1'\nHN_IP='10.1.2.7/24'\nHN_GATEWAY='10.1.2.1'\nHN_DNS='10.1.2.2'\n") {
-		t.Errorf("Apply() wrote network.env = %q, want the five HN_ variables of before first", env)
+		t.Errorf("ApplyConfig() wrote network.env = %q, want the five HN_ variables of before first", env)
 	}
 	for p, want := range files {
 		if got := read(t, filepath.Join(root, p)); got != want {
-			t.Errorf("Apply() wrote %s = %q, want %q", p, got, want)
+			t.Errorf("ApplyConfig() wrote %s = %q, want %q", p, got, want)
 		}
 	}
 	for _, k := range id.HostKeys {
@@ -279,12 +238,12 @@ func TestApply(t *testing.T) {
 			}
 		}
 		if got := read(t, filepath.Join(root, "etc/ssh/ssh_host_"+k.Type+"_key")); got != string(k.Private) {
-			t.Errorf("Apply() %s private key differs from Ensure's", k.Type)
+			t.Errorf("ApplyConfig() %s private key differs from Ensure's", k.Type)
 		}
 	}
 	for _, d := range []string{"hostpart", "boot/loader"} {
 		if fi, err := os.Stat(filepath.Join(root, d)); err != nil || !fi.IsDir() {
-			t.Errorf("Apply() did not create /%s: %v", d, err)
+			t.Errorf("ApplyConfig() did not create /%s: %v", d, err)
 		}
 	}
 	if target, err := os.Readlink(filepath.Join(root, "data0")); err != nil || target != "/hostpart/data" {
@@ -292,7 +251,7 @@ func TestApply(t *testing.T) {
 	}
 }
 
-func TestApplyDHCPAndSymlinks(t *testing.T) {
+func TestApplyConfigDHCPAndSymlinks(t *testing.T) {
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.Symlink("/run/systemd/resolve/stub-resolv.conf", filepath.Join(root, "etc/resolv.conf"))
@@ -302,12 +261,13 @@ func TestApplyDHCPAndSymlinks(t *testing.T) {
 	os.Symlink(outside, filepath.Join(root, "etc/hostname"))
 	os.Mkdir(filepath.Join(root, "data0"), 0o755) // empty dir in the image: replaced by the link
 
-	hc := Merge(HostConf{DNS: []string{"1.1.1.1"}}, Defaults("52:54:00:12:34:56"))
-	if err := Apply(root, Identity{}, hc); err != nil {
-		t.Fatalf("Apply(dhcp) error = %v", err)
+	c := hostconfig.Defaults("52:54:00:12:34:56")
+	c.Network.DNS = []string{"1.1.1.1"}
+	if _, err := ApplyConfig(root, Identity{}, c, ""); err != nil {
+		t.Fatalf("ApplyConfig(dhcp) error = %v", err)
 	}
 	if got := read(t, outside); got != "untouched" {
-		t.Errorf("Apply() wrote through the image's symlink: victim = %q", got)
+		t.Errorf("ApplyConfig() wrote through the image's symlink: victim = %q", got)
 	}
 	if got := read(t, filepath.Join(root, "etc/hostname")); got != "hn-525400123456\n" {
 		t.Errorf("/etc/hostname = %q, want hn-525400123456", got)
@@ -323,26 +283,30 @@ func TestApplyDHCPAndSymlinks(t *testing.T) {
 		t.Errorf("resolv.conf symlink replaced: now %q", target)
 	}
 	if _, err := os.Stat(filepath.Join(root, "etc/machine-id")); err == nil {
-		t.Errorf("Apply(no identity) wrote /etc/machine-id")
+		t.Errorf("ApplyConfig(no identity) wrote /etc/machine-id")
 	}
 	if target, err := os.Readlink(filepath.Join(root, "data0")); err != nil || target != "/hostpart/data" {
 		t.Errorf("readlink /data0 = %q, %v, want /hostpart/data", target, err)
 	}
 }
 
-func TestApplyRefusesDataDir(t *testing.T) {
+func TestApplyConfigKeepsDataDir(t *testing.T) {
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "data0"), 0o755)
 	os.WriteFile(filepath.Join(root, "data0", "precious"), []byte("x"), 0o644)
-	err := Apply(root, Identity{}, HostConf{Hostname: "h", Files: map[string]string{"relative": "x"}})
-	if err == nil || !strings.Contains(err.Error(), "data0") || !strings.Contains(err.Error(), "relative") {
-		t.Errorf("Apply(non-empty /data0, relative file) error = %v, want one naming data0 and relative", err)
+	c := hostconfig.Config{Hostname: "h", Files: []hostconfig.File{{Path: "relative", Content: "x"}}}
+	res, err := ApplyConfig(root, Identity{}, c, "")
+	if err == nil || !strings.Contains(err.Error(), "data0") {
+		t.Errorf("ApplyConfig(non-empty /data0) error = %v, want one naming data0", err)
+	}
+	if !strings.Contains(strings.Join(res.Problems, "\n"), "relative") {
+		t.Errorf("ApplyConfig(relative file) problems = %q, want one naming relative", res.Problems)
 	}
 	if _, err := os.Stat(filepath.Join(root, "data0", "precious")); err != nil {
-		t.Errorf("Apply() removed image data in /data0: %v", err)
+		t.Errorf("ApplyConfig() removed image data in /data0: %v", err)
 	}
 	if got := read(t, filepath.Join(root, "etc/hostname")); got != "h\n" {
-		t.Errorf("Apply() stopped at the first error: /etc/hostname = %q", got)
+		t.Errorf("ApplyConfig() stopped at the first error: /etc/hostname = %q", got)
 	}
 }
 

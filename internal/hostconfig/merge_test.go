@@ -120,3 +120,12 @@ func TestDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultHostname(t *testing.T) {
+	tests := map[string]string{"52:54:00:12:34:56": "hn-525400123456", "AA-BB-CC-DD-EE-FF": "hn-aabbccddeeff", "": "hn-unknown", "zz": "hn-unknown"}
+	for in, want := range tests {
+		if got := DefaultHostname(in); got != want {
+			t.Errorf("DefaultHostname(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
