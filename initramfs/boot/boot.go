@@ -439,6 +439,10 @@ func (b *Boot) bootImage(name string) (Outcome, error) {
 		return Outcome{}, fmt.Errorf("mount overlay root (%s): %w", opts, err)
 	}
 	b.Log.Info("overlay root ready", "lower", b.Paths.Image, "upper", "tmpfs")
+	if load, why := ImageNICDecision(imageHasModules(b.Paths.Image, b.Sys.Release()), b.nicDrivers != nil, b.Sys.Release()); load {
+		b.Log.Info(why)
+		b.loadNICDrivers()
+	}
 
 	if err := b.instantiate(); err != nil {
 		return Outcome{}, fmt.Errorf("instantiate host: %w", err)
@@ -538,4 +542,19 @@ func fsModule(fstype string) string {
 		return "vfat"
 	}
 	return fstype
+}
+
+// imageHasModules reports whether the image at dir carries modules for
+// the kernel release (lib/modules or usr/lib/modules: merged-/usr images
+// link the first to the second).
+func imageHasModules(dir, release string) bool {
+	if release == "" {
+		return false
+	}
+	for _, p := range []string{"lib/modules", "usr/lib/modules"} {
+		if fi, err := os.Stat(filepath.Join(dir, p, release)); err == nil && fi.IsDir() {
+			return true
+		}
+	}
+	return false
 }

@@ -176,3 +176,19 @@ func NetworkDecision(server, bootIF, rememberedMAC string) (load bool, why strin
 	}
 	return true, "NIC drivers load for the boot NIC's MAC (the default hostname): no BOOTIF= and none remembered in " + layout.DefaultMAC
 }
+
+// ImageNICDecision says whether the NIC drivers must load before
+// switch_root although the boot itself did not need the network: an image
+// without modules for the running kernel (an image built without a kernel
+// boots with the loader's) cannot load a NIC driver itself, so its network
+// and its agent would find no NIC. An image with its modules loads its own
+// (udev), off the init's critical path.
+func ImageNICDecision(imageHasModules, loaded bool, release string) (load bool, why string) {
+	switch {
+	case loaded:
+		return false, ""
+	case imageHasModules:
+		return false, ""
+	}
+	return true, "NIC drivers load for the image: it has no modules for kernel " + release
+}

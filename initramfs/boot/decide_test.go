@@ -220,3 +220,19 @@ func TestAssignedMatchesDesiredHost(t *testing.T) {
 		t.Errorf("pxe.StaticDesired %s decodes as %+v, want %+v", b, a, want)
 	}
 }
+
+func TestImageNICDecision(t *testing.T) {
+	for _, tc := range []struct {
+		hasModules, loaded bool
+		want               bool
+	}{
+		{false, false, true},
+		{true, false, false},
+		{false, true, false},
+		{true, true, false},
+	} {
+		if got, why := ImageNICDecision(tc.hasModules, tc.loaded, "6.1.0-test"); got != tc.want {
+			t.Errorf("ImageNICDecision(hasModules=%v, loaded=%v) = %v (%q), want %v", tc.hasModules, tc.loaded, got, why, tc.want)
+		}
+	}
+}
