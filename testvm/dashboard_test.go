@@ -102,12 +102,7 @@ hosts:
 		chromedp.WaitVisible(chromedp.CSS("#hostname")),
 	)
 	waitText("after the assignment", "#desired", "B@2", 10*time.Second)
-	err := WithHostpart(d, func(dir string) error {
-		if err := copyFile(imgs["PB"]+".json", filepath.Join(dir, "hn-root-new.img.json")); err != nil {
-			return err
-		}
-		return copyFile(imgs["PB"], filepath.Join(dir, "hn-root-new.img"))
-	})
+	err := stageNew(d, imgs["PB"])
 	if err != nil {
 		t.Fatal(err)
 	}

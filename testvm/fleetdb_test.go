@@ -242,12 +242,7 @@ hosts:
 	// B is assigned on server 2 and staged on the disk; the host's boot
 	// through server 1 promotes it, A becomes old.
 	d := pxeDisk(t, imgs["PA"])
-	err = WithHostpart(d, func(dir string) error {
-		if err := copyFile(imgs["PB"]+".json", filepath.Join(dir, "hn-root-new.img.json")); err != nil {
-			return err
-		}
-		return copyFile(imgs["PB"], filepath.Join(dir, "hn-root-new.img"))
-	})
+	err = stageNew(d, imgs["PB"])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -111,12 +111,7 @@ hosts:
 	if code, body := l.labAPI(t, "POST", "/api/assign", token, `{"host":"pxe-revert","image":"B@2"}`); code != 200 {
 		t.Fatalf("POST /api/assign: %d %s", code, body)
 	}
-	err := WithHostpart(d, func(dir string) error {
-		if err := copyFile(imgs["PB"]+".json", filepath.Join(dir, "hn-root-new.img.json")); err != nil {
-			return err
-		}
-		return copyFile(imgs["PB"], filepath.Join(dir, "hn-root-new.img"))
-	})
+	err := stageNew(d, imgs["PB"])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package testvm
 import (
 	"context"
 	"fmt"
+	"github.com/hnboot/hnboot/internal/layout"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -325,6 +326,17 @@ func wantInitKernel(t *testing.T, con, rel string) {
 	if got := field(t, con, "uname"); got != rel {
 		t.Errorf("uname -r in the booted system = %q, want %s", got, rel)
 	}
+}
+
+// stageNew puts img and its manifest on disk d's hostpart as the staged
+// image (layout.New), as imaged stage leaves them.
+func stageNew(d, img string) error {
+	return WithHostpart(d, func(dir string) error {
+		if err := copyFile(layout.ManifestFor(img), filepath.Join(dir, layout.ManifestFor(layout.New))); err != nil {
+			return err
+		}
+		return copyFile(img, filepath.Join(dir, layout.New))
+	})
 }
 
 func copyFile(src, dst string) error {
