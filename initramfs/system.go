@@ -44,7 +44,9 @@ func (s *linuxSystem) Cmdline() (string, error) {
 
 func (s *linuxSystem) Release() string { return runningRelease() }
 
-func (s *linuxSystem) LoadHardware() { s.mods.hardware() }
+func (s *linuxSystem) LoadHardware(found func() bool) { s.mods.hardware(found) }
+
+func (s *linuxSystem) LoadNetworkDrivers() { s.mods.network() }
 
 func (s *linuxSystem) LoadModules(why string, names ...string) { s.mods.load(why, names...) }
 

@@ -30,8 +30,9 @@ come from each module's .modinfo, soft dependencies included). The default
 modules are storage (virtio, SCSI, AHCI, NVMe), filesystems (ext4, vfat,
 btrfs, xfs, squashfs, overlay, loop) and network (virtio_net, e1000,
 e1000e); --modules adds more. Module files are stored with '-' in their
-names turned into '_' (u-root's loader finds them that way). Output is
-written to a temporary file beside FILE, fsynced, then renamed.
+names turned into '_'. The archive is compressed by the zstd command at
+level 19 when it is on PATH, else by the Go encoder (about 13% bigger).
+Output is written to a temporary file beside FILE, fsynced, then renamed.
 Entry times are SOURCE_DATE_EPOCH, or 0.
 
 Examples:
@@ -94,13 +95,14 @@ func runInitramfs(ctx context.Context, name string, args []string, std cli.IO) e
 		Modules:    extra,
 		Trust:      trustKey,
 		MTime:      time.Unix(epoch, 0),
+		Zstd:       initrd.ZstdCommand(),
 		Log:        newLogger(stderr),
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: initramfs for %s, %s compressed (%d bytes), %s uncompressed, %d modules, %s\n",
-		res.Path, res.Release, human(res.Compressed), res.Compressed, human(res.Uncompressed), res.Modules, elapsed(start))
+	fmt.Fprintf(stdout, "%s: initramfs for %s, %s compressed (%d bytes, %s), %s uncompressed, %d modules, %s\n",
+		res.Path, res.Release, human(res.Compressed), res.Compressed, res.Compressor, human(res.Uncompressed), res.Modules, elapsed(start))
 	fmt.Fprintf(stdout, "  loads at boot: %s\n", strings.Join(res.Top, " "))
 	if len(res.Builtin) > 0 {
 		fmt.Fprintf(stdout, "  built into the kernel: %s\n", strings.Join(res.Builtin, " "))

@@ -46,19 +46,21 @@ type Boot struct {
 	// SetDebug turns the debug records on (hn.debug); may be nil.
 	SetDebug func(bool)
 
-	cfg        cmdline.Config
-	rawCmdline string
-	dev        string
-	info       blkid.Info
-	detach     func() error // the loop device of the image being booted
-	digests    *digestcache.Cache
-	id         *idFuture
-	res        rotate.Result    // this boot's rotation (the last one, when a download was promoted)
-	staging    *checkin.Staging // this boot's download, for the check-in
-	mounted    bool             // hostpart is mounted
-	network    *networkOutcome  // what the talk with imaged gave
-	diskless   bool             // the image runs from RAM (Paths.Hostpart is Paths.RAM)
-	recovering bool             // a recovery over the network was tried
+	cfg           cmdline.Config
+	rawCmdline    string
+	dev           string
+	info          blkid.Info
+	detach        func() error // the loop device of the image being booted
+	digests       *digestcache.Cache
+	id            *idFuture
+	res           rotate.Result    // this boot's rotation (the last one, when a download was promoted)
+	staging       *checkin.Staging // this boot's download, for the check-in
+	mounted       bool             // hostpart is mounted
+	network       *networkOutcome  // what the talk with imaged gave
+	diskless      bool             // the image runs from RAM (Paths.Hostpart is Paths.RAM)
+	recovering    bool             // a recovery over the network was tried
+	nicDrivers    chan struct{}    // closed when the NIC drivers are loaded; nil when this boot does not load them
+	rememberedMAC string           // layout.DefaultMAC
 }
 
 // Outcome is how a boot ended. With the real System only a rescue
@@ -77,7 +79,14 @@ func (b *Boot) Config() cmdline.Config { return b.cfg }
 func (b *Boot) Run(ctx context.Context) Outcome {
 	b.Log.Info("hnboot init starting", "kernel", b.Sys.Release())
 	b.readCmdline()
-	b.Sys.LoadHardware()
+	b.Sys.LoadHardware(func() bool {
+		// Kept for findHostpart, which then need not scan again.
+		dev, info, err := b.Sys.FindPartition(b.cfg.Hostpart)
+		if err == nil {
+			b.dev, b.info = dev, info
+		}
+		return err == nil
+	})
 	b.Sys.LoadModules("hn.modules", b.cfg.Modules...)
 	if b.cfg.Diskless {
 		return b.withoutHostpart(ctx, DiskInput{Cfg: b.cfg})
@@ -85,11 +94,21 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 	if err := b.findHostpart(); err != nil {
 		return b.withoutHostpart(ctx, DiskInput{Cfg: b.cfg, FindErr: err})
 	}
-	b.checkDisk()
+	// The disk check reads the GPT and EFI-BOOT while the kernel loads
+	// the filesystem's module: its reads wait on the disk, the module's
+	// relocations on the CPU.
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		b.checkDisk()
+	}()
+	b.Sys.LoadModules("hostpart's filesystem", fsModule(b.info.Type))
+	<-checked
 	if err := b.mountHostpart(); err != nil {
 		return b.withoutHostpart(ctx, DiskInput{Cfg: b.cfg, MountErr: err})
 	}
 	b.seedRandom()
+	b.startNICDrivers()
 	// SSH host keys and machine-id: generated once; on a first boot
 	// without entropy this waits for the pool, beside everything else.
 	b.id = startIdentity(b.Paths.Hostpart, b.Sys.Now)
@@ -129,6 +148,7 @@ func (b *Boot) Run(ctx context.Context) Outcome {
 // lastResort tries the network first): the rescue shell with the reason.
 func (b *Boot) rescue(reason error) Outcome {
 	b.Log.Error("cannot boot: " + reason.Error())
+	b.loadNICDrivers() // the rescue shell has the network cards
 	if b.mounted {
 		b.saveLog("rescue")
 	}
@@ -164,11 +184,13 @@ func (b *Boot) findHostpart() error {
 	all := false
 	var allDone time.Time
 	for {
-		dev, info, err := b.Sys.FindPartition(b.cfg.Hostpart)
+		dev, info, err := b.dev, b.info, error(nil)
+		if dev == "" {
+			dev, info, err = b.Sys.FindPartition(b.cfg.Hostpart)
+		}
 		if err == nil {
 			b.dev, b.info = dev, info
 			b.Log.Info("found hostpart", "spec", b.cfg.Hostpart, "device", dev, "fs", info.Type)
-			b.Sys.LoadModules("hostpart's filesystem", fsModule(info.Type))
 			return nil
 		}
 		waited := b.Sys.Now().Sub(start)
@@ -182,8 +204,76 @@ func (b *Boot) findHostpart() error {
 		if waited > wait && (!all || b.Sys.Now().Sub(allDone) > time.Second) {
 			return fmt.Errorf("no partition matches %s after %v (%s): %w. Label the host partition: e2label DEV hostpart, or set hn.hostpart= on the kernel command line", b.cfg.Hostpart, wait, why, err)
 		}
-		b.Sys.Sleep(100 * time.Millisecond)
+		b.Sys.Sleep(20 * time.Millisecond)
 	}
+}
+
+// startNICDrivers loads the NIC drivers in the background when this boot
+// needs the network (NetworkDecision): the rotation, the disk checks and
+// the image's mount go on meanwhile, and whoever needs a NIC waits for
+// them (waitNICDrivers).
+func (b *Boot) startNICDrivers() {
+	remembered, _ := os.ReadFile(filepath.Join(b.Paths.Hostpart, layout.Server))
+	server, _ := ServerDecision(b.cfg, string(remembered))
+	if mac, err := os.ReadFile(filepath.Join(b.Paths.Hostpart, layout.DefaultMAC)); err == nil {
+		b.rememberedMAC = strings.TrimSpace(string(mac))
+	}
+	load, why := NetworkDecision(server, b.cfg.BootIF, b.rememberedMAC)
+	b.Log.Info(why)
+	if load {
+		b.beginNICDrivers()
+	}
+}
+
+func (b *Boot) beginNICDrivers() {
+	done := make(chan struct{})
+	b.nicDrivers = done
+	go func() {
+		defer close(done)
+		b.Sys.LoadNetworkDrivers()
+	}()
+}
+
+// loadNICDrivers loads the NIC drivers (unless a goroutine does already)
+// and waits for them: whatever needs a NIC calls it, also where
+// NetworkDecision was not asked (no hostpart, the rescue shell).
+func (b *Boot) loadNICDrivers() {
+	if b.nicDrivers == nil {
+		b.beginNICDrivers()
+	}
+	<-b.nicDrivers
+}
+
+// waitNICDrivers waits for the NIC drivers startNICDrivers loads; it
+// reports whether they were loaded at all.
+func (b *Boot) waitNICDrivers() bool {
+	if b.nicDrivers == nil {
+		return false
+	}
+	<-b.nicDrivers
+	return true
+}
+
+// bootMAC is the boot NIC's MAC for the default hostname: BOOTIF=, else
+// the NIC's (remembered on hostpart for the next boot, which then loads
+// no NIC driver for it), else the one remembered.
+func (b *Boot) bootMAC() string {
+	if b.cfg.BootIF != "" {
+		return b.cfg.BootIF
+	}
+	if !b.waitNICDrivers() {
+		return b.rememberedMAC
+	}
+	_, mac, err := b.Sys.BootNIC("")
+	if err != nil || mac == "" {
+		return b.rememberedMAC
+	}
+	if mac != b.rememberedMAC && b.mounted && !b.diskless {
+		if err := os.WriteFile(filepath.Join(b.Paths.Hostpart, layout.DefaultMAC), []byte(mac+"\n"), 0o644); err != nil {
+			b.Log.Warn("cannot remember the boot NIC's MAC", "err", err)
+		}
+	}
+	return mac
 }
 
 func (b *Boot) checkDisk() {

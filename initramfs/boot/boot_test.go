@@ -45,6 +45,16 @@ func TestRun(t *testing.T) {
 	}{
 		{"no server: local boot, no network", "", map[string][]byte{layout.Current: imgA}, nil,
 			want{image: layout.Current, current: "A", gone: []string{layout.Server}, console: []string{"no network at boot: no hn.server="}}},
+		{"no server, no MAC remembered: NIC drivers for the default hostname, the MAC remembered", "", map[string][]byte{layout.Current: imgA}, nil,
+			want{image: layout.Current, current: "A", files: []string{layout.DefaultMAC}, console: []string{"NIC drivers load for the boot NIC's MAC", "hostname=hn-525400123456"}}},
+		{"no server, MAC remembered: no NIC drivers, the same hostname", "", map[string][]byte{layout.Current: imgA},
+			func(t *testing.T, w *world, srv *fakeImaged) {
+				os.MkdirAll(filepath.Join(w.paths.Hostpart, layout.StateDir), 0o755)
+				if err := os.WriteFile(filepath.Join(w.paths.Hostpart, layout.DefaultMAC), []byte(fakeMAC+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want{image: layout.Current, current: "A", console: []string{"no NIC drivers: no server, and the boot NIC's MAC is remembered", "hostname=hn-525400123456"}}},
 		{"assigned is current: no download, checked in, server remembered", "hn.server=SRV", map[string][]byte{layout.Current: imgA},
 			func(t *testing.T, w *world, srv *fakeImaged) { srv.assign(srv.publish(t, "A", imgA, nil, false)) },
 			want{image: layout.Current, current: "A", files: []string{layout.Server}, checkins: 1, console: []string{"already is the assigned image"}}},

@@ -71,6 +71,25 @@ func TestServerDecision(t *testing.T) {
 	}
 }
 
+func TestNetworkDecision(t *testing.T) {
+	for _, tc := range []struct {
+		server, bootIF, remembered string
+		want                       bool
+		why                        string
+	}{
+		{"", "", "", true, "for the boot NIC's MAC"},
+		{"", "", "52:54:00:12:34:56", false, "remembered in .hnboot/default-mac"},
+		{"", "52:54:00:12:34:56", "", false, "BOOTIF="},
+		{"http://a:8080", "52:54:00:12:34:56", "52:54:00:12:34:56", true, "talk with http://a:8080"},
+		{"http://a:8080", "", "", true, "talk with"},
+	} {
+		got, why := NetworkDecision(tc.server, tc.bootIF, tc.remembered)
+		if got != tc.want || !strings.Contains(why, tc.why) {
+			t.Errorf("NetworkDecision(%q, %q, %q) = %v, %q; want %v, ~%q", tc.server, tc.bootIF, tc.remembered, got, why, tc.want, tc.why)
+		}
+	}
+}
+
 func TestKexecDecision(t *testing.T) {
 	for _, tc := range []struct {
 		line, running, image string

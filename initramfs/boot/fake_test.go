@@ -117,7 +117,8 @@ func (s *fakeSys) Release() string {
 	}
 	return s.release
 }
-func (s *fakeSys) LoadHardware()                           {}
+func (s *fakeSys) LoadHardware(found func() bool)          {}
+func (s *fakeSys) LoadNetworkDrivers()                     {}
 func (s *fakeSys) LoadModules(why string, names ...string) {}
 func (s *fakeSys) LoadAll() {
 	s.log("loadall")

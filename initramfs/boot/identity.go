@@ -107,7 +107,7 @@ func summary(res identity.Resolved) string {
 // sent) into the new root. Refused values are logged and left out; the
 // error says the root could not be written.
 func (b *Boot) applyIdentity(id identity.Identity) (hostconfig.Config, error) {
-	_, mac, _ := b.Sys.BootNIC(b.cfg.BootIF)
+	mac := b.bootMAC() // BOOTIF=, the NIC, or the MAC remembered on hostpart
 	res := b.resolveIdentity(mac)
 	applied, err := identity.ApplyConfig(b.Paths.NewRoot, id, res.Config, mac)
 	for _, p := range applied.Problems {

@@ -135,9 +135,10 @@ func (b *Boot) talkToImaged(ctx context.Context, rotated bool, rotErr error) {
 		"booted", rep.Booted, "digest_source", rep.BootedImage.Source, "took", b.since(start))
 }
 
-// bootNIC finds the boot NIC, waiting up to 2 s for NIC drivers, which
-// probe after their modules load.
+// bootNIC finds the boot NIC, once its drivers are loaded (loadNICDrivers)
+// waiting up to 2 s for them to probe.
 func (b *Boot) bootNIC() (ifname, mac string, err error) {
+	b.loadNICDrivers()
 	for i := 0; ; i++ {
 		ifname, mac, err = b.Sys.BootNIC(b.cfg.BootIF)
 		if err == nil && (b.cfg.BootIF == "" || mac == b.cfg.BootIF) {

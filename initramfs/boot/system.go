@@ -23,8 +23,12 @@ type System interface {
 	// Release is the running kernel's release (uname -r).
 	Release() string
 
-	// LoadHardware loads the drivers of the devices present.
-	LoadHardware()
+	// LoadHardware loads the disk drivers of the devices present, one at
+	// a time and the cheapest first, until found (may be nil) is true.
+	LoadHardware(found func() bool)
+	// LoadNetworkDrivers loads the drivers of the NICs present; the boot
+	// calls it in a goroutine of its own, beside the other calls.
+	LoadNetworkDrivers()
 	// LoadModules loads modules with their dependencies; absent or
 	// built-in ones are only logged.
 	LoadModules(why string, names ...string)

@@ -30,6 +30,17 @@ func staticBinary(t *testing.T) string {
 	return "/bin/busybox"
 }
 
+// compressors are the two ways Build compresses: the zstd command and
+// the Go encoder (when there is no zstd command).
+func compressors(t *testing.T) map[string]string {
+	t.Helper()
+	z := ZstdCommand()
+	if z == "" {
+		t.Fatal("no zstd command: run scripts/deps.sh (apt-get install zstd)")
+	}
+	return map[string]string{"zstd -19": z, "Go zstd": ""}
+}
+
 type entry struct {
 	hdr  *cpio.Header
 	body []byte
@@ -70,12 +81,21 @@ func readArchive(t *testing.T, p string) map[string]entry {
 }
 
 func TestBuildRoundTrip(t *testing.T) {
+	for name, z := range compressors(t) {
+		t.Run(name, func(t *testing.T) { testBuildRoundTrip(t, z, name) })
+	}
+}
+
+func testBuildRoundTrip(t *testing.T, zstdCmd, compressor string) {
 	kdir := kernelDir(t)
 	bb := staticBinary(t)
 	out := filepath.Join(t.TempDir(), "initramfs")
-	res, err := Build(Options{Out: out, Init: bb, Busybox: bb, ModulesDir: kdir, Modules: []string{"isofs"}, MTime: time.Unix(1700000000, 0)})
+	res, err := Build(Options{Out: out, Init: bb, Busybox: bb, ModulesDir: kdir, Modules: []string{"isofs"}, MTime: time.Unix(1700000000, 0), Zstd: zstdCmd})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.Compressor != compressor {
+		t.Errorf("Build().Compressor = %q, want %q", res.Compressor, compressor)
 	}
 	st, err := os.Stat(out)
 	if err != nil {
@@ -182,13 +202,19 @@ func TestBuildRoundTrip(t *testing.T) {
 }
 
 func TestBuildReproducible(t *testing.T) {
+	for name, z := range compressors(t) {
+		t.Run(name, func(t *testing.T) { testBuildReproducible(t, z) })
+	}
+}
+
+func testBuildReproducible(t *testing.T, zstdCmd string) {
 	kdir := kernelDir(t)
 	bb := staticBinary(t)
 	dir := t.TempDir()
 	var got [2][]byte
 	for i := range got {
 		out := filepath.Join(dir, "initramfs"+string(rune('a'+i)))
-		if _, err := Build(Options{Out: out, Init: bb, Busybox: bb, ModulesDir: kdir, MTime: time.Unix(0, 0)}); err != nil {
+		if _, err := Build(Options{Out: out, Init: bb, Busybox: bb, ModulesDir: kdir, MTime: time.Unix(0, 0), Zstd: zstdCmd}); err != nil {
 			t.Fatal(err)
 		}
 		var err error

@@ -14,9 +14,10 @@ import (
 	"github.com/u-root/u-root/pkg/kmodule"
 )
 
-// TestProberDryRun unpacks the archive and has u-root's kmodule.Prober (the
-// init's loader) resolve every module of /etc/hnboot-modules in dry-run
-// mode: each must resolve, with its dependencies first.
+// TestProberDryRun unpacks the archive and has u-root's kmodule.Prober (a
+// modprobe-compatible loader; the init reads the same modules.dep with its
+// own finit_module loop) resolve every module of /etc/hnboot-modules in
+// dry-run mode: each must resolve, with its dependencies first.
 func TestProberDryRun(t *testing.T) {
 	kdir := kernelDir(t)
 	dir := t.TempDir()

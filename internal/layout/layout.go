@@ -72,6 +72,7 @@ const (
 	AgentState    = StateDir + "/agent.json"     // the agent's memory across restarts
 	Server        = StateDir + "/server"         // the imaged URL of the last successful check-in
 	RandomSeed    = StateDir + "/random-seed"    // entropy credited to the kernel at the next boot
+	DefaultMAC    = StateDir + "/default-mac"    // the boot NIC's MAC, for the default hostname without loading NIC drivers
 	ChunksDir     = StateDir + "/chunks"         // <hex>.chunks: the chunk index of each image on hostpart staged by delta
 )
 

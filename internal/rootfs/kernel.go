@@ -133,6 +133,7 @@ func addBootFiles(t *Tree, local, stage string, o Options, log *slog.Logger) (bo
 		Modules:    o.Boot.Modules,
 		Trust:      o.Boot.Trust,
 		MTime:      time.Unix(o.Epoch, 0),
+		Zstd:       initrd.ZstdCommand(),
 		Log:        log,
 	})
 	if err != nil {
