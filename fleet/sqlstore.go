@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strings"
@@ -36,6 +37,8 @@ type sqlCore struct {
 	subQ  chan Change // delivers in order, off the committing goroutine
 	done  chan struct{}
 	wg    sync.WaitGroup
+
+	obs observedCache
 }
 
 func newCore(backend, where string, log *slog.Logger) *sqlCore {
@@ -124,7 +127,7 @@ func (c *sqlCore) run(ctx context.Context, db *sql.DB, readOnly bool, fn func(Tx
 	if err != nil {
 		return dbErr("begin a transaction on "+c.where, err)
 	}
-	tx := &sqlTx{ctx: ctx, tx: stx, readOnly: readOnly}
+	tx := &sqlTx{ctx: ctx, tx: stx, readOnly: readOnly, obs: &c.obs}
 	if err := fn(tx); err != nil {
 		stx.Rollback()
 		return err
@@ -158,6 +161,7 @@ type sqlTx struct {
 	tx       *sql.Tx
 	readOnly bool
 	changes  []Change
+	obs      *observedCache
 }
 
 func (t *sqlTx) exec(op, q string, args ...any) (sql.Result, error) {
@@ -234,21 +238,73 @@ func (t *sqlTx) GetObserved(mac string) (*Observed, error) {
 	return out, err
 }
 
+// ListObserved decodes only the check-ins that changed since the last
+// list (observedCache): the status, the dashboard and the rollouts list
+// every check-in, and decoding 10,000 JSON bodies was most of a page.
 func (t *sqlTx) ListObserved() ([]*Observed, error) {
 	var out []*Observed
-	err := t.rows("read the check-ins", `SELECT body FROM observed ORDER BY mac`, func(rs *sql.Rows) error {
+	next := make(map[string]observedEntry)
+	err := t.rows("read the check-ins", `SELECT mac, body FROM observed ORDER BY mac`, func(rs *sql.Rows) error {
+		var mac string
 		var body []byte
-		if err := rs.Scan(&body); err != nil {
+		if err := rs.Scan(&mac, &body); err != nil {
 			return err
 		}
-		o := new(Observed)
-		if err := json.Unmarshal(body, o); err != nil {
-			return err
+		o, e, err := t.obs.decode(mac, body)
+		if err != nil {
+			return fmt.Errorf("check-in of %s: %w", mac, err)
 		}
+		next[mac] = e
 		out = append(out, o)
 		return nil
 	})
+	if err == nil {
+		t.obs.replace(next)
+	}
 	return out, err
+}
+
+// observedCache keeps the decoded check-ins by MAC with a seeded hash of
+// the stored body: a row whose body hashes the same is not decoded again.
+// The seed is random per process, so a host cannot make its body collide
+// with another's. Callers get a shallow copy: they only read check-ins.
+type observedCache struct {
+	mu     sync.Mutex
+	seeded bool
+	seed   maphash.Seed
+	m      map[string]observedEntry
+}
+
+type observedEntry struct {
+	sum uint64
+	o   *Observed
+}
+
+func (c *observedCache) decode(mac string, body []byte) (*Observed, observedEntry, error) {
+	c.mu.Lock()
+	if !c.seeded {
+		c.seed, c.seeded = maphash.MakeSeed(), true
+	}
+	seed := c.seed
+	e, ok := c.m[mac]
+	c.mu.Unlock()
+	sum := maphash.Bytes(seed, body)
+	if !ok || e.sum != sum {
+		o := new(Observed)
+		if err := json.Unmarshal(body, o); err != nil {
+			return nil, observedEntry{}, err
+		}
+		e = observedEntry{sum: sum, o: o}
+	}
+	cp := *e.o
+	return &cp, e, nil
+}
+
+// replace keeps what one whole list saw, so deleted rows leave the cache.
+func (c *observedCache) replace(m map[string]observedEntry) {
+	c.mu.Lock()
+	c.m = m
+	c.mu.Unlock()
 }
 
 func (t *sqlTx) PutBoot(b *Boot) error {

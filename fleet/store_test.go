@@ -480,3 +480,49 @@ func TestStoreLeaderLock(t *testing.T) {
 		}
 	})
 }
+
+// ListObserved keeps decoded check-ins between lists (observedCache):
+// a check-in changed by this server or by another one on the same
+// database must show in the next list, and what a caller does to its
+// copy must not reach the next caller.
+func TestStoreListObservedSeesChanges(t *testing.T) {
+	forBackends(t, func(t *testing.T, dbURL string) {
+		a, b := openTestStore(t, dbURL), openTestStore(t, dbURL)
+		put := func(s Store, mac, booted string) {
+			t.Helper()
+			mustUpdate(t, s, func(tx Tx) error {
+				return tx.PutObserved(&Observed{Checkin: checkin.Checkin{MAC: mac, Source: "agent", Booted: booted}, Time: t0})
+			})
+		}
+		list := func(s Store) map[string]string {
+			t.Helper()
+			got := map[string]string{}
+			view(t, s, func(tx Tx) error {
+				all, err := tx.ListObserved()
+				for _, o := range all {
+					got[o.MAC] = o.Booted
+					o.Booted = "changed by the caller"
+				}
+				return err
+			})
+			return got
+		}
+		const m1, m2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
+		d1, d2, d3 := "sha256:"+strings.Repeat("1", 64), "sha256:"+strings.Repeat("2", 64), "sha256:"+strings.Repeat("3", 64)
+		put(a, m1, d1)
+		for i, step := range []struct {
+			do   func()
+			want map[string]string
+		}{
+			{func() {}, map[string]string{m1: d1}},
+			{func() {}, map[string]string{m1: d1}}, // from the cache, unchanged by the caller
+			{func() { put(a, m1, d2) }, map[string]string{m1: d2}},
+			{func() { put(b, m1, d3); put(b, m2, d1) }, map[string]string{m1: d3, m2: d1}}, // the other server
+		} {
+			step.do()
+			if got := list(a); !reflect.DeepEqual(got, step.want) {
+				t.Errorf("step %d: ListObserved = %v, want %v", i, got, step.want)
+			}
+		}
+	})
+}
