@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
@@ -217,6 +218,8 @@ func (s *fakeSys) NetDown(l netup.Lease) error {
 	s.log("netdown %s %s ours=%v", l.Interface, l.Address, l.Ours())
 	return nil
 }
+
+func (s *fakeSys) SHA256() func() hash.Hash { return sha256.New }
 
 func (s *fakeSys) HTTP() HTTP {
 	if s.http == nil {

@@ -214,7 +214,7 @@ func (b *Boot) FetchAssigned(ctx context.Context, server string, as Assigned, di
 	req := stage.Request{
 		Source: stage.HTTPSource{URL: BlobURL(server, a.Digest), Client: b.Sys.HTTP()},
 		Digest: a.Digest, Size: a.Size, Name: a.Name, Version: a.Version, Force: as.Force,
-		Keys: keys, File: file, Log: b.Log.With(slog.String("image", a.Label())),
+		Keys: keys, File: file, Log: b.Log.With(slog.String("image", a.Label())), Hash: b.Sys.SHA256(),
 		Progress: func(done, total int64) {
 			now := b.Sys.Now()
 			if startDone < 0 {

@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"hash"
 	"time"
 
 	"github.com/hnboot/hnboot/initramfs/diskcheck"
@@ -79,6 +80,9 @@ type System interface {
 	NetDown(lease netup.Lease) error
 	// HTTP is the client for imaged: plain http, every wait bounded.
 	HTTP() HTTP
+	// SHA256 makes the hash that verifies a download: the faster of the
+	// kernel's (AF_ALG) and Go's on this machine, decided once.
+	SHA256() func() hash.Hash
 
 	// Random is the kernel's random pool, for the seed on hostpart.
 	Random() randseed.Kernel

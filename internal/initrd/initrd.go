@@ -33,6 +33,9 @@ var DefaultModules = []string{
 	"loop", "ext4", "vfat", "nls_cp437", "nls_iso8859-1", "nls_utf8",
 	"overlay", "squashfs", "btrfs", "xfs",
 	"virtio_net", "e1000", "e1000e",
+	// The kernel's SHA-256 for userspace (AF_ALG): the init verifies a
+	// download with it where it is faster than Go's (internal/afalg).
+	"algif_hash",
 }
 
 // ModulesListPath is where the archive lists the top-level modules the

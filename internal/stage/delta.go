@@ -137,6 +137,7 @@ type deltaRun struct {
 	get      RangeGetter
 	part     *os.File
 	progress func(done, total int64)
+	newHash  func() hash.Hash // the whole image's hash (Request.Hash)
 	log      *slog.Logger
 	st       DeltaStats
 }
@@ -244,7 +245,7 @@ func keepIndex(dir string, ix *chunkindex.Index, keep map[string]bool) error {
 func (d *deltaRun) fetch(ctx context.Context, dir string, have int64, locals []local) (string, error) {
 	ix := d.ix
 	d.st.Chunks = len(ix.Chunks)
-	h := sha256.New()
+	h := d.newHash()
 	buf := make([]byte, chunkindex.MaxSize)
 
 	// What an earlier run left: the chunks of the prefix that verify.
@@ -661,7 +662,7 @@ func stageDelta(ctx context.Context, dir string, st hostpart.State, res *Result,
 	if ci, ok := g.(interface{ CloseIdle() }); ok {
 		defer ci.CloseIdle() // the connection kept between ranges
 	}
-	d := &deltaRun{ix: ix, url: hs.URL, get: g, part: part, progress: req.Progress, log: log}
+	d := &deltaRun{ix: ix, url: hs.URL, get: g, part: part, progress: req.Progress, newHash: req.newHash, log: log}
 	d.st.IndexBytes = n
 	start := time.Now()
 	got, err := d.fetch(ctx, dir, have, localImages(dir, st))

@@ -81,6 +81,17 @@ type Request struct {
 	// whose manifest names a chunk index is staged by delta: the chunks
 	// of the images already in dir are copied and only the others fetched.
 	NoDelta bool
+	// Hash makes the SHA-256 that verifies the image (every byte staged
+	// goes through it); nil is crypto/sha256. The init passes the
+	// kernel's where that is faster (internal/afalg: under emulation).
+	Hash func() hash.Hash
+}
+
+func (r Request) newHash() hash.Hash {
+	if r.Hash != nil {
+		return r.Hash()
+	}
+	return sha256.New()
 }
 
 // Result says what Stage did.
@@ -355,7 +366,7 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 // run left), hashing while writing; it returns the digest, the size and
 // the bytes received.
 func stageFull(ctx context.Context, res *Result, req Request, part *os.File, partPath, partName string, have int64, dir string, st hostpart.State, log *slog.Logger) (string, int64, int64, error) {
-	h := sha256.New()
+	h := req.newHash()
 	if have > 0 {
 		// Hash what an earlier run downloaded: a local read, no network.
 		n, err := io.Copy(h, io.NewSectionReader(part, 0, have))
@@ -370,7 +381,7 @@ func stageFull(ctx context.Context, res *Result, req Request, part *os.File, par
 	defer rc.Close()
 	if from != have {
 		log.Info("stage: source cannot resume; starting over", "source", req.Source.String(), "had", have)
-		have, h = 0, sha256.New()
+		have, h = 0, req.newHash()
 	}
 	if _, err := part.Seek(have, io.SeekStart); err != nil {
 		return "", 0, 0, fmt.Errorf("stage: seek %s: %w", partPath, err)

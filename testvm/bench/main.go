@@ -31,6 +31,8 @@ type options struct {
 	// console prints the hnboot init's lines of every boot to stderr:
 	// with their timestamps, the time of each step.
 	console bool
+	// fetchRuns is the download table's boots per vCPU count.
+	fetchRuns int
 }
 
 // refInit is the reference: what a careful shell linuxrc does.
@@ -66,6 +68,7 @@ func main() {
 	var o options
 	flag.IntVar(&o.boots, "boots", 5, "QEMU boots per side (the median is reported)")
 	flag.StringVar(&o.only, "only", "", `"boot" or "fetch": only that table`)
+	flag.IntVar(&o.fetchRuns, "fetch-runs", 3, "QEMU boots per vCPU count of the download table (the median is reported)")
 	flag.BoolVar(&o.console, "console", false, "print the hnboot init's console lines of each boot (the step profile)")
 	flag.Parse()
 	if err := run(os.Stdout, o); err != nil {
@@ -88,7 +91,7 @@ func run(out io.Writer, o options) error {
 		return err
 	}
 	if o.only == "fetch" || os.Getenv("HNBENCH_ONLY") == "fetch" {
-		return fetchBench(ctx, f, dir, 3, out) // fetch.go
+		return fetchBench(ctx, f, dir, o.fetchRuns, o.console, out) // fetch.go
 	}
 	refScript := filepath.Join(dir, "ref-init.sh")
 	if err := os.WriteFile(refScript, []byte(refInit), 0o755); err != nil {
@@ -183,7 +186,7 @@ func run(out io.Writer, o options) error {
 	for _, r := range rows {
 		fmt.Fprintf(out, "| %-28s | %9.2f ms |\n", r.name, r.ms)
 	}
-	return fetchBench(ctx, f, dir, 3, out) // fetch.go
+	return fetchBench(ctx, f, dir, o.fetchRuns, o.console, out) // fetch.go
 }
 
 // rotationTimes runs the rotation package's own benchmark (BenchmarkRotate:
