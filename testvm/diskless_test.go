@@ -23,9 +23,10 @@ import (
 // and imaged got a check-in saying the host runs B from RAM.
 func TestPXEDiskless(t *testing.T) {
 	fl := newFetchLab(t, "52:54:00:77:00:40", "B@2")
-	vm := fl.lab.start(t, pxeHost{tap: "tap0", mac: fl.mac})
+	vm := fl.lab.start(t, pxeHost{tap: "tap0", mac: fl.mac, noEntropy: true})
 	con := expectBooted(t, vm, "PB")
 	vm.Kill()
+	netUpWithin(t, con, 10*time.Second)
 	wantConsole(t, con, "no hostpart: no partition matches LABEL=hostpart after 5s", "booting the assigned image from RAM",
 		"MemAvailable is", "fetching the assigned image into RAM", "image downloaded", "switching root",
 		"HNTEST no-hostpart", "HNTEST no-data0", "HNTEST sshkey=AAAA")
@@ -53,6 +54,7 @@ func TestPXEDiskless(t *testing.T) {
 // hn-root-old.img.broken, and boots B instead of the rescue shell.
 func TestPXERecoverCorruptImages(t *testing.T) {
 	fl := newFetchLab(t, "52:54:00:77:00:41", "B@2")
+	fl.noEntropy = true
 	junk := bytes.Repeat([]byte("garbage, not a filesystem\n"), 64<<10)
 	err := WithHostpart(fl.disk, func(dir string) error {
 		for _, name := range []string{"hn-root.img", "hn-root-old.img"} {
@@ -70,6 +72,7 @@ func TestPXERecoverCorruptImages(t *testing.T) {
 	wantConsole(t, con, "no image could be booted", "recovering over the network", "image downloaded",
 		"keeping hn-root.img aside as hn-root.img.broken", "recovered: the assigned image is hn-root.img", "switching root")
 	logLines(t, con, "cannot boot image", "no local image boots", "recover", "image downloaded", "switching root")
+	netUpWithin(t, con, 10*time.Second)
 	if strings.Contains(con, "cannot boot:") {
 		t.Errorf("the boot went to the rescue shell")
 	}

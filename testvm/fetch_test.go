@@ -46,6 +46,10 @@ type fetchLab struct {
 	dA, dB     string
 	sizeB      int64
 	servingGen int
+	// noEntropy boots the host on QEMU's default CPU without an RNG
+	// device (no RDRAND, an empty pool), as many real servers and VMs:
+	// nothing on the boot path may wait for entropy.
+	noEntropy bool
 }
 
 func newFetchLab(t *testing.T, mac, assigned string) *fetchLab {
@@ -168,7 +172,24 @@ func (fl *fetchLab) boot(image string) string {
 }
 
 func (fl *fetchLab) start1() *VM {
-	return fl.lab.start(fl.t, pxeHost{tap: "tap0", mac: fl.mac, disk: fl.disk})
+	return fl.lab.start(fl.t, pxeHost{tap: "tap0", mac: fl.mac, disk: fl.disk, noEntropy: fl.noEntropy})
+}
+
+// netUpWithin checks that every "network up" of the init's console took
+// at most limit (DHCP must not wait for the kernel's random pool), and
+// that there was one.
+func netUpWithin(t *testing.T, con string, limit time.Duration) {
+	t.Helper()
+	ms := regexp.MustCompile(`network up .*took=(\S+)`).FindAllStringSubmatch(con, -1)
+	if len(ms) == 0 {
+		t.Errorf("the console has no \"network up\" line")
+	}
+	for _, m := range ms {
+		d, err := time.ParseDuration(m[1])
+		if err != nil || d > limit {
+			t.Errorf("network up took %s, want at most %v (no wait for entropy): %s", m[1], limit, m[0])
+		}
+	}
 }
 
 func (fl *fetchLab) served() int64 {
@@ -217,7 +238,9 @@ func (fl *fetchLab) onDisk(want map[string]string, absent ...string) {
 // came. No agent runs anywhere.
 func TestPXEFetchAssigned(t *testing.T) {
 	fl := newFetchLab(t, "52:54:00:77:00:30", "A@1")
+	fl.noEntropy = true
 	con := fl.boot("PA")
+	netUpWithin(t, con, 10*time.Second)
 	wantConsole(t, con, "already is the assigned image", "checked in")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -230,6 +253,7 @@ func TestPXEFetchAssigned(t *testing.T) {
 	start := time.Now()
 	con = fl.boot("PB")
 	t.Logf("assign B -> B running: one PXE boot, %v", time.Since(start).Round(time.Second))
+	netUpWithin(t, con, 10*time.Second)
 	wantConsole(t, con, "imaged assigns image=B 2", "fetching the assigned image", "image downloaded", "image built by delta", "action=promote", "HNTEST trial=")
 	logLines(t, con, "image downloaded", "downloading ", "by delta", "rotation done")
 	fl.px.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +130,7 @@ func TestPXEIdentityServerDown(t *testing.T) {
 	const mac, addr = "52:54:00:77:00:41", labNet + ".51/24"
 	fl := newFleetLab(t, mac, identYAML(fileDigest(t, imgs["PA"]), imgs["PA"], mac, addr, ""), identCmdline)
 	fl.disk = pxeDisk(t, imgs["PA"])
+	fl.noEntropy = true
 
 	puppet := fmt.Sprintf("identity: files[/etc/hntest/puppet.conf] %d bytes", len("certname = pxe-ident.example.com ip = "+labNet+".51\n"))
 	wantSame := []string{
@@ -173,5 +175,14 @@ func TestPXEIdentityServerDown(t *testing.T) {
 		puppet+" (from cache)")...)
 	if strings.Contains(con, "identity: saved imaged's configuration") {
 		t.Errorf("a boot without a server rewrote the cache")
+	}
+	// Without a server the network wait ends by its budget, not by the
+	// kernel's random pool (two minutes on this CPU without an RNG).
+	m := regexp.MustCompile(`hninit: \[\s*([0-9.]+)\] identity: the network did not come up`).FindStringSubmatch(con)
+	if m == nil {
+		t.Fatal("no \"the network did not come up\" line with a timestamp")
+	}
+	if sec, _ := strconv.ParseFloat(m[1], 64); sec > 45 {
+		t.Errorf("the init gave up on the network %s s after the kernel started, want within 45 s", m[1])
 	}
 }
