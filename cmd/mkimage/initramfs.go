@@ -28,8 +28,9 @@ Builds a zstd-compressed newc cpio initramfs holding:
 DIR is a lib/modules/RELEASE tree (it needs no modules.dep: dependencies
 come from each module's .modinfo, soft dependencies included). The default
 modules are storage (virtio, SCSI, AHCI, NVMe), filesystems (ext4, vfat,
-btrfs, xfs, squashfs, overlay, loop) and network (virtio_net, e1000,
-e1000e); --modules adds more. Module files are stored with '-' in their
+btrfs, xfs, squashfs, overlay, loop), network (virtio_net, e1000,
+e1000e) and algif_hash (the kernel's SHA-256, which the init verifies a
+download with where it is faster than Go's); --modules adds more. Module files are stored with '-' in their
 names turned into '_'. The archive is compressed by the zstd command at
 level 19 when it is on PATH, else by the Go encoder (about 13% bigger).
 Output is written to a temporary file beside FILE, fsynced, then renamed.
