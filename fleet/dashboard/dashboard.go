@@ -56,6 +56,7 @@ type Dashboard struct {
 	users atomic.Pointer[map[string]User]
 	pages map[string]*template.Template
 	mux   *http.ServeMux
+	fails *throttle // failed logins by client address
 }
 
 // New builds the dashboard of f.
@@ -75,7 +76,7 @@ func New(f *fleet.Fleet, opts Options) (*Dashboard, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	d := &Dashboard{f: f, opts: opts, log: opts.Logger, pages: map[string]*template.Template{},
+	d := &Dashboard{f: f, opts: opts, log: opts.Logger, pages: map[string]*template.Template{}, fails: newThrottle(LoginFailures, LoginWindow),
 		ss: &sessions{m: map[[32]byte]*session{}, ttl: opts.SessionTTL, now: opts.Now}}
 	d.users.Store(&opts.Users)
 	for _, p := range []string{"login", "overview", "hosts", "host", "images", "image", "rollouts", "audit", "reverted", "message"} {
@@ -239,6 +240,19 @@ func safeNext(s string) string {
 
 func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	client := clientAddr(r.RemoteAddr)
+	if wait := d.fails.wait(client, d.opts.Now()); wait > 0 {
+		secs := int(wait.Round(time.Second) / time.Second)
+		if secs < 1 {
+			secs = 1
+		}
+		d.log.Warn("dashboard: login refused: too many failed logins from this address", "remote", r.RemoteAddr, "retry_after_s", secs)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		d.render(w, http.StatusTooManyRequests, "login", page{Title: "Log in",
+			Error: fmt.Sprintf("Too many failed logins from your address: try again in %d s.", secs),
+			Data:  map[string]any{"Next": safeNext(r.PostFormValue("next")), "Users": len(*d.users.Load()) > 0}})
+		return
+	}
 	var name string
 	var role Role
 	ok := false
@@ -256,11 +270,13 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	}
 	next := safeNext(r.PostFormValue("next"))
 	if !ok {
+		d.fails.failed(client, d.opts.Now())
 		d.log.Warn("dashboard: login refused", "user", r.PostFormValue("user"), "remote", r.RemoteAddr)
 		d.render(w, http.StatusUnauthorized, "login", page{Title: "Log in", Error: "Wrong token, or wrong user or password.",
 			Data: map[string]any{"Next": next, "Users": len(*d.users.Load()) > 0}})
 		return
 	}
+	d.fails.succeeded(client)
 	id, _ := d.ss.create(name, role)
 	http.SetCookie(w, cookie(r, id, int(d.opts.SessionTTL/time.Second)))
 	d.auditSession(name, r, "login", "dashboard, as "+string(role))

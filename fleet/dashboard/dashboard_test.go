@@ -451,3 +451,23 @@ func TestReloadUsers(t *testing.T) {
 		t.Errorf("a broken file dropped the last good users")
 	}
 }
+
+// TestLoginThrottled: after LoginFailures wrong tokens from one address,
+// even the right token is refused with 429 and Retry-After until the
+// window passes (the window itself: TestThrottle).
+func TestLoginThrottled(t *testing.T) {
+	srv, _ := testServer(t)
+	c := browser(t)
+	for i := 0; i < LoginFailures; i++ {
+		if code, _, _ := post(t, c, srv.URL+"/ui/login", url.Values{"token": {"wrong-token-0123456789"}}, nil); code != http.StatusUnauthorized {
+			t.Fatalf("wrong token %d = %d, want 401", i+1, code)
+		}
+	}
+	code, body, h := post(t, c, srv.URL+"/ui/login", url.Values{"token": {testToken}}, nil)
+	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" || !strings.Contains(body, "Too many failed logins") {
+		t.Errorf("the right token after %d failures = %d (Retry-After %q), want 429 with Retry-After\n%s", LoginFailures, code, h.Get("Retry-After"), body)
+	}
+	if strings.Contains(h.Get("Set-Cookie"), cookieName+"=") {
+		t.Errorf("a throttled login set a session cookie")
+	}
+}
