@@ -21,7 +21,7 @@ Builds a zstd-compressed newc cpio initramfs holding:
   /bin/busybox, /bin/sh         the rescue shell (--busybox; default /bin/busybox if present)
   /dev /proc /sys /run /tmp /newroot
   /lib/modules/RELEASE/         the modules below with their dependencies, a generated
-                                modules.dep, and modules.builtin and modules.order
+                                modules.dep, modules.builtin, and modules.order (the archived modules)
   /etc/hnboot-modules           the top-level modules the init loads, in order
   /etc/hnboot/trusted.pub       with --trust: staged images must carry a manifest signed by this key
 

@@ -2,6 +2,7 @@ package initrd
 
 import (
 	"bytes"
+	"github.com/hnboot/hnboot/internal/kmodules"
 	"io"
 	"os"
 	"path"
@@ -274,4 +275,13 @@ func temporaries(t *testing.T, out string) []string {
 		t.Fatal(err)
 	}
 	return m
+}
+
+func TestOrderOf(t *testing.T) {
+	mods := []*kmodules.Module{{Name: "ext4", Path: "kernel/fs/ext4/ext4.ko"}, {Name: "nls_iso8859_1", Path: "kernel/fs/nls/nls_iso8859-1.ko"}}
+	order := "kernel/fs/nls/nls_iso8859-1.ko\nkernel/fs/xfs/xfs.ko\n\nkernel/fs/ext4/ext4.ko\n"
+	got, want := string(orderOf([]byte(order), mods)), "kernel/fs/nls/nls_iso8859_1.ko\nkernel/fs/ext4/ext4.ko\n"
+	if got != want {
+		t.Errorf("orderOf = %q, want %q (the kernel's order, archived modules only, archive paths)", got, want)
+	}
 }
