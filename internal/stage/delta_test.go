@@ -561,6 +561,12 @@ func TestDeltaPackFetchesLess(t *testing.T) {
 		if sent != res.Delta.WireBytes {
 			t.Errorf("%s: the server sent %d bytes, the staging counts %d on the wire", c.name, sent, res.Delta.WireBytes)
 		}
+		// The check-in (imaged fleet host) reports the bytes moved.
+		var ci checkin.Staging
+		res.Report(&ci)
+		if ci.Mode != "delta" || ci.Fetched != sent+res.Delta.IndexBytes || ci.FetchedChunks != int64(res.Delta.FetchedChunks) {
+			t.Errorf("%s: check-in %+v, want a delta that fetched %d bytes (%d of chunks, %d of index) in %d chunks", c.name, ci, sent+res.Delta.IndexBytes, sent, res.Delta.IndexBytes, res.Delta.FetchedChunks)
+		}
 		runs[c.name] = run{sent, res.Delta}
 	}
 	p, v1, gone := runs["pack"], runs["version 1 index"], runs["pack missing"]
