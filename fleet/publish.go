@@ -17,6 +17,7 @@ import (
 
 	"github.com/hnboot/hnboot/internal/blkid"
 	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/chunkpack"
 	"github.com/hnboot/hnboot/internal/digest"
 	"github.com/hnboot/hnboot/internal/durable"
 	"github.com/hnboot/hnboot/internal/layout"
@@ -275,14 +276,20 @@ func (f *Fleet) receive(who, remote, dg string, offset int64, body io.Reader) (*
 		return rep, nil
 	}
 	pf.Close()
+	blobs := filepath.Join(f.opts.Images, blobsDir)
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	blob := blobPath(f.opts.Images, hex)
 	// With a chunk index named in the manifest, the server makes the
-	// index itself in the same read that checks the digest: the bytes
-	// are the same as mkimage's, so the index is too, and a host checks
-	// it against the signed manifest anyway.
+	// index and the pack (IMAGE.zst) itself in the same read that checks
+	// the digest: the bytes are the same as mkimage's, and so is the
+	// encoder, so the index is too, and a host checks it against the
+	// signed manifest anyway.
 	var ix *chunkindex.Index
 	var got string
 	if m.Chunks != "" {
-		ix, err = chunkindex.BuildFile(part)
+		ix, err = chunkpack.BuildFile(part, blob+layout.PackSuffix, 0o444)
 		if ix != nil {
 			got = ix.Digest()
 		}
@@ -294,25 +301,31 @@ func (f *Fleet) receive(who, remote, dg string, offset int64, body io.Reader) (*
 	}
 	size := have
 	if got != dg {
+		os.Remove(blob + layout.PackSuffix)
 		os.Remove(part)
 		os.Remove(filepath.Join(up, hex+".json"))
 		return nil, refused(http.StatusUnprocessableEntity, "upload of %s: the bytes received have sha256 %s (%d bytes), not the manifest's: nothing registered; publish again", rep.Image, got, size)
 	}
 	if err := blkid.CheckImageFile(part); err != nil {
+		os.Remove(blob + layout.PackSuffix)
 		os.Remove(part)
 		os.Remove(filepath.Join(up, hex+".json"))
 		return nil, refused(http.StatusUnprocessableEntity, "upload of %s: %v: not a root image (build it with mkimage)", rep.Image, err)
 	}
-	blobs := filepath.Join(f.opts.Images, blobsDir)
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
-	}
-	// The index and the manifest first, then the blob: a blob without
-	// its manifest beside it would be served without one.
-	blob := blobPath(f.opts.Images, hex)
+	// The index, the pack and the manifest first, then the blob: a blob
+	// without its manifest beside it would be served without one. The
+	// index is the version the manifest names: with the pack's frames
+	// (version 2), or without (an image built before packs: the pack is
+	// of no use to a host, which fetches raw ranges).
 	if ix != nil {
-		if b := ix.Marshal(); chunkindex.Sum(b) != m.Chunks {
-			f.log.Warn("publish: the manifest names another chunk index than this server makes (another chunking); hosts download the image whole", "image", rep.Image, "manifest", m.Chunks, "server", chunkindex.Sum(b))
+		b, b1 := ix.Marshal(), ix.Unpacked().Marshal()
+		if chunkindex.Sum(b1) == m.Chunks {
+			b = b1
+			os.Remove(blob + layout.PackSuffix)
+		}
+		if chunkindex.Sum(b) != m.Chunks {
+			os.Remove(blob + layout.PackSuffix)
+			f.log.Warn("publish: the manifest names another chunk index than this server makes (another chunking, or another zstd encoder for the pack); hosts download the image whole", "image", rep.Image, "manifest", m.Chunks, "server", chunkindex.Sum(b))
 		} else if err := durable.WriteFile(blob+layout.ChunksSuffix, b, 0o444); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
 		}
@@ -519,6 +532,7 @@ func (f *Fleet) Prune(who, remote string, apply bool) ([]PruneResult, error) {
 			blob := blobPath(f.opts.Images, hex)
 			os.Remove(layout.ManifestFor(blob))
 			os.Remove(blob + layout.ChunksSuffix)
+			os.Remove(blob + layout.PackSuffix)
 			os.Remove(blob)
 		}
 	}

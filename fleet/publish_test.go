@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/chunkpack"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
 	"github.com/hnboot/hnboot/internal/rootfs"
@@ -23,6 +24,14 @@ import (
 // testImage builds a small real ext4 root image (what the server's
 // filesystem check wants) and its manifest.
 func testImage(t *testing.T, name, version, motd string, key *manifest.PrivateKey) (img string, mb []byte) {
+	t.Helper()
+	return testImageIndex(t, name, version, motd, key, chunkpack.WriteFile)
+}
+
+// testImageIndex is testImage with the index written by write: a
+// version 2 index and its pack (chunkpack.WriteFile, as mkimage rootfs),
+// or a version 1 index alone (chunkindex.WriteFile, as before packs).
+func testImageIndex(t *testing.T, name, version, motd string, key *manifest.PrivateKey, write func(string) (*chunkindex.Index, string, error)) (img string, mb []byte) {
 	t.Helper()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
@@ -38,7 +47,7 @@ func testImage(t *testing.T, name, version, motd string, key *manifest.PrivateKe
 	}
 	// As mkimage rootfs: the chunk index beside the image, named in the
 	// manifest.
-	if _, m.Chunks, err = chunkindex.WriteFile(img); err != nil {
+	if _, m.Chunks, err = write(img); err != nil {
 		t.Fatal(err)
 	}
 	if key != nil {
@@ -126,6 +135,12 @@ func TestPublishResumeAndRegister(t *testing.T) {
 	// The server made the chunk index the manifest names (delta updates).
 	if b, err := os.ReadFile(blob + layout.ChunksSuffix); err != nil || chunkindex.Sum(b) != mustManifest(t, mb).Chunks {
 		t.Errorf("the blob's chunk index: %v, want the one the manifest names (%s)", err, mustManifest(t, mb).Chunks)
+	}
+	// And the pack the index locates frames in, the same as mkimage's.
+	if b, err := os.ReadFile(blob + layout.PackSuffix); err != nil {
+		t.Errorf("the blob's pack: %v", err)
+	} else if want, _ := os.ReadFile(img + layout.PackSuffix); !bytes.Equal(b, want) {
+		t.Errorf("the blob's pack (%d bytes) differs from mkimage's (%d)", len(b), len(want))
 	}
 	if img := e.f.Desired().Image("web@9"); img == nil || img.Path != blob {
 		t.Errorf("Desired().Image(web@9) = %+v, want the blob", img)
@@ -276,8 +291,31 @@ func TestPrune(t *testing.T) {
 		t.Errorf("app@1 still known after prune")
 	}
 	blob := filepath.Join(images, "blobs", "sha256-"+strings.TrimPrefix(res["app@1"].Digest, "sha256:")+".img")
-	if _, err := os.Stat(blob); !os.IsNotExist(err) {
-		t.Errorf("app@1's blob: %v, want it removed", err)
+	for _, p := range []string{blob, blob + layout.ChunksSuffix, blob + layout.PackSuffix} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("app@1's %s: %v, want it removed", filepath.Base(p), err)
+		}
+	}
+}
+
+// An image whose manifest names a version 1 index (built before packs)
+// is published with that index and no pack: hosts fetch raw ranges.
+func TestPublishVersion1Index(t *testing.T) {
+	images := t.TempDir()
+	e := newEnvDB(t, false, "", func(o *Options) { o.Images = images })
+	img, mb := testImageIndex(t, "old", "1", "old\n", nil, chunkindex.WriteFile)
+	data, _ := os.ReadFile(img)
+	_, rep, _ := e.startUpload(t, aliceToken, mb)
+	code, rep, body := e.patch(t, rep.Upload, aliceToken, 0, data)
+	if code != http.StatusCreated {
+		t.Fatalf("publish = %d %s", code, body)
+	}
+	blob := filepath.Join(images, "blobs", "sha256-"+strings.TrimPrefix(rep.Digest, "sha256:")+".img")
+	if b, err := os.ReadFile(blob + layout.ChunksSuffix); err != nil || chunkindex.Sum(b) != mustManifest(t, mb).Chunks {
+		t.Errorf("the blob's chunk index: %v, want the version 1 index the manifest names", err)
+	}
+	if _, err := os.Stat(blob + layout.PackSuffix); !os.IsNotExist(err) {
+		t.Errorf("a pack beside an image with a version 1 index: %v", err)
 	}
 }
 

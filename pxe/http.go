@@ -252,33 +252,39 @@ func (h *HTTPHandler) bootFile(w http.ResponseWriter, r *http.Request) {
 func (h *HTTPHandler) blob(w http.ResponseWriter, r *http.Request) {
 	digest, isManifest := strings.CutSuffix(r.PathValue("digest"), layout.ManifestSuffix)
 	digest, isChunks := strings.CutSuffix(digest, layout.ChunksSuffix)
+	digest, isPack := strings.CutSuffix(digest, layout.PackSuffix)
 	im, ok := h.image(digest)
 	if !ok {
 		fail(w, http.StatusNotFound, "no such image")
 		return
 	}
-	if isChunks && !isManifest {
-		// The chunk index (delta updates): immutable like the image, and
-		// trusted through the manifest's chunks digest, not through us.
-		f, err := os.Open(im.Path + layout.ChunksSuffix)
+	if isChunks != isPack && !isManifest {
+		// The chunk index and the pack (delta updates): immutable like the
+		// image, and trusted through the manifest's chunks digest, not
+		// through us. The pack is fetched in ranges (serveOpen serves them).
+		suffix, what, fix := layout.ChunksSuffix, "chunk index", "mkimage rootfs writes IMAGE.chunks beside the image; hosts download it whole"
+		if isPack {
+			suffix, what, fix = layout.PackSuffix, "chunk pack", "mkimage rootfs writes IMAGE.zst beside the image: put it beside this one; hosts fetch the chunks they lack uncompressed"
+		}
+		f, err := os.Open(im.Path + suffix)
 		if errors.Is(err, os.ErrNotExist) {
-			fail(w, http.StatusNotFound, "no chunk index for "+im.Digest+" (mkimage rootfs writes IMAGE.chunks beside the image); hosts download it whole")
+			fail(w, http.StatusNotFound, "no "+what+" for "+im.Digest+" ("+fix+")")
 			return
 		}
 		if err != nil {
-			h.log.Error("http: open", "path", im.Path+layout.ChunksSuffix, "err", err)
-			fail(w, http.StatusInternalServerError, "cannot open chunk index")
+			h.log.Error("http: open", "path", im.Path+suffix, "err", err)
+			fail(w, http.StatusInternalServerError, "cannot open "+what)
 			return
 		}
 		defer f.Close()
-		h.serveOpen(w, r, f, `"`+im.Digest+layout.ChunksSuffix+`"`, "application/octet-stream")
+		h.serveOpen(w, r, f, `"`+im.Digest+suffix+`"`, "application/octet-stream")
 		return
 	}
-	if !isManifest {
+	if !isManifest && !isChunks && !isPack {
 		h.serveFile(w, r, im.Path, `"`+im.Digest+`"`)
 		return
 	}
-	if isChunks {
+	if isChunks || isPack {
 		fail(w, http.StatusNotFound, "no such file")
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/chunkpack"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/dpkg"
 	"github.com/hnboot/hnboot/internal/imagefs"
@@ -163,9 +164,9 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 		fmt.Fprintf(stdout, "generalized: %s %s\n", c.Action, c.Path)
 	}
 	fields.FS, fields.KernelRelease, fields.BuildTime = res.FS, res.KernelRelease, buildTime(o)
-	// The chunk index (delta updates) reads the image beside the
-	// manifest's hash: two passes over a file in the page cache, on two
-	// CPUs.
+	// The chunk index and the pack (delta updates) read the image beside
+	// the manifest's hash: two passes over a file in the page cache, on
+	// two CPUs.
 	type indexed struct {
 		ix  *chunkindex.Index
 		sum string
@@ -173,7 +174,7 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 	}
 	ixc := make(chan indexed, 1)
 	go func() {
-		ix, sum, err := chunkindex.WriteFile(res.Path)
+		ix, sum, err := chunkpack.WriteFile(res.Path)
 		ixc <- indexed{ix, sum, err}
 	}()
 	m, err := manifest.New(res.Path, fields)
@@ -208,6 +209,8 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 	}
 	fmt.Fprintf(stdout, "%s: manifest, sha256 %s, %s\n", mpath, m.SHA256, signed)
 	fmt.Fprintf(stdout, "%s: chunk index, %d chunks (delta updates)\n", res.Path+layout.ChunksSuffix, len(ci.ix.Chunks))
+	fmt.Fprintf(stdout, "%s: the chunks as zstd frames, %s (%.0f%% of the image; delta updates fetch from it)\n",
+		res.Path+layout.PackSuffix, human(ci.ix.PackSize), 100*float64(ci.ix.PackSize)/float64(max(ci.ix.Size, 1)))
 	l, err := writePackages(res.Path, m.SHA256, signer)
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)

@@ -4,9 +4,16 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/layout"
+	"github.com/hnboot/hnboot/internal/manifest"
 )
 
 func mkimage(t *testing.T, args ...string) (string, error) {
@@ -102,5 +109,62 @@ func TestProgressLine(t *testing.T) {
 	p.done()
 	if b.Len() != 0 {
 		t.Errorf("progress on a non-terminal wrote %q, want nothing", b.String())
+	}
+}
+
+// mkimage rootfs writes the pack beside the image (IMAGE.zst): zstd -d
+// of it is the image byte for byte, and the manifest names a version 2
+// index that locates its frames.
+func TestRootfsWritesPack(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	tmp := t.TempDir()
+	tree := filepath.Join(tmp, "tree")
+	for p, body := range map[string]string{"etc/os-release": "ID=test\n", "usr/share/doc/a/changelog": strings.Repeat("a line of a changelog\n", 20000)} {
+		os.MkdirAll(filepath.Join(tree, filepath.Dir(p)), 0o755)
+		if err := os.WriteFile(filepath.Join(tree, p), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(tmp, "a.img")
+	out, err := mkimage(t, "rootfs", "--from", tree, "--out", img, "--fs", "ext4", "--name", "web", "--version", "1")
+	if err != nil {
+		t.Fatalf("mkimage rootfs: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, img+layout.PackSuffix+": the chunks as zstd frames") {
+		t.Errorf("mkimage rootfs does not say it wrote the pack:\n%s", out)
+	}
+	image, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, err := os.ReadFile(img + layout.PackSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, _ := zstd.NewReader(nil)
+	defer dec.Close()
+	if got, err := dec.DecodeAll(pack, nil); err != nil || !bytes.Equal(got, image) {
+		t.Fatalf("the pack decompresses to %d bytes (%v), want the image's %d", len(got), err, len(image))
+	}
+	if len(pack) >= len(image)/2 {
+		t.Errorf("pack %d bytes for a %d-byte image of mostly free space and text", len(pack), len(image))
+	}
+	if _, err := exec.LookPath("zstd"); err == nil {
+		dst := filepath.Join(tmp, "out.img")
+		if b, err := exec.Command("zstd", "-q", "-d", img+layout.PackSuffix, "-o", dst).CombinedOutput(); err != nil {
+			t.Fatalf("zstd -d: %v: %s", err, b)
+		}
+		if got, _ := os.ReadFile(dst); !bytes.Equal(got, image) {
+			t.Fatal("zstd -d of the pack differs from the image")
+		}
+	}
+	m, err := manifest.ReadFile(img + layout.ManifestSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, _ := os.ReadFile(img + layout.ChunksSuffix)
+	ix, err := chunkindex.Parse(ib)
+	if err != nil || chunkindex.Sum(ib) != m.Chunks || !ix.Packed || ix.PackSize != int64(len(pack)) {
+		t.Fatalf("index %v (packed %v), manifest names %s, index is %s; want a version 2 index of the %d-byte pack", err, ix != nil && ix.Packed, m.Chunks, chunkindex.Sum(ib), len(pack))
 	}
 }

@@ -19,7 +19,7 @@
 //
 //	offset  size  field
 //	0       8     magic "HNCHUNKS"
-//	8       4     version, 1
+//	8       4     version, 1 or 2
 //	12      4     minimum chunk size (MinSize)
 //	16      4     average bits (AverageBits: cut when fingerprint & (1<<bits - 1) == 0)
 //	20      4     maximum chunk size (MaxSize)
@@ -27,12 +27,25 @@
 //	32      8     image size in bytes
 //	40      32    sha256 of the whole image
 //	72      8     number of chunks N
-//	80      36*N  each chunk: length (4 bytes), sha256 of its bytes (32)
+//	80      36*N  version 1, each chunk: length (4 bytes), sha256 of its bytes (32)
+//	80      40*N  version 2, each chunk: length (4 bytes), length of its
+//	              frame in the pack (4), sha256 of its bytes (32)
 //
 // A chunk's offset is the sum of the lengths before it: chunks cannot
 // overlap or leave gaps, and their lengths add up to the image size. The
 // file's own sha256 is the manifest's chunks field ("sha256:<hex>"), so
 // an index is exactly as trusted as the signed manifest that names it.
+//
+// # The pack
+//
+// A version 2 index also locates each chunk in the pack published beside
+// the image (IMAGE.zst, package chunkpack): every chunk compressed as its
+// own zstd frame, the frames concatenated in chunk order, so a frame's
+// offset is the sum of the frame lengths before it and `zstd -d` of the
+// pack is the image. A host fetches the frames of the chunks it lacks as
+// plain HTTP ranges of the pack. The frame table is as trusted as the
+// rest of the index; the decompressed chunks are still checked against
+// their sha256. A version 1 index has no frame table: no pack.
 package chunkindex
 
 import (
@@ -58,7 +71,7 @@ import (
 // real update (testvm/benchdelta: a Debian image after a point release's
 // security fixes): the chunks a small change in an ext4 image costs are
 // mostly bounded by the minimum, so it is small; the average sets the
-// index's size (36 bytes per chunk, about 0.25 % of the image).
+// index's size (40 bytes per chunk, about 0.25 % of the image).
 const (
 	MinSize     = 1 << 10
 	AverageBits = 14 // 16 KiB on average
@@ -70,9 +83,11 @@ const (
 
 const (
 	magic      = "HNCHUNKS"
-	version    = 1
+	version1   = 1 // no frame table
+	version2   = 2 // with the frame table of the pack
 	headerSize = 80
-	entrySize  = 36
+	entrySize1 = 36
+	entrySize2 = 40
 	// MaxImage bounds the image size an index may claim (1 PiB), so sums
 	// of lengths cannot overflow.
 	MaxImage = 1 << 50
@@ -90,7 +105,14 @@ type Chunk struct {
 	Offset int64
 	Length uint32
 	Sum    [32]byte
+	// Where the chunk's zstd frame is in the pack; both zero when the
+	// index has no frame table (Index.Packed false).
+	PackOffset int64
+	PackLength uint32
 }
+
+// PackEnd is the offset in the pack after the chunk's frame.
+func (c Chunk) PackEnd() int64 { return c.PackOffset + int64(c.PackLength) }
 
 // End is the offset after the chunk.
 func (c Chunk) End() int64 { return c.Offset + int64(c.Length) }
@@ -100,6 +122,33 @@ type Index struct {
 	Size   int64
 	SHA256 [32]byte // of the whole image
 	Chunks []Chunk
+	// Packed: every chunk's PackLength is set and the index marshals as
+	// version 2; PackSize is then the pack's size.
+	Packed   bool
+	PackSize int64
+}
+
+// Unpacked is a copy of ix without the frame table: what a version 1
+// index of the same image holds.
+func (ix *Index) Unpacked() *Index {
+	u := &Index{Size: ix.Size, SHA256: ix.SHA256, Chunks: make([]Chunk, len(ix.Chunks))}
+	for i, c := range ix.Chunks {
+		u.Chunks[i] = Chunk{Offset: c.Offset, Length: c.Length, Sum: c.Sum}
+	}
+	return u
+}
+
+// FrameBound is the most a zstd frame of n bytes can take: zstd's
+// ZSTD_COMPRESSBOUND (lib/zstd.h: n + n/256, plus a margin below 128 KiB
+// that covers the frame and block headers). An index that claims a longer
+// frame is refused, so a hostile one cannot make a host fetch or decode
+// more than a chunk's worth of bytes per chunk.
+func FrameBound(n uint32) uint32 {
+	b := n + n>>8
+	if n < 128<<10 {
+		b += (128<<10 - n) >> 11
+	}
+	return b
 }
 
 // Digest is the image's digest, "sha256:<hex>".
@@ -111,7 +160,7 @@ func MaxBytes(size int64) int64 {
 	if size <= 0 || size > MaxImage {
 		return headerSize
 	}
-	return headerSize + entrySize*(size/MinSize+1)
+	return headerSize + entrySize2*(size/MinSize+1)
 }
 
 // Split cuts r into chunks and calls fn with each one's offset and bytes
@@ -209,12 +258,17 @@ func Build(r io.Reader) (*Index, error) {
 	return ix, nil
 }
 
-// Marshal returns the index file's bytes.
+// Marshal returns the index file's bytes: version 2 when the index is
+// Packed, else version 1.
 func (ix *Index) Marshal() []byte {
-	b := make([]byte, headerSize, headerSize+entrySize*len(ix.Chunks))
+	v, es := uint32(version1), entrySize1
+	if ix.Packed {
+		v, es = version2, entrySize2
+	}
+	b := make([]byte, headerSize, headerSize+es*len(ix.Chunks))
 	copy(b, magic)
 	be := binary.BigEndian
-	be.PutUint32(b[8:], version)
+	be.PutUint32(b[8:], v)
 	be.PutUint32(b[12:], MinSize)
 	be.PutUint32(b[16:], AverageBits)
 	be.PutUint32(b[20:], MaxSize)
@@ -224,6 +278,9 @@ func (ix *Index) Marshal() []byte {
 	be.PutUint64(b[72:], uint64(len(ix.Chunks)))
 	for _, c := range ix.Chunks {
 		b = be.AppendUint32(b, c.Length)
+		if ix.Packed {
+			b = be.AppendUint32(b, c.PackLength)
+		}
 		b = append(b, c.Sum[:]...)
 	}
 	return b
@@ -237,8 +294,13 @@ func Parse(b []byte) (*Index, error) {
 		return nil, fmt.Errorf("%w: no %q header", ErrFormat, magic)
 	}
 	be := binary.BigEndian
-	if v := be.Uint32(b[8:]); v != version {
-		return nil, fmt.Errorf("%w: version %d, this hnboot reads %d", ErrFormat, v, version)
+	v := be.Uint32(b[8:])
+	if v != version1 && v != version2 {
+		return nil, fmt.Errorf("%w: version %d, this hnboot reads %d and %d", ErrFormat, v, version1, version2)
+	}
+	packed, es := v == version2, uint64(entrySize1)
+	if packed {
+		es = entrySize2
 	}
 	min, bits, max, pol := be.Uint32(b[12:]), be.Uint32(b[16:]), be.Uint32(b[20:]), be.Uint64(b[24:])
 	if min != MinSize || bits != AverageBits || max != MaxSize || pol != uint64(Polynomial) {
@@ -250,20 +312,28 @@ func Parse(b []byte) (*Index, error) {
 		return nil, fmt.Errorf("%w: image size %d", ErrFormat, size)
 	}
 	n := be.Uint64(b[72:])
-	if rest := uint64(len(b) - headerSize); rest%entrySize != 0 || rest/entrySize != n {
+	if rest := uint64(len(b) - headerSize); rest%es != 0 || rest/es != n {
 		return nil, fmt.Errorf("%w: %d chunks announced, %d bytes of entries", ErrFormat, n, rest)
 	}
-	ix := &Index{Size: int64(size), Chunks: make([]Chunk, 0, n)}
+	ix := &Index{Size: int64(size), Chunks: make([]Chunk, 0, n), Packed: packed}
 	copy(ix.SHA256[:], b[40:72])
-	var off int64
+	var off, poff int64
 	for i := uint64(0); i < n; i++ {
-		e := b[headerSize+i*entrySize:]
+		e := b[headerSize+i*es:]
 		l := be.Uint32(e)
 		last := i == n-1
 		if l == 0 || l > MaxSize || (l < MinSize && !last) {
 			return nil, fmt.Errorf("%w: chunk %d is %d bytes (want %d to %d, less only for the last)", ErrFormat, i, l, MinSize, MaxSize)
 		}
 		c := Chunk{Offset: off, Length: l}
+		if packed {
+			c.PackOffset, c.PackLength = poff, be.Uint32(e[4:])
+			if c.PackLength == 0 || c.PackLength > FrameBound(l) {
+				return nil, fmt.Errorf("%w: chunk %d (%d bytes) has a frame of %d bytes (want 1 to %d)", ErrFormat, i, l, c.PackLength, FrameBound(l))
+			}
+			poff += int64(c.PackLength)
+			e = e[4:]
+		}
 		copy(c.Sum[:], e[4:36])
 		off += int64(l)
 		if off > ix.Size {
@@ -273,6 +343,9 @@ func Parse(b []byte) (*Index, error) {
 	}
 	if off != ix.Size {
 		return nil, fmt.Errorf("%w: chunks cover %d bytes, the image has %d", ErrFormat, off, ix.Size)
+	}
+	if packed {
+		ix.PackSize = poff
 	}
 	return ix, nil
 }
@@ -313,7 +386,8 @@ func BuildFile(path string) (*Index, error) {
 }
 
 // WriteFile chunks the image at path, writes its index durably beside it
-// (path.chunks) and returns the index and the digest of the file.
+// (path.chunks, version 1: no pack; chunkpack.WriteFile writes both) and
+// returns the index and the digest of the file.
 func WriteFile(path string) (*Index, string, error) {
 	ix, err := BuildFile(path)
 	if err != nil {

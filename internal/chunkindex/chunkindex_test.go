@@ -105,26 +105,67 @@ func TestBoundariesStableUnderEdits(t *testing.T) {
 	}
 }
 
+// packed gives ix a frame table, as chunkpack makes one: frame lengths
+// that vary from chunk to chunk, each within zstd's bound.
+func packed(ix *Index) *Index {
+	p := &Index{Size: ix.Size, SHA256: ix.SHA256, Packed: true}
+	for i, c := range ix.Chunks {
+		c.PackOffset, c.PackLength = p.PackSize, 1+uint32(i*7919)%FrameBound(c.Length)
+		p.PackSize += int64(c.PackLength)
+		p.Chunks = append(p.Chunks, c)
+	}
+	return p
+}
+
+// Version 2 (with the frame table) and version 1 (without) both survive
+// a round trip, and a version 1 index still parses, unpacked.
 func TestMarshalParse(t *testing.T) {
 	img := random(5, 3<<20+12345)
 	ix, err := Build(bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := ix.Marshal()
-	if len(b) != headerSize+entrySize*len(ix.Chunks) {
-		t.Fatalf("Marshal: %d bytes for %d chunks", len(b), len(ix.Chunks))
+	for _, c := range []struct {
+		name      string
+		ix        *Index
+		version   uint32
+		entrySize int
+	}{
+		{"version 1", ix, 1, entrySize1},
+		{"version 2", packed(ix), 2, entrySize2},
+	} {
+		b := c.ix.Marshal()
+		if len(b) != headerSize+c.entrySize*len(ix.Chunks) || binary.BigEndian.Uint32(b[8:]) != c.version {
+			t.Fatalf("%s: Marshal: %d bytes, version %d for %d chunks", c.name, len(b), binary.BigEndian.Uint32(b[8:]), len(ix.Chunks))
+		}
+		got, err := Parse(b)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if !Equal(got, c.ix) || got.Digest() != ix.Digest() || got.Packed != c.ix.Packed || got.PackSize != c.ix.PackSize {
+			t.Fatalf("%s: Parse(Marshal(ix)) differs from ix", c.name)
+		}
+		for i := range ix.Chunks {
+			if got.Chunks[i] != c.ix.Chunks[i] {
+				t.Fatalf("%s: chunk %d: %+v, want %+v", c.name, i, got.Chunks[i], c.ix.Chunks[i])
+			}
+		}
 	}
-	got, err := Parse(b)
-	if err != nil {
-		t.Fatal(err)
+	// The chunks themselves do not depend on the version.
+	if p := packed(ix).Unpacked(); !bytes.Equal(p.Marshal(), ix.Marshal()) {
+		t.Fatal("Unpacked of a packed index differs from the version 1 index")
 	}
-	if !Equal(got, ix) || got.Digest() != ix.Digest() {
-		t.Fatalf("Parse(Marshal(ix)) differs from ix")
-	}
-	for i := range ix.Chunks {
-		if got.Chunks[i] != ix.Chunks[i] {
-			t.Fatalf("chunk %d: %+v, want %+v", i, got.Chunks[i], ix.Chunks[i])
+}
+
+// FrameBound is zstd's ZSTD_COMPRESSBOUND at the sizes chunks have.
+func TestFrameBound(t *testing.T) {
+	for _, c := range []struct{ n, want uint32 }{
+		{1, 1 + 63},
+		{MinSize, MinSize + 4 + (128<<10-MinSize)>>11},
+		{MaxSize, MaxSize + MaxSize>>8 + (128<<10-MaxSize)>>11},
+	} {
+		if got := FrameBound(c.n); got != c.want {
+			t.Errorf("FrameBound(%d) = %d, want %d", c.n, got, c.want)
 		}
 	}
 }
@@ -132,8 +173,9 @@ func TestMarshalParse(t *testing.T) {
 func TestParseRefuses(t *testing.T) {
 	img := random(6, 1<<20)
 	ix, _ := Build(bytes.NewReader(img))
-	good := ix.Marshal()
+	good, good2 := ix.Marshal(), packed(ix).Marshal()
 	mod := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good...)) }
+	mod2 := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good2...)) }
 	be := binary.BigEndian
 	cases := []struct {
 		name string
@@ -142,7 +184,15 @@ func TestParseRefuses(t *testing.T) {
 	}{
 		{"empty", nil, ErrFormat},
 		{"magic", mod(func(b []byte) []byte { b[0] = 'X'; return b }), ErrFormat},
-		{"version", mod(func(b []byte) []byte { be.PutUint32(b[8:], 2); return b }), ErrFormat},
+		{"version", mod(func(b []byte) []byte { be.PutUint32(b[8:], 3); return b }), ErrFormat},
+		{"version 1 entries as version 2", mod(func(b []byte) []byte { be.PutUint32(b[8:], 2); return b }), ErrFormat},
+		{"version 2 entries as version 1", mod2(func(b []byte) []byte { be.PutUint32(b[8:], 1); return b }), ErrFormat},
+		{"zero-length frame", mod2(func(b []byte) []byte { be.PutUint32(b[headerSize+4:], 0); return b }), ErrFormat},
+		{"frame over zstd's bound", mod2(func(b []byte) []byte {
+			be.PutUint32(b[headerSize+4:], FrameBound(be.Uint32(b[headerSize:]))+1)
+			return b
+		}), ErrFormat},
+		{"frame of 4 GiB", mod2(func(b []byte) []byte { be.PutUint32(b[headerSize+4:], 1<<32-1); return b }), ErrFormat},
 		{"min size", mod(func(b []byte) []byte { be.PutUint32(b[12:], 4096); return b }), ErrParams},
 		{"polynomial", mod(func(b []byte) []byte { be.PutUint64(b[24:], 3); return b }), ErrParams},
 		{"truncated", good[:len(good)-1], ErrFormat},
@@ -203,29 +253,47 @@ func TestWriteFile(t *testing.T) {
 
 // FuzzChunkIndex: a hostile index must not crash Parse, and whatever it
 // accepts covers exactly [0, Size) in order, so a writer that trusts its
-// offsets stays inside the file.
+// offsets stays inside the file; its frames (version 2) follow each other
+// from 0 to PackSize, each 1 byte to zstd's bound of its chunk, so a host
+// never asks for or decodes more than a chunk's worth per chunk.
 func FuzzChunkIndex(f *testing.F) {
 	ix, _ := Build(bytes.NewReader(random(9, 600<<10)))
 	f.Add(ix.Marshal())
 	f.Add(ix.Marshal()[:headerSize])
+	f.Add(packed(ix).Marshal())
+	f.Add(packed(ix).Marshal()[:headerSize+entrySize2])
 	f.Add([]byte(magic))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ix, err := Parse(b)
 		if err != nil {
 			return
 		}
-		if len(ix.Chunks)*entrySize+headerSize != len(b) {
-			t.Fatalf("%d chunks from %d bytes", len(ix.Chunks), len(b))
+		es := entrySize1
+		if ix.Packed {
+			es = entrySize2
 		}
-		var off int64
+		if len(ix.Chunks)*es+headerSize != len(b) || int64(len(b)) > MaxBytes(ix.Size) {
+			t.Fatalf("%d chunks from %d bytes (at most %d for %d bytes of image)", len(ix.Chunks), len(b), MaxBytes(ix.Size), ix.Size)
+		}
+		var off, poff int64
 		for i, c := range ix.Chunks {
 			if c.Offset != off || c.Length == 0 || c.Length > MaxSize || c.End() > ix.Size {
 				t.Fatalf("chunk %d: %+v outside [0, %d) or out of order (expected offset %d)", i, c, ix.Size, off)
 			}
 			off = c.End()
+			if !ix.Packed {
+				if c.PackOffset != 0 || c.PackLength != 0 {
+					t.Fatalf("chunk %d of a version 1 index has a frame: %+v", i, c)
+				}
+				continue
+			}
+			if c.PackOffset != poff || c.PackLength == 0 || c.PackLength > FrameBound(MaxSize) || c.PackLength > FrameBound(c.Length) {
+				t.Fatalf("chunk %d: frame %+v out of order (expected at %d) or outside 1..%d bytes", i, c, poff, FrameBound(c.Length))
+			}
+			poff = c.PackEnd()
 		}
-		if off != ix.Size {
-			t.Fatalf("chunks cover %d of %d bytes", off, ix.Size)
+		if off != ix.Size || poff != ix.PackSize {
+			t.Fatalf("chunks cover %d of %d bytes, frames %d of %d", off, ix.Size, poff, ix.PackSize)
 		}
 	})
 }

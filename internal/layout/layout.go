@@ -22,6 +22,7 @@ const (
 	PartSuffix     = ".part"     // a download in progress; never booted, never promoted
 	RejectedSuffix = ".rejected" // a staged image that failed verification
 	ChunksSuffix   = ".chunks"   // IMAGE.chunks: its chunk index (package chunkindex), for delta updates
+	PackSuffix     = ".zst"      // IMAGE.zst: its chunks as zstd frames (package chunkpack), located by a version 2 IMAGE.chunks
 	BrokenSuffix   = ".broken"   // an image a network recovery replaced; kept aside, never booted
 )
 

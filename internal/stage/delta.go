@@ -3,8 +3,11 @@ package stage
 // Delta updates: the image is built in File.part from the chunks of the
 // images already in the directory (current, old, new, broken) and from
 // what an earlier run left in the part, and only the missing chunks are
-// fetched, with HTTP Range requests on the image itself, so a plain
-// static server or any HTTP cache in front of imaged serves them.
+// fetched, with HTTP Range requests, so a plain static server or any HTTP
+// cache in front of imaged serves them: ranges of the pack (IMAGE.zst,
+// each chunk a zstd frame, package chunkpack) when the index locates its
+// frames (version 2), else, or when the pack is missing or fails, ranges
+// of the image itself.
 //
 // The chunk index (IMAGE.chunks, package chunkindex) is used only when
 // the manifest names its sha256, so it is as trusted as the manifest; the
@@ -29,6 +32,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/chunkindex"
@@ -55,10 +60,18 @@ type DeltaStats struct {
 	LocalChunks   int   `json:"local_chunks"`   // copied from images in the directory, or zeros
 	LocalBytes    int64 `json:"local_bytes"`    //
 	FetchedChunks int   `json:"fetched_chunks"` // fetched from the server this time
-	FetchedBytes  int64 `json:"fetched_bytes"`  // with the index: what went over the network
-	IndexBytes    int64 `json:"index_bytes"`    // the chunk indexes fetched
-	Resumed       int64 `json:"resumed"`        // bytes an earlier run left in the part that verified
-	Ranges        int   `json:"ranges"`         // Range requests
+	FetchedBytes  int64 `json:"fetched_bytes"`  // image bytes of the chunks fetched (decompressed)
+	// WireBytes is what the chunks took on the network: their frames in
+	// the pack (PackBytes, of PackChunks chunks) and the raw ranges of the
+	// image. PackFallback says why chunks came as raw ranges when the
+	// index has a pack.
+	WireBytes    int64  `json:"wire_bytes"`
+	PackChunks   int    `json:"pack_chunks"`
+	PackBytes    int64  `json:"pack_bytes"`
+	PackFallback string `json:"pack_fallback,omitempty"`
+	IndexBytes   int64  `json:"index_bytes"` // the chunk indexes fetched
+	Resumed      int64  `json:"resumed"`     // bytes an earlier run left in the part that verified
+	Ranges       int    `json:"ranges"`      // Range requests
 	// Indexed are the local images whose index (kept, or from the
 	// server) said where their chunks are; Scanned those read for chunks,
 	// Scan the time both took.
@@ -69,8 +82,8 @@ type DeltaStats struct {
 
 // String is the one-line summary for logs and imaged stage.
 func (d DeltaStats) String() string {
-	return fmt.Sprintf("%d of %d chunks (%s) from local images, %d chunks (%s) fetched in %d ranges, %s resumed",
-		d.LocalChunks, d.Chunks, SizeString(d.LocalBytes), d.FetchedChunks, SizeString(d.FetchedBytes), d.Ranges, SizeString(d.Resumed))
+	return fmt.Sprintf("%d of %d chunks (%s) from local images, %d chunks (%s) fetched in %d ranges, %s on the wire (%d chunks from the pack), %s resumed",
+		d.LocalChunks, d.Chunks, SizeString(d.LocalBytes), d.FetchedChunks, SizeString(d.FetchedBytes), d.Ranges, SizeString(d.WireBytes), d.PackChunks, SizeString(d.Resumed))
 }
 
 // fallbackError is a delta that cannot work: stage falls back to a full
@@ -134,6 +147,9 @@ type loc struct {
 type deltaRun struct {
 	ix       *chunkindex.Index
 	url      string
+	pack     string        // the pack's URL; "" when there is none or it failed
+	dec      *zstd.Decoder // of the pack's frames, made at the first
+	frame    []byte        // a frame as it arrives
 	get      RangeGetter
 	part     *os.File
 	progress func(done, total int64)
@@ -407,8 +423,23 @@ func (d *deltaRun) fetch(ctx context.Context, dir string, have int64, locals []l
 				w.write(c.Offset, b)
 			case fromNet:
 				j := d.run(from, i)
-				if err := d.fetchRange(ctx, w, i, j); err != nil {
-					return err
+				k := i // the first chunk the pack did not give
+				if d.pack != "" {
+					var err error
+					if k, err = d.fetchFrames(ctx, w, i, j); err != nil {
+						if !isFallback(err) {
+							return err
+						}
+						// The chunks are still in the image: the rest of
+						// this run fetches them from it.
+						d.log.Warn("stage: delta: the pack fails; fetching the missing chunks as ranges of the image", "err", err)
+						d.st.PackFallback, d.pack = err.Error(), ""
+					}
+				}
+				if k < j {
+					if err := d.fetchRange(ctx, w, k, j); err != nil {
+						return err
+					}
 				}
 				done = ix.Chunks[j-1].End()
 				i = j
@@ -540,6 +571,7 @@ func (d *deltaRun) fetchRange(ctx context.Context, w *sink, i, j int) error {
 		b := w.buf()[:c.Length]
 		n, err := io.ReadFull(resp.Body, b)
 		d.st.FetchedBytes += int64(n)
+		d.st.WireBytes += int64(n)
 		if err != nil {
 			w.put(b)
 			return fmt.Errorf("GET %s bytes %d-%d: at %d: %w", d.url, start, end-1, c.Offset+int64(n), err)
@@ -552,6 +584,76 @@ func (d *deltaRun) fetchRange(ctx context.Context, w *sink, i, j int) error {
 		d.st.FetchedChunks++
 	}
 	return nil
+}
+
+// fetchFrames fetches the frames of chunks [i, j) from the pack in one
+// Range request, decompresses each, checks it against the index and
+// hands it to the writer. It returns the first chunk it did not write:
+// with a fallback error, the caller fetches the rest from the image.
+func (d *deltaRun) fetchFrames(ctx context.Context, w *sink, i, j int) (int, error) {
+	cs := d.ix.Chunks
+	start, end := cs[i].PackOffset, cs[j-1].PackEnd()
+	if d.dec == nil {
+		// One frame at a time into a buffer of the chunk's length: a
+		// frame that claims or decodes to more is refused, not grown into.
+		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxMemory(chunkindex.MaxSize), zstd.WithDecoderMaxWindow(chunkindex.MaxSize), zstd.WithDecodeAllCapLimit(true))
+		if err != nil {
+			return i, fallback("zstd decoder: %w", err)
+		}
+		d.dec = dec
+	}
+	d.st.Ranges++
+	resp, err := d.get.GetRange(ctx, d.pack, start, end)
+	if err != nil {
+		return i, fmt.Errorf("GET %s bytes %d-%d: %w", d.pack, start, end-1, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case 206:
+	case 200:
+		return i, fallback("GET %s with Range: the server sent the whole file (200), it does not serve ranges", d.pack)
+	default:
+		if resp.StatusCode >= 500 {
+			return i, fmt.Errorf("GET %s bytes %d-%d: %s", d.pack, start, end-1, resp.Status) // retried
+		}
+		return i, fallback("GET %s bytes %d-%d: %s", d.pack, start, end-1, resp.Status)
+	}
+	if s, e, total, ok := httpget.ParseContentRange(resp.Header.Get("Content-Range")); !ok || s != start || e != end-1 || (total >= 0 && total != d.ix.PackSize) {
+		return i, fallback("GET %s bytes %d-%d: answered with Content-Range %q", d.pack, start, end-1, resp.Header.Get("Content-Range"))
+	}
+	if d.frame == nil {
+		d.frame = make([]byte, chunkindex.FrameBound(chunkindex.MaxSize))
+	}
+	for k := i; k < j; k++ {
+		c := cs[k]
+		f := d.frame[:c.PackLength]
+		n, err := io.ReadFull(resp.Body, f)
+		d.st.PackBytes += int64(n)
+		d.st.WireBytes += int64(n)
+		if err != nil {
+			return k, fmt.Errorf("GET %s bytes %d-%d: at %d: %w", d.pack, start, end-1, c.PackOffset+int64(n), err)
+		}
+		b := w.buf()
+		out, err := d.dec.DecodeAll(f, b[:0:c.Length])
+		if err != nil || len(out) != int(c.Length) {
+			w.put(b)
+			return k, fallback("%s: the frame of the chunk at %d (%d bytes at %d in the pack) decodes to %d bytes, want %d: %v", d.pack, c.Offset, c.PackLength, c.PackOffset, len(out), c.Length, err)
+		}
+		b = b[:c.Length]
+		if &out[0] != &b[0] {
+			copy(b, out)
+		}
+		if sha256.Sum256(b) != c.Sum {
+			w.put(b)
+			return k, fallback("%s: the frame of the chunk at %d does not decode to the chunk the index names: the pack is of another image, or corrupt", d.pack, c.Offset)
+		}
+		w.write(c.Offset, b)
+		d.st.FetchedChunks++
+		d.st.FetchedBytes += int64(c.Length)
+		d.st.PackChunks++
+	}
+	return j, nil
 }
 
 // sink writes chunks to the part and into the image's hash, in order, on
@@ -663,12 +765,21 @@ func stageDelta(ctx context.Context, dir string, st hostpart.State, res *Result,
 		defer ci.CloseIdle() // the connection kept between ranges
 	}
 	d := &deltaRun{ix: ix, url: hs.URL, get: g, part: part, progress: req.Progress, newHash: req.newHash, log: log}
+	if ix.Packed {
+		d.pack = hs.URL + layout.PackSuffix
+	}
 	d.st.IndexBytes = n
 	start := time.Now()
 	got, err := d.fetch(ctx, dir, have, localImages(dir, st))
+	if d.dec != nil {
+		d.dec.Close()
+	}
 	res.Delta = &d.st
 	res.Reused = d.st.Resumed
-	res.Downloaded += d.st.FetchedBytes + d.st.IndexBytes - n
+	res.Downloaded += d.st.WireBytes + d.st.IndexBytes - n
+	if d.st.PackFallback != "" {
+		res.Fallback = "the pack: " + d.st.PackFallback
+	}
 	if err != nil {
 		return "", err
 	}

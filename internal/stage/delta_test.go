@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hnboot/hnboot/internal/checkin"
 	"github.com/hnboot/hnboot/internal/chunkindex"
+	"github.com/hnboot/hnboot/internal/chunkpack"
 	"github.com/hnboot/hnboot/internal/httpget"
 	"github.com/hnboot/hnboot/internal/layout"
 	"github.com/hnboot/hnboot/internal/manifest"
@@ -36,12 +38,12 @@ func deltaImages(seed int64) (base, update []byte) {
 }
 
 // deltaServer serves one image as imaged (or a static server) does:
-// the blob with Range, BLOB.json and BLOB.chunks. It counts the bytes of
-// the blob it sends and the requests, can ignore Range, corrupt ranges,
-// or die after a number of blob bytes.
+// the blob with Range, BLOB.json, BLOB.chunks and the pack BLOB.zst. It
+// counts the bytes of the blob and the pack it sends and the requests,
+// can ignore Range, corrupt ranges, or die after a number of bytes.
 type deltaServer struct {
 	*httptest.Server
-	data, man, chunks []byte
+	data, man, chunks, pack []byte
 
 	mu          sync.Mutex
 	blobBytes   int64
@@ -50,17 +52,34 @@ type deltaServer struct {
 	corruptRng  bool  // flip bytes in every answer to a bounded range (bytes=a-b)
 	dieAfter    int64 // after this many blob bytes, drop the connection and stop serving
 	noChunks    bool
+	noPack      bool              // 404 for BLOB.zst
+	corruptPack bool              // flip a byte in the middle of every frame of BLOB.zst
 	wrongChunks bool              // serve another image's index
 	others      map[string][]byte // DIGEST.chunks of other images
+	frames      []chunkindex.Chunk
 }
 
+// newDeltaServer serves img with a version 2 index and its pack, as
+// mkimage writes them.
 func newDeltaServer(t *testing.T, img []byte) *deltaServer {
+	t.Helper()
+	return newDeltaServerIndex(t, img, true)
+}
+
+// newDeltaServerIndex serves img with a version 2 index and its pack
+// (packed), or a version 1 index and no pack, as mkimage wrote them
+// before packs.
+func newDeltaServerIndex(t *testing.T, img []byte, packed bool) *deltaServer {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(p, img, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, sum, err := chunkindex.WriteFile(p)
+	write := chunkindex.WriteFile
+	if packed {
+		write = chunkpack.WriteFile
+	}
+	ix, sum, err := write(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +89,11 @@ func newDeltaServer(t *testing.T, img []byte) *deltaServer {
 	}
 	m.Chunks = sum
 	cb, _ := os.ReadFile(p + layout.ChunksSuffix)
-	s := &deltaServer{data: img, man: m.Marshal(), chunks: cb}
+	s := &deltaServer{data: img, man: m.Marshal(), chunks: cb, noPack: !packed}
+	if packed {
+		s.pack, _ = os.ReadFile(p + layout.PackSuffix)
+		s.frames = ix.Chunks
+	}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -117,6 +140,21 @@ func (s *deltaServer) serve(w http.ResponseWriter, r *http.Request) {
 		r.Header.Del("Range")
 	}
 	data := s.data
+	if strings.HasSuffix(r.URL.Path, layout.PackSuffix) {
+		if s.noPack {
+			http.Error(w, "no pack", http.StatusNotFound)
+			return
+		}
+		data = s.pack
+		if s.corruptPack {
+			data = append([]byte{}, data...)
+			for _, c := range s.frames {
+				data[c.PackOffset+int64(c.PackLength)/2] ^= 0x55
+			}
+		}
+		http.ServeContent(&dyingWriter{ResponseWriter: w, s: s}, r, "", time.Time{}, bytes.NewReader(data))
+		return
+	}
 	if s.corruptRng && rng != "" && !strings.HasSuffix(rng, "-") {
 		data = append([]byte{}, data...)
 		for i := 0; i < len(data); i += 4096 {
@@ -187,8 +225,11 @@ func TestDeltaReusesLocalChunks(t *testing.T) {
 	}
 	sent, ranges := srv.sent()
 	// 3000 + 100 KiB + 200 KiB changed: a few chunks around each.
-	if limit := int64(len(update) / 10); d.FetchedBytes > limit || sent != d.FetchedBytes {
-		t.Errorf("fetched %d bytes (server sent %d), want at most %d of %d", d.FetchedBytes, sent, limit, len(update))
+	if limit := int64(len(update) / 10); d.FetchedBytes > limit || sent != d.WireBytes {
+		t.Errorf("fetched %d bytes (%d on the wire, server sent %d), want at most %d of %d", d.FetchedBytes, d.WireBytes, sent, limit, len(update))
+	}
+	if d.PackChunks != d.FetchedChunks || d.PackBytes != d.WireBytes {
+		t.Errorf("%d of %d fetched chunks from the pack (%d of %d bytes on the wire), want all", d.PackChunks, d.FetchedChunks, d.PackBytes, d.WireBytes)
 	}
 	if d.LocalBytes+d.FetchedBytes != int64(len(update)) || d.LocalChunks+d.FetchedChunks != d.Chunks {
 		t.Errorf("local %d + fetched %d bytes, %d + %d of %d chunks: do not add up to the image", d.LocalBytes, d.FetchedBytes, d.LocalChunks, d.FetchedChunks, d.Chunks)
@@ -201,8 +242,8 @@ func TestDeltaReusesLocalChunks(t *testing.T) {
 	if d.Ranges != len(ranges) || d.Ranges > 6 {
 		t.Errorf("%d range requests (server saw %d), want at most 6 for three changes", d.Ranges, len(ranges))
 	}
-	if res.Downloaded != d.FetchedBytes+d.IndexBytes {
-		t.Errorf("Downloaded %d, want fetched %d + index %d", res.Downloaded, d.FetchedBytes, d.IndexBytes)
+	if res.Downloaded != d.WireBytes+d.IndexBytes {
+		t.Errorf("Downloaded %d, want on the wire %d + index %d", res.Downloaded, d.WireBytes, d.IndexBytes)
 	}
 }
 
@@ -220,7 +261,8 @@ func TestDeltaFallsBack(t *testing.T) {
 		{"no index", func(s *deltaServer) { s.noChunks = true }, nil, false, "404"},
 		{"index of another image", func(s *deltaServer) { s.wrongChunks = true }, nil, false, "the manifest names"},
 		{"server ignores Range", func(s *deltaServer) { s.noRange = true }, nil, false, "does not serve ranges"},
-		{"ranges corrupted", func(s *deltaServer) { s.corruptRng = true }, nil, false, "do not match the chunk index"},
+		{"ranges corrupted", func(s *deltaServer) { s.corruptRng, s.noPack = true, true }, nil, false, "do not match the chunk index"},
+		{"ranges corrupted, pack too", func(s *deltaServer) { s.corruptRng, s.corruptPack = true, true }, nil, false, "do not match the chunk index"},
 		{"manifest without index", func(s *deltaServer) {
 			m, _ := manifest.Parse(s.man)
 			m.Chunks = ""
@@ -253,16 +295,26 @@ func (plainGetter) Get(ctx context.Context, url string, offset int64) (*httpget.
 	return (&httpget.Client{}).Get(ctx, url, offset)
 }
 
-// The server dies in the middle of a delta update: the staging fails as
-// an interruption, keeps what arrived, and the next run (from another
+// The server dies in the middle of a delta update, fetching frames of
+// the pack or raw ranges of the image: the staging fails as an
+// interruption, keeps what arrived, and the next run (from another
 // server of the same image) reuses it and fetches only the rest.
 func TestDeltaServerDiesMidway(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		packed bool
+	}{{"pack", true}, {"raw ranges", false}} {
+		t.Run(c.name, func(t *testing.T) { testDeltaServerDiesMidway(t, c.packed) })
+	}
+}
+
+func testDeltaServerDiesMidway(t *testing.T, packed bool) {
 	base, update := deltaImages(3)
 	// Much to fetch: the host has only the first half of the base.
 	dir := deltaHostpart(t, base[:len(base)/2])
 	req := Request{Digest: sha(update), Size: int64(len(update)), Reserve: 1}
 
-	first := newDeltaServer(t, update)
+	first := newDeltaServerIndex(t, update, packed)
 	first.dieAfter = 1 << 20
 	req.Source = HTTPSource{URL: first.url()}
 	res, err := Stage(context.Background(), dir, req)
@@ -272,6 +324,9 @@ func TestDeltaServerDiesMidway(t *testing.T) {
 	if res.Delta == nil {
 		t.Fatalf("the first run was no delta (fallback %q)", res.Fallback)
 	}
+	if got := res.Delta.PackChunks > 0; got != packed {
+		t.Fatalf("the first run took %d chunks from the pack (fallback %q), want them from it: %v", res.Delta.PackChunks, res.Delta.PackFallback, packed)
+	}
 	fi, err := os.Stat(filepath.Join(dir, layout.NewPart))
 	if err != nil || fi.Size() == 0 {
 		t.Fatalf("nothing kept in %s after the server died: %v", layout.NewPart, err)
@@ -280,19 +335,19 @@ func TestDeltaServerDiesMidway(t *testing.T) {
 		t.Fatalf("%s exists after an interrupted staging", layout.New)
 	}
 
-	second := newDeltaServer(t, update)
+	second := newDeltaServerIndex(t, update, packed)
 	req.Source = HTTPSource{URL: second.url()}
 	res2, err := Stage(context.Background(), dir, req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkStaged(t, dir, update)
-	if res2.Delta == nil || res2.Delta.Resumed == 0 {
-		t.Fatalf("second run: %+v, want a delta that resumed the part", res2)
+	if res2.Delta == nil || res2.Delta.Resumed == 0 || (res2.Delta.PackChunks == res2.Delta.FetchedChunks) != packed {
+		t.Fatalf("second run: %+v, want a delta that resumed the part, its chunks from the pack: %v", res2.Delta, packed)
 	}
 	// What the first server sent is not fetched again, but for the chunk
-	// it was cut in the middle of.
-	alone := newDeltaServer(t, update)
+	// (or its frame) it was cut in the middle of.
+	alone := newDeltaServerIndex(t, update, packed)
 	dir2 := deltaHostpart(t, base[:len(base)/2])
 	res3, err := Stage(context.Background(), dir2, Request{Source: HTTPSource{URL: alone.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
 	if err != nil {
@@ -301,7 +356,7 @@ func TestDeltaServerDiesMidway(t *testing.T) {
 	b1, _ := first.sent()
 	b2, _ := second.sent()
 	b3, _ := alone.sent()
-	if waste := b1 + b2 - b3; waste > chunkindex.MaxSize+bridgeGap {
+	if waste := b1 + b2 - b3; waste > int64(chunkindex.FrameBound(chunkindex.MaxSize))+bridgeGap {
 		t.Errorf("two runs fetched %d + %d bytes, one uninterrupted run %d: %d fetched twice, want at most one chunk", b1, b2, b3, waste)
 	}
 	if res2.Delta.FetchedBytes >= res3.Delta.FetchedBytes {
@@ -448,5 +503,130 @@ func TestDeltaCurrentIndexFromServer(t *testing.T) {
 		if !good && (len(d.Indexed) != 0 || len(d.Scanned) != 1) {
 			t.Errorf("with a wrong server index of hn-root.img: %+v, want it scanned", d)
 		}
+	}
+}
+
+// compressibleImages are deltaImages with text-like bytes where those
+// have random ones: what most of a root filesystem's changed files are.
+func compressibleImages(seed int64) (base, update []byte) {
+	r := rand.New(rand.NewSource(seed))
+	words := []string{"usr", "/lib", "/share/doc", "debian", "changelog.gz", "libc6", "amd64", "\n", " ", "\x00\x01"}
+	txt := func(n int) []byte {
+		b := make([]byte, 0, n+16)
+		for len(b) < n {
+			b = append(b, words[r.Intn(len(words))]...)
+		}
+		return b[:n]
+	}
+	base = append(append(txt(6<<20), make([]byte, 2<<20)...), txt(1<<20)...)
+	update = append([]byte{}, base[:2<<20]...)
+	update = append(update, txt(3000)...)
+	update = append(update, base[2<<20:]...)
+	copy(update[4<<20:], txt(100<<10))
+	copy(update[6<<20+4096:], txt(300<<10))
+	return base, update
+}
+
+// For compressible chunks, staging from the pack moves fewer bytes than
+// raw ranges of the image (the same chunks, fetched by an index without
+// frames, or with the pack gone), and both give the image byte for byte.
+func TestDeltaPackFetchesLess(t *testing.T) {
+	base, update := compressibleImages(8)
+	type run struct {
+		sent int64
+		d    *DeltaStats
+	}
+	runs := map[string]run{}
+	for _, c := range []struct {
+		name   string
+		packed bool
+		set    func(*deltaServer)
+	}{
+		{"pack", true, func(*deltaServer) {}},
+		{"version 1 index", false, func(*deltaServer) {}},
+		{"pack missing", true, func(s *deltaServer) { s.noPack = true }},
+	} {
+		srv := newDeltaServerIndex(t, update, c.packed)
+		c.set(srv)
+		dir := deltaHostpart(t, base)
+		res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		checkStaged(t, dir, update)
+		if res.Delta == nil {
+			t.Fatalf("%s: no delta (%s)", c.name, res.Fallback)
+		}
+		sent, _ := srv.sent()
+		if sent != res.Delta.WireBytes {
+			t.Errorf("%s: the server sent %d bytes, the staging counts %d on the wire", c.name, sent, res.Delta.WireBytes)
+		}
+		// The check-in (imaged fleet host) reports the bytes moved.
+		var ci checkin.Staging
+		res.Report(&ci)
+		if ci.Mode != "delta" || ci.Fetched != sent+res.Delta.IndexBytes || ci.FetchedChunks != int64(res.Delta.FetchedChunks) {
+			t.Errorf("%s: check-in %+v, want a delta that fetched %d bytes (%d of chunks, %d of index) in %d chunks", c.name, ci, sent+res.Delta.IndexBytes, sent, res.Delta.IndexBytes, res.Delta.FetchedChunks)
+		}
+		runs[c.name] = run{sent, res.Delta}
+	}
+	p, v1, gone := runs["pack"], runs["version 1 index"], runs["pack missing"]
+	if p.d.FetchedChunks != v1.d.FetchedChunks || p.d.FetchedBytes != v1.d.FetchedBytes || gone.d.FetchedBytes != v1.d.FetchedBytes {
+		t.Errorf("the pack fetched %d chunks (%d bytes), raw ranges %d (%d), %d bytes with the pack missing: want the same chunks",
+			p.d.FetchedChunks, p.d.FetchedBytes, v1.d.FetchedChunks, v1.d.FetchedBytes, gone.d.FetchedBytes)
+	}
+	if p.d.PackChunks != p.d.FetchedChunks || v1.d.PackChunks != 0 || gone.d.PackChunks != 0 {
+		t.Errorf("chunks from the pack: %d of %d with it, %d with a version 1 index, %d with it missing", p.d.PackChunks, p.d.FetchedChunks, v1.d.PackChunks, gone.d.PackChunks)
+	}
+	if p.sent*2 > v1.sent || p.sent*2 > gone.sent {
+		t.Errorf("the pack moved %d bytes, raw ranges %d (%d with the pack missing): want at most half", p.sent, v1.sent, gone.sent)
+	}
+}
+
+// A pack that does not serve (404) or holds a corrupt frame is left for
+// raw ranges of the image in the same run: the chunk the frame held is
+// refused, fetched from the image, and the image is staged by delta all
+// the same, byte for byte.
+func TestDeltaPackFallsBackToRanges(t *testing.T) {
+	base, update := compressibleImages(9)
+	for _, c := range []struct {
+		name string
+		set  func(*deltaServer)
+		want string // in DeltaStats.PackFallback and Result.Fallback
+	}{
+		{"pack 404", func(s *deltaServer) { s.noPack = true }, "404"},
+		{"frame corrupt", func(s *deltaServer) { s.corruptPack = true }, "frame of the chunk at"},
+		{"pack ignores Range", func(s *deltaServer) { s.noRange = true }, "does not serve ranges"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := newDeltaServer(t, update)
+			c.set(srv)
+			dir := deltaHostpart(t, base)
+			res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1})
+			if err != nil {
+				t.Fatalf("Stage: %v (fallback %q)", err, res.Fallback)
+			}
+			checkStaged(t, dir, update)
+			d := res.Delta
+			if c.name == "pack ignores Range" {
+				// Neither serves ranges: a full download, as without a pack,
+				// and Result.Report says so.
+				var ci checkin.Staging
+				res.Report(&ci)
+				if d != nil || ci.Mode != "full" || !strings.Contains(res.Fallback, c.want) {
+					t.Fatalf("delta %+v, fallback %q: want a full download saying %q", d, res.Fallback, c.want)
+				}
+				return
+			}
+			if d == nil {
+				t.Fatalf("no delta: %s", res.Fallback)
+			}
+			if d.PackChunks != 0 || !strings.Contains(d.PackFallback, c.want) || !strings.Contains(res.Fallback, c.want) {
+				t.Errorf("%d chunks from the pack, pack fallback %q, fallback %q; want none from it and both saying %q", d.PackChunks, d.PackFallback, res.Fallback, c.want)
+			}
+			_, ranges := srv.sent()
+			if len(ranges) != d.Ranges || d.FetchedChunks == 0 {
+				t.Errorf("%d range requests (server saw %d), %d chunks fetched", d.Ranges, len(ranges), d.FetchedChunks)
+			}
+		})
 	}
 }

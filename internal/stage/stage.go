@@ -99,7 +99,7 @@ type Result struct {
 	Digest     string `json:"digest"`
 	Size       int64  `json:"size"`
 	Reused     int64  `json:"reused"`     // bytes of an earlier interrupted download kept
-	Downloaded int64  `json:"downloaded"` // bytes received this time
+	Downloaded int64  `json:"downloaded"` // bytes received this time (compressed, for chunks from the pack)
 	// Manifest says what was staged beside the image: "signed, key ID",
 	// "unsigned", ... or "" (the source has none).
 	Manifest string `json:"manifest,omitempty"`
@@ -110,7 +110,8 @@ type Result struct {
 	Took time.Duration `json:"took,omitempty"`
 	// Delta says how a delta staging built the image (nil: a full
 	// download); Fallback why the image was not staged by delta, when
-	// one was possible or tried.
+	// one was possible or tried, or, for a delta, why its chunks came as
+	// raw ranges of the image and not from the pack.
 	Delta    *DeltaStats `json:"delta,omitempty"`
 	Fallback string      `json:"fallback,omitempty"`
 }
@@ -268,6 +269,9 @@ func stageImage(ctx context.Context, dir string, req Request) (Result, error) {
 			done, n = man.Size, res.Downloaded
 		case isFallback(err) && ctx.Err() == nil:
 			why = err.Error()
+			// The image comes whole after all: Result.Report (the
+			// check-in) says so, not how far the delta got.
+			res.Delta = nil
 			fi, serr := part.Stat()
 			if serr != nil {
 				return res, fmt.Errorf("stage: %w", serr)
