@@ -163,7 +163,7 @@ type proxy struct {
 	mu      sync.Mutex
 	served  map[string]int64 // digest → bytes passed to the guest
 	ranges  map[string][]string
-	corrupt string // digest whose blob gets one byte flipped
+	corrupt string // digest whose blob and chunk pack get one byte flipped per response
 	cutAt   int64  // call cut once cutDigest's bytes reach this
 	cutDig  string
 	cut     func()
@@ -227,7 +227,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if n > 0 {
 			chunk := buf[:n]
 			p.mu.Lock()
-			if first && digest == p.corrupt {
+			if first && p.corrupt != "" && (digest == p.corrupt || digest == p.corrupt+layout.PackSuffix) {
 				chunk[0] ^= 0xff
 			}
 			first = false

@@ -195,7 +195,7 @@ func netUpWithin(t *testing.T, con string, limit time.Duration) {
 func (fl *fetchLab) served() int64 {
 	fl.px.mu.Lock()
 	defer fl.px.mu.Unlock()
-	return fl.px.served[fl.dB]
+	return fl.px.served[fl.dB] + fl.px.served[fl.dB+layout.PackSuffix]
 }
 
 func (fl *fetchLab) status() fleet.HostStatus {
@@ -257,13 +257,15 @@ func TestPXEFetchAssigned(t *testing.T) {
 	wantConsole(t, con, "imaged assigns image=B 2", "fetching the assigned image", "image downloaded", "image built by delta", "action=promote", "HNTEST trial=")
 	logLines(t, con, "image downloaded", "downloading ", "by delta", "rotation done")
 	fl.px.mu.Lock()
-	ranges, index := fl.px.ranges[fl.dB], fl.px.served[fl.dB+layout.ChunksSuffix]
+	ranges := append(fl.px.ranges[fl.dB], fl.px.ranges[fl.dB+layout.PackSuffix]...)
+	index, pack := fl.px.served[fl.dB+layout.ChunksSuffix], fl.px.served[fl.dB+layout.PackSuffix]
 	fl.px.mu.Unlock()
 	got := fl.served()
-	t.Logf("B by delta: %d bytes of its %d fetched in %d ranges, index %d bytes", got, fl.sizeB, len(ranges), index)
-	// A and B differ in a few files: far less than B travels.
-	if got == 0 || got > fl.sizeB/4 || index == 0 {
-		t.Errorf("proxy served %d bytes of B (index %d), want a delta: more than none, at most a quarter of its %d", got, index, fl.sizeB)
+	t.Logf("B by delta: %d bytes of its %d fetched (%d of them zstd frames of its pack) in %d ranges, index %d bytes", got, fl.sizeB, pack, len(ranges), index)
+	// A and B differ in a few files: far less than B travels, and it
+	// travels compressed, as frames of B's pack.
+	if got == 0 || got > fl.sizeB/4 || index == 0 || pack == 0 {
+		t.Errorf("proxy served %d bytes of B (index %d, pack %d), want a delta from the pack: more than none, at most a quarter of its %d", got, index, pack, fl.sizeB)
 	}
 	for _, r := range ranges {
 		if !strings.HasPrefix(r, "bytes=") || strings.HasSuffix(r, "-") {
