@@ -3,7 +3,9 @@ package stage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"hash"
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -628,5 +631,38 @@ func TestDeltaPackFallsBackToRanges(t *testing.T) {
 				t.Errorf("%d range requests (server saw %d), %d chunks fetched", d.Ranges, len(ranges), d.FetchedChunks)
 			}
 		})
+	}
+}
+
+// countingHash is crypto/sha256 counting the bytes written through it.
+type countingHash struct {
+	hash.Hash
+	n *atomic.Int64
+}
+
+func (c countingHash) Write(p []byte) (int, error) { c.n.Add(int64(len(p))); return c.Hash.Write(p) }
+
+// TestDeltaUsesRequestHash: a delta checks every chunk and the whole
+// image with the hash the request names (the init's choice of the
+// kernel's SHA-256 under emulation), not with crypto/sha256 behind it.
+func TestDeltaUsesRequestHash(t *testing.T) {
+	base, update := deltaImages(11)
+	srv := newDeltaServer(t, update)
+	dir := deltaHostpart(t, base)
+	var n atomic.Int64
+	res, err := Stage(context.Background(), dir, Request{Source: HTTPSource{URL: srv.url()}, Digest: sha(update), Size: int64(len(update)), Reserve: 1,
+		Hash: func() hash.Hash { return countingHash{sha256.New(), &n} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, dir, update)
+	if res.Delta == nil {
+		t.Fatalf("no delta (%s)", res.Fallback)
+	}
+	// The image once, each fetched chunk once, and each local chunk at
+	// least once (no index of the base is known: it is scanned, every
+	// chunk of a wanted length hashed).
+	if min := int64(len(update)) + res.Delta.FetchedBytes + res.Delta.LocalBytes; n.Load() < min {
+		t.Errorf("the request's hash saw %d bytes, want at least %d (image %d + fetched %d + local %d)", n.Load(), min, len(update), res.Delta.FetchedBytes, res.Delta.LocalBytes)
 	}
 }
