@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/hnboot/hnboot/internal/chunkindex"
 	"github.com/hnboot/hnboot/internal/chunkpack"
 	"github.com/hnboot/hnboot/internal/cli"
 	"github.com/hnboot/hnboot/internal/dpkg"
@@ -164,28 +164,17 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 		fmt.Fprintf(stdout, "generalized: %s %s\n", c.Action, c.Path)
 	}
 	fields.FS, fields.KernelRelease, fields.BuildTime = res.FS, res.KernelRelease, buildTime(o)
-	// The chunk index and the pack (delta updates) read the image beside
-	// the manifest's hash: two passes over a file in the page cache, on
-	// two CPUs.
-	type indexed struct {
-		ix  *chunkindex.Index
-		sum string
-		err error
-	}
-	ixc := make(chan indexed, 1)
-	go func() {
-		ix, sum, err := chunkpack.WriteFile(res.Path)
-		ixc <- indexed{ix, sum, err}
-	}()
-	m, err := manifest.New(res.Path, fields)
-	ci := <-ixc
+	// One read of the image makes the chunk index, the pack (delta
+	// updates) and the image's sha256 for the manifest.
+	ix, ixSum, err := chunkpack.WriteFile(res.Path)
 	if err != nil {
-		return fmt.Errorf("rootfs: manifest: %w", err)
+		return fmt.Errorf("rootfs: %w", err)
 	}
-	if ci.err != nil {
-		return fmt.Errorf("rootfs: %w", ci.err)
+	if ix.Size != res.Size {
+		return fmt.Errorf("rootfs: %s: the chunk index covers %d bytes of its %d", res.Path, ix.Size, res.Size)
 	}
-	m.Chunks = ci.sum
+	m := manifest.Of(res.Path, hex.EncodeToString(ix.SHA256[:]), ix.Size, fields)
+	m.Chunks = ixSum
 	if signer != nil {
 		if err := m.Sign(signer); err != nil {
 			return fmt.Errorf("rootfs: sign: %w", err)
@@ -208,9 +197,9 @@ func buildImage(ctx context.Context, o rootfs.Options, fields manifest.Fields, s
 		signed = "signed by key " + m.KeyID
 	}
 	fmt.Fprintf(stdout, "%s: manifest, sha256 %s, %s\n", mpath, m.SHA256, signed)
-	fmt.Fprintf(stdout, "%s: chunk index, %d chunks (delta updates)\n", res.Path+layout.ChunksSuffix, len(ci.ix.Chunks))
+	fmt.Fprintf(stdout, "%s: chunk index, %d chunks (delta updates)\n", res.Path+layout.ChunksSuffix, len(ix.Chunks))
 	fmt.Fprintf(stdout, "%s: the chunks as zstd frames, %s (%.0f%% of the image; delta updates fetch from it)\n",
-		res.Path+layout.PackSuffix, human(ci.ix.PackSize), 100*float64(ci.ix.PackSize)/float64(max(ci.ix.Size, 1)))
+		res.Path+layout.PackSuffix, human(ix.PackSize), 100*float64(ix.PackSize)/float64(max(ix.Size, 1)))
 	l, err := writePackages(res.Path, m.SHA256, signer)
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)

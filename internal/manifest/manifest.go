@@ -144,13 +144,20 @@ func New(path string, f Fields) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
+	return Of(path, sum, n, f), nil
+}
+
+// Of is the manifest of the image at path whose sha256 (hex) and size
+// the caller already has, from a pass over the image it made anyway
+// (mkimage rootfs: the chunk index's); New reads the image for them.
+func Of(path, sha256Hex string, size int64, f Fields) *Manifest {
 	if f.Name == "" {
 		f.Name = baseName(path)
 	}
 	return &Manifest{
-		Format: Format, Name: f.Name, Version: f.Version, SHA256: sum, Size: n,
+		Format: Format, Name: f.Name, Version: f.Version, SHA256: sha256Hex, Size: size,
 		FS: f.FS, KernelRelease: f.KernelRelease, BuildTime: f.BuildTime.UTC().Format(time.RFC3339),
-	}, nil
+	}
 }
 
 func baseName(p string) string {
