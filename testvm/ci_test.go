@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hnboot/hnboot/internal/layout"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,7 +235,8 @@ hosts:
 		t.Errorf("the host booted ciold before ci@1; the init should have fetched the assigned image at boot")
 	}
 	wantConsole(t, con, "action=promote")
-	l.waitLog(t, 10*time.Second, `kind=http `, macRe(mac), `GET /blobs/`+regexp.QuoteMeta(dNew)+` 20[06]`)
+	// The image, whole or by delta: ranges of the blob or of its pack.
+	l.waitLog(t, 10*time.Second, `kind=http `, macRe(mac), `GET /blobs/`+regexp.QuoteMeta(dNew)+`(`+regexp.QuoteMeta(layout.PackSuffix)+`)? 20[06]`)
 	l.waitLog(t, 60*time.Second, `kind=checkin `, macRe(mac), `source=init booted=`+regexp.QuoteMeta(dNew), `action=promote`)
 	t.Logf("the host ends on ci@1 %s in one boot: %v after the pipeline started", dNew, time.Since(start).Round(time.Second))
 }
